@@ -1,0 +1,63 @@
+"""The database engine, its sessions, and migrations applied on start."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    is_sqlite = make_url(url).get_backend_name() == "sqlite"
+    kwargs = {"connect_args": {"timeout": 30}} if is_sqlite else {"pool_size": 10, "max_overflow": 20}
+    engine = create_async_engine(url, **kwargs)
+    if is_sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to head; safe to run on every start and from several nodes."""
+    url = engine.url.render_as_string(hide_password=False)
+
+    def upgrade(connection) -> None:  # type: ignore[no-untyped-def]
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # one migrator at a time when several nodes start together
+            from sqlalchemy import text
+
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7355608)"))
+        await conn.run_sync(upgrade)
+
+
+
+__all__ = ["create_engine", "sessionmaker", "migrate", "alembic_config"]

@@ -1,0 +1,171 @@
+"""The database schema: one ORM class per ZStack resource.
+
+Backup storages of every type share one table (single-table inheritance keyed by
+``type``): queries over all storages stay one SELECT, and a Ceph row loads as a
+``CephBackupStorage`` with its Ceph columns. Uniqueness that ZStack checks in
+interceptors (mon hostnames, Ceph fsid) is also a database constraint here, so two
+concurrent adds cannot both win.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from imgstore.dates import utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Timestamps:
+    create_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_op_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Account(Timestamps, Base):
+    __tablename__ = "account"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(32), default="SystemAdmin")
+
+
+class Session(Base):
+    __tablename__ = "session"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_uuid: Mapped[str] = mapped_column(ForeignKey("account.uuid", ondelete="CASCADE"))
+    user_uuid: Mapped[str] = mapped_column(String(32))
+    user_type: Mapped[str] = mapped_column(String(32), default="Account")
+    expired_date: Mapped[datetime] = mapped_column(DateTime, index=True)
+    create_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class BackupStorage(Timestamps, Base):
+    __tablename__ = "backup_storage"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    description: Mapped[str | None] = mapped_column(String(2048))
+    url: Mapped[str] = mapped_column(String(2048))
+    type: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(32), default="Enabled")
+    status: Mapped[str] = mapped_column(String(32), default="Connecting")
+    total_capacity: Mapped[int] = mapped_column(BigInteger, default=0)
+    available_capacity: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    zone_refs: Mapped[list[BackupStorageZoneRef]] = relationship(
+        back_populates="backup_storage", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __mapper_args__ = {"polymorphic_on": "type", "polymorphic_identity": "BackupStorage"}
+
+    @property
+    def attached_zone_uuids(self) -> list[str]:
+        return [ref.zone_uuid for ref in self.zone_refs]
+
+
+class CephBackupStorage(BackupStorage):
+    """Ceph columns live on the shared table, NULL for other types."""
+
+    fsid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    pool_name: Mapped[str | None] = mapped_column(String(255))
+    pool_created: Mapped[bool | None] = mapped_column(Boolean, default=False)
+    pool_available_capacity: Mapped[int | None] = mapped_column(BigInteger)
+    pool_used_capacity: Mapped[int | None] = mapped_column(BigInteger)
+    pool_replicated_size: Mapped[int | None] = mapped_column(Integer)
+    pool_disk_utilization: Mapped[float | None] = mapped_column(Float)
+    pool_security_policy: Mapped[str | None] = mapped_column(String(32))
+    ceph_client: Mapped[str | None] = mapped_column(String(255))
+    ceph_key: Mapped[str | None] = mapped_column(Text)  # sealed by crypto.SecretBox
+    # the node running this storage's add, until it is Connected: a restarted node
+    # undoes the adds it left half-made
+    adding_node: Mapped[str | None] = mapped_column(String(64))
+
+    mons: Mapped[list[CephMon]] = relationship(
+        back_populates="backup_storage",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="CephMon.create_date",
+    )
+
+    __mapper_args__ = {"polymorphic_identity": "Ceph"}
+
+
+class CephMon(Timestamps, Base):
+    __tablename__ = "ceph_backup_storage_mon"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    backup_storage_uuid: Mapped[str] = mapped_column(
+        ForeignKey("backup_storage.uuid", ondelete="CASCADE"), index=True
+    )
+    hostname: Mapped[str] = mapped_column(String(255), unique=True)
+    mon_addr: Mapped[str | None] = mapped_column(String(255))
+    mon_port: Mapped[int] = mapped_column(Integer, default=6789)
+    ssh_port: Mapped[int] = mapped_column(Integer, default=22)
+    ssh_username: Mapped[str] = mapped_column(String(255))
+    ssh_password: Mapped[str] = mapped_column(Text)  # sealed by crypto.SecretBox
+    mon_host: Mapped[str | None] = mapped_column(String(512))  # librados address of this mon
+    status: Mapped[str] = mapped_column(String(32), default="Connecting")
+
+    backup_storage: Mapped[CephBackupStorage] = relationship(back_populates="mons")
+
+    @property
+    def mon_uuid(self) -> str:
+        return self.uuid
+
+
+class Zone(Timestamps, Base):
+    __tablename__ = "zone"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(String(2048))
+    state: Mapped[str] = mapped_column(String(32), default="Enabled")
+    type: Mapped[str | None] = mapped_column(String(255))
+
+
+class BackupStorageZoneRef(Timestamps, Base):
+    __tablename__ = "backup_storage_zone_ref"
+    __table_args__ = (UniqueConstraint("backup_storage_uuid", "zone_uuid"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_storage_uuid: Mapped[str] = mapped_column(
+        ForeignKey("backup_storage.uuid", ondelete="CASCADE"), index=True
+    )
+    zone_uuid: Mapped[str] = mapped_column(ForeignKey("zone.uuid", ondelete="CASCADE"), index=True)
+
+    backup_storage: Mapped[BackupStorage] = relationship(back_populates="zone_refs")
+
+
+class Tag(Timestamps, Base):
+    """System and user tags, ZStack's way of hanging strings on any resource."""
+
+    __tablename__ = "tag"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_uuid: Mapped[str] = mapped_column(String(32), index=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    tag: Mapped[str] = mapped_column(String(2048))
+    kind: Mapped[str] = mapped_column(String(8))  # "system" | "user"
+    inherent: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiJob(Base):
+    """An async API call; lives in the database so any node can answer a poll."""
+
+    __tablename__ = "api_job"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    api_name: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="Processing")  # Processing|Succeeded|Failed
+    result: Mapped[str | None] = mapped_column(Text)  # the JSON body of the final answer
+    node: Mapped[str | None] = mapped_column(String(64))
+    create_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    finish_date: Mapped[datetime | None] = mapped_column(DateTime)
