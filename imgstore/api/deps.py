@@ -1,0 +1,82 @@
+"""What every route needs: the runtime, the caller's session, and sync-or-async answering."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+
+from imgstore.api.query import Condition, QueryError, QuerySpec, parse_query
+from imgstore.crypto import new_uuid
+from imgstore.db.models import Session
+from imgstore.errors import INVALID_ARGUMENT, ApiError
+from imgstore.services import sessions
+from imgstore.services.jobs import check_job_uuid
+from imgstore.services.runtime import Runtime
+
+JOBS_PATH = "zstack/v1/api-jobs"
+API_TIMEOUT_MS = 3 * 3600 * 1000
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+async def require_session(request: Request, rt: Runtime = Depends(runtime)) -> Session:
+    """``Authorization: OAuth <session uuid>`` naming a live session, or ID.1001."""
+    async with rt.db() as db:
+        return await sessions.authenticate(db, request.headers.get("authorization"))
+
+
+def wants_schema(request: Request) -> bool:
+    return request.headers.get("x-json-schema", "").strip().lower() == "true"
+
+
+@dataclasses.dataclass
+class ApiCall:
+    """One call of an API that ZStack runs as a job (creates, actions, deletes).
+
+    It answers at once (200 + result) unless the client asked for a job with
+    ``Prefer: respond-async`` or an ``X-Job-UUID`` header (the Java SDK always sends
+    one): then 202 + the job's location, which is always under ``/zstack/v1/api-jobs/``
+    because the SDK rewrites poll URLs around that marker.
+    """
+
+    rt: Runtime
+    with_schema: bool
+    job_uuid: str | None
+    asynchronous: bool
+    base_url: str
+
+    async def run(self, api_name: str, work: Callable[[], Awaitable[dict[str, Any]]]) -> JSONResponse:
+        if not self.asynchronous:
+            return JSONResponse(await work())
+        job_uuid = self.job_uuid or new_uuid()
+        await self.rt.jobs.submit(job_uuid, api_name, work)
+        location = f"{self.base_url.rstrip('/')}/{JOBS_PATH}/{job_uuid}"
+        return JSONResponse({"location": location, "apiTimeout": API_TIMEOUT_MS}, status_code=202)
+
+
+def api_call(request: Request, rt: Runtime = Depends(runtime)) -> ApiCall:
+    job = request.headers.get("x-job-uuid")
+    prefer = request.headers.get("prefer", "").lower()
+    return ApiCall(
+        rt=rt,
+        with_schema=wants_schema(request),
+        job_uuid=check_job_uuid(job) if job else None,
+        asynchronous=bool(job) or "respond-async" in prefer,
+        base_url=rt.settings.public_url or str(request.base_url),
+    )
+
+
+def query_spec(request: Request, uuid: str | None = None) -> QuerySpec:
+    """The ZStack query of a GET; ``/{uuid}`` is the condition ``uuid=<uuid>``."""
+    try:
+        spec = parse_query(request.query_params.multi_items())
+    except QueryError as e:
+        raise ApiError(INVALID_ARGUMENT, str(e)) from None
+    if uuid is not None:
+        spec = dataclasses.replace(spec, conditions=(*spec.conditions, Condition("uuid", "=", uuid)))
+    return spec

@@ -1,0 +1,109 @@
+"""The ASGI application: routers under ``/zstack/v1`` (and ``/v1``), ZStack error bodies."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imgstore.api import backup_storage, jobs, sessions
+from imgstore.api.deps import require_session
+from imgstore.config import Settings
+from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
+from imgstore.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("/zstack/v1", "/v1")  # the Java SDK's default context path is empty
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = await Runtime.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.runtime.close()
+
+    app = FastAPI(
+        title="imgstore",
+        summary="Distributed VM image storage on Ceph behind a ZStack-compatible API",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    for prefix in PREFIXES:
+        in_schema = prefix == PREFIXES[0]
+        app.include_router(_api_router(), prefix=prefix, include_in_schema=in_schema)
+    _install_error_handlers(app)
+    return app
+
+
+def _api_router() -> APIRouter:
+    api = APIRouter()
+    api.include_router(sessions.router)
+    api.include_router(jobs.router)
+    authed = APIRouter(dependencies=[Depends(require_session)])
+    authed.include_router(backup_storage.router)
+    api.include_router(authed)
+    return api
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(_validation_error(e).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 404:
+            details = f"no api mapping to {request.method} {request.url.path}"
+        elif e.status_code == 405:
+            details = f"method {request.method} is not served on {request.url.path}"
+        else:
+            details = str(e.detail)
+        kind = ErrorKind(UNKNOWN_MESSAGE.code, UNKNOWN_MESSAGE.description, e.status_code)
+        return JSONResponse(ApiError(kind, details).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        err = ApiError(INTERNAL, f"{request.method} {request.url.path} failed unexpectedly; see the server log")
+        return JSONResponse(err.body(), status_code=500)
+
+
+def _validation_error(e: RequestValidationError) -> ApiError:
+    """Pydantic's first complaint in ZStack's words, naming the field."""
+    messages = []
+    for err in e.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        name = ".".join(loc) or "body"
+        kind = err.get("type", "")
+        if kind == "missing":
+            messages.append(f"field[{name}] is mandatory, can not be null")
+        elif kind == "json_invalid":
+            messages.append(f"the body is not valid JSON: {err.get('msg')}")
+        else:
+            value = err.get("input")
+            shown = json.dumps(value)[:200] if _jsonable(value) else repr(value)[:200]
+            messages.append(f"field[{name}] value[{shown}] is invalid: {err.get('msg')}")
+    return ApiError(INVALID_ARGUMENT, "; ".join(messages[:5]) or "invalid request")
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,413 @@
+"""Ceph backup storage: adding one (AddCephBackupStorage) and undoing a failed add.
+
+Onboarding is agentless (DESIGN.md decision 4): SSH to every mon once to read the
+cluster's fsid and mon map, make the pool if imgstore owns it, and get a cephx key
+limited to that pool; from then on imgstore talks to the cluster with librados only.
+Every step that leaves something in the cluster is recorded on the row first, so a
+failed add, or a node that dies halfway, can take it all back.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from imgstore import ceph
+from imgstore.crypto import new_uuid
+from imgstore.db.models import BackupStorage, CephBackupStorage, CephMon
+from imgstore.errors import (
+    CREATE_RESOURCE_ERROR,
+    OPERATION_ERROR,
+    ApiError,
+    invalid_argument,
+)
+from imgstore.services import tags
+from imgstore.services.clusters import ceph_error
+from imgstore.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CEPH = "Ceph"
+NOT_USED_URL = "not used"
+_UUID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class NewCephStorage:
+    """What AddCephBackupStorage asks for, already typed by the API layer."""
+
+    name: str
+    mon_urls: list[str]
+    pool_name: str | None = None
+    description: str | None = None
+    type: str | None = None
+    url: str | None = None
+    import_images: bool = False
+    resource_uuid: str | None = None
+    system_tags: list[str] = field(default_factory=list)
+    user_tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Mon:
+    url: ceph.MonUrl
+    row: CephMon
+    shell: ceph.MonShell | None = None
+    facts: ceph.MonFacts | None = None
+    error: ApiError | None = None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def parse_mon_urls(mon_urls: list[str]) -> list[ceph.MonUrl]:
+    """ZStack's interceptor checks, in its order: each url parses, no host twice."""
+    if not mon_urls:
+        raise invalid_argument("field[monUrls] must be a non-empty list of mon urls")
+    parsed = []
+    for text in mon_urls:
+        if not text or not text.strip():
+            raise invalid_argument("field[monUrls] cannot contain an empty string")
+        try:
+            parsed.append(ceph.MonUrl.parse(text))
+        except ceph.MonUrlError as e:
+            raise invalid_argument(str(e)) from None
+    seen: set[str] = set()
+    for mon in parsed:
+        if mon.hostname in seen:
+            raise invalid_argument(f"Cannot add same host[{mon.hostname}] in mons")
+        seen.add(mon.hostname)
+    return parsed
+
+
+def validate(req: NewCephStorage) -> list[ceph.MonUrl]:
+    if req.pool_name is not None and not req.pool_name.strip():
+        raise invalid_argument("poolName can be null but cannot be an empty string")
+    if req.import_images and req.pool_name is None:
+        raise invalid_argument("poolName is required when importImages is true")
+    if req.type is not None and req.type != CEPH:
+        raise invalid_argument(f"field[type] must be {CEPH} for a ceph backup storage, but {req.type} found")
+    if req.resource_uuid is not None and not _UUID.fullmatch(req.resource_uuid):
+        raise invalid_argument(
+            f"field[resourceUuid] value[{req.resource_uuid}] is not a valid uuid: "
+            "32 lowercase hex characters without dashes"
+        )
+    if not req.name.strip():
+        raise invalid_argument("field[name] cannot be an empty string")
+    tags.check_tags(req.system_tags, req.user_tags)
+    return parse_mon_urls(req.mon_urls)
+
+
+async def _check_free(rt: Runtime, uuid: str, mons: list[ceph.MonUrl]) -> None:
+    async with rt.db() as db:
+        if await db.get(BackupStorage, uuid):
+            raise invalid_argument(f"field[resourceUuid]: a resource with uuid[{uuid}] already exists")
+        used = await db.scalars(
+            select(CephMon.hostname).where(CephMon.hostname.in_([m.hostname for m in mons]))
+        )
+        hosts = sorted(used)
+        if hosts:
+            raise invalid_argument(
+                "cannot add ceph backup storage, there has been some ceph backup storage "
+                f"using mon[hostnames:{hosts}]"
+            )
+
+
+# ---------------------------------------------------------------- add
+
+
+async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
+    """AddCephBackupStorage: validate, record as Connecting, onboard, answer Connected.
+
+    A failure at any step removes the row and whatever the add made in the cluster,
+    and answers SYS.1002 with the reason as its cause.
+    """
+    mons = validate(req)
+    uuid = req.resource_uuid or new_uuid()
+    await _check_free(rt, uuid, mons)
+    mon_rows = await _record(rt, uuid, req, mons)
+    try:
+        await _onboard(rt, uuid, [_Mon(url=m, row=r) for m, r in zip(mons, mon_rows)])
+    except ApiError as e:
+        await undo_add(rt, uuid)
+        raise ApiError(
+            CREATE_RESOURCE_ERROR, f"failed to add ceph backup storage[name:{req.name}]: {e.details}", cause=e
+        ) from None
+    except BaseException:
+        await asyncio.shield(undo_add(rt, uuid))
+        raise
+    return await load(rt, uuid)
+
+
+async def _record(
+    rt: Runtime, uuid: str, req: NewCephStorage, mons: list[ceph.MonUrl]
+) -> list[CephMon]:
+    """The Connecting row; the unique mon hostnames make a concurrent add of the same
+    mons fail here rather than in the cluster."""
+    pool = req.pool_name or f"bak-t-{uuid}"
+    mon_rows = [
+        CephMon(
+            uuid=new_uuid(),
+            hostname=m.hostname,
+            mon_addr=m.hostname,
+            mon_port=m.mon_port,
+            ssh_port=m.ssh_port,
+            ssh_username=m.username,
+            ssh_password=rt.secrets.seal(m.password),
+            status="Connecting",
+        )
+        for m in mons
+    ]
+    row = CephBackupStorage(
+        uuid=uuid,
+        name=req.name,
+        description=req.description,
+        url=NOT_USED_URL,
+        state="Enabled",
+        status="Connecting",
+        pool_name=pool,
+        pool_created=False,
+        adding_node=rt.node_id,
+        mons=mon_rows,
+    )
+    system_tags = list(req.system_tags)
+    if req.pool_name is not None:
+        system_tags.append(tags.PREDEFINED_POOL)
+    async with rt.db() as db:
+        db.add(row)
+        db.add_all(tags.new_tags(uuid, "BackupStorageVO", system_tags, req.user_tags))
+        try:
+            await db.commit()
+        except IntegrityError:
+            raise invalid_argument(
+                "cannot add ceph backup storage: its uuid or one of its mon hostnames "
+                f"[{', '.join(m.hostname for m in mons)}] is already in use"
+            ) from None
+    return mon_rows
+
+
+async def _onboard(rt: Runtime, uuid: str, mons: list[_Mon]) -> None:
+    async with AsyncExitStack() as stack:
+        await asyncio.gather(*(_probe(rt, stack, m) for m in mons))
+        good = [m for m in mons if m.facts]
+        if not good:
+            raise _all_mons_failed(uuid, mons)
+        fsid = await _claim_fsid(rt, uuid, good)
+        row = await load(rt, uuid)
+        shell = good[0].shell
+        assert shell is not None
+        await _ensure_pool(rt, row, shell, fsid)
+        client = f"imgstore.{uuid}"
+        await _save(rt, uuid, ceph_client=client)  # recorded before it exists: undo needs it
+        try:
+            key = await shell.get_or_create_key(client, row.pool_name)
+        except ceph.CephError as e:
+            raise ceph_error(e, good[0].url.hostname) from None
+        sealed = rt.secrets.seal(key)
+        await _save(rt, uuid, ceph_key=sealed)
+        mon_host = ",".join(m.facts.mon_host for m in good if m.facts)
+        cluster = ceph.Cluster(mon_host, client, key, rt.settings.ceph_timeout)
+        try:
+            await cluster.connect()
+            capacity = await cluster.capacity(row.pool_name)
+        except ceph.CephError as e:
+            await cluster.close()
+            raise ceph_error(e) from None
+        await _connected(rt, uuid, good, [m for m in mons if not m.facts], capacity)
+        await rt.clusters.adopt(uuid, (mon_host, sealed), cluster)
+
+
+async def _probe(rt: Runtime, stack: AsyncExitStack, mon: _Mon) -> None:
+    """SSH to one mon and read its facts; a failure is kept on the mon, not raised."""
+    try:
+        shell = ceph.MonShell(mon.url, rt.settings.ssh_timeout)
+        mon.shell = await stack.enter_async_context(shell)
+        mon.facts = await mon.shell.facts()
+    except ceph.CephError as e:
+        mon.error = ceph_error(e, f"{mon.url.hostname}:{mon.url.ssh_port}")
+        log.warning("mon %s of backup storage failed to connect: %s", mon.url.hostname, e)
+
+
+def _all_mons_failed(uuid: str, mons: list[_Mon]) -> ApiError:
+    causes = [m.error for m in mons if m.error]
+    statuses = {c.status for c in causes}
+    reasons = "; ".join(c.details for c in causes)
+    return ApiError(
+        OPERATION_ERROR,
+        f"unable to connect to the ceph backup storage[uuid:{uuid}], failed to connect all "
+        f"ceph monitors: {reasons}",
+        cause=causes[0] if len(causes) == 1 else None,
+        causes=causes if len(causes) > 1 else None,
+        status=statuses.pop() if len(statuses) == 1 else 503,
+    )
+
+
+async def _claim_fsid(rt: Runtime, uuid: str, good: list[_Mon]) -> str:
+    """All mons must agree, and no other storage may have this cluster: the unique
+    fsid column makes the second of two concurrent adds lose here."""
+    fsids = {m.facts.fsid for m in good if m.facts}
+    if len(fsids) > 1:
+        lines = ", ".join(f"{m.facts.mon_addr} --> {m.facts.fsid}" for m in good if m.facts)
+        raise ApiError(
+            OPERATION_ERROR,
+            "the fsid returned by mons are mismatching, it seems the mons belong to different "
+            f"ceph clusters: {lines}",
+        )
+    fsid = fsids.pop()
+    async with rt.db() as db:
+        other = await db.scalar(
+            select(CephBackupStorage).where(CephBackupStorage.fsid == fsid, CephBackupStorage.uuid != uuid)
+        )
+        if other is None:
+            row = await db.get(CephBackupStorage, uuid)
+            assert row is not None
+            row.fsid = fsid
+            try:
+                await db.commit()
+                return fsid
+            except IntegrityError:
+                await db.rollback()
+                other = await db.scalar(select(CephBackupStorage).where(CephBackupStorage.fsid == fsid))
+    name, other_uuid = (other.name, other.uuid) if other else ("?", "?")
+    raise ApiError(
+        OPERATION_ERROR,
+        f"there is another CEPH backup storage[name:{name}, uuid:{other_uuid}] with the same "
+        f"FSID[{fsid}], you cannot add the same CEPH setup as two different backup storage",
+    )
+
+
+async def _ensure_pool(rt: Runtime, row: CephBackupStorage, shell: ceph.MonShell, fsid: str) -> None:
+    """A pool the user named must exist (``ceph::predefinedPool``); otherwise imgstore
+    makes ``bak-t-<uuid>`` and remembers that it did, so a failed add can remove it."""
+    predefined = row.pool_name != f"bak-t-{row.uuid}"
+    try:
+        if await shell.pool_exists(row.pool_name):
+            return
+        if predefined:
+            raise ApiError(
+                OPERATION_ERROR,
+                f"cannot find pool[{row.pool_name}] in the ceph cluster[fsid:{fsid}]; a pool given as "
+                "poolName must exist: create it, or leave poolName out to let imgstore create one",
+                status=400,
+            )
+        await _save(rt, row.uuid, pool_created=True)
+        await shell.create_pool(row.pool_name)
+    except ceph.CephError as e:
+        raise ceph_error(e) from None
+
+
+async def _connected(
+    rt: Runtime, uuid: str, good: list[_Mon], failed: list[_Mon], capacity: ceph.Capacity
+) -> None:
+    async with rt.db() as db:
+        row = await db.get(CephBackupStorage, uuid)
+        assert row is not None
+        by_uuid = {m.row.uuid: m for m in good}
+        for mon in list(row.mons):
+            probe = by_uuid.get(mon.uuid)
+            if probe is None or probe.facts is None:
+                row.mons.remove(mon)  # ZStack drops the mons that failed on a new add
+                continue
+            mon.status = "Connected"
+            mon.mon_addr = probe.facts.mon_addr
+            mon.mon_host = probe.facts.mon_host
+        apply_capacity(row, capacity)
+        row.status = "Connected"
+        row.adding_node = None
+        await db.commit()
+    for m in failed:
+        log.warning("backup storage %s added without mon %s: %s", uuid, m.url.hostname, m.error)
+
+
+def apply_capacity(row: CephBackupStorage, capacity: ceph.Capacity) -> None:
+    row.total_capacity = capacity.total
+    row.available_capacity = capacity.available
+    row.pool_available_capacity = capacity.pool_available
+    row.pool_used_capacity = capacity.pool_used
+    row.pool_replicated_size = capacity.pool_replicated_size
+    row.pool_disk_utilization = capacity.pool_disk_utilization
+    row.pool_security_policy = capacity.pool_security_policy
+
+
+async def _save(rt: Runtime, uuid: str, **values: object) -> None:
+    async with rt.db() as db:
+        row = await db.get(CephBackupStorage, uuid)
+        assert row is not None
+        for k, v in values.items():
+            setattr(row, k, v)
+        await db.commit()
+
+
+async def load(rt: Runtime, uuid: str) -> CephBackupStorage:
+    async with rt.db() as db:
+        row = await db.get(CephBackupStorage, uuid, populate_existing=True)
+        if row is None:
+            raise ApiError(OPERATION_ERROR, f"backup storage[uuid:{uuid}] was deleted meanwhile", status=409)
+        return row
+
+
+# ---------------------------------------------------------------- undo and delete
+
+
+async def undo_add(rt: Runtime, uuid: str) -> None:
+    """Remove what a failed or interrupted add made: the key, the pool it created, the row."""
+    await rt.clusters.forget(uuid)
+    async with rt.db() as db:
+        row = await db.get(CephBackupStorage, uuid)
+        if row is None:
+            return
+        await release_cluster_resources(rt, row, drop_pool=bool(row.pool_created))
+        await tags.delete_tags_of(db, uuid)
+        await db.delete(row)
+        await db.commit()
+
+
+async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_pool: bool) -> None:
+    """Delete the storage's cephx key (and its pool when asked) through any mon that
+    answers. Best effort: a cluster that is gone must not keep a row alive forever."""
+    if not row.ceph_client and not drop_pool:
+        return
+    errors = []
+    for mon in row.mons:
+        url = ceph.MonUrl(
+            username=mon.ssh_username,
+            password=rt.secrets.open(mon.ssh_password),
+            hostname=mon.hostname,
+            ssh_port=mon.ssh_port,
+            mon_port=mon.mon_port,
+        )
+        try:
+            async with ceph.MonShell(url, rt.settings.ssh_timeout) as shell:
+                if row.ceph_client:
+                    await shell.delete_key(row.ceph_client)
+                if drop_pool and row.pool_name:
+                    await shell.delete_pool(row.pool_name)
+            return
+        except ceph.CephError as e:
+            errors.append(f"{mon.hostname}: {e}")
+    log.warning(
+        "could not remove cephx key %s%s of backup storage %s: %s",
+        row.ceph_client,
+        f" and pool {row.pool_name}" if drop_pool else "",
+        row.uuid,
+        "; ".join(errors) or "no mon",
+    )
+
+
+async def clean_up_interrupted_adds(rt: Runtime) -> None:
+    """At start: an add this node had not finished died with it; undo it so nothing
+    half-made stays (no row stuck in Connecting, no orphan pool or key)."""
+    async with rt.db() as db:
+        stale = list(
+            await db.scalars(
+                select(CephBackupStorage.uuid).where(CephBackupStorage.adding_node == rt.node_id)
+            )
+        )
+    for uuid in stale:
+        log.warning("undoing the add of backup storage %s interrupted by a restart", uuid)
+        await undo_add(rt, uuid)

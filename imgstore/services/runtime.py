@@ -1,0 +1,69 @@
+"""Everything a node holds while it runs: settings, database, secrets, jobs, clusters."""
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from imgstore.config import Settings
+from imgstore.crypto import SecretBox
+from imgstore.db.engine import create_engine, migrate, sessionmaker
+from imgstore.services import sessions
+from imgstore.services.clusters import ClusterRegistry
+from imgstore.services.jobs import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    db: async_sessionmaker[AsyncSession]
+    secrets: SecretBox
+    jobs: JobRunner
+    clusters: ClusterRegistry
+    node_id: str
+
+    @classmethod
+    async def start(cls, settings: Settings) -> "Runtime":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings.database_url())
+        await migrate(engine)
+        db = sessionmaker(engine)
+        node_id = settings.node_id or _default_node_id(settings)
+        secrets = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+        rt = cls(
+            settings=settings,
+            engine=engine,
+            db=db,
+            secrets=secrets,
+            jobs=JobRunner(db, node_id, settings.job_retention),
+            clusters=ClusterRegistry(secrets, settings.ceph_timeout),
+            node_id=node_id,
+        )
+        async with db() as session:
+            await sessions.ensure_admin(session, settings)
+        await rt.jobs.recover()
+        from imgstore.services import ceph_backup_storage
+
+        await ceph_backup_storage.clean_up_interrupted_adds(rt)
+        return rt
+
+    async def close(self) -> None:
+        await self.jobs.drain()
+        await self.clusters.close_all()
+        await self.engine.dispose()
+
+
+def _default_node_id(settings: Settings) -> str:
+    """Stable across restarts of the same node (so it can recover its own jobs)."""
+    path = settings.data_dir / "node-id"
+    if path.exists():
+        return path.read_text().strip()
+    node = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    path.write_text(node + "\n")
+    return node

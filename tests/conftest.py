@@ -1,0 +1,249 @@
+"""Shared fixtures: the dev Ceph clusters, a real imgstore server, a logged-in client.
+
+The clusters come from ``scripts/devcluster.sh`` (``scripts/test.sh`` starts ``c1`` and
+``c2``); tests that need them are skipped, with the reason, when they are not running.
+The server is a real ``imgstore serve`` process on loopback, so restarts and kills are
+real too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
+ADMIN_PASSWORD = "test-admin-password"
+
+
+# ---------------------------------------------------------------- clusters
+
+
+@dataclass
+class DevCluster:
+    name: str
+    env: dict[str, str]
+
+    @property
+    def mon_url(self) -> str:
+        return self.env["MON_URL"]
+
+    @property
+    def fsid(self) -> str:
+        return self.env["CEPH_FSID"]
+
+    def mon_url_with(self, password: str | None = None, ssh_port: int | None = None, mon_port: int | None = None) -> str:
+        e = self.env
+        return (
+            f"{e['SSH_USER']}:{password or e['SSH_PASSWORD']}@127.0.0.1:"
+            f"{ssh_port or e['SSH_PORT']}/?monPort={mon_port or e['CEPH_MON_PORT']}"
+        )
+
+    def ceph(self, *args: str, timeout: float = 30) -> str:
+        """The admin ``ceph`` CLI against this cluster."""
+        out = subprocess.run(
+            ["ceph", "-c", self.env["CEPH_CONF"], "--connect-timeout", "10", *args],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"ceph {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def ceph_json(self, *args: str) -> dict:
+        return json.loads(self.ceph(*args, "-f", "json"))
+
+    def pools(self) -> set[str]:
+        return set(self.ceph("osd", "pool", "ls").split())
+
+    def clients(self) -> set[str]:
+        return {e["entity"] for e in self.ceph_json("auth", "ls")["auth_dump"]}
+
+    def create_pool(self, name: str) -> str:
+        self.ceph("osd", "pool", "create", name, "8")
+        self.ceph("osd", "pool", "application", "enable", name, "rbd")
+        return name
+
+    def delete_pool(self, name: str) -> None:
+        self.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
+
+    def devcluster(self, *args: str) -> None:
+        subprocess.run(["bash", str(DEVCLUSTER), *args, self.name], check=True, timeout=120,
+                       stdout=subprocess.DEVNULL)
+
+
+def _cluster(name: str) -> DevCluster:
+    if not DEVCLUSTER.exists():
+        pytest.skip("scripts/devcluster.sh is missing")
+    out = subprocess.run(["bash", str(DEVCLUSTER), "env", name], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"dev cluster {name} is not running (scripts/test.sh starts it): {out.stderr.strip()}")
+    env = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("export ") and "=" in line:
+            k, v = line[len("export "):].split("=", 1)
+            env[k] = v.strip("'\"")
+    status = subprocess.run(["bash", str(DEVCLUSTER), "status", name], capture_output=True)
+    if status.returncode != 0:
+        pytest.skip(f"dev cluster {name} is not healthy")
+    return DevCluster(name, env)
+
+
+@pytest.fixture(scope="session")
+def c1() -> DevCluster:
+    return _cluster("c1")
+
+
+@pytest.fixture(scope="session")
+def c2() -> DevCluster:
+    return _cluster("c2")
+
+
+@pytest.fixture
+def pool(c1: DevCluster) -> Iterator[str]:
+    """A fresh pool on c1, removed afterwards (with the images in it)."""
+    name = c1.create_pool(f"t-{uuid.uuid4().hex[:10]}")
+    yield name
+    c1.delete_pool(name)
+
+
+# ---------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    for port in range(21000 + os.getpid() % 5000, 32000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port below 32768")
+
+
+@dataclass
+class Server:
+    """A real ``imgstore serve`` process on 127.0.0.1."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        env = {
+            **os.environ,
+            "IMGSTORE_DATA_DIR": str(self.data_dir),
+            "IMGSTORE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "IMGSTORE_CEPH_TIMEOUT": "5",
+            "IMGSTORE_SSH_TIMEOUT": "5",
+            **self.env,
+        }
+        log = open(self.data_dir / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imgstore.cli", "serve", "--port", str(self.port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()[-2000:]}")
+            try:
+                httpx.get(f"{self.url}/zstack/v1/accounts/sessions/x/valid", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start in 30 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+
+    def log(self) -> str:
+        return (self.data_dir / "server.log").read_text(errors="replace")
+
+    def login(self) -> "Api":
+        return Api.login(self.url)
+
+
+class Api(httpx.Client):
+    """An httpx client on ``/zstack/v1`` with a session, and ZStack's job polling."""
+
+    @classmethod
+    def login(cls, url: str, password: str = ADMIN_PASSWORD) -> "Api":
+        client = cls(base_url=f"{url}/zstack/v1", timeout=60)
+        r = client.put("/accounts/login", json={"logInByAccount": {
+            "accountName": "admin", "password": hashlib.sha512(password.encode()).hexdigest()}})
+        assert r.status_code == 200, r.text
+        client.headers["Authorization"] = f"OAuth {r.json()['inventory']['uuid']}"
+        return client
+
+    def wait_job(self, response: httpx.Response, timeout: float = 60) -> httpx.Response:
+        assert response.status_code == 202, response.text
+        location = response.json()["location"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = httpx.get(location, timeout=10)
+            if r.status_code != 202:
+                return r
+            time.sleep(0.1)
+        raise AssertionError(f"job {location} still running after {timeout} s")
+
+    def add_ceph(self, name: str, mon_urls: list[str], **params: object) -> httpx.Response:
+        return self.post("/backup-storage/ceph", json={"params": {"name": name, "monUrls": mon_urls, **params}})
+
+    def storages(self, **query: str) -> list[dict]:
+        r = self.get("/backup-storage", params=query)
+        assert r.status_code == 200, r.text
+        return r.json()["inventories"]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("imgstore")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[Api]:
+    """A logged-in client; storages a test leaves behind are deleted after it."""
+    client = server.login()
+    yield client
+    for inv in client.storages():
+        client.delete(f"/backup-storage/{inv['uuid']}")
+    client.close()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own, for restarts and kills."""
+    srv = Server(tmp_path / "srv")
+    srv.data_dir.mkdir()
+    yield srv
+    if srv.proc and srv.proc.poll() is None:
+        try:
+            api = srv.login()
+            for inv in api.storages():
+                api.delete(f"/backup-storage/{inv['uuid']}")
+        except Exception:
+            pass
+    srv.stop()
+    shutil.rmtree(srv.data_dir, ignore_errors=True)
