@@ -1,0 +1,351 @@
+"""A :class:`~imgstore.api.query.QuerySpec` → SQLAlchemy selects, with ZStack's semantics.
+
+Each resource describes itself once as a :class:`Queryable`: which inventory field is
+which SQL expression (and of what type), which fields are lists kept in another table,
+which dotted names lead to related resources, and where its tags live.
+:func:`build_select` turns a parsed query into a page select and a count select that
+run unchanged on SQLite and PostgreSQL.
+
+Semantics, chosen to match ZStack on MySQL:
+
+* comparisons are typed: a value that does not fit the field is an error naming both;
+* ``~=``/``!~=`` are case-insensitive (MySQL's default collation) with ``%``/``_``
+  wildcards and ``\\`` as escape on both engines;
+* ``!=``, ``!?=``, ``!~=`` on a NULL column do not match (SQL three-valued logic, as MySQL);
+* a list field or a tag matches when *some* member satisfies a positive operator; the
+  negative ones (``!=``, ``!?=``, ``!~=``, ``is null``) mean *no* member satisfies the
+  positive twin, so ``attachedZoneUuids is null`` is "attached nowhere" — ZStack's
+  ``TagSubQueryExtension`` does exactly this;
+* a related resource (``zone.name=x``) matches when some related row satisfies the
+  condition as written;
+* ordering always ends with the primary key, so paging is deterministic.
+
+Zone-less dates (``Jun 7, 2017 9:20:17 PM``, ISO without offset) are read in the server's
+local zone, which is how ``imgstore.dates`` writes them; naive ``DateTime`` columns are
+taken to hold UTC.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from dataclasses import field as _dc_field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import DateTime, String, cast, func, inspect, select
+from sqlalchemy import Enum as SqlEnum
+from sqlalchemy.sql import ColumnElement, Select
+
+from imgstore.api.query import Condition, QuerySpec
+
+Clause = ColumnElement[bool]
+#: fn(rest of the dotted name, condition) -> where-clause on the owning entity.
+Relation = Callable[[str, Condition], Clause]
+#: fn("systemTag" | "userTag", condition) -> where-clause on the owning entity.
+TagFilter = Callable[[str, Condition], Clause]
+
+TAG_NAMES = {"__systemTag__": "systemTag", "__userTag__": "userTag"}
+_POSITIVE_TWIN = {"!=": "=", "!?=": "?=", "!~=": "~=", "is null": "not null"}
+_COMPARE: dict[str, Callable[[Any, Any], Clause]] = {
+    "=": lambda col, v: col == v,
+    "!=": lambda col, v: col != v,
+    ">": lambda col, v: col > v,
+    ">=": lambda col, v: col >= v,
+    "<": lambda col, v: col < v,
+    "<=": lambda col, v: col <= v,
+}
+
+
+class QueryFieldError(ValueError):
+    """A query that parses but does not fit the resource: the message is for the user."""
+
+
+class UnknownFieldError(QueryFieldError):
+    """A condition, ``sort`` or ``fields`` names something the inventory does not have."""
+
+
+class FieldValueError(QueryFieldError):
+    """A condition's value cannot be read as the field's type."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """An inventory field backed by one SQL expression; ``kind`` types its values."""
+
+    column: Any  # ColumnElement or ORM attribute
+    kind: type = str
+
+
+@dataclass(frozen=True)
+class ListField:
+    """A list-valued inventory field kept in another table (e.g. ``attachedZoneUuids``).
+
+    ``select_for()`` returns a select of ``(owner primary key, member value)`` rows; it is
+    a callable so that a module can declare its queryables before its mappers are ready.
+    """
+
+    select_for: Callable[[], Select[Any]]
+    kind: type = str
+
+
+@dataclass(frozen=True)
+class Queryable:
+    """How one resource answers ZStack queries; declared once, next to its routes."""
+
+    entity: type
+    fields: Mapping[str, Field | ListField]
+    relations: Mapping[str, Relation] = _dc_field(default_factory=dict)
+    tags: TagFilter | None = None
+    default_sort: str | None = None  # an inventory field; the primary key always follows
+    name: str | None = None  # for messages, e.g. "BackupStorageInventory"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.entity.__name__
+
+
+def build_select(q: Queryable, spec: QuerySpec) -> tuple[Select[Any], Select[Any] | None]:
+    """The page of entities the query asks for, and the count select when it wants a total.
+
+    The count ignores ``start``/``limit``; it is ``None`` unless ``count`` or
+    ``replyWithCount`` is set. ``fields`` is only validated: projection is the caller's.
+    """
+    for name in spec.fields:
+        _field(q, name)
+    clauses = [where_clause(q, cond) for cond in spec.conditions]
+    matching = select(q.entity).where(*clauses)
+    page = matching.order_by(*_order_by(q, spec.sort)).offset(spec.start).limit(spec.limit)
+    if not (spec.count or spec.reply_with_count):
+        return page, None
+    return page, select(func.count()).select_from(matching.subquery())
+
+
+def where_clause(q: Queryable, cond: Condition) -> Clause:
+    """One condition as a where-clause on ``q.entity``: field, list, tag or relation."""
+    target = q.fields.get(cond.name)
+    if isinstance(target, Field):
+        return compare(target.column, target.kind, cond)
+    if isinstance(target, ListField):
+        return membership(_primary_key(q)[0], target.select_for(), cond, target.kind)
+    if cond.name in TAG_NAMES and q.tags is not None:
+        return q.tags(TAG_NAMES[cond.name], cond)
+    head, dot, rest = cond.name.partition(".")
+    if dot and rest and head in q.relations:
+        return q.relations[head](rest, cond)
+    raise _unknown(q, cond.name)
+
+
+def compare(column: Any, kind: type, cond: Condition) -> Clause:
+    """``column <op> value`` with the value converted to ``kind``."""
+    if cond.op == "is null":
+        return column.is_(None)
+    if cond.op == "not null":
+        return column.is_not(None)
+    raw = cond.value or ""
+    if cond.op in ("~=", "!~="):
+        text = column if kind is str else cast(column, String)
+        if cond.op == "~=":
+            return text.ilike(raw, escape="\\")
+        return text.not_ilike(raw, escape="\\")
+    if cond.op in ("?=", "!?="):
+        values = [convert(kind, v, cond.name, column) for v in cond.values]
+        return column.in_(values) if cond.op == "?=" else column.not_in(values)
+    return _COMPARE[cond.op](column, convert(kind, raw, cond.name, column))
+
+
+def membership(owner_key: Any, rows: Select[Any], cond: Condition, kind: type = str) -> Clause:
+    """Match owners by the members of a list: some member fits, or (negative ops) none does.
+
+    ``rows`` yields ``(owner key, member value)``. ``x!=v`` becomes "no member equals v",
+    ``x is null`` "no member at all", mirroring ZStack's tag and list sub-queries.
+    """
+    sub = rows.subquery()
+    owner, value = list(sub.c)[:2]
+    positive = _POSITIVE_TWIN.get(cond.op)
+    test = compare(value, kind, replace(cond, op=positive) if positive else cond)
+    owners = select(owner).where(owner.is_not(None), test)
+    return owner_key.not_in(owners) if positive else owner_key.in_(owners)
+
+
+def relation(owner_key: Any, link: Callable[[], Select[Any]], target: Queryable) -> Relation:
+    """A :data:`Relation` for ``<name>.<field>`` conditions on another queryable resource.
+
+    ``link()`` yields ``(owner key, target primary key)`` rows: a ref table for
+    many-to-many (``select(Ref.backup_storage_uuid, Ref.zone_uuid)``), or the child table
+    itself for one-to-many (``select(CephMon.backup_storage_uuid, CephMon.uuid)``).
+    The owner matches when some linked target satisfies the condition.
+    """
+
+    def clause(rest: str, cond: Condition) -> Clause:
+        matched = select(_primary_key(target)[0]).where(
+            where_clause(target, replace(cond, name=rest))
+        )
+        sub = link().subquery()
+        owner, target_key = list(sub.c)[:2]
+        return owner_key.in_(select(owner).where(target_key.in_(matched)))
+
+    return clause
+
+
+def tag_filter(owner_key: Any, rows_for: Callable[[str], Select[Any]]) -> TagFilter:
+    """A :data:`TagFilter` from ``rows_for("systemTag" | "userTag")`` → ``(owner, tag)`` rows."""
+
+    def clause(kind: str, cond: Condition) -> Clause:
+        return membership(owner_key, rows_for(kind), cond)
+
+    return clause
+
+
+def convert(kind: type, raw: str, name: str, column: Any = None) -> Any:
+    """Read a condition value as ``kind``, or raise :class:`FieldValueError` naming it."""
+    if kind is str:
+        return raw
+    text = raw.strip()
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return _enum_value(kind, text, raw, name, column)
+    reader = _READERS.get(kind)
+    if reader is None:
+        raise TypeError(f"unsupported query field kind {kind!r} for field[{name}]")
+    value = reader(text)
+    if value is None:
+        raise FieldValueError(f"value[{raw}] of field[{name}] is not a valid {_KIND_NAMES[kind]}")
+    if kind is datetime:
+        return _for_column(value, column)
+    return value
+
+
+def parse_datetime(text: str) -> datetime | None:
+    """An aware datetime from ISO 8601, epoch milliseconds or ZStack's US form, else None.
+
+    Zone-less forms are local time: imgstore (like ZStack) prints dates in the server's
+    local zone without an offset, so a client echoing one back means that zone.
+    """
+    if re.fullmatch(r"-?[0-9]+", text):
+        try:
+            return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    parsed = _parse_us_date(text) or _parse_iso(text)
+    if parsed is None:
+        return None
+    return parsed if parsed.tzinfo else parsed.astimezone()
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+# "Jun 7, 2017 9:20:17 PM", also with JDK 9+'s comma after the year and its narrow space.
+_US_DATE = re.compile(
+    r"([A-Za-z]{3}) ([0-9]{1,2}), ([0-9]{4}),? ([0-9]{1,2}):([0-9]{2}):([0-9]{2})\s?([AaPp][Mm])"
+)
+
+
+def _parse_us_date(text: str) -> datetime | None:
+    """Gson's default US format, parsed by hand so the process locale cannot matter."""
+    m = _US_DATE.fullmatch(text)
+    if m is None or m.group(1).lower() not in _MONTHS:
+        return None
+    month, day, year = _MONTHS[m.group(1).lower()], int(m.group(2)), int(m.group(3))
+    hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    if not 1 <= hour <= 12:
+        return None
+    hour = hour % 12 + (12 if m.group(7).lower() == "pm" else 0)
+    try:
+        return datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+
+
+def _parse_iso(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _for_column(value: datetime, column: Any) -> datetime:
+    """Naive UTC for naive ``DateTime`` columns (what imgstore stores), aware otherwise."""
+    col_type = getattr(column, "type", None)
+    if isinstance(col_type, DateTime) and not col_type.timezone:
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _read_int(text: str) -> int | None:
+    return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
+
+
+def _read_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _read_bool(text: str) -> bool | None:
+    return {"true": True, "false": False}.get(text.lower())
+
+
+_READERS: dict[type, Callable[[str], Any]] = {
+    int: _read_int, float: _read_float, bool: _read_bool, datetime: parse_datetime,
+}
+_KIND_NAMES = {
+    int: "integer",
+    float: "number",
+    bool: "boolean (true or false)",
+    datetime: "date (ISO 8601, epoch milliseconds or 'Jun 7, 2017 9:20:17 PM')",
+}
+
+
+def _enum_value(kind: type[enum.Enum], text: str, raw: str, name: str, column: Any) -> Any:
+    """The member named or valued ``text``; SQL Enum columns take members, others values."""
+    member = next((m for m in kind if str(m.value) == text or m.name == text), None)
+    if member is None:
+        valid = ", ".join(str(m.value) for m in kind)
+        raise FieldValueError(
+            f"value[{raw}] of field[{name}] is not a valid value; valid values are [{valid}]"
+        )
+    return member if isinstance(getattr(column, "type", None), SqlEnum) else member.value
+
+
+def _primary_key(q: Queryable) -> tuple[Any, ...]:
+    return tuple(inspect(q.entity).primary_key)
+
+
+def _field(q: Queryable, name: str) -> Field | ListField:
+    if name not in q.fields:
+        raise _unknown(q, name)
+    return q.fields[name]
+
+
+def _order_by(q: Queryable, sort: tuple[str, bool] | None) -> list[Any]:
+    """The requested (or default) order, NULLs first ascending as on MySQL, then the key."""
+    if sort is None and q.default_sort is not None:
+        sort = (q.default_sort, True)
+    order: list[Any] = []
+    if sort is not None:
+        name, ascending = sort
+        target = _field(q, name)
+        if not isinstance(target, Field):
+            raise UnknownFieldError(
+                f"field[{name}] of {q.label} is a list and cannot be used to sort"
+            )
+        col = target.column
+        order.append(col.asc().nulls_first() if ascending else col.desc().nulls_last())
+    return order + [key.asc() for key in _primary_key(q)]
+
+
+def _unknown(q: Queryable, name: str) -> UnknownFieldError:
+    valid = list(q.fields)
+    valid += [f"{rel}.<field>" for rel in q.relations]
+    if q.tags is not None:
+        valid += list(TAG_NAMES)
+    return UnknownFieldError(
+        f"field[{name}] is not a queryable field of {q.label};"
+        f" valid fields are [{', '.join(valid)}]"
+    )
