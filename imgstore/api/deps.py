@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
-from imgstore.api.query import Condition, QueryError, QuerySpec, parse_query
+from imgstore.query import Condition, QueryError, QuerySpec, parse_query
 from imgstore.crypto import new_uuid
 from imgstore.db.models import Session
 from imgstore.errors import INVALID_ARGUMENT, ApiError

@@ -1,4 +1,4 @@
-"""A :class:`~imgstore.api.query.QuerySpec` → SQLAlchemy selects, with ZStack's semantics.
+"""A :class:`~imgstore.query.QuerySpec` → SQLAlchemy selects, with ZStack's semantics.
 
 Each resource describes itself once as a :class:`Queryable`: which inventory field is
 which SQL expression (and of what type), which fields are lists kept in another table,
@@ -39,7 +39,7 @@ from sqlalchemy import DateTime, String, cast, func, inspect, select
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.sql import ColumnElement, Select
 
-from imgstore.api.query import Condition, QuerySpec
+from imgstore.query import Condition, QuerySpec
 
 Clause = ColumnElement[bool]
 #: fn(rest of the dotted name, condition) -> where-clause on the owning entity.

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imgstore.api.query import QuerySpec
+from imgstore.query import QuerySpec
 from imgstore.db import query as q
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Tag
 from imgstore.errors import INVALID_ARGUMENT, ApiError, not_found
