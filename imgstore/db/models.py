@@ -69,7 +69,13 @@ class BackupStorage(Timestamps, Base):
         back_populates="backup_storage", cascade="all, delete-orphan", lazy="selectin"
     )
 
-    __mapper_args__ = {"polymorphic_on": "type", "polymorphic_identity": "BackupStorage"}
+    # load every subclass column and relationship whatever class a query names: a
+    # query over all storages hands back complete Ceph rows
+    __mapper_args__ = {
+        "polymorphic_on": "type",
+        "polymorphic_identity": "BackupStorage",
+        "with_polymorphic": "*",
+    }
 
     @property
     def attached_zone_uuids(self) -> list[str]:
