@@ -496,8 +496,37 @@ do_stop() { # graceful: the OSD first (it reports to the mon on the way down), t
   log "stopped (data kept in $DIR)"
 }
 
+# every process started for this cluster, found by its exact argv (`-c <this conf>` or
+# `-f <this sshd_config>`): also catches a daemon still starting, with no pid file yet
+stray_pids() {
+  python3 - "$CONF" "$SSHD_CONFIG" "$$" <<'PYEOF'
+import os, re, sys
+conf, sshd_config, me = sys.argv[1], sys.argv[2], sys.argv[3]
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if pid == me:
+        continue
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+    except OSError:
+        continue
+    prog = os.path.basename(argv[0])
+    pairs = set(zip(argv, argv[1:]))
+    if (re.fullmatch(r"ceph-(mon|mgr|osd)", prog) and ("-c", conf) in pairs) or \
+       (prog == "sshd" and ("-f", sshd_config) in pairs) or \
+       (argv[0].startswith("sshd: ") and f" -f {sshd_config} " in argv[0] + " "):
+        print(pid)
+PYEOF
+}
+
 purge_locked() { # the data is thrown away, so no need to be gentle
+  local strays
   if [ -d "$RUN" ]; then signal_and_wait KILL "osd.$OSD_ID" "mgr.$MGR_ID" "mon.$MON_ID" sshd; fi
+  strays=$(stray_pids)
+  if [ -n "$strays" ]; then
+    log "SIGKILL leftover processes of this cluster: $(echo $strays)"
+    kill -KILL $strays 2>/dev/null || true
+    sleep 0.3
+  fi
   if [ -d "$DIR" ]; then rm -rf "$DIR"; log "removed $DIR"; fi
 }
 do_purge() { take_lock; purge_locked; }
