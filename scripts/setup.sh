@@ -32,9 +32,10 @@ DEVCLUSTER_EXTRA_PACKAGES="curl ca-certificates" bash "$ROOT/scripts/devcluster.
 is_py311() { [ -x "$1" ] && "$1" -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 11) or sys.implementation.name != "cpython")' 2>/dev/null; }
 find_python() {
   local c
-  for c in "$(command -v python3.11 2>/dev/null || true)" \
-           "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11*/bin/python3.11 \
-           /root/.pyenv/versions/3.11*/bin/python3.11 \
+  local pyenv_root=${PYENV_ROOT:-${HOME:-/root}/.pyenv}
+  # pyenv's CPython 3.11 first (newest patch release), then any other CPython 3.11
+  for c in $(ls -d "$pyenv_root"/versions/3.11*/bin/python3.11 /root/.pyenv/versions/3.11*/bin/python3.11 2>/dev/null | sort -Vr) \
+           "$(command -v python3.11 2>/dev/null || true)" \
            /usr/local/bin/python3.11 /usr/bin/python3.11 \
            "$(command -v python3 2>/dev/null || true)"; do
     [ -n "$c" ] && is_py311 "$c" && { "$c" -c 'import sys; print(sys.executable)'; return 0; }
