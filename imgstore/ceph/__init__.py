@@ -1,0 +1,31 @@
+"""Everything that talks to a Ceph cluster (see DESIGN.md: ceph/)."""
+
+from imgstore.ceph.exceptions import (
+    CephCommandFailed,
+    CephError,
+    CephPermissionDenied,
+    CephTimeout,
+    CephToolsMissing,
+    ClusterUnreachable,
+    InvalidName,
+    MonUrlError,
+    PoolNotFound,
+    SshAuthFailed,
+    SshUnreachable,
+)
+from imgstore.ceph.monurl import MonUrl
+
+__all__ = [
+    "MonUrl",
+    "CephError",
+    "MonUrlError",
+    "InvalidName",
+    "SshAuthFailed",
+    "SshUnreachable",
+    "CephToolsMissing",
+    "CephTimeout",
+    "CephCommandFailed",
+    "PoolNotFound",
+    "CephPermissionDenied",
+    "ClusterUnreachable",
+]
