@@ -14,8 +14,10 @@ from imgstore.ceph.exceptions import (
     SshUnreachable,
 )
 from imgstore.ceph.monurl import MonUrl
+from imgstore.ceph.capacity import Capacity
 
 __all__ = [
+    "Capacity",
     "MonUrl",
     "CephError",
     "MonUrlError",
