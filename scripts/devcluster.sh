@@ -87,7 +87,7 @@ do_install() {
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
-    [ "$tmp_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    if [ "$tmp_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   fi
   ceph --version >&2
 }
@@ -106,7 +106,14 @@ SSHD_CONFIG=$DIR/ssh/sshd_config
 SSHD_PIDFILE=$RUN/sshd.pid
 LOCKFILE=$BASE/.$NAME.lock
 
-if [ -f "$PARAMS" ] && [ "$FRESH" = 0 ]; then
+if [ -f "$PARAMS" ] && [ "$FRESH" = 1 ]; then
+  # --fresh: a new cluster, on the old ports unless -p/-s say otherwise
+  # shellcheck disable=SC1090
+  . "$PARAMS"
+  MON_PORT=${OPT_MON_PORT:-$MON_PORT}
+  SSH_PORT=${OPT_SSH_PORT:-$( [ -n "$OPT_MON_PORT" ] && echo $((MON_PORT - 767)) || echo "$SSH_PORT")}
+  OSD_SIZE_GB=${DEVCLUSTER_OSD_SIZE_GB:-$OSD_SIZE_GB}
+elif [ -f "$PARAMS" ]; then
   # shellcheck disable=SC1090
   . "$PARAMS"
   if [ "$CMD" = start ]; then
