@@ -1,5 +1,15 @@
-"""Everything that talks to a Ceph cluster (see DESIGN.md: ceph/)."""
+"""Everything that talks to a Ceph cluster.
 
+The only package of imgstore that imports ``rados``, ``rbd`` or ``asyncssh``; it knows
+nothing of HTTP or the database. Errors leave it as ``imgstore.ceph.exceptions``.
+
+* :class:`MonUrl` parses ZStack monUrls;
+* :class:`MonShell` onboards over ssh (facts, pool, least-privilege cephx key);
+* :class:`Cluster` is the librados handle of a storage (capacity, ping probe, quorum).
+"""
+
+from imgstore.ceph.capacity import Capacity
+from imgstore.ceph.cluster import Cluster
 from imgstore.ceph.exceptions import (
     CephCommandFailed,
     CephError,
@@ -14,11 +24,15 @@ from imgstore.ceph.exceptions import (
     SshUnreachable,
 )
 from imgstore.ceph.monurl import MonUrl
-from imgstore.ceph.capacity import Capacity
+from imgstore.ceph.ssh import MonFacts, MonShell, rbd_client_caps
 
 __all__ = [
     "Capacity",
+    "Cluster",
+    "MonFacts",
+    "MonShell",
     "MonUrl",
+    "rbd_client_caps",
     "CephError",
     "MonUrlError",
     "InvalidName",

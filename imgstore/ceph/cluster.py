@@ -1,0 +1,246 @@
+"""A librados handle per storage, every call bounded (DESIGN decision 5).
+
+librados blocks, and ignores ``connect(timeout=)``: the timeouts are set as config
+options before connecting (``client_mount_timeout``, ``rados_mon_op_timeout``,
+``rados_osd_op_timeout``), every blocking call runs in a small thread pool owned by the
+:class:`Cluster` (never on the event loop), and each await is wrapped in
+``asyncio.wait_for`` as a last resort. A dead mon therefore gives an error in about
+``timeout`` seconds, never a hung request.
+
+No ceph.conf is read: the handle is built from the mons' ``mon_host`` strings (from
+``MonShell.facts``) and the key minted by ``MonShell.get_or_create_key``.
+
+rados exceptions and negative return codes are translated here into
+``imgstore.ceph.exceptions``; their messages never carry the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import errno
+import json
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+import rados
+
+from imgstore.ceph.capacity import Capacity, compute_capacity, osds_of_rule, pool_layout
+from imgstore.ceph.exceptions import (
+    CephCommandFailed,
+    CephError,
+    CephPermissionDenied,
+    CephTimeout,
+    ClusterUnreachable,
+    PoolNotFound,
+)
+
+__all__ = ["Cluster", "Capacity"]
+
+T = TypeVar("T")
+_WORKERS = 4
+_GRACE = 1.5  # seconds wait_for allows beyond librados' own timeouts
+_PROBE_DATA = b"imgstore ping\n"
+
+
+class Cluster:
+    """One librados handle per storage, every call bounded (DESIGN decision 5)."""
+
+    def __init__(self, mon_host: str, client: str, key: str, timeout: float = 10.0) -> None:
+        self._mon_host = mon_host
+        self._client = client
+        self._key = key
+        self._timeout = float(timeout)
+        self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix=f"rados-{client}")
+        self._rados: Any = None
+        self._connecting = asyncio.Lock()
+
+    def __repr__(self) -> str:  # no key here, ever
+        return f"Cluster(mon_host={self._mon_host!r}, client={self._client!r})"
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The bounded thread pool of this handle, for image I/O to share."""
+        return self._executor
+
+    @property
+    def handle(self) -> Any:
+        """The connected ``rados.Rados`` (for ``rbd`` code inside ``imgstore.ceph``)."""
+        if self._rados is None:
+            raise ClusterUnreachable("the cluster handle is not connected", self._mon_host)
+        return self._rados
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Connect, or raise ClusterUnreachable / CephPermissionDenied within ~timeout."""
+        async with self._connecting:
+            if self._rados is None:
+                self._rados = await self._connect()
+
+    async def _connect(self) -> Any:
+        if not _is_cephx_key(self._key):
+            # librados prints a key it cannot decode to stderr: refuse it before.
+            raise CephPermissionDenied(
+                f"the cephx key of client.{self._client} is malformed", self._mon_host
+            )
+        t = str(max(1, round(self._timeout)))
+        conf = {
+            "mon_host": self._mon_host,
+            "key": self._key,
+            "client_mount_timeout": t,
+            "rados_mon_op_timeout": t,
+            "rados_osd_op_timeout": t,
+            # The library defaults, stated: our exceptions carry the reasons. librados
+            # still prints a few level -1 lines (auth, msgr) to stderr whatever these say.
+            "log_to_stderr": "false",
+            "err_to_stderr": "false",
+        }
+
+        def connect() -> Any:
+            handle = rados.Rados(rados_id=self._client, conffile=None, conf=conf)
+            try:
+                handle.connect()
+            except BaseException:
+                handle.shutdown()
+                raise
+            return handle
+
+        try:
+            return await self._call(connect, "connect")
+        except CephTimeout:
+            raise ClusterUnreachable(
+                f"cannot reach any ceph monitor of [{self._mon_host}] within {self._timeout:g}s",
+                self._mon_host,
+            ) from None
+
+    async def close(self) -> None:
+        """Shut the handle down and stop the thread pool; safe to call twice."""
+        handle, self._rados = self._rados, None
+        if handle is not None:
+            try:
+                await self._call(handle.shutdown, "shutdown")
+            except CephError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ calls
+
+    async def fsid(self) -> str:
+        return str(await self._call(lambda: self.handle.get_fsid(), "get fsid"))
+
+    async def pool_exists(self, pool: str) -> bool:
+        return bool(await self._call(lambda: self.handle.pool_exists(pool), f"look up pool {pool}"))
+
+    async def capacity(self, pool: str) -> Capacity:
+        """The storage's capacity for ``pool`` (see ``capacity.py``); PoolNotFound if gone."""
+        osd_dump, rules, tree, osd_df, df = await asyncio.gather(
+            self._mon_json("osd dump"),
+            self._mon_json("osd crush rule dump"),
+            self._mon_json("osd tree"),
+            self._mon_json("osd df"),  # a mgr command: the mon proxies it (see ssh.rbd_client_caps)
+            self._mon_json("df"),
+        )
+        layout = pool_layout(osd_dump, pool)
+        return compute_capacity(layout, osds_of_rule(rules, tree, layout.crush_rule), osd_df, df)
+
+    async def probe(self, pool: str, object_name: str) -> None:
+        """Write then remove a small object in ``pool``: ZStack's ping write test.
+
+        A failure here is ZStack's ``UnableToCreateFile``: CephTimeout when the OSDs do
+        not answer, CephPermissionDenied when the key may not write the pool.
+        """
+
+        def write_and_remove() -> None:
+            ioctx = self.handle.open_ioctx(pool)
+            try:
+                ioctx.write_full(object_name, _PROBE_DATA)
+                ioctx.remove_object(object_name)
+            finally:
+                ioctx.close()
+
+        await self._call(write_and_remove, f"write test object to pool {pool}", pool=pool)
+
+    async def quorum(self) -> set[str]:
+        """``ip:port`` of every address (v1 and v2) of the mons now in quorum."""
+        status = await self._mon_json("quorum_status")
+        ranks = set(status.get("quorum", []))
+        out: set[str] = set()
+        for mon in status.get("monmap", {}).get("mons", []):
+            if mon.get("rank") not in ranks:
+                continue
+            for a in mon.get("public_addrs", {}).get("addrvec", []):
+                out.add(str(a["addr"]).split("/", 1)[0])
+            if mon.get("addr"):
+                out.add(str(mon["addr"]).split("/", 1)[0])
+        return out
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _mon_json(self, prefix: str, **args: Any) -> Any:
+        """Run a mon command with ``format=json`` and decode its output."""
+        cmd = json.dumps({"prefix": prefix, "format": "json", **args})
+
+        def run() -> Any:
+            ret, out, outs = self.handle.mon_command(cmd, b"")
+            if ret < 0:
+                raise _from_errno(-ret, f"ceph {prefix}: {outs.strip() or errno.errorcode.get(-ret, ret)}", self._mon_host)
+            return json.loads(out or b"null")
+
+        return await self._call(run, f"ceph {prefix}")
+
+    async def _call(self, fn: Callable[[], T], what: str, pool: str | None = None) -> T:
+        """Run blocking ``fn`` in the pool, bounded, with rados errors translated."""
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, fn)
+        except RuntimeError:  # the pool was shut down by close()
+            raise ClusterUnreachable("the cluster handle is closed", self._mon_host) from None
+        try:
+            return await asyncio.wait_for(future, self._timeout + _GRACE)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise CephTimeout(f"{what} timed out after {self._timeout:g}s", self._mon_host) from None
+        except rados.Error as e:
+            raise _translate(e, what, self._mon_host, pool) from None
+        except ValueError as e:  # undecodable JSON from a mon command
+            raise CephCommandFailed(f"{what}: unexpected output ({e})", self._mon_host) from None
+
+
+def _is_cephx_key(key: str) -> bool:
+    """True if ``key`` decodes the way ceph's CryptoKey does (type, created, len, secret)."""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return False
+    if len(raw) < 12:
+        return False
+    _type, _sec, _nsec, length = struct.unpack_from("<HIIH", raw)
+    return _type != 0 and length == len(raw) - 12 and length > 0
+
+
+def _translate(e: Exception, what: str, host: str, pool: str | None) -> CephError:
+    """A rados exception as one of ours. Only the errno and what we did are shown."""
+    code = getattr(e, "errno", None)
+    if isinstance(e, rados.ObjectNotFound) and pool is not None:
+        return PoolNotFound(f"pool[{pool}] does not exist in the ceph cluster", host)
+    if code is None and isinstance(e, rados.InvalidArgumentError):
+        code = errno.EINVAL
+    return _from_errno(code if isinstance(code, int) else 0, f"{what} failed: {_describe(e)}", host)
+
+
+def _describe(e: Exception) -> str:
+    # rados messages name the call and errno ("[errno 13] RADOS permission denied
+    # (error connecting to the cluster)"); they never contain config values.
+    return str(e) or type(e).__name__
+
+
+def _from_errno(code: int, message: str, host: str) -> CephError:
+    if code in (errno.ETIMEDOUT, errno.EINTR):
+        return CephTimeout(message, host)
+    if code in (errno.EACCES, errno.EPERM):
+        return CephPermissionDenied(message, host)
+    if code in (errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNREFUSED):
+        return ClusterUnreachable(message, host)
+    return CephCommandFailed(message, host)
