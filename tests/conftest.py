@@ -247,3 +247,22 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
             pass
     srv.stop()
     shutil.rmtree(srv.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def tracked_server(fresh_server: Server) -> Server:
+    """A server of the test's own whose tracker pings every second, Ceph bounded to 3 s."""
+    fresh_server.env.update({"IMGSTORE_PING_INTERVAL": "1", "IMGSTORE_CEPH_TIMEOUT": "3"})
+    return fresh_server.start()
+
+
+def wait_for(predicate, timeout: float, every: float = 0.25):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(every)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from imgstore import ceph
+from imgstore.ceph.ssh import check_pool_name
 from imgstore.crypto import new_uuid
 from imgstore.db.models import BackupStorage, CephBackupStorage, CephMon
 from imgstore.errors import (
@@ -54,7 +55,7 @@ class NewCephStorage:
 
 
 @dataclass
-class _Mon:
+class MonProbe:
     url: ceph.MonUrl
     row: CephMon
     shell: ceph.MonShell | None = None
@@ -88,6 +89,11 @@ def parse_mon_urls(mon_urls: list[str]) -> list[ceph.MonUrl]:
 def validate(req: NewCephStorage) -> list[ceph.MonUrl]:
     if req.pool_name is not None and not req.pool_name.strip():
         raise invalid_argument("poolName can be null but cannot be an empty string")
+    if req.pool_name is not None:
+        try:
+            check_pool_name(req.pool_name)
+        except ceph.InvalidName as e:
+            raise invalid_argument(f"field[poolName]: {e}") from None
     if req.import_images and req.pool_name is None:
         raise invalid_argument("poolName is required when importImages is true")
     if req.type is not None and req.type != CEPH:
@@ -107,15 +113,21 @@ async def _check_free(rt: Runtime, uuid: str, mons: list[ceph.MonUrl]) -> None:
     async with rt.db() as db:
         if await db.get(BackupStorage, uuid):
             raise invalid_argument(f"field[resourceUuid]: a resource with uuid[{uuid}] already exists")
+    hosts = await used_hostnames(rt, mons)
+    if hosts:
+        raise invalid_argument(
+            "cannot add ceph backup storage, there has been some ceph backup storage "
+            f"using mon[hostnames:{hosts}]"
+        )
+
+
+async def used_hostnames(rt: Runtime, mons: list[ceph.MonUrl]) -> list[str]:
+    """Mon hostnames are unique across all Ceph backup storages, as in ZStack."""
+    async with rt.db() as db:
         used = await db.scalars(
             select(CephMon.hostname).where(CephMon.hostname.in_([m.hostname for m in mons]))
         )
-        hosts = sorted(used)
-        if hosts:
-            raise invalid_argument(
-                "cannot add ceph backup storage, there has been some ceph backup storage "
-                f"using mon[hostnames:{hosts}]"
-            )
+        return sorted(used)
 
 
 # ---------------------------------------------------------------- add
@@ -132,7 +144,7 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     await _check_free(rt, uuid, mons)
     mon_rows = await _record(rt, uuid, req, mons)
     try:
-        await _onboard(rt, uuid, [_Mon(url=m, row=r) for m, r in zip(mons, mon_rows)])
+        await _onboard(rt, uuid, [MonProbe(url=m, row=r) for m, r in zip(mons, mon_rows)])
     except ApiError as e:
         await undo_add(rt, uuid)
         raise ApiError(
@@ -144,13 +156,8 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     return await load(rt, uuid)
 
 
-async def _record(
-    rt: Runtime, uuid: str, req: NewCephStorage, mons: list[ceph.MonUrl]
-) -> list[CephMon]:
-    """The Connecting row; the unique mon hostnames make a concurrent add of the same
-    mons fail here rather than in the cluster."""
-    pool = req.pool_name or f"bak-t-{uuid}"
-    mon_rows = [
+def new_mon_rows(rt: Runtime, mons: list[ceph.MonUrl]) -> list[CephMon]:
+    return [
         CephMon(
             uuid=new_uuid(),
             hostname=m.hostname,
@@ -163,6 +170,25 @@ async def _record(
         )
         for m in mons
     ]
+
+
+def mon_url_of(rt: Runtime, mon: CephMon) -> ceph.MonUrl:
+    return ceph.MonUrl(
+        username=mon.ssh_username,
+        password=rt.secrets.open(mon.ssh_password),
+        hostname=mon.hostname,
+        ssh_port=mon.ssh_port,
+        mon_port=mon.mon_port,
+    )
+
+
+async def _record(
+    rt: Runtime, uuid: str, req: NewCephStorage, mons: list[ceph.MonUrl]
+) -> list[CephMon]:
+    """The Connecting row; the unique mon hostnames make a concurrent add of the same
+    mons fail here rather than in the cluster."""
+    pool = req.pool_name or f"bak-t-{uuid}"
+    mon_rows = new_mon_rows(rt, mons)
     row = CephBackupStorage(
         uuid=uuid,
         name=req.name,
@@ -191,9 +217,9 @@ async def _record(
     return mon_rows
 
 
-async def _onboard(rt: Runtime, uuid: str, mons: list[_Mon]) -> None:
+async def _onboard(rt: Runtime, uuid: str, mons: list[MonProbe]) -> None:
     async with AsyncExitStack() as stack:
-        await asyncio.gather(*(_probe(rt, stack, m) for m in mons))
+        await probe_mons(rt, stack, mons)
         good = [m for m in mons if m.facts]
         if not good:
             raise _all_mons_failed(uuid, mons)
@@ -222,7 +248,12 @@ async def _onboard(rt: Runtime, uuid: str, mons: list[_Mon]) -> None:
         await rt.clusters.adopt(uuid, (mon_host, sealed), cluster)
 
 
-async def _probe(rt: Runtime, stack: AsyncExitStack, mon: _Mon) -> None:
+async def probe_mons(rt: Runtime, stack: AsyncExitStack, mons: list[MonProbe]) -> None:
+    """SSH to every mon at once and read its facts; the shells stay open on ``stack``."""
+    await asyncio.gather(*(_probe(rt, stack, m) for m in mons))
+
+
+async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe) -> None:
     """SSH to one mon and read its facts; a failure is kept on the mon, not raised."""
     try:
         shell = ceph.MonShell(mon.url, rt.settings.ssh_timeout)
@@ -233,21 +264,28 @@ async def _probe(rt: Runtime, stack: AsyncExitStack, mon: _Mon) -> None:
         log.warning("mon %s of backup storage failed to connect: %s", mon.url.hostname, e)
 
 
-def _all_mons_failed(uuid: str, mons: list[_Mon]) -> ApiError:
+def _all_mons_failed(uuid: str, mons: list[MonProbe]) -> ApiError:
+    return mons_failed(
+        mons,
+        f"unable to connect to the ceph backup storage[uuid:{uuid}], failed to connect all ceph monitors",
+    )
+
+
+def mons_failed(mons: list[MonProbe], what: str) -> ApiError:
+    """One error for the mons that failed: each one's reason, by host, as a cause."""
     causes = [m.error for m in mons if m.error]
     statuses = {c.status for c in causes}
     reasons = "; ".join(c.details for c in causes)
     return ApiError(
         OPERATION_ERROR,
-        f"unable to connect to the ceph backup storage[uuid:{uuid}], failed to connect all "
-        f"ceph monitors: {reasons}",
+        f"{what}: {reasons}",
         cause=causes[0] if len(causes) == 1 else None,
         causes=causes if len(causes) > 1 else None,
         status=statuses.pop() if len(statuses) == 1 else 503,
     )
 
 
-async def _claim_fsid(rt: Runtime, uuid: str, good: list[_Mon]) -> str:
+async def _claim_fsid(rt: Runtime, uuid: str, good: list[MonProbe]) -> str:
     """All mons must agree, and no other storage may have this cluster: the unique
     fsid column makes the second of two concurrent adds lose here."""
     fsids = {m.facts.fsid for m in good if m.facts}
@@ -302,7 +340,7 @@ async def _ensure_pool(rt: Runtime, row: CephBackupStorage, shell: ceph.MonShell
 
 
 async def _connected(
-    rt: Runtime, uuid: str, good: list[_Mon], failed: list[_Mon], capacity: ceph.Capacity
+    rt: Runtime, uuid: str, good: list[MonProbe], failed: list[MonProbe], capacity: ceph.Capacity
 ) -> None:
     async with rt.db() as db:
         row = await db.get(CephBackupStorage, uuid)
@@ -374,15 +412,8 @@ async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_po
         return
     errors = []
     for mon in row.mons:
-        url = ceph.MonUrl(
-            username=mon.ssh_username,
-            password=rt.secrets.open(mon.ssh_password),
-            hostname=mon.hostname,
-            ssh_port=mon.ssh_port,
-            mon_port=mon.mon_port,
-        )
         try:
-            async with ceph.MonShell(url, rt.settings.ssh_timeout) as shell:
+            async with ceph.MonShell(mon_url_of(rt, mon), rt.settings.ssh_timeout) as shell:
                 if row.ceph_client:
                     await shell.delete_key(row.ceph_client)
                 if drop_pool and row.pool_name:
@@ -396,6 +427,28 @@ async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_po
         f" and pool {row.pool_name}" if drop_pool else "",
         row.uuid,
         "; ".join(errors) or "no mon",
+    )
+
+
+async def renew_key(rt: Runtime, row: CephBackupStorage) -> None:
+    """Get (or re-create) the storage's cephx key through the first mon that answers."""
+    errors = []
+    for mon in row.mons:
+        try:
+            async with ceph.MonShell(mon_url_of(rt, mon), rt.settings.ssh_timeout) as shell:
+                key = await shell.get_or_create_key(row.ceph_client or f"imgstore.{row.uuid}", row.pool_name)
+        except ceph.CephError as e:
+            errors.append(ceph_error(e, mon.hostname))
+            continue
+        await _save(rt, row.uuid, ceph_key=rt.secrets.seal(key), ceph_client=row.ceph_client or f"imgstore.{row.uuid}")
+        await rt.clusters.forget(row.uuid)
+        return
+    raise ApiError(
+        OPERATION_ERROR,
+        f"cannot renew the cephx key of backup storage[uuid:{row.uuid}]: no mon answered over SSH: "
+        + "; ".join(e.details for e in errors),
+        causes=errors or None,
+        status=503,
     )
 
 

@@ -11,6 +11,7 @@ from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError
 # How each Ceph failure reads to a client: (status, what it means for the operator).
 _STATUS: dict[type[ceph.CephError], int] = {
     ceph.MonUrlError: 400,
+    ceph.InvalidName: 400,
     ceph.SshAuthFailed: 400,
     ceph.CephToolsMissing: 400,
     ceph.PoolNotFound: 400,
@@ -27,14 +28,14 @@ def ceph_error(e: ceph.CephError, host: str | None = None) -> ApiError:
     status = next((s for t, s in _STATUS.items() if isinstance(e, t)), 503)
     where = host or getattr(e, "host", None)
     text = f"mon[{where}]: {e}" if where else str(e)
-    kind = INVALID_ARGUMENT if isinstance(e, ceph.MonUrlError) else OPERATION_ERROR
+    kind = INVALID_ARGUMENT if isinstance(e, (ceph.MonUrlError, ceph.InvalidName)) else OPERATION_ERROR
     return ApiError(kind, text, status=status)
 
 
 def mon_host_of(row: CephBackupStorage) -> str:
     """The librados ``mon_host`` of a storage: every known mon, connected ones first."""
     mons = sorted(row.mons, key=lambda m: m.status != "Connected")
-    return ",".join(m.mon_host or f"{m.mon_addr or m.hostname}:{m.mon_port}" for m in mons)
+    return ",".join(m.mon_host or f"v1:{m.mon_addr or m.hostname}:{m.mon_port}" for m in mons)
 
 
 class ClusterRegistry:

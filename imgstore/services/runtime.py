@@ -5,13 +5,13 @@ import logging
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imgstore.config import Settings
 from imgstore.crypto import SecretBox
 from imgstore.db.engine import create_engine, migrate, sessionmaker
-from imgstore.services import sessions
 from imgstore.services.clusters import ClusterRegistry
 from imgstore.services.jobs import JobRunner
 
@@ -27,9 +27,11 @@ class Runtime:
     jobs: JobRunner
     clusters: ClusterRegistry
     node_id: str
+    tracker: Any = None  # services.tracker.Tracker once the node runs
 
     @classmethod
-    async def start(cls, settings: Settings) -> "Runtime":
+    async def open(cls, settings: Settings) -> "Runtime":
+        """The database (migrated), the secret box and the registries; nothing running."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(settings.database_url())
         await migrate(engine)
@@ -45,12 +47,6 @@ class Runtime:
             clusters=ClusterRegistry(secrets, settings.ceph_timeout),
             node_id=node_id,
         )
-        async with db() as session:
-            await sessions.ensure_admin(session, settings)
-        await rt.jobs.recover()
-        from imgstore.services import ceph_backup_storage
-
-        await ceph_backup_storage.clean_up_interrupted_adds(rt)
         return rt
 
     async def close(self) -> None:
