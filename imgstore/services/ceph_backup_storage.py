@@ -60,6 +60,7 @@ class MonProbe:
     row: CephMon
     shell: ceph.MonShell | None = None
     facts: ceph.MonFacts | None = None
+    key: str | None = None
     error: ApiError | None = None
 
 
@@ -144,7 +145,8 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     await _check_free(rt, uuid, mons)
     mon_rows = await _record(rt, uuid, req, mons)
     try:
-        await _onboard(rt, uuid, [MonProbe(url=m, row=r) for m, r in zip(mons, mon_rows)])
+        probes = [MonProbe(url=m, row=r) for m, r in zip(mons, mon_rows)]
+        await _onboard(rt, uuid, probes, predefined=req.pool_name is not None)
     except ApiError as e:
         await undo_add(rt, uuid)
         raise ApiError(
@@ -217,48 +219,67 @@ async def _record(
     return mon_rows
 
 
-async def _onboard(rt: Runtime, uuid: str, mons: list[MonProbe]) -> None:
+async def _onboard(rt: Runtime, uuid: str, mons: list[MonProbe], predefined: bool) -> None:
+    """SSH to the mons (the first also makes the key meanwhile: two ceph CLI calls in
+    parallel cost little more than one), then librados for everything else."""
+    client = f"imgstore.{uuid}"
+    await _save(rt, uuid, ceph_client=client)  # recorded before it exists: undo needs it
+    row = await load(rt, uuid)
     async with AsyncExitStack() as stack:
-        await probe_mons(rt, stack, mons)
+        await probe_mons(rt, stack, mons, key_for=(client, row.pool_name))
         good = [m for m in mons if m.facts]
         if not good:
             raise _all_mons_failed(uuid, mons)
         fsid = await _claim_fsid(rt, uuid, good)
-        row = await load(rt, uuid)
-        shell = good[0].shell
-        assert shell is not None
-        await _ensure_pool(rt, row, shell, fsid)
-        client = f"imgstore.{uuid}"
-        await _save(rt, uuid, ceph_client=client)  # recorded before it exists: undo needs it
-        try:
-            key = await shell.get_or_create_key(client, row.pool_name)
-        except ceph.CephError as e:
-            raise ceph_error(e, good[0].url.hostname) from None
+        key = next((m.key for m in good if m.key), None) or await _make_key(good[0], client, row.pool_name)
         sealed = rt.secrets.seal(key)
         await _save(rt, uuid, ceph_key=sealed)
         mon_host = ",".join(m.facts.mon_host for m in good if m.facts)
         cluster = ceph.Cluster(mon_host, client, key, rt.settings.ceph_timeout)
         try:
             await cluster.connect()
+            await _ensure_pool(rt, row, cluster, good[0], fsid, predefined)
             capacity = await cluster.capacity(row.pool_name)
-        except ceph.CephError as e:
+        except BaseException as e:
             await cluster.close()
-            raise ceph_error(e) from None
+            if isinstance(e, ceph.CephError):
+                raise ceph_error(e) from None
+            raise
         await _connected(rt, uuid, good, [m for m in mons if not m.facts], capacity)
         await rt.clusters.adopt(uuid, (mon_host, sealed), cluster)
 
 
-async def probe_mons(rt: Runtime, stack: AsyncExitStack, mons: list[MonProbe]) -> None:
-    """SSH to every mon at once and read its facts; the shells stay open on ``stack``."""
-    await asyncio.gather(*(_probe(rt, stack, m) for m in mons))
+async def _make_key(mon: MonProbe, client: str, pool: str) -> str:
+    assert mon.shell is not None
+    try:
+        return await mon.shell.get_or_create_key(client, pool)
+    except ceph.CephError as e:
+        raise ceph_error(e, mon.url.hostname) from None
 
 
-async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe) -> None:
+async def probe_mons(
+    rt: Runtime, stack: AsyncExitStack, mons: list[MonProbe], key_for: tuple[str, str] | None = None
+) -> None:
+    """SSH to every mon at once and read its facts; the shells stay open on ``stack``.
+    With ``key_for`` = (client, pool), the first mon also gets or creates that key."""
+    await asyncio.gather(*(_probe(rt, stack, m, key_for if i == 0 else None) for i, m in enumerate(mons)))
+
+
+async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe, key_for: tuple[str, str] | None) -> None:
     """SSH to one mon and read its facts; a failure is kept on the mon, not raised."""
     try:
         shell = ceph.MonShell(mon.url, rt.settings.ssh_timeout)
         mon.shell = await stack.enter_async_context(shell)
-        mon.facts = await mon.shell.facts()
+        if key_for is None:
+            mon.facts = await mon.shell.facts()
+            return
+        facts, key = await asyncio.gather(
+            mon.shell.facts(), mon.shell.get_or_create_key(*key_for), return_exceptions=True
+        )
+        for outcome in (facts, key):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        mon.facts, mon.key = facts, key  # type: ignore[assignment]
     except ceph.CephError as e:
         mon.error = ceph_error(e, f"{mon.url.hostname}:{mon.url.ssh_port}")
         log.warning("mon %s of backup storage failed to connect: %s", mon.url.hostname, e)
@@ -319,24 +340,23 @@ async def _claim_fsid(rt: Runtime, uuid: str, good: list[MonProbe]) -> str:
     )
 
 
-async def _ensure_pool(rt: Runtime, row: CephBackupStorage, shell: ceph.MonShell, fsid: str) -> None:
+async def _ensure_pool(
+    rt: Runtime, row: CephBackupStorage, cluster: ceph.Cluster, mon: MonProbe, fsid: str, predefined: bool
+) -> None:
     """A pool the user named must exist (``ceph::predefinedPool``); otherwise imgstore
-    makes ``bak-t-<uuid>`` and remembers that it did, so a failed add can remove it."""
-    predefined = row.pool_name != f"bak-t-{row.uuid}"
-    try:
-        if await shell.pool_exists(row.pool_name):
-            return
-        if predefined:
-            raise ApiError(
-                OPERATION_ERROR,
-                f"cannot find pool[{row.pool_name}] in the ceph cluster[fsid:{fsid}]; a pool given as "
-                "poolName must exist: create it, or leave poolName out to let imgstore create one",
-                status=400,
-            )
-        await _save(rt, row.uuid, pool_created=True)
-        await shell.create_pool(row.pool_name)
-    except ceph.CephError as e:
-        raise ceph_error(e) from None
+    makes ``bak-t-<uuid>`` over SSH and remembers that it did, so a failed add removes it."""
+    if await cluster.pool_exists(row.pool_name):
+        return
+    if predefined:
+        raise ApiError(
+            OPERATION_ERROR,
+            f"cannot find pool[{row.pool_name}] in the ceph cluster[fsid:{fsid}]; a pool given as "
+            "poolName must exist: create it, or leave poolName out to let imgstore create one",
+            status=400,
+        )
+    await _save(rt, row.uuid, pool_created=True)
+    assert mon.shell is not None
+    await mon.shell.create_pool(row.pool_name)
 
 
 async def _connected(
