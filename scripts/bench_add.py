@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Benchmark: AddCephBackupStorage + DeleteBackupStorage vs the bare SSH floor.
+
+Median wall time, over N runs, of adding a Ceph backup storage on an existing pool and
+deleting it again (through a real imgstore server, over HTTP on loopback), printed
+beside the median of the floor measured in the same run: one SSH login running
+``ceph fsid`` on the same mon host. Target: add + delete <= 3x the floor.
+
+    .venv/bin/python scripts/bench_add.py [--runs 20] [--cluster c1]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncssh
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cluster_env(name: str) -> dict[str, str]:
+    out = subprocess.run(["bash", str(ROOT / "scripts/devcluster.sh"), "env", name],
+                         capture_output=True, text=True, check=True).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            k, v = line[7:].split("=", 1)
+            env[k] = v.strip("'\"")
+    return env
+
+
+def free_port() -> int:
+    for port in range(24000, 32000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                pass
+    raise RuntimeError("no free port")
+
+
+async def floor_once(env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    async with asyncssh.connect("127.0.0.1", port=int(env["SSH_PORT"]), username=env["SSH_USER"],
+                                password=env["SSH_PASSWORD"], known_hosts=None) as conn:
+        r = await conn.run("ceph fsid", check=True)
+        assert r.stdout.strip() == env["CEPH_FSID"]
+    return time.perf_counter() - t0
+
+
+def add_delete_once(api: httpx.Client, env: dict[str, str], pool: str) -> float:
+    t0 = time.perf_counter()
+    r = api.post("/backup-storage/ceph", json={"params": {"name": "bench", "monUrls": [env["MON_URL"]], "poolName": pool}})
+    assert r.status_code == 200, r.text
+    d = api.delete(f"/backup-storage/{r.json()['inventory']['uuid']}")
+    assert d.status_code == 200, d.text
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--cluster", default="c1")
+    args = ap.parse_args()
+    env = cluster_env(args.cluster)
+    ceph = ["ceph", "-c", env["CEPH_CONF"], "--connect-timeout", "10"]
+    pool = f"bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run([*ceph, "osd", "pool", "create", pool, "8"], check=True, capture_output=True)
+    subprocess.run([*ceph, "osd", "pool", "application", "enable", pool, "rbd"], check=True, capture_output=True)
+    data = tempfile.mkdtemp(prefix="bench-add-")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "imgstore.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, "IMGSTORE_DATA_DIR": data, "IMGSTORE_ADMIN_PASSWORD": "bench"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/zstack/v1"
+        for _ in range(100):
+            try:
+                httpx.get(f"{base}/accounts/sessions/x/valid")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        api = httpx.Client(base_url=base, timeout=60)
+        login = api.put("/accounts/login", json={"logInByAccount": {
+            "accountName": "admin", "password": hashlib.sha512(b"bench").hexdigest()}})
+        api.headers["Authorization"] = f"OAuth {login.json()['inventory']['uuid']}"
+        add_delete_once(api, env, pool)  # warm-up: imports, first connections
+        asyncio.run(floor_once(env))
+        adds, floors = [], []
+        for _ in range(args.runs):  # interleaved, so both see the same machine
+            floors.append(asyncio.run(floor_once(env)))
+            adds.append(add_delete_once(api, env, pool))
+        f, a = statistics.median(floors), statistics.median(adds)
+        print(f"runs: {args.runs} on cluster {args.cluster} (mon {env['CEPH_MON_HOST']}, ssh {env['SSH_PORT']})")
+        print(f"{'measure':<44}{'median':>10}{'min':>10}{'max':>10}")
+        print(f"{'floor: ssh login + ceph fsid':<44}{f*1000:>8.0f}ms{min(floors)*1000:>8.0f}ms{max(floors)*1000:>8.0f}ms")
+        print(f"{'imgstore: AddCephBackupStorage + Delete':<44}{a*1000:>8.0f}ms{min(adds)*1000:>8.0f}ms{max(adds)*1000:>8.0f}ms")
+        print(f"ratio add+delete / floor: {a / f:.2f}x (target <= 3x)")
+        return 0
+    finally:
+        server.terminate()
+        server.wait(10)
+        subprocess.run([*ceph, "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"], capture_output=True)
+        subprocess.run(["rm", "-rf", data])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
