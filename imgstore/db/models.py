@@ -64,6 +64,8 @@ class BackupStorage(Timestamps, Base):
     status: Mapped[str] = mapped_column(String(32), default="Connecting")
     total_capacity: Mapped[int] = mapped_column(BigInteger, default=0)
     available_capacity: Mapped[int] = mapped_column(BigInteger, default=0)
+    # why the last connect or ping failed; cleared when it is Connected again
+    status_reason: Mapped[str | None] = mapped_column(String(2048))
 
     zone_refs: Mapped[list[BackupStorageZoneRef]] = relationship(
         back_populates="backup_storage", cascade="all, delete-orphan", lazy="selectin"
@@ -123,6 +125,7 @@ class CephMon(Timestamps, Base):
     ssh_password: Mapped[str] = mapped_column(Text)  # sealed by crypto.SecretBox
     mon_host: Mapped[str | None] = mapped_column(String(512))  # librados address of this mon
     status: Mapped[str] = mapped_column(String(32), default="Connecting")
+    status_reason: Mapped[str | None] = mapped_column(String(2048))
 
     backup_storage: Mapped[CephBackupStorage] = relationship(back_populates="mons")
 
@@ -163,6 +166,22 @@ class Tag(Timestamps, Base):
     kind: Mapped[str] = mapped_column(String(8))  # "system" | "user"
     inherent: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    # ZStack keeps SystemTagVO and UserTagVO apart; here one table, a class per kind, so
+    # a query of one kind is one SELECT that cannot see the other
+    __mapper_args__ = {"polymorphic_on": "kind"}
+
+
+class SystemTag(Tag):
+    """A system tag: imgstore (or a ZStack client) records a fact about a resource."""
+
+    __mapper_args__ = {"polymorphic_identity": "system"}
+
+
+class UserTag(Tag):
+    """A user tag: free text for people; imgstore never interprets it."""
+
+    __mapper_args__ = {"polymorphic_identity": "user"}
+
 
 class ApiJob(Base):
     """An async API call; lives in the database so any node can answer a poll."""
@@ -175,3 +194,55 @@ class ApiJob(Base):
     node: Mapped[str | None] = mapped_column(String(64))
     create_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     finish_date: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Image(Timestamps, Base):
+    """A VM image (ZStack's ImageVO); its bits live on backup storages, one ref each."""
+
+    __tablename__ = "image"
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    description: Mapped[str | None] = mapped_column(String(2048))
+    state: Mapped[str] = mapped_column(String(32), default="Enabled")  # Enabled | Disabled
+    # Creating | Downloading | Ready | Error | Deleted | Migrating
+    status: Mapped[str] = mapped_column(String(32), default="Downloading", index=True)
+    status_reason: Mapped[str | None] = mapped_column(String(2048))  # why it is Error
+    size: Mapped[int] = mapped_column(BigInteger, default=0)  # virtual size
+    actual_size: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes stored
+    md5_sum: Mapped[str | None] = mapped_column(String(255))
+    sha512_sum: Mapped[str | None] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(String(2048))
+    media_type: Mapped[str] = mapped_column(String(64), default="RootVolumeTemplate")
+    guest_os_type: Mapped[str | None] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(64), default="zstack")
+    platform: Mapped[str | None] = mapped_column(String(64))
+    architecture: Mapped[str | None] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(32), default="raw")
+    system: Mapped[bool] = mapped_column(Boolean, default=False)
+    virtio: Mapped[bool] = mapped_column(Boolean, default=True)
+    deleted_date: Mapped[datetime | None] = mapped_column(DateTime)  # set by a Delay delete
+
+    backup_storage_refs: Mapped[list[ImageBackupStorageRef]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", lazy="selectin",
+        order_by="ImageBackupStorageRef.id",
+    )
+
+
+class ImageBackupStorageRef(Timestamps, Base):
+    """Where one image's bits are: ``ceph://<pool>/<image uuid>`` on one backup storage."""
+
+    __tablename__ = "image_backup_storage_ref"
+    __table_args__ = (UniqueConstraint("image_uuid", "backup_storage_uuid"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_uuid: Mapped[str] = mapped_column(ForeignKey("image.uuid", ondelete="CASCADE"), index=True)
+    # deleting a storage drops its refs (ZStack's DeleteReference); the RBD images stay
+    backup_storage_uuid: Mapped[str] = mapped_column(
+        ForeignKey("backup_storage.uuid", ondelete="CASCADE"), index=True
+    )
+    install_path: Mapped[str] = mapped_column(String(2048), default="")
+    status: Mapped[str] = mapped_column(String(32), default="Downloading")
+    export_url: Mapped[str | None] = mapped_column(String(2048))
+    export_md5_sum: Mapped[str | None] = mapped_column(String(255))
+    export_token: Mapped[str | None] = mapped_column(String(255))  # hashed, never returned
+
+    image: Mapped[Image] = relationship(back_populates="backup_storage_refs")
