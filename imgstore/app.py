@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgstore.api import backup_storage, jobs, sessions
+from imgstore.api import backup_storage, jobs, sessions, tags, zones
 from imgstore.api.deps import require_session
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
@@ -53,6 +53,8 @@ def _api_router() -> APIRouter:
     api.include_router(jobs.router)
     authed = APIRouter(dependencies=[Depends(require_session)])
     authed.include_router(backup_storage.router)
+    authed.include_router(zones.router)
+    authed.include_router(tags.router)
     api.include_router(authed)
     return api
 

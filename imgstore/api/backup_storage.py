@@ -1,12 +1,17 @@
 """Backup-storage routes: ZStack paths and bodies in, service calls, ZStack replies out."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 
+from imgstore.api.actions import ActionTable, dispatch, not_implemented, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import inventories_reply, inventory_reply
+from imgstore.api.params import bool_param, list_param
 from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
+from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
 from imgstore.services import backup_storage, ceph_backup_storage
 from imgstore.services.runtime import Runtime
 
@@ -55,6 +60,69 @@ async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runt
 @router.get("/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid")
 async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, uuid, ceph_only=True)
+
+
+# ---------------------------------------------------------------- lifecycle: types, capacity, actions
+# Fixed paths (/types, /capacities) must stay above /backup-storage/{uuid}.
+
+
+@router.get("/backup-storage/types", summary="GetBackupStorageTypes")
+async def get_backup_storage_types() -> dict:
+    return {"types": backup_storage.types()}
+
+
+@router.get("/backup-storage/capacities", summary="GetBackupStorageCapacity")
+async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+    total, available = await backup_storage.capacity(
+        rt,
+        zone_uuids=list_param(request, "zoneUuids"),
+        storage_uuids=list_param(request, "backupStorageUuids"),
+        all_storages=bool_param(request, "all"),
+    )
+    return {"totalCapacity": total, "availableCapacity": available, "success": True}
+
+
+async def _update_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(UpdateBackupStorageParams, "updateBackupStorage", params)
+
+    async def work() -> dict:
+        row = await backup_storage.update(call.rt, uuid, p.name, p.description)
+        return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+    return await call.run("UpdateBackupStorage", work)
+
+
+async def _change_backup_storage_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(ChangeStateParams, "changeBackupStorageState", params)
+
+    async def work() -> dict:
+        row = await backup_storage.change_state(call.rt, uuid, p.stateEvent)
+        return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+    return await call.run("ChangeBackupStorageState", work)
+
+
+#: ``PUT /backup-storage/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
+#: Fill an entry to serve an action; the placeholders answer SYS.1014.
+BACKUP_STORAGE_ACTIONS: ActionTable = {
+    "updateBackupStorage": _update_backup_storage,
+    "changeBackupStorageState": _change_backup_storage_state,
+    "reconnectBackupStorage": not_implemented("ReconnectBackupStorage"),
+    "exportImageFromBackupStorage": not_implemented("ExportImageFromBackupStorage"),
+}
+
+
+@router.put(
+    "/backup-storage/{uuid}/actions",
+    summary="UpdateBackupStorage, ChangeBackupStorageState, ReconnectBackupStorage, ExportImageFromBackupStorage",
+)
+async def backup_storage_actions(
+    uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    return await dispatch(BACKUP_STORAGE_ACTIONS, call, uuid, body, request.url.path)
+
+
+# ---------------------------------------------------------------- queries by uuid (after the fixed paths)
 
 
 @router.get("/backup-storage", summary="QueryBackupStorage")

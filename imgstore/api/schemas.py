@@ -139,3 +139,124 @@ class LogInByAccountBody(BaseModel):
 
 
 DeleteMode = Literal["Permissive", "Enforcing"]
+
+
+# ---------------------------------------------------------------- zones and tags
+
+
+class ZoneInventory(Inventory):
+    zstack_class: ClassVar[str] = "org.zstack.header.zone.ZoneInventory"
+    uuid: str
+    name: str
+    description: str | None = None
+    state: str
+    type: str | None = None
+    create_date: ZDate
+    last_op_date: ZDate
+
+
+class SystemTagInventory(Inventory):
+    zstack_class: ClassVar[str] = "org.zstack.header.tag.SystemTagInventory"
+    uuid: str
+    resource_uuid: str
+    resource_type: str
+    tag: str
+    type: str = "System"
+    inherent: bool = False
+    create_date: ZDate
+    last_op_date: ZDate
+
+
+class UserTagInventory(Inventory):
+    zstack_class: ClassVar[str] = "org.zstack.header.tag.UserTagInventory"
+    uuid: str
+    resource_uuid: str
+    resource_type: str
+    tag: str
+    type: str = "User"
+    create_date: ZDate
+    last_op_date: ZDate
+
+
+def tag_inventory(row: Any) -> SystemTagInventory | UserTagInventory:
+    """The inventory of a stored tag, by its kind."""
+    if row.kind == "system":
+        return SystemTagInventory.model_validate(row)
+    return UserTagInventory.model_validate(row)
+
+
+# ---------------------------------------------------------------- backup-storage actions
+
+
+class UpdateBackupStorageParams(Params):
+    name: str | None = Field(default=None, max_length=255)
+    description: str | None = Field(default=None, max_length=2048)
+
+
+class ChangeStateParams(Params):
+    """``changeBackupStorageState`` / ``changeZoneState``; the value is checked by
+    ``services.state`` so the error reads like ZStack's."""
+
+    stateEvent: str
+
+
+# ---------------------------------------------------------------- zone bodies
+
+
+class CreateZoneParams(Params):
+    name: str = Field(max_length=255)
+    description: str | None = Field(default=None, max_length=2048)
+    resourceUuid: str | None = None
+
+
+class CreateZoneBody(CreateBody):
+    params: CreateZoneParams
+
+
+class UpdateZoneParams(Params):
+    name: str | None = Field(default=None, max_length=255)
+    description: str | None = Field(default=None, max_length=2048)
+
+
+class AttachBackupStorageToZoneBody(CreateBody):
+    """``{"params": {}}``: the SDK sends an empty object; the uuids are in the path."""
+
+    params: Params = Field(default_factory=Params)
+
+
+# ---------------------------------------------------------------- tag bodies
+
+
+class CreateTagParams(Params):
+    resourceType: str = Field(max_length=64)
+    resourceUuid: str = Field(max_length=32)
+    tag: str = Field(max_length=2048)
+
+
+class CreateTagBody(CreateBody):
+    params: CreateTagParams
+
+
+class UpdateSystemTagParams(Params):
+    tag: str = Field(max_length=2048)
+
+
+class AddMonToCephBackupStorageParams(Params):
+    monUrls: list[str]
+
+
+class AddMonToCephBackupStorageBody(CreateBody):
+    params: AddMonToCephBackupStorageParams
+
+
+class UpdateCephBackupStorageMonParams(Params):
+    hostname: str | None = Field(default=None, max_length=255)
+    sshUsername: str | None = Field(default=None, max_length=255)
+    sshPassword: str | None = Field(default=None, max_length=255)
+    sshPort: int | None = None
+    monPort: int | None = None
+
+
+class UpdateCephBackupStorageMonBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    updateCephBackupStorageMon: UpdateCephBackupStorageMonParams

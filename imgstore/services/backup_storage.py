@@ -1,17 +1,26 @@
-"""Backup storages of any type: finding, querying and deleting them."""
+"""Backup storages of any type: finding, querying, updating, enabling/disabling,
+measuring and deleting them."""
 from __future__ import annotations
 
 import logging
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.query import QuerySpec
 from imgstore.db import query as q
-from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Tag
-from imgstore.errors import INVALID_ARGUMENT, ApiError, not_found
-from imgstore.services import ceph_backup_storage, tags
+from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Tag, Zone
+from imgstore.errors import (
+    CHANGE_RESOURCE_STATE_ERROR,
+    DELETE_RESOURCE_ERROR,
+    INVALID_ARGUMENT,
+    ApiError,
+    invalid_argument,
+    not_found,
+)
+from imgstore.services import ceph_backup_storage, state, tags, zones
+from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -69,7 +78,9 @@ _CEPH_FIELDS: dict[str, q.Field | q.ListField] = {
 
 
 def _queryable(entity: type, name: str, fields: dict[str, q.Field | q.ListField]) -> q.Queryable:
-    relations: dict[str, q.Relation] = {}
+    relations: dict[str, q.Relation] = {
+        "zone": q.relation(BackupStorage.uuid, ZONE_LINKS, zones.ZONE_QUERY),
+    }
     if entity is CephBackupStorage:
         relations["mons"] = q.relation(
             BackupStorage.uuid, lambda: select(CephMon.backup_storage_uuid, CephMon.uuid), MON_QUERY
@@ -113,14 +124,136 @@ async def get(db: AsyncSession, uuid: str) -> BackupStorage:
 async def delete(rt: Runtime, uuid: str, delete_mode: str = "Permissive") -> None:
     """DeleteBackupStorage: the row, its mons, refs and tags, and the cephx key imgstore
     made. Images stay in the pool (ZStack's DeleteReference). An unknown uuid is a success,
-    as in ZStack."""
+    as in ZStack.
+
+    ``deleteMode``: ``Permissive`` (the default) deletes only when the cluster side is
+    cleaned up too; if the key cannot be removed (no mon answers) it answers SYS.1004 and
+    keeps the storage, so nothing is left behind unknown. ``Enforcing`` deletes the
+    storage whatever the cluster says, and logs the key it could not remove.
+    (``release_cluster_resources`` answers ``False`` when it could not clean up.)
+    """
+    if delete_mode not in DELETE_MODES:
+        raise invalid_argument(
+            f"valid value for field[deleteMode] are [{', '.join(DELETE_MODES)}], but {delete_mode} found"
+        )
     await rt.clusters.forget(uuid)
     async with rt.db() as db:
         row = await db.get(BackupStorage, uuid)
         if row is None:
             return
         if isinstance(row, CephBackupStorage):
-            await ceph_backup_storage.release_cluster_resources(rt, row, drop_pool=False)
+            released = await ceph_backup_storage.release_cluster_resources(rt, row, drop_pool=False)
+            if released is False and delete_mode != ENFORCING:
+                raise ApiError(
+                    DELETE_RESOURCE_ERROR,
+                    f"cannot delete backup storage[uuid:{uuid}]: its cephx key[{row.ceph_client}] could "
+                    "not be removed from the cluster (no mon answered; see the server log), so the "
+                    "storage is kept. Delete it with deleteMode=Enforcing to delete it anyway",
+                )
         await tags.delete_tags_of(db, uuid)
         await db.delete(row)
         await db.commit()
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+PERMISSIVE, ENFORCING = "Permissive", "Enforcing"
+DELETE_MODES = (PERMISSIVE, ENFORCING)
+
+
+def types() -> list[str]:
+    """GetBackupStorageTypes: every type imgstore can add."""
+    return [ceph_backup_storage.CEPH]
+
+
+async def load(rt: Runtime, uuid: str) -> BackupStorage:
+    """The storage as it is now (the most specific class, mons and zones loaded)."""
+    async with rt.db() as db:
+        return await get(db, uuid)
+
+
+async def update(rt: Runtime, uuid: str, name: str | None, description: str | None) -> BackupStorage:
+    """UpdateBackupStorage: name and description, each only when given; nothing else."""
+    if name is not None and not name.strip():
+        raise invalid_argument("field[name] cannot be an empty string")
+    async with locked_row(rt, BackupStorage, uuid) as (db, row):
+        if row is None:
+            raise not_found("BackupStorageVO", uuid)
+        if name is not None:
+            row.name = name
+        if description is not None:
+            row.description = description
+        return await _commit(db, row)
+
+
+async def change_state(rt: Runtime, uuid: str, state_event: str) -> BackupStorage:
+    """ChangeBackupStorageState: ``enable``/``disable`` (services/state.py).
+
+    Changes of one storage are serialised (services/locking.py): each reads the state the
+    previous one wrote, on this node or another. A storage whose add is still running is
+    refused with SYS.1005: the add may yet fail and take the row away.
+    """
+    try:
+        event = state.parse_event(state_event)
+    except state.InvalidStateEvent as e:
+        raise invalid_argument(str(e)) from None
+    async with locked_row(rt, BackupStorage, uuid) as (db, row):
+        if row is None:
+            raise not_found("BackupStorageVO", uuid)
+        if getattr(row, "adding_node", None) is not None:
+            raise ApiError(
+                CHANGE_RESOURCE_STATE_ERROR,
+                f"cannot change the state of backup storage[uuid:{uuid}]: it is still being added "
+                f"(status {row.status}); try again when the add has finished",
+            )
+        target = state.next_state(row.state, event).value
+        if target != row.state:
+            row.state = target
+        return await _commit(db, row)
+
+
+async def capacity(
+    rt: Runtime, zone_uuids: list[str], storage_uuids: list[str], all_storages: bool
+) -> tuple[int, int]:
+    """GetBackupStorageCapacity: (total, available) summed over the storages named, else
+    over all of them when ``all``, else over those attached to the zones named (each
+    storage counted once, however many of the zones it is in). 0 when none match."""
+    if not zone_uuids and not storage_uuids and not all_storages:
+        raise invalid_argument(
+            "zoneUuids, backupStorageUuids must have at least one be none-empty list, or all is set to true"
+        )
+    async with rt.db() as db:
+        await _check_exist(db, BackupStorage, "BackupStorageVO", "backupStorageUuids", storage_uuids)
+        await _check_exist(db, Zone, "ZoneVO", "zoneUuids", zone_uuids)
+        sums = select(
+            func.coalesce(func.sum(BackupStorage.total_capacity), 0),
+            func.coalesce(func.sum(BackupStorage.available_capacity), 0),
+        )
+        if storage_uuids:
+            sums = sums.where(BackupStorage.uuid.in_(storage_uuids))
+        elif not all_storages:
+            attached = select(BackupStorageZoneRef.backup_storage_uuid).where(
+                BackupStorageZoneRef.zone_uuid.in_(zone_uuids)
+            )
+            sums = sums.where(BackupStorage.uuid.in_(attached))
+        total, available = (await db.execute(sums)).one()
+    return int(total), int(available)
+
+
+async def _check_exist(db: AsyncSession, entity: type, resource: str, field: str, uuids: list[str]) -> None:
+    if not uuids:
+        return
+    found = set(await db.scalars(select(entity.uuid).where(entity.uuid.in_(uuids))))  # type: ignore[attr-defined]
+    missing = [u for u in dict.fromkeys(uuids) if u not in found]
+    if missing:
+        raise not_found(resource, missing[0], field=field)
+
+
+async def _commit(db: AsyncSession, row: BackupStorage) -> BackupStorage:
+    """Write the change, and answer the row as this transaction wrote it (not as a later
+    one may have left it): the reply of each serialised change is its own."""
+    await db.flush()
+    await db.refresh(row)
+    await db.commit()
+    return row

@@ -1,0 +1,69 @@
+"""``PUT .../{uuid}/actions``: one path, several ZStack APIs, told apart by the body's key.
+
+ZStack's RestServer picks the API whose action name (``APIChangeBackupStorageStateMsg``
+→ ``changeBackupStorageState``) is a key of the JSON body, and answers 400 "the body
+doesn't contain action mapping to the URL[...]" when no key names one (zstack-api.md
+1.1). A resource's actions are an :data:`ActionTable`: action name → handler taking
+``(call, uuid, params)``. Adding an action is adding an entry.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from imgstore.api.deps import ApiCall
+from imgstore.errors import INVALID_ARGUMENT, UNIMPLEMENTED, ApiError
+
+ActionHandler = Callable[[ApiCall, str, dict[str, Any]], Awaitable[JSONResponse]]
+ActionTable = dict[str, ActionHandler]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def dispatch(
+    table: ActionTable, call: ApiCall, uuid: str, body: dict[str, Any], url: str
+) -> JSONResponse:
+    """Run the one action the body names. Other top-level keys (``systemTags``,
+    ``requestIp``...) are ignored, as ZStack ignores them."""
+    named = [key for key in body if key in table]
+    if not named:
+        raise ApiError(
+            INVALID_ARGUMENT,
+            f"the body doesn't contain action mapping to the URL[{url}]; "
+            f"valid actions are [{', '.join(table)}]",
+        )
+    if len(named) > 1:
+        raise ApiError(
+            INVALID_ARGUMENT,
+            f"the body names more than one action [{', '.join(named)}] for the URL[{url}]; "
+            "send one action per request",
+        )
+    action = named[0]
+    params = body[action]
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ApiError(INVALID_ARGUMENT, f"field[{action}] must be a JSON object")
+    return await table[action](call, uuid, params)
+
+
+def parse_params(model: type[M], action: str, params: dict[str, Any]) -> M:
+    """``params`` as ``model``; a bad field is the usual SYS.1007 naming ``action.field``."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as e:
+        errors = [{**err, "loc": ("body", action, *err["loc"])} for err in e.errors()]
+        raise RequestValidationError(errors) from None
+
+
+def not_implemented(api_name: str) -> ActionHandler:
+    """A placeholder entry for an action that has a name but no handler yet."""
+
+    async def handler(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+        raise ApiError(UNIMPLEMENTED, f"{api_name} is not implemented yet")
+
+    return handler
