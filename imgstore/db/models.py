@@ -246,3 +246,42 @@ class ImageBackupStorageRef(Timestamps, Base):
     export_token: Mapped[str | None] = mapped_column(String(255))  # hashed, never returned
 
     image: Mapped[Image] = relationship(back_populates="backup_storage_refs")
+
+
+class ImageUpload(Timestamps, Base):
+    """The upload slot of an ``upload://`` image: where its bytes may be PUT, and how far
+    they got (ZStack's upload long job, GetUploadImageJobDetails).
+
+    The token is in the upload URL; only its sha256 is looked up, and a sealed copy lets
+    the URL be shown again to whoever may query the image.
+    """
+
+    __tablename__ = "image_upload"
+    image_uuid: Mapped[str] = mapped_column(ForeignKey("image.uuid", ondelete="CASCADE"), primary_key=True)
+    backup_storage_uuid: Mapped[str] = mapped_column(
+        ForeignKey("backup_storage.uuid", ondelete="CASCADE"), index=True
+    )
+    api_id: Mapped[str] = mapped_column(String(32))  # the AddImage job: ZStack's longJobUuid
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sealed: Mapped[str] = mapped_column(Text)  # crypto.SecretBox
+    state: Mapped[str] = mapped_column(String(16), default="Waiting")  # Waiting|Running|Succeeded|Failed
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes received so far
+    size: Mapped[int | None] = mapped_column(BigInteger)  # announced by the client, when it did
+    node: Mapped[str | None] = mapped_column(String(64))  # the node holding the open writer
+
+
+class TaskProgress(Base):
+    """Progress of a running API (ZStack's TaskProgressVO), read by GetTaskProgress."""
+
+    __tablename__ = "task_progress"
+    __table_args__ = (UniqueConstraint("api_id", "task_uuid"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    api_id: Mapped[str] = mapped_column(String(32), index=True)
+    task_uuid: Mapped[str] = mapped_column(String(32))
+    parent_uuid: Mapped[str | None] = mapped_column(String(32))
+    task_name: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(16), default="Progress")  # Task | Progress
+    content: Mapped[str | None] = mapped_column(String(255))  # percent, as ZStack writes it
+    arguments: Mapped[str | None] = mapped_column(Text)
+    opaque: Mapped[str | None] = mapped_column(Text)  # JSON object
+    time: Mapped[int] = mapped_column(BigInteger)  # epoch ms of the last report
