@@ -456,10 +456,14 @@ def serve(
     log_level: str = typer.Option("info", help="debug, info, warning or error"),
 ) -> None:
     """Run the API server (settings from IMGSTORE_* variables; migrations applied on start)."""
+    from imgstore import logs
     from imgstore.app import create_app
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, proxy_headers=False)
+    log_config = logs.configure(log_level)  # one masked JSON line per event, uvicorn's too
+    # uvicorn writes its access line when a response starts, before a streamed body's
+    # duration is known: logs.RequestContext writes one per finished request instead
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, log_config=log_config,
+                access_log=False, proxy_headers=False)
 
 
 # ------------------------------------------------------------------ sessions
