@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imgstore import logs, metrics
 from imgstore.api import backup_storage, jobs, sessions, tags, zones
 from imgstore.api.deps import require_session
 from imgstore.config import Settings
@@ -24,10 +25,12 @@ PREFIXES = ("/zstack/v1", "/v1")  # the Java SDK's default context path is empty
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    app_metrics = metrics.Metrics()  # this app's own registry: apps in one process never share one
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings)
+        app.state.runtime.metrics = app_metrics
         try:
             yield
         finally:
@@ -42,8 +45,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in PREFIXES:
         in_schema = prefix == PREFIXES[0]
         app.include_router(_api_router(), prefix=prefix, include_in_schema=in_schema)
+    app.include_router(metrics.router)  # no session: Prometheus scrapes it (see imgstore.metrics)
     _install_error_handlers(app)
+    # the last added runs first: request id, then JSON bodies, then metrics, which must
+    # see the scope dict the router writes its route into (JsonBodyByDefault copies it)
+    app.add_middleware(metrics.MetricsMiddleware, metrics=app_metrics, prefixes=PREFIXES)
     app.add_middleware(JsonBodyByDefault)
+    app.add_middleware(logs.RequestContext)
     return app
 
 

@@ -12,7 +12,7 @@ from imgstore.api.envelope import inventories_reply, inventory_reply
 from imgstore.api.params import bool_param, list_param
 from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
 from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
-from imgstore.services import backup_storage, ceph_backup_storage
+from imgstore.services import backup_storage, ceph_backup_storage, ceph_connection
 from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["backup-storage"])
@@ -102,12 +102,20 @@ async def _change_backup_storage_state(call: ApiCall, uuid: str, params: dict[st
     return await call.run("ChangeBackupStorageState", work)
 
 
+async def _reconnect_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    async def work() -> dict:
+        row = await ceph_connection.reconnect(call.rt, uuid)
+        return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+    return await call.run("ReconnectBackupStorage", work)
+
+
 #: ``PUT /backup-storage/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
 #: Fill an entry to serve an action; the placeholders answer SYS.1014.
 BACKUP_STORAGE_ACTIONS: ActionTable = {
     "updateBackupStorage": _update_backup_storage,
     "changeBackupStorageState": _change_backup_storage_state,
-    "reconnectBackupStorage": not_implemented("ReconnectBackupStorage"),
+    "reconnectBackupStorage": _reconnect_backup_storage,
     "exportImageFromBackupStorage": not_implemented("ExportImageFromBackupStorage"),
 }
 

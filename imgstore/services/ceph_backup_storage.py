@@ -26,6 +26,7 @@ from imgstore.errors import (
     OPERATION_ERROR,
     ApiError,
     invalid_argument,
+    not_found,
 )
 from imgstore.services import tags
 from imgstore.services.clusters import ceph_error
@@ -405,7 +406,7 @@ async def load(rt: Runtime, uuid: str) -> CephBackupStorage:
     async with rt.db() as db:
         row = await db.get(CephBackupStorage, uuid, populate_existing=True)
         if row is None:
-            raise ApiError(OPERATION_ERROR, f"backup storage[uuid:{uuid}] was deleted meanwhile", status=409)
+            raise not_found("CephBackupStorageVO", uuid)
         return row
 
 
@@ -425,11 +426,11 @@ async def undo_add(rt: Runtime, uuid: str) -> None:
         await db.commit()
 
 
-async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_pool: bool) -> None:
+async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_pool: bool) -> bool:
     """Delete the storage's cephx key (and its pool when asked) through any mon that
-    answers. Best effort: a cluster that is gone must not keep a row alive forever."""
+    answers; False when no mon did (the caller decides whether that blocks a delete)."""
     if not row.ceph_client and not drop_pool:
-        return
+        return True
     errors = []
     for mon in row.mons:
         try:
@@ -438,7 +439,7 @@ async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_po
                     await shell.delete_key(row.ceph_client)
                 if drop_pool and row.pool_name:
                     await shell.delete_pool(row.pool_name)
-            return
+            return True
         except ceph.CephError as e:
             errors.append(f"{mon.hostname}: {e}")
     log.warning(
@@ -448,6 +449,7 @@ async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_po
         row.uuid,
         "; ".join(errors) or "no mon",
     )
+    return False
 
 
 async def renew_key(rt: Runtime, row: CephBackupStorage) -> None:

@@ -436,8 +436,6 @@ def test_delete_removes_tags_and_zone_attachments(api: Api, storage: dict) -> No
 
 
 @pytest.mark.ceph
-@pytest.mark.xfail(reason="needs ceph_backup_storage.release_cluster_resources to answer False when "
-                          "no mon removed the key", strict=False)
 def test_permissive_keeps_a_storage_whose_key_cannot_be_removed_and_enforcing_deletes_it(
         api: Api, c1: DevCluster, storage: dict) -> None:
     bs = storage["uuid"]
