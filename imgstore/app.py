@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgstore import logs, metrics
 from imgstore.api import backup_storage, jobs, sessions, tags, zones
+from imgstore.api import web
 from imgstore.api.deps import require_session
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in PREFIXES:
         in_schema = prefix == PREFIXES[0]
         app.include_router(_api_router(), prefix=prefix, include_in_schema=in_schema)
+    app.include_router(web.router)  # the operator console at /, outside the API prefixes
     app.include_router(metrics.router)  # no session: Prometheus scrapes it (see imgstore.metrics)
     _install_error_handlers(app)
     # the last added runs first: request id, then JSON bodies, then metrics, which must
