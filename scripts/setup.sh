@@ -3,7 +3,8 @@
 # and fast (about a second) when everything is already there.
 #
 #   1. Debian packages: Ceph (mon, osd, mgr, CLI, python3-rados/rbd), openssh-server,
-#      sshpass, qemu-utils, uuid-runtime, curl (via scripts/devcluster.sh install;
+#      sshpass, qemu-utils, uuid-runtime, curl, chromium + chromium-driver for the
+#      console's browser tests (via scripts/devcluster.sh install;
 #      `apt-get update` runs once, and only when something is missing).
 #   2. .venv in the checkout on CPython 3.11 (pyenv `python3.11` first, else any
 #      CPython 3.11 found), with `pip install -e '.[test]'` (re-run when
@@ -26,7 +27,8 @@ log() { printf '[setup +%ss] %s\n' "$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGI
 die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- 1. Debian packages
-DEVCLUSTER_EXTRA_PACKAGES="curl ca-certificates" bash "$ROOT/scripts/devcluster.sh" install 2>&1 | sed 's/^/[setup] /' >&2
+# chromium + chromium-driver: the headless browser of the console tests (tests/e2e)
+DEVCLUSTER_EXTRA_PACKAGES="curl ca-certificates chromium chromium-driver" bash "$ROOT/scripts/devcluster.sh" install 2>&1 | sed 's/^/[setup] /' >&2
 
 # ---------------------------------------------------------------- 2. venv
 is_py311() { [ -x "$1" ] && "$1" -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 11) or sys.implementation.name != "cpython")' 2>/dev/null; }

@@ -499,7 +499,7 @@ function renderImages() {
         el("div", { class: "strong", text: image.name }),
         el("div", { class: "mono small muted", text: image.uuid })),
       el("td", { text: image.format || "" }),
-      el("td", { title: image.actualSize ? `actual size ${humanSize(image.actualSize)}` : null, text: humanSize(image.size) }),
+      el("td", { title: image.actualSize ? `actual size ${humanSize(image.actualSize)}` : null, text: image.size ? humanSize(image.size) : "—" }),
       statusCell,
       el("td", {}, ...refs));
   });
