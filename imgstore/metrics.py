@@ -2,7 +2,8 @@
 
 Each app has its own :class:`Metrics` (its own ``CollectorRegistry``, never the global
 one), so several apps in one process do not share counters. The app binds it to the
-runtime as ``rt.metrics``; services count image bytes with :func:`count_image_bytes`.
+runtime as ``rt.metrics``; services count the image bytes they move with
+:func:`imgstore.services.metrics.count_image_bytes`.
 
 Storage and mon figures are not kept in the process: a scrape reads them from the
 database (:mod:`imgstore.services.metrics`), so every node of a cluster reports the same
@@ -74,13 +75,6 @@ class Metrics:
         return generate_latest(self.registry) + figures_text(figures, ping_round_seconds).encode()
 
 
-def count_image_bytes(rt: Any, direction: str, n: int) -> None:
-    """Count ``n`` image bytes moved in ``direction`` on ``rt``'s metrics, if it has any
-    (a runtime opened outside an app, as in scripts, counts nothing)."""
-    if rt.metrics is not None and n:
-        rt.metrics.count_image_bytes(direction, n)
-
-
 # ------------------------------------------------------------------ scrape-time figures
 #
 # Written as text directly, not through prometheus_client's metric families: with 10 000
@@ -149,6 +143,8 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", summary="Prometheus metrics (no session needed)", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Prometheus text format"}})
 async def scrape(request: Request, rt: Runtime = Depends(runtime)) -> Response:
+    """Prometheus text format. No session: Prometheus scrapes without one, and nothing
+    here is a secret (names, uuids, capacities, statuses, request counts)."""
     figures = await figures_service.figures(rt)
     gzipped = "gzip" in request.headers.get("accept-encoding", "")  # Prometheus asks for it
     # formatting thousands of storages is CPU work: off the event loop serving the API

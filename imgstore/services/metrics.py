@@ -1,4 +1,5 @@
-"""What ``/metrics`` reports about storages and mons, read from the database at scrape time.
+"""What ``/metrics`` reports about storages and mons, read from the database at scrape time,
+and :func:`count_image_bytes`, how services count the image bytes they move.
 
 Two SELECTs of plain columns whatever the number of storages: no ORM objects, no
 relationship loading, so a scrape of 10 000 storages stays cheap. The figures are what
@@ -7,6 +8,7 @@ the tracker last recorded; a scrape never talks to Ceph.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import select
 
@@ -57,3 +59,11 @@ async def figures(rt: Runtime) -> Figures:
         storages=[StorageFigures(*row) for row in storages],
         mons=[MonFigures(*row) for row in mons],
     )
+
+
+def count_image_bytes(rt: Runtime, direction: Literal["upload", "download", "export"], n: int) -> None:
+    """Count ``n`` image bytes moved: ``upload`` (a client sent them), ``download`` (imgstore
+    fetched them from a URL) or ``export`` (a client read them out). Call it per chunk as
+    the bytes go. A runtime no app serves (scripts) has no metrics and counts nothing."""
+    if rt.metrics is not None and n:
+        rt.metrics.count_image_bytes(direction, n)

@@ -10,8 +10,8 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from imgstore.app import JsonBodyByDefault
-from imgstore.metrics import UNMATCHED, Metrics, MetricsMiddleware, count_image_bytes, figures_text
-from imgstore.services.metrics import Figures, MonFigures, StorageFigures
+from imgstore.metrics import UNMATCHED, Metrics, MetricsMiddleware, figures_text
+from imgstore.services.metrics import Figures, MonFigures, StorageFigures, count_image_bytes
 
 BS = "0123456789abcdef0123456789abcdef"
 
@@ -59,8 +59,8 @@ def test_no_storages_still_declares_the_families() -> None:
 def test_each_app_has_its_own_registry() -> None:
     a, b = Metrics(), Metrics()
     a.count_image_bytes("upload", 10)
-    count_image_bytes(SimpleNamespace(metrics=b), "export", 5)
-    count_image_bytes(SimpleNamespace(metrics=None), "export", 5)  # a runtime without an app: nothing
+    count_image_bytes(SimpleNamespace(metrics=b), "export", 5)  # type: ignore[arg-type]
+    count_image_bytes(SimpleNamespace(metrics=None), "export", 5)  # type: ignore[arg-type]  # a runtime without an app: nothing
     assert a.registry.get_sample_value("imgstore_image_bytes_total", {"direction": "upload"}) == 10
     assert b.registry.get_sample_value("imgstore_image_bytes_total", {"direction": "upload"}) == 0
     assert b.registry.get_sample_value("imgstore_image_bytes_total", {"direction": "export"}) == 5
