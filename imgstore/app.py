@@ -12,12 +12,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgstore import logs, metrics
-from imgstore.api import backup_storage, jobs, sessions, tags, zones
+from imgstore.api import backup_storage, ceph_mons, jobs, sessions, tags, zones
 from imgstore.api import web
 from imgstore.api.deps import require_session
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
-from imgstore.services.runtime import Runtime
+from imgstore.services import node
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = await Runtime.start(settings)
+        app.state.runtime = await node.start(settings)
         app.state.runtime.metrics = app_metrics
         try:
             yield
         finally:
-            await app.state.runtime.close()
+            await node.stop(app.state.runtime)
 
     app = FastAPI(
         title="imgstore",
@@ -63,6 +63,7 @@ def _api_router() -> APIRouter:
     api.include_router(jobs.router)
     authed = APIRouter(dependencies=[Depends(require_session)])
     authed.include_router(backup_storage.router)
+    authed.include_router(ceph_mons.router)
     authed.include_router(zones.router)
     authed.include_router(tags.router)
     api.include_router(authed)

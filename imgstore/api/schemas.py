@@ -46,6 +46,7 @@ class BackupStorageInventory(Inventory):
     create_date: ZDate
     last_op_date: ZDate
     attached_zone_uuids: list[str] = []
+    status_reason: str | None = None  # imgstore's: why it is Disconnected
 
 
 class CephMonInventory(Inventory):
