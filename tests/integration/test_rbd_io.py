@@ -1,0 +1,390 @@
+"""Image bits on the real dev cluster c1: ImageWriter, iter_image and friends.
+
+Each test reads like a use of ``imgstore.ceph.rbd_io``: stream bytes in, read them back,
+and check with the admin ``rbd`` CLI what really is in the pool. The module works in a
+pool of its own, removed at the end. The handle is an ``imgstore.ceph.Cluster`` on the
+admin key of ``scripts/devcluster.sh env c1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgstore.ceph import Cluster, PoolNotFound
+from imgstore.ceph.rbd_io import (
+    CHUNK_SIZE,
+    ImageBusy,
+    ImageExists,
+    ImageNotFound,
+    ImageSizeMismatch,
+    ImageWriter,
+    image_size,
+    iter_image,
+    list_images,
+    read_range,
+    remove_image,
+)
+
+pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
+
+REPO = Path(__file__).resolve().parents[2]
+DEVCLUSTER = REPO / "scripts" / "devcluster.sh"
+MiB = 1 << 20
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def c1() -> dict[str, str]:
+    if not DEVCLUSTER.exists():
+        pytest.skip(f"{DEVCLUSTER} is not there")
+    if subprocess.run([str(DEVCLUSTER), "status", "c1"], capture_output=True, timeout=60).returncode:
+        pytest.skip("dev cluster c1 is not running (run: scripts/devcluster.sh start c1)")
+    out = subprocess.run([str(DEVCLUSTER), "env", "c1"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    env = {}
+    for line in out.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export":
+            key, _, value = words[1].partition("=")
+            env[key] = value
+    return env
+
+
+def cli(c1: dict[str, str], tool: str, *args: str) -> Any:
+    """The admin ``ceph``/``rbd`` CLI on c1; JSON decoded when asked for."""
+    out = subprocess.run([tool, "-c", c1["CEPH_CONF"], *args], capture_output=True, text=True,
+                         timeout=120)
+    if out.returncode:
+        raise RuntimeError(f"{tool} {' '.join(args)}: {out.stderr.strip()}")
+    return json.loads(out.stdout) if "json" in args else out.stdout
+
+
+@pytest.fixture(scope="module")
+def pool(c1: dict[str, str]) -> Iterator[str]:
+    name = f"it-rbdio-{uuid.uuid4().hex[:8]}"
+    cli(c1, "ceph", "osd", "pool", "create", name, "8")
+    cli(c1, "ceph", "osd", "pool", "application", "enable", name, "rbd")
+    try:
+        yield name
+    finally:
+        cli(c1, "ceph", "osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
+
+
+@pytest.fixture
+async def cluster(c1: dict[str, str]) -> AsyncIterator[Cluster]:
+    mon_host = f"[v2:127.0.0.1:{c1['CEPH_MON_V2_PORT']},v1:127.0.0.1:{c1['CEPH_MON_PORT']}]"
+    handle = Cluster(mon_host, "admin", c1["CEPH_ADMIN_KEY"], timeout=10)
+    await handle.connect()
+    yield handle
+    await handle.close()
+
+
+def new_name() -> str:
+    return str(uuid.uuid4())
+
+
+async def write_image(cluster: Cluster, pool: str, name: str, data: bytes, size: int | None,
+                      piece: int = 100_000) -> Any:
+    """Write ``data`` in pieces of an awkward size (not a divisor of the object size)."""
+    async with ImageWriter(cluster, pool, name, size) as w:
+        for i in range(0, len(data), piece):
+            await w.write(data[i:i + piece])
+    return w.result
+
+
+async def read_all(cluster: Cluster, pool: str, name: str, **kw: Any) -> bytes:
+    return b"".join([chunk async for chunk in iter_image(cluster, pool, name, **kw)])
+
+
+def sparse_data(size: int, runs: list[tuple[int, int]]) -> bytes:
+    buf = bytearray(size)
+    for offset, length in runs:
+        buf[offset:offset + length] = os.urandom(length)
+    return bytes(buf)
+
+
+# ---------------------------------------------------------------- writing and reading
+
+
+async def test_random_data_reads_back_identical_with_md5_and_sha512(cluster: Cluster, pool: str,
+                                                                   c1: dict[str, str]) -> None:
+    data = os.urandom(21 * MiB + 12345)
+    name = new_name()
+    size, md5, sha512 = await write_image(cluster, pool, name, data, len(data))
+    assert size == len(data)
+    assert md5 == hashlib.md5(data).hexdigest()
+    assert sha512 == hashlib.sha512(data).hexdigest()
+    assert await read_all(cluster, pool, name) == data
+    assert await image_size(cluster, pool, name) == len(data)
+    info = cli(c1, "rbd", "info", f"{pool}/{name}", "--format", "json")
+    assert info["format"] == 2 and info["order"] == 22
+    assert set(info["features"]) >= {"layering", "exclusive-lock", "object-map", "fast-diff",
+                                     "deep-flatten"}
+    await remove_image(cluster, pool, name)
+
+
+async def test_one_big_write_and_aligned_chunks_give_the_same_image(cluster: Cluster, pool: str) -> None:
+    data = os.urandom(3 * CHUNK_SIZE)
+    for piece in (len(data), CHUNK_SIZE, 4096):
+        name = new_name()
+        result = await write_image(cluster, pool, name, data, len(data), piece=piece)
+        assert result.sha512 == hashlib.sha512(data).hexdigest()
+        assert await read_all(cluster, pool, name) == data
+        await remove_image(cluster, pool, name)
+
+
+async def test_sparse_image_skips_zeros_and_reads_back_identical(cluster: Cluster, pool: str,
+                                                                 c1: dict[str, str]) -> None:
+    size = 256 * MiB
+    data = sparse_data(size, [(0, MiB), (100 * MiB + 5, 70_000), (size - 4096, 4096)])
+    name = new_name()
+    result = await write_image(cluster, pool, name, data, size, piece=1 << 20)
+    assert result.md5 == hashlib.md5(data).hexdigest()
+    assert await read_all(cluster, pool, name) == data
+    du = cli(c1, "rbd", "du", f"{pool}/{name}", "--format", "json")["images"][0]
+    assert du["provisioned_size"] == size
+    assert du["used_size"] <= 3 * CHUNK_SIZE  # three objects touched out of 64
+    await remove_image(cluster, pool, name)
+
+
+async def test_all_zero_image_writes_no_object(cluster: Cluster, pool: str,
+                                               c1: dict[str, str]) -> None:
+    name = new_name()
+    result = await write_image(cluster, pool, name, bytes(40 * MiB), None, piece=CHUNK_SIZE)
+    assert result.size == 40 * MiB
+    assert await image_size(cluster, pool, name) == 40 * MiB
+    du = cli(c1, "rbd", "du", f"{pool}/{name}", "--format", "json")["images"][0]
+    assert du["used_size"] == 0
+    await remove_image(cluster, pool, name)
+
+
+async def test_unknown_size_grows_and_trims_to_the_bytes_received(cluster: Cluster, pool: str) -> None:
+    for length in (70 * MiB + 123, 3 * CHUNK_SIZE, 1, 0):
+        data = os.urandom(length - 4 * MiB) + bytes(4 * MiB) if length > 5 * MiB else os.urandom(length)
+        name = new_name()
+        result = await write_image(cluster, pool, name, data, None, piece=333_333)
+        assert result.size == length
+        assert result.sha512 == hashlib.sha512(data).hexdigest()
+        assert await image_size(cluster, pool, name) == length
+        assert await read_all(cluster, pool, name) == data
+        await remove_image(cluster, pool, name)
+
+
+async def test_bytearray_and_memoryview_pieces_are_copied_not_aliased(cluster: Cluster,
+                                                                    pool: str) -> None:
+    import array
+
+    words = array.array("I", range(3 * MiB // 4))  # a memoryview of 4-byte items
+    data = words.tobytes() + b"tail"
+    name = new_name()
+    async with ImageWriter(cluster, pool, name, len(data)) as w:
+        await w.write(memoryview(words))
+        buf = bytearray(b"tail")
+        await w.write(buf)
+        buf[:] = b"XXXX"  # the caller reuses its buffer at once
+    assert w.result is not None and w.result.size == len(data)
+    assert await read_all(cluster, pool, name) == data
+    await remove_image(cluster, pool, name)
+
+
+async def test_two_uploads_at_once_on_one_handle(cluster: Cluster, pool: str) -> None:
+    blobs = {new_name(): os.urandom(9 * MiB + i) for i in range(2)}
+    results = await asyncio.gather(*(write_image(cluster, pool, n, d, len(d), piece=65536)
+                                     for n, d in blobs.items()))
+    for (name, data), result in zip(blobs.items(), results):
+        assert result.sha512 == hashlib.sha512(data).hexdigest()
+        assert await read_all(cluster, pool, name) == data
+        await remove_image(cluster, pool, name)
+
+
+async def test_explicit_commit_inside_the_block(cluster: Cluster, pool: str) -> None:
+    name = new_name()
+    async with ImageWriter(cluster, pool, name, 10) as w:
+        await w.write(b"0123456789")
+        assert await w.commit() == (10, hashlib.md5(b"0123456789").hexdigest(),
+                                    hashlib.sha512(b"0123456789").hexdigest())
+    assert await read_range(cluster, pool, name, 0, 100) == b"0123456789"
+    await remove_image(cluster, pool, name)
+
+
+async def test_range_reads(cluster: Cluster, pool: str) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 777)
+    name = new_name()
+    await write_image(cluster, pool, name, data, len(data), piece=CHUNK_SIZE)
+    for start, end in [(0, 1), (5, CHUNK_SIZE + 3), (CHUNK_SIZE - 1, 2 * CHUNK_SIZE + 1),
+                       (len(data) - 10, None), (len(data), None), (100, 100)]:
+        assert await read_all(cluster, pool, name, start=start, end=end) == data[start:end]
+    pieces = [len(p) async for p in iter_image(cluster, pool, name, start=10, end=2 * CHUNK_SIZE)]
+    assert pieces == [CHUNK_SIZE - 10, CHUNK_SIZE]  # aligned to objects after the first
+    assert await read_all(cluster, pool, name, start=7, end=len(data) + MiB) == data[7:]
+    assert await read_range(cluster, pool, name, CHUNK_SIZE - 2, 4) == data[CHUNK_SIZE - 2:CHUNK_SIZE + 2]
+    with pytest.raises(ValueError):
+        await read_all(cluster, pool, name, start=len(data) + 1)
+    await remove_image(cluster, pool, name)
+
+
+async def test_a_reader_that_stops_early_closes_the_image(cluster: Cluster, pool: str) -> None:
+    data = os.urandom(6 * CHUNK_SIZE)
+    name = new_name()
+    await write_image(cluster, pool, name, data, len(data), piece=CHUNK_SIZE)
+    reader = iter_image(cluster, pool, name, chunk=MiB, readahead=4)
+    assert await reader.__anext__() == data[:MiB]
+    await reader.aclose()  # reads in flight land, the image is closed: removable at once
+    await remove_image(cluster, pool, name)
+    assert name not in await list_images(cluster, pool)
+
+
+# ---------------------------------------------------------------- all or nothing
+
+
+async def test_short_stream_is_an_error_and_leaves_no_image(cluster: Cluster, pool: str) -> None:
+    name = new_name()
+    with pytest.raises(ImageSizeMismatch, match="got 5242880 bytes, 6291456 were announced"):
+        await write_image(cluster, pool, name, os.urandom(5 * MiB), 6 * MiB)
+    assert name not in await list_images(cluster, pool)
+
+
+async def test_long_stream_is_an_error_and_leaves_no_image(cluster: Cluster, pool: str) -> None:
+    name = new_name()
+    with pytest.raises(ImageSizeMismatch, match="more than the announced 5242880 bytes"):
+        await write_image(cluster, pool, name, os.urandom(5 * MiB + 1), 5 * MiB)
+    assert name not in await list_images(cluster, pool)
+
+
+async def test_exception_mid_write_leaves_no_image(cluster: Cluster, pool: str) -> None:
+    name = new_name()
+
+    class SourceBroke(Exception):
+        pass
+
+    with pytest.raises(SourceBroke):
+        async with ImageWriter(cluster, pool, name, 64 * MiB) as w:
+            for _ in range(10):
+                await w.write(os.urandom(MiB))
+            assert name in await list_images(cluster, pool)
+            raise SourceBroke("the download was cut halfway")
+    assert name not in await list_images(cluster, pool)
+
+
+async def test_cancelled_write_leaves_no_image(cluster: Cluster, pool: str) -> None:
+    name = new_name()
+    started = asyncio.Event()
+
+    async def upload() -> None:
+        async with ImageWriter(cluster, pool, name, None) as w:
+            while True:
+                await w.write(os.urandom(MiB))
+                started.set()
+
+    task = asyncio.create_task(upload())
+    await started.wait()
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert name not in await list_images(cluster, pool)
+
+
+async def test_explicit_abort_removes_the_image(cluster: Cluster, pool: str) -> None:
+    name = new_name()
+    w = ImageWriter(cluster, pool, name, 8 * MiB)
+    await w.open()
+    await w.write(os.urandom(5 * MiB))
+    await w.abort()
+    await w.abort()  # twice is fine
+    assert name not in await list_images(cluster, pool)
+    with pytest.raises(RuntimeError):
+        await w.write(b"more")
+
+
+async def test_existing_name_is_refused_and_the_image_kept(cluster: Cluster, pool: str) -> None:
+    name = new_name()
+    await write_image(cluster, pool, name, b"first", 5)
+    with pytest.raises(ImageExists):
+        await write_image(cluster, pool, name, b"second", 6)
+    assert await read_range(cluster, pool, name, 0, 5) == b"first"
+    await remove_image(cluster, pool, name)
+
+
+async def test_missing_pool_and_image_are_named_errors(cluster: Cluster, pool: str) -> None:
+    with pytest.raises(PoolNotFound):
+        await write_image(cluster, "no-such-pool", new_name(), b"x", 1)
+    with pytest.raises(PoolNotFound):
+        await list_images(cluster, "no-such-pool")
+    with pytest.raises(ImageNotFound):
+        await image_size(cluster, pool, new_name())
+    with pytest.raises(ImageNotFound):
+        await read_all(cluster, pool, new_name())
+    with pytest.raises(ImageNotFound):
+        await remove_image(cluster, pool, new_name())
+    await remove_image(cluster, pool, new_name(), missing_ok=True)
+
+
+# ---------------------------------------------------------------- removing what is in use
+
+
+async def test_remove_of_an_image_with_a_protected_snapshot_is_busy(cluster: Cluster, pool: str,
+                                                                    c1: dict[str, str]) -> None:
+    name = new_name()
+    await write_image(cluster, pool, name, os.urandom(MiB), MiB)
+    cli(c1, "rbd", "snap", "create", f"{pool}/{name}@snap")
+    cli(c1, "rbd", "snap", "protect", f"{pool}/{name}@snap")
+    with pytest.raises(ImageBusy, match=r"has snapshots: snap \(protected\)"):
+        await remove_image(cluster, pool, name)
+    assert name in await list_images(cluster, pool)
+    await remove_image(cluster, pool, name, purge_snapshots=True)
+    assert name not in await list_images(cluster, pool)
+
+
+async def test_remove_of_an_image_with_a_clone_is_busy_even_when_purging(
+        cluster: Cluster, pool: str, c1: dict[str, str]) -> None:
+    name, child = new_name(), new_name()
+    await write_image(cluster, pool, name, os.urandom(MiB), MiB)
+    cli(c1, "rbd", "snap", "create", f"{pool}/{name}@snap")
+    cli(c1, "rbd", "snap", "protect", f"{pool}/{name}@snap")
+    cli(c1, "rbd", "clone", f"{pool}/{name}@snap", f"{pool}/{child}")
+    for purge in (False, True):
+        with pytest.raises(ImageBusy, match=f"has clones: {pool}/{child}"):
+            await remove_image(cluster, pool, name, purge_snapshots=purge)
+    cli(c1, "rbd", "rm", f"{pool}/{child}")
+    await remove_image(cluster, pool, name, purge_snapshots=True)
+    assert name not in await list_images(cluster, pool)
+
+
+async def test_remove_of_an_image_open_for_writing_is_busy(cluster: Cluster, pool: str) -> None:
+    name, other = new_name(), new_name()
+    await write_image(cluster, pool, name, b"bits", 4)
+    w = ImageWriter(cluster, pool, other, MiB)
+    await w.open()  # a writer holds the image open: a watcher
+    try:
+        with pytest.raises(ImageBusy, match="open by another client"):
+            await remove_image(cluster, pool, other)
+    finally:
+        await w.abort()
+    await remove_image(cluster, pool, name)
+    assert other not in await list_images(cluster, pool)
+
+
+async def test_list_images(cluster: Cluster, pool: str) -> None:
+    names = sorted(new_name() for _ in range(3))
+    for n in names:
+        await write_image(cluster, pool, n, b"", 0)
+    assert set(names) <= set(await list_images(cluster, pool))
+    for n in names:
+        await remove_image(cluster, pool, n)
+    assert not set(names) & set(await list_images(cluster, pool))
