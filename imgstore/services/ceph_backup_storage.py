@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -224,15 +225,21 @@ async def _onboard(rt: Runtime, uuid: str, mons: list[MonProbe], predefined: boo
     """SSH to the mons (the first also makes the key meanwhile: two ceph CLI calls in
     parallel cost little more than one), then librados for everything else."""
     client = f"imgstore.{uuid}"
-    await _save(rt, uuid, ceph_client=client)  # recorded before it exists: undo needs it
     row = await load(rt, uuid)
+
+    async def key_requested() -> None:  # recorded before the key exists: undo needs it
+        await _save(rt, uuid, ceph_client=client)
+
     async with AsyncExitStack() as stack:
-        await probe_mons(rt, stack, mons, key_for=(client, row.pool_name))
+        await probe_mons(rt, stack, mons, key_for=(client, row.pool_name, key_requested))
         good = [m for m in mons if m.facts]
         if not good:
             raise _all_mons_failed(uuid, mons)
         fsid = await _claim_fsid(rt, uuid, good)
-        key = next((m.key for m in good if m.key), None) or await _make_key(good[0], client, row.pool_name)
+        key = next((m.key for m in good if m.key), None)
+        if key is None:
+            await key_requested()
+            key = await _make_key(good[0], client, row.pool_name)
         sealed = rt.secrets.seal(key)
         await _save(rt, uuid, ceph_key=sealed)
         mon_host = ",".join(m.facts.mon_host for m in good if m.facts)
@@ -258,15 +265,19 @@ async def _make_key(mon: MonProbe, client: str, pool: str) -> str:
         raise ceph_error(e, mon.url.hostname) from None
 
 
+KeyRequest = tuple[str, str, Callable[[], Awaitable[None]]]  # client, pool, called just before
+
+
 async def probe_mons(
-    rt: Runtime, stack: AsyncExitStack, mons: list[MonProbe], key_for: tuple[str, str] | None = None
+    rt: Runtime, stack: AsyncExitStack, mons: list[MonProbe], key_for: KeyRequest | None = None
 ) -> None:
     """SSH to every mon at once and read its facts; the shells stay open on ``stack``.
-    With ``key_for`` = (client, pool), the first mon also gets or creates that key."""
+    With ``key_for`` = (client, pool, before), the first mon, once logged in, also gets or
+    creates that key (``before`` records that it may exist)."""
     await asyncio.gather(*(_probe(rt, stack, m, key_for if i == 0 else None) for i, m in enumerate(mons)))
 
 
-async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe, key_for: tuple[str, str] | None) -> None:
+async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe, key_for: KeyRequest | None) -> None:
     """SSH to one mon and read its facts; a failure is kept on the mon, not raised."""
     try:
         shell = ceph.MonShell(mon.url, rt.settings.ssh_timeout)
@@ -274,8 +285,10 @@ async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe, key_for: tup
         if key_for is None:
             mon.facts = await mon.shell.facts()
             return
+        client, pool, before = key_for
+        await before()
         facts, key = await asyncio.gather(
-            mon.shell.facts(), mon.shell.get_or_create_key(*key_for), return_exceptions=True
+            mon.shell.facts(), mon.shell.get_or_create_key(client, pool), return_exceptions=True
         )
         for outcome in (facts, key):
             if isinstance(outcome, BaseException):
