@@ -66,10 +66,13 @@ T = TypeVar("T")
 MiB = 1 << 20
 CHUNK_SIZE = 4 * MiB
 """RBD object size of new images, and the unit of writes and reads."""
-WRITE_WINDOW = 8
-"""Chunks a writer holds at most (being written or hashed): the memory bound, 8 x 4 MiB."""
-READ_AHEAD = 4
-"""Reads in flight ahead of the consumer."""
+WRITE_WINDOW = 4
+"""Chunks a writer holds at most (being written or hashed): 4 x 4 MiB, and librbd holds a
+copy of each one in flight. On loopback 4 writes in flight are as fast as 8 or 12 (the OSD
+or the hashing is the limit); 8 adds ~40 MiB of RSS, which the service cannot afford
+(an idle ``imgstore serve`` is ~130 MiB; the bar is < 200 MiB during an upload)."""
+READ_AHEAD = 3
+"""Reads in flight ahead of the consumer of iter_image."""
 ZERO_GRAIN = 64 * 1024
 """Zero runs shorter than this inside a chunk are written, longer ones skipped."""
 GROW_MIN = 64 * MiB
@@ -674,26 +677,26 @@ async def remove_image(cluster: RadosSource, pool: str, name: str, *,
                        purge_snapshots: bool = False, missing_ok: bool = False) -> None:
     """Remove the image; ImageBusy (never a silent leak) when it is in use.
 
-    Busy means: it has clones (children of a snapshot, in this or another pool), or
-    snapshots and ``purge_snapshots`` is false, or another client has it open
-    (watchers). With ``purge_snapshots`` the snapshots (protected or not) that have no
-    clone are unprotected and removed first.
+    Busy means: another client has it open for writing (watchers), or it has clones
+    (children of a snapshot, in this or another pool), or snapshots and
+    ``purge_snapshots`` is false. With ``purge_snapshots`` snapshots without clones
+    are unprotected and removed first, and only once nothing else stands in the way.
+
+    librbd does not see readers (read-only opens, e.g. an :func:`iter_image` export in
+    progress): whoever serves exports must keep track of them itself.
     """
-    what = f"remove image {pool}/{name}"
 
     def remove() -> None:
         ioctx = _open_ioctx(cluster, pool)
         try:
             try:
-                image = rbd.Image(ioctx, name)
+                snaps = _check_removable(ioctx, pool, name, purge_snapshots, cluster)
             except rbd.ImageNotFound:
                 if missing_ok:
                     return
                 raise
-            try:
-                _clear_snapshots(image, pool, name, purge_snapshots, cluster)
-            finally:
-                image.close()
+            if snaps:
+                _purge_snapshots(ioctx, name, snaps)
             try:
                 rbd.RBD().remove(ioctx, name)
             except rbd.ImageBusy:
@@ -708,28 +711,46 @@ async def remove_image(cluster: RadosSource, pool: str, name: str, *,
         finally:
             ioctx.close()
 
-    await _call(cluster, remove, what, pool, name, timeout=None)
+    await _call(cluster, remove, f"remove image {pool}/{name}", pool, name, timeout=None)
 
 
-def _clear_snapshots(image: Any, pool: str, name: str, purge: bool, cluster: RadosSource) -> None:
-    snaps = [s["name"] for s in image.list_snaps()]
-    if not snaps:
-        return
-    clones = []
-    for snap in snaps:
-        image.set_snap(snap)
-        clones += [f"{c['pool']}/{c['image']}" for c in image.list_children2()]
-    image.set_snap(None)
-    if clones:
-        raise ImageBusy(f"image {pool}/{name} has clones: {', '.join(sorted(clones))}",
-                        _host(cluster))
-    if not purge:
-        marked = [f"{s} (protected)" if image.is_protected_snap(s) else s for s in snaps]
-        raise ImageBusy(f"image {pool}/{name} has snapshots: {', '.join(marked)}", _host(cluster))
-    for snap in snaps:
-        if image.is_protected_snap(snap):
-            image.unprotect_snap(snap)
-        image.remove_snap(snap)
+def _check_removable(ioctx: Any, pool: str, name: str, purge: bool,
+                     cluster: RadosSource) -> list[str]:
+    """ImageBusy unless the image may go; the snapshots to purge first. Changes nothing.
+
+    Looks through a read-only open, which registers no watcher of its own.
+    """
+    image = rbd.Image(ioctx, name, read_only=True)
+    try:
+        if list(image.watchers_list()):
+            raise ImageBusy(f"image {pool}/{name} is open by another client (it has watchers)",
+                            _host(cluster))
+        snaps = [s["name"] for s in image.list_snaps()]
+        clones = []
+        for snap in snaps:
+            image.set_snap(snap)
+            clones += [f"{c['pool']}/{c['image']}" for c in image.list_children2()]
+        if clones:
+            raise ImageBusy(f"image {pool}/{name} has clones: {', '.join(sorted(clones))}",
+                            _host(cluster))
+        if snaps and not purge:
+            marked = [f"{s} (protected)" if image.is_protected_snap(s) else s for s in snaps]
+            raise ImageBusy(f"image {pool}/{name} has snapshots: {', '.join(marked)}",
+                            _host(cluster))
+        return snaps
+    finally:
+        image.close()
+
+
+def _purge_snapshots(ioctx: Any, name: str, snaps: list[str]) -> None:
+    image = rbd.Image(ioctx, name)
+    try:
+        for snap in snaps:
+            if image.is_protected_snap(snap):
+                image.unprotect_snap(snap)
+            image.remove_snap(snap)
+    finally:
+        image.close()
 
 
 # ---------------------------------------------------------------------- plumbing

@@ -367,17 +367,39 @@ async def test_remove_of_an_image_with_a_clone_is_busy_even_when_purging(
 
 
 async def test_remove_of_an_image_open_for_writing_is_busy(cluster: Cluster, pool: str) -> None:
-    name, other = new_name(), new_name()
-    await write_image(cluster, pool, name, b"bits", 4)
-    w = ImageWriter(cluster, pool, other, MiB)
+    name = new_name()
+    w = ImageWriter(cluster, pool, name, MiB)
     await w.open()  # a writer holds the image open: a watcher
     try:
         with pytest.raises(ImageBusy, match="open by another client"):
-            await remove_image(cluster, pool, other)
+            await remove_image(cluster, pool, name)
     finally:
         await w.abort()
-    await remove_image(cluster, pool, name)
-    assert other not in await list_images(cluster, pool)
+    assert name not in await list_images(cluster, pool)
+
+
+async def test_a_watcher_keeps_even_the_snapshots_a_purge_would_remove(
+        cluster: Cluster, pool: str, c1: dict[str, str]) -> None:
+    name = new_name()
+    await write_image(cluster, pool, name, os.urandom(MiB), MiB)
+    cli(c1, "rbd", "snap", "create", f"{pool}/{name}@snap")
+    # `rbd watch` holds the image open until its stdin gets a line (or closes)
+    watch = subprocess.Popen(["rbd", "-c", c1["CEPH_CONF"], "watch", f"{pool}/{name}"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if cli(c1, "rbd", "status", f"{pool}/{name}", "--format", "json")["watchers"]:
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(ImageBusy, match="open by another client"):
+            await remove_image(cluster, pool, name, purge_snapshots=True)
+        snaps = cli(c1, "rbd", "snap", "ls", f"{pool}/{name}", "--format", "json")
+        assert [s["name"] for s in snaps] == ["snap"]
+    finally:
+        watch.communicate(b"\n", timeout=30)
+    await remove_image(cluster, pool, name, purge_snapshots=True)
+    assert name not in await list_images(cluster, pool)
 
 
 async def test_list_images(cluster: Cluster, pool: str) -> None:
