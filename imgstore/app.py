@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from imgstore import logs, metrics
 from imgstore.api import backup_storage, ceph_mons, jobs, sessions, tags, zones
 from imgstore.api import web
+from imgstore.api import images
 from imgstore.api.deps import require_session
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
@@ -61,11 +62,13 @@ def _api_router() -> APIRouter:
     api = APIRouter()
     api.include_router(sessions.router)
     api.include_router(jobs.router)
+    api.include_router(images.upload_router)  # no session: the upload URL's token is the credential
     authed = APIRouter(dependencies=[Depends(require_session)])
     authed.include_router(backup_storage.router)
     authed.include_router(ceph_mons.router)
     authed.include_router(zones.router)
     authed.include_router(tags.router)
+    authed.include_router(images.router)
     api.include_router(authed)
     return api
 

@@ -1,10 +1,13 @@
 """Settings: one typed object read from the environment (``IMGSTORE_*``)."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -34,6 +37,36 @@ class Settings(BaseSettings):
         default=None, description="base URL put into job locations; default from the request"
     )
     node_id: str | None = None
+
+    # images (services/images.py, image_download.py, image_upload.py)
+    file_allow_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="directories AddImage may read file:/// URLs from (separated by ':' or ','); "
+        "empty: file:/// URLs are refused",
+    )
+    image_deletion_policy: Literal["Delay", "Direct"] = Field(
+        default="Delay",
+        description="DeleteImage: Delay keeps the bits until expunged (by hand or after "
+        "image_expunge_period); Direct removes them at once",
+    )
+    image_expunge_period: int = Field(default=259200, description="seconds a Delay-deleted image is kept")
+    image_expunge_interval: float = Field(default=3600.0, description="seconds between expunge checks")
+    image_upload_timeout: int = Field(
+        default=86400, description="an upload:// image that receives no byte for this long fails"
+    )
+    image_download_timeout: float = Field(
+        default=60.0, description="seconds an http(s) source may stay silent before the download fails"
+    )
+
+    @field_validator("file_allow_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in re.split(r"[:,]", text) if part.strip()]
+        return value
 
     def database_url(self) -> str:
         """The async SQLAlchemy URL: plain URLs are given their async driver."""

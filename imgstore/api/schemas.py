@@ -261,3 +261,97 @@ class UpdateCephBackupStorageMonParams(Params):
 class UpdateCephBackupStorageMonBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     updateCephBackupStorageMon: UpdateCephBackupStorageMonParams
+
+
+# ---------------------------------------------------------------- images (AddImage, QueryImage, image actions)
+
+
+class ImageBackupStorageRefInventory(Inventory):
+    zstack_class: ClassVar[str] = "org.zstack.header.image.ImageBackupStorageRefInventory"
+    id: int | None = None
+    image_uuid: str
+    backup_storage_uuid: str
+    install_path: str
+    status: str
+    export_url: str | None = None
+    export_md5_sum: str | None = None
+    create_date: ZDate
+    last_op_date: ZDate
+    upload_url: str | None = None  # imgstore's: where to PUT an upload:// image's bytes, while it waits
+
+
+class ImageInventory(Inventory):
+    zstack_class: ClassVar[str] = "org.zstack.header.image.ImageInventory"
+    uuid: str
+    name: str
+    description: str | None = None
+    state: str
+    status: str
+    size: int
+    actual_size: int
+    md5_sum: str | None = None
+    url: str
+    media_type: str
+    guest_os_type: str | None = None
+    type: str
+    platform: str | None = None
+    architecture: str | None = None
+    format: str
+    system: bool
+    virtio: bool
+    create_date: ZDate
+    last_op_date: ZDate
+    backup_storage_refs: list[ImageBackupStorageRefInventory] = []
+    sha512_sum: str | None = None  # imgstore's: sha512 of the bytes received, next to ZStack's md5Sum
+    status_reason: str | None = None  # imgstore's: why it is Error
+
+
+class TaskProgressInventory(Inventory):
+    zstack_class: ClassVar[str] = "org.zstack.header.core.progress.TaskProgressInventory"
+    task_uuid: str
+    task_name: str
+    parent_uuid: str | None = None
+    type: str
+    content: str | None = None
+    arguments: str | None = None
+    opaque: dict[str, Any] | None = None
+    time: int
+    sub_tasks: list[TaskProgressInventory] = []
+
+
+class AddImageParams(Params):
+    name: str = Field(max_length=255)
+    url: str = Field(max_length=1024)
+    backupStorageUuids: list[str]
+    description: str | None = Field(default=None, max_length=2048)
+    mediaType: str | None = None
+    format: str | None = None
+    guestOsType: str | None = Field(default=None, max_length=255)
+    platform: str | None = None
+    architecture: str | None = None
+    system: bool = False
+    virtio: bool = True
+    type: str | None = None
+    resourceUuid: str | None = None
+
+
+class AddImageBody(CreateBody):
+    params: AddImageParams
+
+
+class ImageBackupStorageUuidsParams(Params):
+    """``expungeImage`` / ``recoverImage``: the storages to act on (all when absent)."""
+
+    backupStorageUuids: list[str] | None = None
+
+
+class UpdateImageParams(Params):
+    name: str | None = Field(default=None, max_length=255)
+    description: str | None = Field(default=None, max_length=2048)
+    guestOsType: str | None = Field(default=None, max_length=255)
+    mediaType: str | None = None
+    format: str | None = None
+    system: bool | None = None
+    platform: str | None = None
+    architecture: str | None = None
+    virtio: bool | None = None

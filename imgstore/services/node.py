@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from imgstore.config import Settings
 from imgstore.services import ceph_backup_storage, sessions
+from imgstore.services import image_upload
+from imgstore.services.image_deletion import Expunger
 from imgstore.services.runtime import Runtime
 from imgstore.services.tracker import Tracker
 
@@ -17,10 +19,16 @@ async def start(settings: Settings) -> Runtime:
     await ceph_backup_storage.clean_up_interrupted_adds(rt)
     rt.tracker = Tracker(rt)
     rt.tracker.start()
+    rt.image_expunger = Expunger(rt)  # type: ignore[attr-defined]  # also settles interrupted image adds
+    rt.image_expunger.start()  # type: ignore[attr-defined]
     return rt
 
 
 async def stop(rt: Runtime) -> None:
     if rt.tracker:
         await rt.tracker.stop()
+    expunger = getattr(rt, "image_expunger", None)
+    if expunger is not None:
+        await expunger.stop()
+    await image_upload.stop_all(rt)
     await rt.close()
