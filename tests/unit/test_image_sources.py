@@ -1,0 +1,231 @@
+"""Where AddImage reads images from (image_sources), and the parts of the write path
+that need no cluster: format refusal (image_intake) and qcow2 read as raw (qemu)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imgstore.qemu import ConvertError, RawReader
+from imgstore.services.image_intake import ImageIntake, ImageRefused, Target
+from imgstore.services.image_sources import (
+    FileSource,
+    HttpSource,
+    SourceFailed,
+    SourceRefused,
+    allowed_file,
+    check_url,
+    normalize_url,
+)
+
+MiB = 1 << 20
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def read_all(source) -> bytes:  # type: ignore[no-untyped-def]
+    async with source:
+        return b"".join([piece async for piece in source.chunks()])
+
+
+# ---------------------------------------------------------------- urls
+
+
+def test_a_bare_path_is_a_file_url() -> None:
+    assert normalize_url(" /var/images/a.qcow2 ") == "file:///var/images/a.qcow2"
+    assert normalize_url("http://h/a") == "http://h/a"
+
+
+@pytest.mark.parametrize("url", ["http://mirror.example/a.img", "https://h:8443/x?y=1", "upload://",
+                                 "upload://disk.qcow2", "HTTP://H/A"])
+def test_supported_urls_pass(url: str) -> None:
+    assert check_url(url, []) == url
+
+
+@pytest.mark.parametrize("url,words", [
+    ("ftp://h/a.img", "ftp:// sources are not supported"),
+    ("sftp://u@h/a.img", "sftp:// sources are not supported"),
+    ("zstore://x", "zstore:// sources are not supported"),
+    ("nfs://h/a", "not a supported image source"),
+    ("a.img", "not a supported image source"),
+    ("http:///nohost", "has no host"),
+    ("file:///etc/passwd", "allow-list"),
+])
+def test_other_urls_are_refused_saying_why(url: str, words: str) -> None:
+    with pytest.raises(SourceRefused, match=words):
+        check_url(url, [])
+
+
+# ---------------------------------------------------------------- the file allow-list
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """allowed/disk.raw, allowed/sub/deep.raw, secret.raw outside, and links both ways."""
+    allowed = tmp_path / "allowed"
+    (allowed / "sub").mkdir(parents=True)
+    (allowed / "disk.raw").write_bytes(b"d" * 1000)
+    (allowed / "sub" / "deep.raw").write_bytes(b"e" * 10)
+    (tmp_path / "secret.raw").write_bytes(b"s" * 10)
+    (allowed / "out.raw").symlink_to(tmp_path / "secret.raw")
+    (allowed / "in.raw").symlink_to(allowed / "sub" / "deep.raw")
+    (tmp_path / "alias").symlink_to(allowed)
+    return tmp_path
+
+
+def test_files_inside_the_allow_list_are_read(tree: Path) -> None:
+    allowed = [tree / "allowed"]
+    assert allowed_file(f"file://{tree}/allowed/disk.raw", allowed) == tree / "allowed" / "disk.raw"
+    assert allowed_file(f"file://{tree}/allowed/sub/../disk.raw", allowed) == tree / "allowed" / "disk.raw"
+    assert allowed_file(f"file://{tree}/allowed/in.raw", allowed) == tree / "allowed" / "sub" / "deep.raw"
+    assert allowed_file(f"file://{tree}/alias/disk.raw", allowed) == tree / "allowed" / "disk.raw"
+    assert allowed_file(f"file://localhost{tree}/allowed/disk.raw", allowed).name == "disk.raw"
+    assert allowed_file(f"file://{tree}/allowed/disk%2Eraw", allowed).name == "disk.raw"
+    # an allow-list entry that is itself a link is resolved too
+    assert allowed_file(f"file://{tree}/allowed/disk.raw", [tree / "alias"]).name == "disk.raw"
+
+
+@pytest.mark.parametrize("path,words", [
+    ("allowed/../secret.raw", "is not inside a directory allowed"),
+    ("allowed/out.raw", "resolves to"),
+    ("allowed/sub", "not a regular file"),
+    ("allowed/missing.raw", "does not exist"),
+    ("secret.raw", "is not inside a directory allowed"),
+])
+def test_files_outside_the_allow_list_are_refused(tree: Path, path: str, words: str) -> None:
+    with pytest.raises(SourceRefused, match=words):
+        allowed_file(f"file://{tree}/{path}", [tree / "allowed"])
+
+
+def test_no_allow_list_means_no_file(tree: Path) -> None:
+    with pytest.raises(SourceRefused, match="IMGSTORE_FILE_ALLOW_DIRS"):
+        allowed_file(f"file://{tree}/allowed/disk.raw", [])
+
+
+def test_a_file_url_names_no_other_host(tree: Path) -> None:
+    with pytest.raises(SourceRefused, match="not host"):
+        allowed_file(f"file://otherhost{tree}/allowed/disk.raw", [tree / "allowed"])
+
+
+def test_a_file_source_streams_the_file_with_its_length(tmp_path: Path) -> None:
+    data = os.urandom(9 * MiB + 5)
+    (tmp_path / "a.raw").write_bytes(data)
+    source = FileSource(f"file://{tmp_path}/a.raw", [tmp_path])
+    assert run(read_all(source)) == data
+    assert source.length == len(data) == source.received
+
+
+# ---------------------------------------------------------------- http
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[str]:
+    """A loopback http server: /full serves 3 MiB, /short announces 3 MiB and sends 1."""
+    body = os.urandom(3 * MiB)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.send_response(200 if self.path != "/gone" else 404)
+            self.send_header("Content-Length", str(len(body)) if self.path != "/gone" else "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if self.path == "/full" else body[:MiB])
+            self.close_connection = True
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.body = body  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_an_http_source_streams_and_counts(web: str) -> None:
+    source = HttpSource(f"{web}/full")
+    data = run(read_all(source))
+    assert len(data) == 3 * MiB == source.length
+
+
+def test_an_http_source_cut_short_fails(web: str) -> None:
+    with pytest.raises(SourceFailed, match="broke after|ended after"):
+        run(read_all(HttpSource(f"{web}/short")))
+
+
+def test_a_missing_http_image_fails_at_head(web: str) -> None:
+    with pytest.raises(SourceFailed, match="404"):
+        run(read_all(HttpSource(f"{web}/gone")))
+
+
+# ---------------------------------------------------------------- the write path without a cluster
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def test_unsafe_images_are_refused_before_any_storage_is_touched(tmp_path: Path) -> None:
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-f", "qcow2", str(base), "16M")
+    child = tmp_path / "child.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(child))
+
+    async def intake_of(data: bytes) -> None:
+        # the target has no cluster: touching it would fail, refusing must come first
+        intake = ImageIntake([Target("bs", None, "pool")], "0" * 32, len(data), tmp_path)  # type: ignore[arg-type]
+        try:
+            await intake.write(data)
+            await intake.finish()
+        finally:
+            await intake.abort()
+
+    with pytest.raises(ImageRefused, match="backing file"):
+        run(intake_of(child.read_bytes()))
+    with pytest.raises(ImageRefused, match="vhdx"):
+        run(intake_of(b"vhdxfile" + bytes(70000)))
+    assert list(tmp_path.glob("0" * 32 + "*")) == [], "nothing staged"
+
+
+def test_a_qcow2_reads_as_the_raw_disk_it_holds(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(os.urandom(3 * MiB) + bytes(5 * MiB) + os.urandom(MiB + 512))
+    qcow2 = tmp_path / "disk.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2))
+
+    async def read() -> tuple[int, bytes]:
+        async with RawReader(qcow2, "qcow2", chunk_size=MiB, window=3) as reader:
+            return reader.size, b"".join([p async for p in reader.chunks()])
+
+    size, data = run(read())
+    assert size == raw.stat().st_size
+    assert hashlib.sha256(data).digest() == hashlib.sha256(raw.read_bytes()).digest()
+
+
+def test_a_broken_qcow2_is_a_convert_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.qcow2"
+    junk.write_bytes(b"QFI\xfb" + bytes(1000))
+
+    async def read() -> None:
+        async with RawReader(junk, "qcow2") as reader:
+            async for _ in reader.chunks():
+                pass
+
+    with pytest.raises(ConvertError, match="qemu-nbd"):
+        run(read())
