@@ -137,15 +137,26 @@ async def finish(rt: Runtime, image_uuid: str, result: IntakeResult,
     return await images.load(rt, image_uuid)
 
 
-async def remove_bits(rt: Runtime, image_uuid: str, storage_uuids: list[str]) -> None:
-    """Best effort: remove the RBD image from each storage (logged when it cannot be)."""
+async def remove_bits(rt: Runtime, image_uuid: str, storage_uuids: list[str]) -> list[str]:
+    """Remove the RBD image from each storage; the storages where it could not be (logged).
+
+    A storage deleted meanwhile counts as done. An image written by a process that was
+    killed stays watched until the OSDs time the dead client out (about 30 s): busy, and
+    the caller tries again later.
+    """
+    left = []
     for bs in storage_uuids:
         try:
             storage = await images.storage_of(rt, bs)
+        except ApiError:
+            continue
+        try:
             await rbd_io.remove_image(await images.cluster_of(rt, storage), storage.pool_name or "",
                                       image_uuid, missing_ok=True)
         except (ApiError, ceph.CephError) as e:
-            log.error("could not remove image %s from backup storage %s: %s", image_uuid, bs, e)
+            log.warning("could not remove image %s from backup storage %s yet: %s", image_uuid, bs, e)
+            left.append(bs)
+    return left
 
 
 async def discard(rt: Runtime, image_uuid: str, reporter: ProgressReporter | None, error: ApiError) -> None:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DELAY, DIRECT = "Delay", "Direct"
 DELETE_MODES = ("Permissive", "Enforcing")
+RETRY_PAUSES = (0, 5, 10, 15, 30, 60)  # seconds before each clean-up pass after a start
 
 
 def _selected(image: Image, uuids: list[str] | None) -> list[ImageBackupStorageRef]:
@@ -196,17 +197,27 @@ class Expunger:
             self._task = None
 
     async def _loop(self) -> None:
-        try:  # first what this node's previous run left half-done
-            await image_upload.clean_up_interrupted(self._rt)
-            await image_download.clean_up_interrupted(self._rt)
-        except Exception:
-            log.exception("cleaning up interrupted image adds failed")
+        await self._settle_interrupted()
         while True:
             await asyncio.sleep(self._rt.settings.image_expunge_interval)
             try:
                 await self.round()
             except Exception:
                 log.exception("image expunge round failed")
+
+    async def _settle_interrupted(self) -> None:
+        """First what this node's previous run left half-done. The bits of a killed
+        process stay watched until the OSDs time it out (~30 s): try again a few times."""
+        for pause in RETRY_PAUSES:
+            await asyncio.sleep(pause)
+            try:
+                left = await image_upload.clean_up_interrupted(self._rt)
+                left += await image_download.clean_up_interrupted(self._rt)
+            except Exception:
+                log.exception("cleaning up interrupted image adds failed")
+                continue
+            if not left:
+                return
 
     async def round(self) -> None:
         rt = self._rt
@@ -222,5 +233,6 @@ class Expunger:
                 if e.kind is not INVALID_ARGUMENT:
                     log.warning("image %s could not be expunged yet: %s", uuid, e.details)
         await image_upload.expire_idle(rt)
+        await image_upload.clean_up_interrupted(rt)
         await image_download.clean_up_interrupted(rt)
         await task_progress.prune(rt, rt.settings.job_retention)

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
-
 from sqlalchemy import select
 
 from imgstore.crypto import new_uuid
-from imgstore.dates import utcnow
 from imgstore.db.models import ApiJob, Image, ImageUpload, TaskProgress
 from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, invalid_argument
 from imgstore.services import image_add, image_upload, images
@@ -38,7 +35,6 @@ from imgstore.services.task_progress import ProgressReporter
 log = logging.getLogger(__name__)
 
 TASK_NAME = "AddImage"
-ORPHAN_AGE = 60  # seconds: a Downloading image younger than this may still be getting its job
 
 # the downloads running on this node, by image uuid (uuids never repeat, so a
 # module-level table is safe even with several apps in one process)
@@ -124,28 +120,34 @@ async def _download(rt: Runtime, image: Image, reporter: ProgressReporter) -> Im
 # ---------------------------------------------------------------- after a restart
 
 
-async def clean_up_interrupted(rt: Runtime) -> None:
+async def clean_up_interrupted(rt: Runtime) -> int:
     """Downloads whose job is no longer running anywhere (their node stopped or died):
     their partial RBD images are removed and the images with them, as a failed add.
-    Uploads are :mod:`image_upload`'s."""
-    cutoff = utcnow() - timedelta(seconds=ORPHAN_AGE)
+    Uploads are :mod:`image_upload`'s. Answers how many are left to retry (bits busy).
+
+    A download's job row exists before its image, and its progress row is made in the
+    image's own transaction, so a live download is always found Processing here."""
     async with rt.db() as db:
         rows = (await db.execute(
             select(Image.uuid, TaskProgress.api_id, ApiJob.state)
             .outerjoin(TaskProgress, TaskProgress.task_uuid == Image.uuid)
             .outerjoin(ApiJob, ApiJob.uuid == TaskProgress.api_id)
-            .where(Image.status == images.DOWNLOADING, Image.create_date < cutoff,
-                   Image.uuid.not_in(select(ImageUpload.image_uuid)))
+            .where(Image.status == images.DOWNLOADING, Image.uuid.not_in(select(ImageUpload.image_uuid)))
         )).all()
-    for image_uuid, _api_id, job_state in rows:
-        if image_uuid in _RUNNING or job_state == "Processing":
+    live = {image_uuid for image_uuid, _, job_state in rows if job_state == "Processing"}
+    left = 0
+    for image_uuid in dict.fromkeys(u for u, _, _ in rows):
+        if image_uuid in _RUNNING or image_uuid in live:
             continue
         image = await images.find(rt, image_uuid)
         if image is None:
             continue
         log.warning("image %s was left Downloading by an interrupted add; removing it", image_uuid)
-        await image_add.remove_bits(rt, image_uuid, [r.backup_storage_uuid for r in image.backup_storage_refs])
+        if await image_add.remove_bits(rt, image_uuid, [r.backup_storage_uuid for r in image.backup_storage_refs]):
+            left += 1  # still Downloading: the next pass tries again
+            continue
         await image_add.discard(rt, image_uuid, None, ApiError(OPERATION_ERROR, "interrupted"))
+    return left
 
 
 def empty_staging(rt: Runtime) -> None:

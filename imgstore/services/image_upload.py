@@ -341,28 +341,37 @@ async def expire_idle(rt: Runtime) -> None:
         await _close_slot(rt, slot, reason)
 
 
-async def clean_up_interrupted(rt: Runtime) -> None:
-    """At start: uploads this node was receiving died with its process (the writer was in
-    memory). Their partial images are removed and the images turn Error."""
+async def clean_up_interrupted(rt: Runtime) -> int:
+    """Uploads this node was receiving that died with its process (the writer was in
+    memory): their partial images are removed and the images turn Error. Answers how
+    many are left to retry (bits still busy)."""
     async with rt.db() as db:
         lost = list(await db.scalars(select(ImageUpload).where(
             ImageUpload.state == RUNNING, ImageUpload.node == rt.node_id)))
+    left = 0
     for slot in lost:
         if slot.image_uuid in _SESSIONS:
             continue
-        await _close_slot(rt, slot, "the server restarted during the upload; add the image again")
+        if not await _close_slot(rt, slot, "the server restarted during the upload; add the image again"):
+            left += 1
+    return left
 
 
-async def _close_slot(rt: Runtime, slot: ImageUpload, reason: str) -> None:
+async def _close_slot(rt: Runtime, slot: ImageUpload, reason: str) -> bool:
+    """Fail the upload: the image Error, the slot Failed once its bits are gone (until
+    then it stays Running, so the next clean-up tries again). True when all is done."""
     log.warning("upload of image %s failed: %s", slot.image_uuid, reason)
+    left = []
     if slot.offset > 0 or slot.state == RUNNING:
-        await image_add.remove_bits(rt, slot.image_uuid, [slot.backup_storage_uuid])
+        left = await image_add.remove_bits(rt, slot.image_uuid, [slot.backup_storage_uuid])
     await image_add.mark_failed(rt, slot.image_uuid, reason)
     async with rt.db() as db:
         row = await db.get(ImageUpload, slot.image_uuid)
         if row is not None:
-            row.state = FAILED
+            row.state = RUNNING if left else FAILED
+            row.node = rt.node_id
             await db.commit()
+    return not left
 
 
 async def stop_all(rt: Runtime) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -502,3 +503,17 @@ def test_an_image_goes_to_several_storages_from_one_read(api: Api, c1: DevCluste
         for s in api.storages():
             api.delete(f"/backup-storage/{s['uuid']}")
         c2.delete_pool(pool2)
+
+
+def test_a_server_killed_during_a_download_leaves_nothing_after_its_restart(
+        fresh_server: Server, c1: DevCluster, pool: str, files: Files) -> None:
+    api = fresh_server.start().login()
+    storage = add_storage(api, c1, pool)
+    url = files.add("killed.raw", image_data(12 * MiB), pause=0.3)
+    r = add_image(api, url, [storage], name="killed")
+    assert r.status_code == 202
+    [image] = wait_for(lambda: [i for i in images(api, "name=killed") if i["uuid"] in rbd_images(c1, pool)], 30)
+    fresh_server.stop(signal.SIGKILL)
+    api = fresh_server.start().login()
+    wait_for(lambda: images(api, "name=killed") == [], 120, every=1)  # the dead client's watch lasts ~30 s
+    assert image["uuid"] not in rbd_images(c1, pool)
