@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgstore import logs, metrics
 from imgstore.api import backup_storage, ceph_mons, jobs, sessions, tags, zones
+from imgstore.api import exports
 from imgstore.api import web
 from imgstore.api import images
 from imgstore.api.deps import require_session
@@ -62,6 +63,7 @@ def _api_router() -> APIRouter:
     api = APIRouter()
     api.include_router(sessions.router)
     api.include_router(jobs.router)
+    api.include_router(exports.router)  # no session: the export URL's token is the credential
     api.include_router(images.upload_router)  # no session: the upload URL's token is the credential
     authed = APIRouter(dependencies=[Depends(require_session)])
     authed.include_router(backup_storage.router)

@@ -6,13 +6,15 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 
-from imgstore.api.actions import ActionTable, dispatch, not_implemented, parse_params
+from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import inventories_reply, inventory_reply
 from imgstore.api.params import bool_param, list_param
 from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
 from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
+from imgstore.api.schemas import ExportImageFromBackupStorageParams
 from imgstore.services import backup_storage, ceph_backup_storage, ceph_connection
+from imgstore.services import image_export
 from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["backup-storage"])
@@ -110,13 +112,23 @@ async def _reconnect_backup_storage(call: ApiCall, uuid: str, params: dict[str, 
     return await call.run("ReconnectBackupStorage", work)
 
 
+async def _export_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(ExportImageFromBackupStorageParams, "exportImageFromBackupStorage", params)
+
+    async def work() -> dict:
+        exported = await image_export.export(call.rt, uuid, p.imageUuid, call.base_url, p.exportFormat)
+        return {"imageUrl": exported.image_url, "exportMd5Sum": exported.md5, "success": True}
+
+    return await call.run("ExportImageFromBackupStorage", work)
+
+
 #: ``PUT /backup-storage/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
 #: Fill an entry to serve an action; the placeholders answer SYS.1014.
 BACKUP_STORAGE_ACTIONS: ActionTable = {
     "updateBackupStorage": _update_backup_storage,
     "changeBackupStorageState": _change_backup_storage_state,
     "reconnectBackupStorage": _reconnect_backup_storage,
-    "exportImageFromBackupStorage": not_implemented("ExportImageFromBackupStorage"),
+    "exportImageFromBackupStorage": _export_image,
 }
 
 
@@ -152,3 +164,17 @@ async def delete_backup_storage(
         return {}
 
     return await call.run("DeleteBackupStorage", work)
+
+
+@router.delete(
+    "/backup-storage/{backupStorageUuid}/exported-images/{imageUuid}",
+    summary="DeleteExportedImageFromBackupStorage",
+)
+async def delete_exported_image(
+    backupStorageUuid: str, imageUuid: str, call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    async def work() -> dict:
+        await image_export.revoke(call.rt, backupStorageUuid, imageUuid)
+        return {}
+
+    return await call.run("DeleteExportedImageFromBackupStorage", work)

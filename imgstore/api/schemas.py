@@ -355,3 +355,14 @@ class UpdateImageParams(Params):
     platform: str | None = None
     architecture: str | None = None
     virtio: bool | None = None
+
+
+# ---------------------------------------------------------------- image export (ExportImageFromBackupStorage)
+
+
+class ExportImageFromBackupStorageParams(Params):
+    """``exportImageFromBackupStorage``; ``exportFormat`` (raw, qcow2) is checked and, as
+    in ZStack for Ceph, ignored: the export is the RBD image as stored."""
+
+    imageUuid: str = Field(max_length=32)
+    exportFormat: str | None = None

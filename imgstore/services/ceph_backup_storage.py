@@ -157,6 +157,12 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     except BaseException:
         await asyncio.shield(undo_add(rt, uuid))
         raise
+    if req.import_images:
+        # in the background once the add answered, as in ZStack: its failure is not the
+        # add's. Imported here, not at the top: services.images imports this module.
+        from imgstore.services import image_metadata
+
+        image_metadata.import_in_background(rt, uuid)
     return await load(rt, uuid)
 
 

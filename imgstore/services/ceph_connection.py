@@ -13,7 +13,7 @@ import logging
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError
-from imgstore.services import ceph_backup_storage
+from imgstore.services import ceph_backup_storage, image_metadata
 from imgstore.services.ceph_backup_storage import apply_capacity, load
 from imgstore.services.clusters import ceph_error
 from imgstore.services.locking import local_lock
@@ -58,6 +58,7 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
             await _record(rt, uuid, DISCONNECTED, e.details, quorum=None)
             raise
         await _record(rt, uuid, CONNECTED, None, quorum=quorum, capacity=capacity)
+    await image_metadata.rewrite(rt, uuid)  # as ZStack's reconnect does; never raises
     return await load(rt, uuid)
 
 
