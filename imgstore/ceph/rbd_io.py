@@ -484,6 +484,7 @@ class _HashLane:
                 self._h.update(data)
             except BaseException as e:  # noqa: BLE001 - handed to the waiting future
                 error = e
+            del data  # the chunk may be reused once its future is resolved
             _resolve_threadsafe(self._loop, fut, None, error)
         self._schedule()
 
