@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""Benchmark: images through a real imgstore server vs the rbd CLI, on a dev cluster.
+
+    .venv/bin/python scripts/bench_images.py [--cluster c1] [--repeat 3] [--piece BYTES]
+                                             [--malloc-arena-max N]
+
+In one run, on a fresh pool of the dev cluster (removed afterwards), with an imgstore
+server of its own on loopback (``imgstore serve``, SQLite in a temporary directory):
+
+* upload: AddImage(upload://) then PUT of the file to the upload URL (httpx, the body
+  streamed from the file in ``--piece`` bytes) vs ``rbd import`` of the same file, for a
+  1 GiB random file and a 4 GiB file that is 90 % zeros (random data in 1 MiB runs at
+  random 1 MiB-aligned places, the rest holes). Throughput is of the logical size, from
+  the AddImage call to the PUT's answer (the image Ready);
+* the server's peak RSS during the 4 GiB upload: VmRSS sampled every 50 ms, and VmHWM
+  (reset through /proc/<pid>/clear_refs just before);
+* export: ExportImageFromBackupStorage, then a streaming GET of its imageUrl (httpx)
+  into a file vs ``rbd export`` of the same image into a file. Both write the file
+  sparse (a 4 MiB piece of zeros is skipped, as rbd export skips zeros).
+
+Repetitions are interleaved (CLI, imgstore, CLI, ...) so load from other work on the
+machine hits both sides alike; times are medians. Without the image upload API
+(AddImage answering 404), the upload rows are skipped and the exported images are
+written with ``rbd import`` and adopted by AddCephBackupStorage(importImages=true).
+Targets: random upload >= 0.9x rbd import; sparse upload faster than rbd import;
+export >= 0.9x rbd export; RSS < 200 MiB.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpcore
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+GiB = 1 << 30
+EXPORT_PIECE = 4 * MiB
+
+
+# ---------------------------------------------------------------- setup
+
+
+def cluster_env(name: str) -> dict[str, str]:
+    out = subprocess.run(["bash", str(ROOT / "scripts/devcluster.sh"), "env", name],
+                         capture_output=True, text=True, check=True).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            k, v = line[7:].split("=", 1)
+            env[k] = v.strip("'\"")
+    return env
+
+
+def free_port() -> int:
+    for port in range(24000 + os.getpid() % 4000, 32000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                pass
+    raise RuntimeError("no free port below 32768")
+
+
+def random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        for _ in range(size // (16 * MiB)):
+            f.write(os.urandom(16 * MiB))
+        f.write(os.urandom(size % (16 * MiB)))
+    return path
+
+
+def sparse_file(path: Path, size: int, data_fraction: float = 0.1, seed: int = 4) -> Path:
+    """``size`` bytes, ``data_fraction`` of them random in 1 MiB runs, the rest holes."""
+    slots = size // MiB
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for slot in sorted(rng.sample(range(slots), int(slots * data_fraction))):
+            os.pwrite(f.fileno(), os.urandom(MiB), slot * MiB)
+    return path
+
+
+class Cli:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.conf = ["-c", env["CEPH_CONF"]]
+
+    def run(self, tool: str, *args: str, timeout: float = 600) -> float:
+        """Run ``rbd``/``ceph`` and return its wall time; raise if it failed."""
+        t0 = time.perf_counter()
+        out = subprocess.run([tool, *self.conf, *args], capture_output=True, text=True, timeout=timeout)
+        took = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)}: {out.stderr.strip()[-500:]}")
+        return took
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/zstack/v1"
+
+    def start(self) -> "Server":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imgstore.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            env={**os.environ, "IMGSTORE_DATA_DIR": str(self.data_dir), "IMGSTORE_ADMIN_PASSWORD": "bench",
+                 "IMGSTORE_IMAGE_DELETION_POLICY": "Direct", **self.env},
+            stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        for _ in range(300):
+            try:
+                httpx.get(f"{self.base}/accounts/sessions/x/valid", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the server did not start; see " + str(self.data_dir / "server.log"))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def login(self) -> httpx.Client:
+        api = httpx.Client(base_url=self.base, timeout=600)
+        r = api.put("/accounts/login", json={"logInByAccount": {
+            "accountName": "admin", "password": hashlib.sha512(b"bench").hexdigest()}})
+        r.raise_for_status()
+        api.headers["Authorization"] = f"OAuth {r.json()['inventory']['uuid']}"
+        return api
+
+
+class RssSampler:
+    """Peak VmRSS of a process, sampled every 50 ms while in the block; VmHWM too."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def status(self, field_name: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_kib = max(self.peak_kib, self.status("VmRSS"))
+
+    def __enter__(self) -> "RssSampler":
+        try:  # reset VmHWM to the current RSS (Linux >= 4.0)
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.before_kib = self.status("VmRSS")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.hwm_kib = self.status("VmHWM")
+
+
+# ---------------------------------------------------------------- the measured operations
+
+
+def file_pieces(path: Path, piece: int) -> Iterator[bytes]:
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(piece):
+            yield chunk
+
+
+def upload(api: httpx.Client, bs: str, path: Path, name: str, piece: int) -> tuple[float, str]:
+    """AddImage(upload://) + PUT of the file: (seconds, image uuid)."""
+    size = path.stat().st_size
+    t0 = time.perf_counter()
+    r = api.post("/images", json={"params": {"name": name, "url": "upload://", "backupStorageUuids": [bs],
+                                             "format": "raw"}})
+    inv = job_result(r)["inventory"]  # AddImage is a job by nature: it answers at once with the upload URL
+    put = httpx.put(inv["backupStorageRefs"][0]["uploadUrl"], content=file_pieces(path, piece),
+                    headers={"Content-Length": str(size), "X-Image-Size": str(size),
+                             "Content-Type": "application/octet-stream"}, timeout=600)
+    took = time.perf_counter() - t0
+    if put.status_code != 200 or not put.json().get("completed"):
+        raise RuntimeError(f"upload of {path.name} failed: {put.status_code} {put.text[:500]}")
+    return took, inv["uuid"]
+
+
+def job_result(r: httpx.Response) -> dict:
+    """The body of a finished API: the reply itself, or its job's once it is done."""
+    r.raise_for_status()
+    while r.status_code == 202:
+        time.sleep(0.05)
+        r = httpx.get(r.json()["location"] if "location" in r.json() else str(r.url), timeout=60)
+    if r.status_code != 200:
+        raise RuntimeError(f"API failed: {r.status_code} {r.text[:500]}")
+    return r.json()
+
+
+def forget_image(api: httpx.Client, image_uuid: str) -> None:
+    api.delete(f"/images/{image_uuid}")  # Direct: the bits go at once
+    api.put(f"/images/{image_uuid}/actions", json={"expungeImage": {}})
+
+
+def download(url: str, dest: Path) -> float:
+    """Streaming GET into ``dest``, written sparse like rbd export: seconds.
+
+    httpcore reads the socket 64 KiB at a time, and at ~100 us of Python per read the
+    client, not the server, is then the limit of a sparse image (a GiB of zeros): the
+    bench lets it read 1 MiB at a time. It measures the server, not httpx's defaults.
+    """
+    zero = bytes(EXPORT_PIECE)
+    t0 = time.perf_counter()
+    with httpx.stream("GET", url, timeout=600) as r, open(dest, "wb", buffering=0) as f:
+        r.raise_for_status()
+        size = int(r.headers["content-length"])
+        for piece in r.iter_raw(EXPORT_PIECE):  # whole pieces, but the last
+            if piece == zero:
+                f.seek(EXPORT_PIECE, os.SEEK_CUR)
+            else:
+                f.write(piece)
+        f.truncate(size)
+    return time.perf_counter() - t0
+
+
+def same_file(a: Path, b: Path) -> bool:
+    def digest(p: Path) -> str:
+        h = hashlib.sha256()
+        for piece in file_pieces(p, 16 * MiB):
+            h.update(piece)
+        return h.hexdigest()
+    return a.stat().st_size == b.stat().st_size and digest(a) == digest(b)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Row:
+    what: str
+    size: int
+    ours: list[float] = field(default_factory=list)
+    cli: list[float] = field(default_factory=list)
+    target: str = ""
+    passes: Callable[[float], bool] = lambda ratio: True
+
+    def rates(self) -> tuple[float, float, float]:
+        ours = self.size / MiB / statistics.median(self.ours)
+        cli = self.size / MiB / statistics.median(self.cli)
+        return ours, cli, ours / cli
+
+
+def measure(args: argparse.Namespace) -> int:
+    env = cluster_env(args.cluster)
+    cli = Cli(env)
+    pool = f"bench-img-{uuid.uuid4().hex[:8]}"
+    work = Path(tempfile.mkdtemp(prefix="bench-images-"))
+    server = Server(work / "server")
+    server.data_dir.mkdir()
+    if args.malloc_arena_max:
+        server.env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
+    cli.run("ceph", "osd", "pool", "create", pool, "32")
+    cli.run("ceph", "osd", "pool", "application", "enable", pool, "rbd")
+    api: httpx.Client | None = None
+    bs: str | None = None
+    try:
+        print(f"making the files in {work} ...", flush=True)
+        files = {"random": random_file(work / "random.raw", args.random_gib * GiB),
+                 "sparse": sparse_file(work / "sparse.raw", args.sparse_gib * GiB)}
+        api = server.start().login()
+        can_upload = api.get("/images", params={"limit": 1}).status_code == 200
+        sources: dict[str, str] = {}
+        if not can_upload:  # export only: images written by rbd import, adopted by importImages
+            for kind, path in files.items():
+                sources[kind] = uuid.uuid4().hex
+                cli.run("rbd", "import", "--image-format", "2", str(path), f"{pool}/{sources[kind]}")
+        r = api.post("/backup-storage/ceph", json={"params": {
+            "name": "bench", "monUrls": [env["MON_URL"]], "poolName": pool, "importImages": not can_upload}})
+        r.raise_for_status()
+        bs = r.json()["inventory"]["uuid"]
+        assert server.proc is not None
+        started_kib = RssSampler(server.proc.pid).status("VmRSS")
+
+        labels = {"random": f"{args.random_gib} GiB random", "sparse": f"{args.sparse_gib} GiB, 90 % zeros"}
+        rows: list[Row] = []
+        rss: RssSampler | None = None
+        if can_upload:
+            ups = {k: Row(f"upload {labels[k]}", p.stat().st_size) for k, p in files.items()}
+            ups["random"].target, ups["random"].passes = ">= 0.90x", lambda x: x >= 0.9
+            ups["sparse"].target, ups["sparse"].passes = "> 1.00x", lambda x: x > 1.0
+            for rep in range(args.repeat):
+                for kind, path in files.items():
+                    name = f"cli-{kind}-{rep}"
+                    ups[kind].cli.append(cli.run("rbd", "import", "--image-format", "2", str(path), f"{pool}/{name}"))
+                    cli.run("rbd", "rm", "--no-progress", f"{pool}/{name}")
+                    last = rep == args.repeat - 1
+                    if kind == "sparse" and last:
+                        assert server.proc is not None
+                        with RssSampler(server.proc.pid) as rss:
+                            took, image = upload(api, bs, path, f"bench-{kind}", args.piece)
+                    else:
+                        took, image = upload(api, bs, path, f"bench-{kind}", args.piece)
+                    ups[kind].ours.append(took)
+                    if last:
+                        sources[kind] = image
+                    else:
+                        forget_image(api, image)
+                    print(f"  upload {kind} #{rep + 1}: rbd import {ups[kind].cli[-1]:.2f}s, "
+                          f"imgstore {took:.2f}s", flush=True)
+            rows += ups.values()
+
+        exports = {k: Row(f"export {labels[k]}", p.stat().st_size, target=">= 0.90x",
+                          passes=lambda x: x >= 0.9) for k, p in files.items()}
+        export_api: dict[str, float] = {}
+        for kind, image in sources.items():
+            t0 = time.perf_counter()
+            r = api.put(f"/backup-storage/{bs}/actions", json={"exportImageFromBackupStorage": {"imageUuid": image}})
+            r.raise_for_status()
+            export_api[kind] = time.perf_counter() - t0
+            url = r.json()["imageUrl"]
+            for rep in range(args.repeat):
+                theirs, ours = work / f"rbd-export-{kind}.raw", work / f"http-export-{kind}.raw"
+                exports[kind].cli.append(cli.run("rbd", "export", "--no-progress", f"{pool}/{image}", str(theirs)))
+                exports[kind].ours.append(download(url, ours))
+                print(f"  export {kind} #{rep + 1}: rbd export {exports[kind].cli[-1]:.2f}s, "
+                      f"imgstore {exports[kind].ours[-1]:.2f}s", flush=True)
+                if rep == 0 and not (same_file(ours, files[kind]) and same_file(theirs, files[kind])):
+                    raise RuntimeError(f"the exported {kind} image differs from its source")
+                theirs.unlink()
+                ours.unlink()
+        rows += exports.values()
+        report(args, env, rows, rss, export_api, can_upload, started_kib)
+        return 0 if all(r.passes(r.rates()[2]) for r in rows) and (rss is None or rss.peak_kib < 200 * 1024) else 1
+    finally:
+        if api is not None:
+            if bs is not None:
+                api.delete(f"/backup-storage/{bs}")  # removes the storage's cephx key too
+            api.close()
+        server.stop()
+        subprocess.run(["ceph", *cli.conf, "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"],
+                       capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, env: dict[str, str], rows: list[Row], rss: RssSampler | None,
+           export_api: dict[str, float], can_upload: bool, started_kib: int) -> None:
+    load = os.getloadavg()
+    print()
+    print(f"cluster {args.cluster} (mon {env['CEPH_MON_HOST']}), {os.cpu_count()} CPUs, load "
+          f"{load[0]:.1f}/{load[1]:.1f}, medians of {args.repeat}, upload piece {args.piece // 1024} KiB"
+          + (f", MALLOC_ARENA_MAX={args.malloc_arena_max}" if args.malloc_arena_max else ""))
+    print(f"{'':<34}{'imgstore':>13}{'rbd CLI':>13}{'ratio':>9}  {'target':<10}")
+    for row in rows:
+        ours, cli, ratio = row.rates()
+        verdict = "ok" if row.passes(ratio) else "MISSED"
+        print(f"{row.what:<34}{ours:>8.0f} MiB/s{cli:>8.0f} MiB/s{ratio:>8.2f}x  {row.target:<10}{verdict}")
+    if rss is not None:
+        peak = max(rss.peak_kib, rss.hwm_kib) / 1024
+        verdict = "ok" if peak < 200 else "MISSED"
+        print(f"{'server RSS during 4 GiB upload':<34}{peak:>8.0f} MiB  (idle before: {rss.before_kib / 1024:.0f} MiB,"
+              f" sampled peak {rss.peak_kib / 1024:.0f} MiB, VmHWM {rss.hwm_kib / 1024:.0f} MiB)  < 200 MiB  {verdict}")
+    elif not can_upload:
+        print("upload: skipped (no AddImage upload API on this server)")
+    print(f"server RSS once started and the storage added: {started_kib / 1024:.0f} MiB")
+    for kind, took in export_api.items():
+        print(f"ExportImageFromBackupStorage ({kind}): {took:.2f}s (md5 from the write, or read once)")
+
+
+def main() -> int:
+    httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = 1 * MiB  # see download()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cluster", default="c1")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--piece", type=int, default=1 * MiB, help="bytes per write of the upload body")
+    ap.add_argument("--malloc-arena-max", type=int, default=0,
+                    help="run the server with MALLOC_ARENA_MAX=N (default: as shipped)")
+    ap.add_argument("--random-gib", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--sparse-gib", type=int, default=4, help=argparse.SUPPRESS)
+    return measure(ap.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
