@@ -285,3 +285,30 @@ class TaskProgress(Base):
     arguments: Mapped[str | None] = mapped_column(Text)
     opaque: Mapped[str | None] = mapped_column(Text)  # JSON object
     time: Mapped[int] = mapped_column(BigInteger)  # epoch ms of the last report
+
+
+class Node(Base):
+    """A running imgstore node. It renews ``expire_date`` every half ping interval; a row
+    past it belongs to a dead node, whose leases, jobs and half-made adds others take over
+    (services/nodes.py)."""
+
+    __tablename__ = "node"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    start_date: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_date: Mapped[datetime] = mapped_column(DateTime)
+    expire_date: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class BackupStorageLease(Base):
+    """Which node does a storage's tracker work (ping, reconnect), and until when.
+
+    A table of its own rather than columns on backup_storage: renewing a lease every few
+    seconds must neither touch the storage's lastOpDate nor wait on its row lock.
+    """
+
+    __tablename__ = "backup_storage_lease"
+    backup_storage_uuid: Mapped[str] = mapped_column(
+        ForeignKey("backup_storage.uuid", ondelete="CASCADE"), primary_key=True
+    )
+    owner_node: Mapped[str | None] = mapped_column(String(64), index=True)
+    expire_date: Mapped[datetime | None] = mapped_column(DateTime)
