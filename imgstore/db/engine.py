@@ -1,13 +1,16 @@
 """The database engine, its sessions, and migrations applied on start."""
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from imgstore.dates import utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -34,6 +37,16 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+async def db_now(db: AsyncSession) -> datetime:
+    """Naive UTC now by the database's clock: nodes sharing PostgreSQL judge leases and
+    heartbeats by one clock, whatever their own clocks say. SQLite serves one node: its
+    clock is the database's."""
+    bind = db.get_bind()
+    if bind.dialect.name == "postgresql":
+        return await db.scalar(text("SELECT timezone('UTC', clock_timestamp())"))
+    return utcnow()
+
+
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -53,11 +66,9 @@ async def migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # one migrator at a time when several nodes start together
-            from sqlalchemy import text
-
             await conn.execute(text("SELECT pg_advisory_xact_lock(7355608)"))
         await conn.run_sync(upgrade)
 
 
 
-__all__ = ["create_engine", "sessionmaker", "migrate", "alembic_config"]
+__all__ = ["create_engine", "sessionmaker", "migrate", "alembic_config", "db_now"]

@@ -28,6 +28,7 @@ class Runtime:
     clusters: ClusterRegistry
     node_id: str
     tracker: Any = None  # services.tracker.Tracker once the node runs
+    membership: Any = None  # services.nodes.Membership (heartbeat, leases) once the node runs
     metrics: Any = None  # imgstore.metrics.Metrics of the app serving this node
 
     @classmethod

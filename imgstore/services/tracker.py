@@ -6,6 +6,11 @@ interval, two, four... capped at ``MAX_BACKOFF`` intervals, with jitter) so a de
 is not hammered and many storages do not retry in lock-step. Pings run concurrently,
 at most ``PARALLELISM`` at a time, each bounded by the Ceph timeout: a round never
 waits on one dead cluster, and the API, on the same event loop, never waits on a ping.
+
+"Owns" means holds the storage's lease (services/leases.py). Leases are renewed by the
+node's heartbeat (services/nodes.py), not by the round: a round that waits out a dead
+cluster's timeout may last longer than a lease. A node that has just taken leases wakes
+the tracker, so a dead node's storages are pinged at once rather than next round.
 """
 from __future__ import annotations
 
@@ -15,11 +20,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
-from imgstore.db.models import CephBackupStorage
 from imgstore.errors import ApiError
-from imgstore.services import ceph_connection
+from imgstore.services import ceph_connection, leases
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,16 @@ class Tracker:
         self._backoff: dict[str, _Backoff] = {}
         self._task: asyncio.Task[None] | None = None
         self._gate = asyncio.Semaphore(PARALLELISM)
+        self._wake = asyncio.Event()
         self.last_round_seconds: float | None = None
 
     def start(self) -> None:
         if self._interval > 0 and self._task is None:
             self._task = asyncio.create_task(self._loop(), name="ping-tracker")
+
+    def wake(self) -> None:
+        """Start the next round now (this node has just taken storages over)."""
+        self._wake.set()
 
     async def stop(self) -> None:
         if self._task:
@@ -64,7 +71,11 @@ class Tracker:
             except Exception:
                 log.exception("ping round failed")
             self.last_round_seconds = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self._interval - self.last_round_seconds))
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._interval - self.last_round_seconds))
+            except TimeoutError:
+                pass
+            self._wake.clear()
 
     async def round(self) -> None:
         """Ping every due storage once, concurrently."""
@@ -76,12 +87,8 @@ class Tracker:
         await asyncio.gather(*(self._ping(u) for u in due))
 
     async def _owned(self) -> list[str]:
-        """The storages this node tracks: all that have finished being added."""
-        async with self._rt.db() as db:
-            rows = await db.scalars(
-                select(CephBackupStorage.uuid).where(CephBackupStorage.adding_node.is_(None))
-            )
-            return list(rows)
+        """The storages this node tracks: those whose lease it holds."""
+        return await leases.owned(self._rt)
 
     async def _ping(self, uuid: str) -> None:
         async with self._gate:
