@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore import crypto
@@ -37,7 +38,10 @@ async def ensure_admin(db: AsyncSession, settings: Settings) -> None:
             password_hash=crypto.hash_password(crypto.sha512_hex(plain)),
         )
     )
-    await db.commit()
+    try:
+        await db.commit()
+    except IntegrityError:  # another node starting at the same moment made it first
+        await db.rollback()
 
 
 def _generated_password(data_dir: Path) -> str:
