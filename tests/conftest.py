@@ -3,7 +3,10 @@
 The clusters come from ``scripts/devcluster.sh`` (``scripts/test.sh`` starts ``c1`` and
 ``c2``); tests that need them are skipped, with the reason, when they are not running.
 The server is a real ``imgstore serve`` process on loopback, so restarts and kills are
-real too.
+real too. Its database is a SQLite file in its data dir, or, with
+``IMGSTORE_TEST_DB=postgresql``, a fresh PostgreSQL database of its own on the machine's
+server (``IMGSTORE_TEST_PG``, default ``postgresql://postgres@127.0.0.1:5432/postgres``),
+dropped at the end of the run.
 """
 from __future__ import annotations
 
@@ -27,6 +30,69 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
 ADMIN_PASSWORD = "test-admin-password"
+TEST_DB = os.environ.get("IMGSTORE_TEST_DB", "sqlite")
+PG_ADMIN_URL = os.environ.get("IMGSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+_PG_DATABASES: list[str] = []
+
+
+def pg_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used for tests, or None when it can."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except Exception as e:  # noqa: BLE001 - any failure means the same: skip
+        return f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {e}"
+
+
+def create_pg_database() -> str:
+    """A fresh, empty database on the test PostgreSQL; its URL. Dropped at the end of the run."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"imgstore_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    _PG_DATABASES.append(name)
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    if name in _PG_DATABASES:
+        _PG_DATABASES.remove(name)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL, dropped after the test; skipped when
+    PostgreSQL is not reachable."""
+    reason = pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    for name in list(_PG_DATABASES):
+        try:
+            drop_pg_database(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+        except Exception as e:  # noqa: BLE001 - report, never fail the run on cleanup
+            print(f"could not drop test database {name}: {e}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- clusters
@@ -147,6 +213,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Server":
+        if TEST_DB == "postgresql" and "IMGSTORE_DB_URL" not in self.env:
+            self.env["IMGSTORE_DB_URL"] = create_pg_database()  # kept across restarts
         env = {
             **os.environ,
             "IMGSTORE_DATA_DIR": str(self.data_dir),
@@ -178,6 +246,12 @@ class Server:
 
     def log(self) -> str:
         return (self.data_dir / "server.log").read_text(errors="replace")
+
+    def drop_database(self) -> None:
+        """Drop the PostgreSQL database made for this server, if one was (after stop)."""
+        url = self.env.get("IMGSTORE_DB_URL", "")
+        if url.rsplit("/", 1)[-1] in _PG_DATABASES:
+            drop_pg_database(url)
 
     def login(self) -> "Api":
         return Api.login(self.url)
@@ -246,6 +320,7 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
         except Exception:
             pass
     srv.stop()
+    srv.drop_database()
     shutil.rmtree(srv.data_dir, ignore_errors=True)
 
 
