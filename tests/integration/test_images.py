@@ -199,10 +199,18 @@ def action(api: Api, uuid: str, action_name: str, **params: object) -> httpx.Res
 # ---------------------------------------------------------------- AddImage over http
 
 
+def downloaded_bytes(api: Api) -> float:
+    """The server's ``imgstore_image_bytes_total{direction="download"}``."""
+    text = httpx.get(str(api.base_url).split("/zstack/")[0] + "/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith('imgstore_image_bytes_total{direction="download"}'))
+    return float(line.split()[-1])
+
+
 def test_an_http_image_streams_into_rbd_with_its_checksums(api: Api, c1: DevCluster, pool: str,
                                                            storage: str, files: Files) -> None:
     data = image_data(9 * MiB + 12345, zero_tail=8 * MiB)
     url = files.add("disk.raw", data)
+    counted = downloaded_bytes(api)
     r = add_image(api, url, [storage], platform="Linux", architecture="x86_64", guestOsType="Debian 12",
                   description="a disk", systemTags=["bootMode::Legacy"], userTags=["tier::gold"])
     assert r.status_code == 202, "AddImage is a job even when the client did not ask for one"
@@ -221,6 +229,7 @@ def test_an_http_image_streams_into_rbd_with_its_checksums(api: Api, c1: DevClus
     info = rbd(c1, "info", "--format", "json", f"{pool}/{inv['uuid']}").stdout.decode()
     assert '"format": 2' in info or '"format":2' in info
     assert files.served["disk.raw"].gets == 1, "the source is read once"
+    assert downloaded_bytes(api) - counted == len(data)
     assert [i["uuid"] for i in images(api, "__userTag__=tier::gold")] == [inv["uuid"]]
 
 
