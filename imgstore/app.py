@@ -16,6 +16,7 @@ from imgstore.api import backup_storage, ceph_mons, jobs, sessions, tags, zones
 from imgstore.api import exports
 from imgstore.api import web
 from imgstore.api import images
+from imgstore.api import openapi
 from imgstore.api.deps import require_session
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)  # the operator console at /, outside the API prefixes
     app.include_router(metrics.router)  # no session: Prometheus scrapes it (see imgstore.metrics)
     _install_error_handlers(app)
+    openapi.install(app)  # what no decorator can say (the 202 of every job API)
     # the last added runs first: request id, then JSON bodies, then metrics, which must
     # see the scope dict the router writes its route into (JsonBodyByDefault copies it)
     app.add_middleware(metrics.MetricsMiddleware, metrics=app_metrics, prefixes=PREFIXES)
@@ -60,12 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _api_router() -> APIRouter:
-    api = APIRouter()
+    api = APIRouter(responses=openapi.ERROR_RESPONSES)  # documents the ErrorCode bodies; never 422
     api.include_router(sessions.router)
     api.include_router(jobs.router)
     api.include_router(exports.router)  # no session: the export URL's token is the credential
     api.include_router(images.upload_router)  # no session: the upload URL's token is the credential
-    authed = APIRouter(dependencies=[Depends(require_session)])
+    authed = APIRouter(dependencies=[Depends(require_session)], responses=openapi.SESSION_ERRORS)
     authed.include_router(backup_storage.router)
     authed.include_router(ceph_mons.router)
     authed.include_router(zones.router)

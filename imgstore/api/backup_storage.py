@@ -9,8 +9,22 @@ from fastapi.responses import JSONResponse
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import inventories_reply, inventory_reply
+from imgstore.api.openapi import (
+    ChangeStateDoc,
+    EmptyReply,
+    GetBackupStorageCapacityReply,
+    GetBackupStorageTypesReply,
+    InventoryReply,
+    action_api,
+    bool_parameter,
+    job_api,
+    list_parameter,
+    query_api,
+    sync_api,
+)
 from imgstore.api.params import bool_param, list_param
 from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
+from imgstore.api.schemas import BackupStorageInventory, CephBackupStorageInventory
 from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
 from imgstore.api.schemas import ExportImageFromBackupStorageParams
 from imgstore.services import backup_storage, ceph_backup_storage, ceph_connection
@@ -18,6 +32,8 @@ from imgstore.services import image_export
 from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["backup-storage"])
+
+_Reply = InventoryReply[CephBackupStorageInventory | BackupStorageInventory]
 
 
 async def _query(request: Request, rt: Runtime, uuid: str | None, ceph_only: bool) -> dict:
@@ -28,7 +44,7 @@ async def _query(request: Request, rt: Runtime, uuid: str | None, ceph_only: boo
     return inventories_reply([backup_storage_inventory(r) for r in rows], total, spec.fields)
 
 
-@router.post("/backup-storage/ceph", summary="AddCephBackupStorage")
+@router.post("/backup-storage/ceph", summary="AddCephBackupStorage", **job_api(_Reply))
 async def add_ceph_backup_storage(
     body: AddCephBackupStorageBody, call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
@@ -54,12 +70,15 @@ async def add_ceph_backup_storage(
     return await call.run("AddCephBackupStorage", work)
 
 
-@router.get("/backup-storage/ceph", summary="QueryCephBackupStorage")
+@router.get("/backup-storage/ceph", summary="QueryCephBackupStorage", **query_api(CephBackupStorageInventory))
 async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, None, ceph_only=True)
 
 
-@router.get("/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid")
+@router.get(
+    "/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid",
+    **query_api(CephBackupStorageInventory),
+)
 async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, uuid, ceph_only=True)
 
@@ -68,12 +87,19 @@ async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Dep
 # Fixed paths (/types, /capacities) must stay above /backup-storage/{uuid}.
 
 
-@router.get("/backup-storage/types", summary="GetBackupStorageTypes")
+@router.get("/backup-storage/types", summary="GetBackupStorageTypes", **sync_api(GetBackupStorageTypesReply))
 async def get_backup_storage_types() -> dict:
     return {"types": backup_storage.types()}
 
 
-@router.get("/backup-storage/capacities", summary="GetBackupStorageCapacity")
+@router.get(
+    "/backup-storage/capacities", summary="GetBackupStorageCapacity",
+    **sync_api(GetBackupStorageCapacityReply, [
+        list_parameter("zoneUuids", "the storages attached to these zones"),
+        list_parameter("backupStorageUuids", "these storages"),
+        bool_parameter("all", "`true`: every storage"),
+    ]),
+)
 async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(runtime)) -> dict:
     total, available = await backup_storage.capacity(
         rt,
@@ -135,6 +161,11 @@ BACKUP_STORAGE_ACTIONS: ActionTable = {
 @router.put(
     "/backup-storage/{uuid}/actions",
     summary="UpdateBackupStorage, ChangeBackupStorageState, ReconnectBackupStorage, ExportImageFromBackupStorage",
+    **action_api(
+        BACKUP_STORAGE_ACTIONS,
+        {"updateBackupStorage": UpdateBackupStorageParams, "changeBackupStorageState": ChangeStateDoc},
+        _Reply,
+    ),
 )
 async def backup_storage_actions(
     uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
@@ -145,17 +176,23 @@ async def backup_storage_actions(
 # ---------------------------------------------------------------- queries by uuid (after the fixed paths)
 
 
-@router.get("/backup-storage", summary="QueryBackupStorage")
+@router.get(
+    "/backup-storage", summary="QueryBackupStorage",
+    **query_api(CephBackupStorageInventory, BackupStorageInventory),
+)
 async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, None, ceph_only=False)
 
 
-@router.get("/backup-storage/{uuid}", summary="QueryBackupStorage by uuid")
+@router.get(
+    "/backup-storage/{uuid}", summary="QueryBackupStorage by uuid",
+    **query_api(CephBackupStorageInventory, BackupStorageInventory),
+)
 async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, uuid, ceph_only=False)
 
 
-@router.delete("/backup-storage/{uuid}", summary="DeleteBackupStorage")
+@router.delete("/backup-storage/{uuid}", summary="DeleteBackupStorage", **job_api(EmptyReply))
 async def delete_backup_storage(
     uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
 ) -> JSONResponse:

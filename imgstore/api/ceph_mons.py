@@ -6,8 +6,10 @@ from fastapi.responses import JSONResponse
 
 from imgstore.api.deps import ApiCall, api_call
 from imgstore.api.envelope import inventory_reply
+from imgstore.api.openapi import InventoryReply, job_api
 from imgstore.api.schemas import (
     AddMonToCephBackupStorageBody,
+    CephBackupStorageInventory,
     UpdateCephBackupStorageMonBody,
     backup_storage_inventory,
 )
@@ -16,12 +18,14 @@ from imgstore.services import ceph_mons
 
 router = APIRouter(tags=["backup-storage"])
 
+_Reply = InventoryReply[CephBackupStorageInventory]
+
 
 def _reply(call: ApiCall, row: CephBackupStorage) -> dict:
     return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
 
-@router.post("/backup-storage/ceph/{uuid}/mons", summary="AddMonToCephBackupStorage")
+@router.post("/backup-storage/ceph/{uuid}/mons", summary="AddMonToCephBackupStorage", **job_api(_Reply))
 async def add_mon_to_ceph_backup_storage(
     uuid: str, body: AddMonToCephBackupStorageBody, call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
@@ -31,7 +35,7 @@ async def add_mon_to_ceph_backup_storage(
     return await call.run("AddMonToCephBackupStorage", work)
 
 
-@router.delete("/backup-storage/ceph/{uuid}/mons", summary="RemoveMonFromCephBackupStorage")
+@router.delete("/backup-storage/ceph/{uuid}/mons", summary="RemoveMonFromCephBackupStorage", **job_api(_Reply))
 async def remove_mon_from_ceph_backup_storage(
     uuid: str, monHostnames: list[str] = Query(default=[]), call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
@@ -41,7 +45,7 @@ async def remove_mon_from_ceph_backup_storage(
     return await call.run("RemoveMonFromCephBackupStorage", work)
 
 
-@router.put("/backup-storage/ceph/mons/{monUuid}/actions", summary="UpdateCephBackupStorageMon")
+@router.put("/backup-storage/ceph/mons/{monUuid}/actions", summary="UpdateCephBackupStorageMon", **job_api(_Reply))
 async def update_ceph_backup_storage_mon(
     monUuid: str, body: UpdateCephBackupStorageMonBody, call: ApiCall = Depends(api_call)
 ) -> JSONResponse:

@@ -5,7 +5,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import APIKeyHeader
 from fastapi.responses import JSONResponse
 
 from imgstore.query import Condition, QueryError, QuerySpec, parse_query
@@ -24,14 +25,27 @@ def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-async def require_session(request: Request, rt: Runtime = Depends(runtime)) -> Session:
+# auto_error=False: a missing header is sessions.authenticate's ID.1001, not FastAPI's 403
+_SESSION_HEADER = APIKeyHeader(
+    name="Authorization", scheme_name="OAuth", auto_error=False,
+    description="`OAuth <session uuid>`, the uuid from LogInByAccount",
+)
+
+
+async def require_session(
+    rt: Runtime = Depends(runtime), authorization: str | None = Security(_SESSION_HEADER)
+) -> Session:
     """``Authorization: OAuth <session uuid>`` naming a live session, or ID.1001."""
     async with rt.db() as db:
-        return await sessions.authenticate(db, request.headers.get("authorization"))
+        return await sessions.authenticate(db, authorization)
 
 
 def wants_schema(request: Request) -> bool:
-    return request.headers.get("x-json-schema", "").strip().lower() == "true"
+    return _is_true(request.headers.get("x-json-schema"))
+
+
+def _is_true(header: str | None) -> bool:
+    return (header or "").strip().lower() == "true"
 
 
 @dataclasses.dataclass
@@ -59,14 +73,23 @@ class ApiCall:
         return JSONResponse({"location": location, "apiTimeout": API_TIMEOUT_MS}, status_code=202)
 
 
-def api_call(request: Request, rt: Runtime = Depends(runtime)) -> ApiCall:
-    job = request.headers.get("x-job-uuid")
-    prefer = request.headers.get("prefer", "").lower()
+def api_call(
+    request: Request,
+    rt: Runtime = Depends(runtime),
+    job: str | None = Header(
+        None, alias="X-Job-UUID", description="run as a job with this uuid (32 hex digits, no dashes)",
+        json_schema_extra={"pattern": "^[0-9a-fA-F]{32}$"},
+    ),
+    prefer: str | None = Header(None, alias="Prefer", description="`respond-async`: run as a job"),
+    json_schema: str | None = Header(
+        None, alias="X-JSON-Schema", description="`true`: add the `schema` map to the reply"
+    ),
+) -> ApiCall:
     return ApiCall(
         rt=rt,
-        with_schema=wants_schema(request),
+        with_schema=_is_true(json_schema),
         job_uuid=check_job_uuid(job) if job else None,
-        asynchronous=bool(job) or "respond-async" in prefer,
+        asynchronous=bool(job) or "respond-async" in (prefer or "").lower(),
         base_url=rt.settings.public_url or str(request.base_url),
     )
 

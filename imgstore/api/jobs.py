@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from imgstore.api.deps import runtime
+from imgstore.api.openapi import EmptyReply, ErrorReply
 from imgstore.errors import RESOURCE_NOT_FOUND, ApiError
 from imgstore.services.jobs import PROCESSING, SUCCEEDED
 from imgstore.services.runtime import Runtime
@@ -15,7 +16,15 @@ from imgstore.services.runtime import Runtime
 router = APIRouter(tags=["jobs"])
 
 
-@router.get("/api-jobs/{uuid}", summary="Poll an async API job")
+@router.get(
+    "/api-jobs/{uuid}",
+    summary="Poll an async API job",
+    responses={
+        200: {"description": "the job succeeded: the API's own reply"},
+        202: {"model": EmptyReply, "description": "the job is still running"},
+        503: {"model": ErrorReply, "description": "the job failed: the API's ErrorCode"},
+    },
+)
 async def poll_job(uuid: str, rt: Runtime = Depends(runtime)) -> JSONResponse:
     """202 ``{}`` while it runs, 200 with its result, 503 with its error, 404 unknown."""
     job = await rt.jobs.get(uuid)

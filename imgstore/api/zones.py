@@ -10,8 +10,11 @@ from fastapi.responses import JSONResponse
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import inventories_reply, inventory_reply
+from imgstore.api.openapi import ChangeStateDoc, EmptyReply, InventoryReply, action_api, job_api, query_api
 from imgstore.api.schemas import (
     AttachBackupStorageToZoneBody,
+    BackupStorageInventory,
+    CephBackupStorageInventory,
     ChangeStateParams,
     CreateZoneBody,
     DeleteMode,
@@ -24,12 +27,15 @@ from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["zones"])
 
+_Reply = InventoryReply[ZoneInventory]
+_StorageReply = InventoryReply[CephBackupStorageInventory | BackupStorageInventory]
+
 
 def _reply(row: Any, call: ApiCall) -> dict:
     return inventory_reply(ZoneInventory.model_validate(row), call.with_schema)
 
 
-@router.post("/zones", summary="CreateZone")
+@router.post("/zones", summary="CreateZone", **job_api(_Reply))
 async def create_zone(body: CreateZoneBody, call: ApiCall = Depends(api_call)) -> JSONResponse:
     p = body.params
     system_tags, user_tags = body.tags(p)
@@ -55,12 +61,12 @@ async def _query(request: Request, rt: Runtime, uuid: str | None) -> dict:
     return inventories_reply([ZoneInventory.model_validate(r) for r in rows], total, spec.fields)
 
 
-@router.get("/zones", summary="QueryZone")
+@router.get("/zones", summary="QueryZone", **query_api(ZoneInventory))
 async def query_zone(request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, None)
 
 
-@router.get("/zones/{uuid}", summary="QueryZone by uuid")
+@router.get("/zones/{uuid}", summary="QueryZone by uuid", **query_api(ZoneInventory))
 async def get_zone(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, uuid)
 
@@ -90,14 +96,17 @@ ZONE_ACTIONS: ActionTable = {
 }
 
 
-@router.put("/zones/{uuid}/actions", summary="UpdateZone, ChangeZoneState")
+@router.put(
+    "/zones/{uuid}/actions", summary="UpdateZone, ChangeZoneState",
+    **action_api(ZONE_ACTIONS, {"updateZone": UpdateZoneParams, "changeZoneState": ChangeStateDoc}, _Reply),
+)
 async def zone_actions(
     uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
     return await dispatch(ZONE_ACTIONS, call, uuid, body, request.url.path)
 
 
-@router.delete("/zones/{uuid}", summary="DeleteZone")
+@router.delete("/zones/{uuid}", summary="DeleteZone", **job_api(EmptyReply))
 async def delete_zone(
     uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
@@ -108,7 +117,10 @@ async def delete_zone(
     return await call.run("DeleteZone", work)
 
 
-@router.post("/zones/{zoneUuid}/backup-storage/{backupStorageUuid}", summary="AttachBackupStorageToZone")
+@router.post(
+    "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}", summary="AttachBackupStorageToZone",
+    **job_api(_StorageReply),
+)
 async def attach_backup_storage_to_zone(
     zoneUuid: str,
     backupStorageUuid: str,
@@ -122,7 +134,10 @@ async def attach_backup_storage_to_zone(
     return await call.run("AttachBackupStorageToZone", work)
 
 
-@router.delete("/zones/{zoneUuid}/backup-storage/{backupStorageUuid}", summary="DetachBackupStorageFromZone")
+@router.delete(
+    "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}", summary="DetachBackupStorageFromZone",
+    **job_api(_StorageReply),
+)
 async def detach_backup_storage_from_zone(
     zoneUuid: str, backupStorageUuid: str, call: ApiCall = Depends(api_call)
 ) -> JSONResponse:

@@ -1,0 +1,243 @@
+"""What ``/openapi.json`` says that FastAPI cannot read from the route signatures.
+
+Several routes take ZStack's loose wire formats as they come: an action body named by
+its one key (``{"changeZoneState": {...}}``), a query string of ``q=`` conditions, a
+``{}`` or ``{"inventory": ...}`` reply built by hand. The helpers here describe those in
+the document, and nothing else: they never change what a route accepts or answers.
+
+Each helper returns keyword arguments for a route decorator::
+
+    @router.get("/zones", summary="QueryZone", **query_api(ZoneInventory))
+
+Every API route also shares the error responses (:data:`ERROR_RESPONSES`, and
+:data:`SESSION_ERRORS` where a session is needed), declared once on the routers in
+``imgstore.app``: every failure is ZStack's ErrorCode body, never FastAPI's 422. And
+every route that takes ``X-Job-UUID`` (``deps.api_call``) may answer 202: :func:`install`
+adds that to the generated document, since a dependency cannot declare a response.
+"""
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar, get_args
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from imgstore.api.actions import ActionTable
+from imgstore.api.schemas import ChangeStateParams, Params
+from imgstore.query import DEFAULT_LIMIT
+from imgstore.services import state
+
+T = TypeVar("T")
+_JAVA_INT_MAX = 2**31 - 1
+
+# ---------------------------------------------------------------- reply bodies (documentation only)
+
+
+class ErrorCode(BaseModel):
+    """ZStack's ErrorCode (``header/.../errorcode/ErrorCode.java``), as ``imgstore.errors`` writes it."""
+
+    code: str = Field(description="e.g. SYS.1007, ID.1001, BS.1500")
+    description: str = Field(description="the fixed text of the code")
+    details: str = Field(description="what went wrong, for a human")
+    elaboration: str | None = None
+    opaque: dict[str, Any] | None = None
+    cause: ErrorCode | None = None
+    causes: list[ErrorCode] | None = None
+
+
+class ErrorReply(BaseModel):
+    """Every failure: ``{"error": ErrorCode}``; the HTTP status says what kind it was."""
+
+    error: ErrorCode
+
+
+class InventoryReply(BaseModel, Generic[T]):
+    """A create, an action or a session: ``{"inventory": {...}}``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    inventory: T
+    schema_: dict[str, str] | None = Field(
+        default=None, alias="schema", description="json path → Java class; only with X-JSON-Schema: true"
+    )
+
+
+class QueryReply(BaseModel, Generic[T]):
+    """A Query* API: ``{"inventories": [...], "schema": {...}}``, ``total`` when asked;
+    only ``{"total": N}`` with ``count=true``; only the named keys with ``fields=``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    inventories: list[T] | None = None
+    total: int | None = None
+    schema_: dict[str, str] | None = Field(default=None, alias="schema", description="json path → Java class")
+
+
+class EmptyReply(BaseModel):
+    """``{}``: a delete, a log-out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobAccepted(BaseModel):
+    """202 to an API run as a job (``X-Job-UUID`` or ``Prefer: respond-async``)."""
+
+    location: str = Field(description="GET it (no session needed) until it answers other than 202")
+    apiTimeout: int = Field(description="milliseconds")
+
+
+class ValidateSessionReply(BaseModel):
+    valid: bool
+
+
+class GetBackupStorageTypesReply(BaseModel):
+    types: list[str]
+
+
+class GetBackupStorageCapacityReply(BaseModel):
+    totalCapacity: int
+    availableCapacity: int
+    success: bool
+
+
+class ChangeStateDoc(ChangeStateParams):
+    """``stateEvent`` as the document shows it; ``services.state`` checks it, in ZStack's words."""
+
+    stateEvent: Literal["enable", "disable"]  # type: ignore[assignment]
+
+
+assert set(get_args(ChangeStateDoc.model_fields["stateEvent"].annotation)) == set(state.EVENTS)
+
+# ---------------------------------------------------------------- shared responses and parameters
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorReply, "description": description}
+
+
+#: Every API route: its failures are ZStack ErrorCodes (and FastAPI's 422 is never sent).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("SYS.1007: a malformed request or an invalid argument"),
+    404: _error("SYS.1003: no such resource; SYS.1008: no API at this path"),
+    409: _error("SYS.1005/SYS.1006/BS.1001/BS.1002: refused in the resource's present state"),
+    503: _error("the API ran and failed (ZStack's status for a failed API), e.g. BS.1500"),
+    "default": _error("any other failure, as a ZStack ErrorCode"),
+}
+
+#: Routes behind ``Authorization: OAuth <session uuid>``.
+SESSION_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("ID.1001: no session, or an invalid or expired one"),
+}
+
+#: ZStack's query string (zstack-api.md 1.8, ``imgstore.query``).
+QUERY_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "q", "in": "query", "required": False, "style": "form", "explode": True,
+     "description": "a condition `<field><op><value>` (ops `!=` `>=` `<=` `!?=` `!~=` `~=` `?=` `=` `>` `<`,"
+                    " or `<field> is null` / `<field> not null`); repeat to AND several",
+     "schema": {"type": "array", "items": {"type": "string"}}},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0, "maximum": _JAVA_INT_MAX, "default": DEFAULT_LIMIT}},
+    {"name": "start", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0, "maximum": _JAVA_INT_MAX, "default": 0}},
+    {"name": "count", "in": "query", "required": False, "description": "`true`: only `{\"total\": N}`",
+     "schema": {"type": "boolean", "default": False}},
+    {"name": "replyWithCount", "in": "query", "required": False, "description": "`true`: add `total`",
+     "schema": {"type": "boolean", "default": False}},
+    {"name": "sort", "in": "query", "required": False, "description": "`+field` (ascending) or `-field`",
+     "schema": {"type": "string"}},
+    {"name": "fields", "in": "query", "required": False, "description": "comma-separated field names",
+     "schema": {"type": "string"}},
+]
+
+
+def list_parameter(name: str, description: str) -> dict[str, Any]:
+    """A list read by ``params.list_param``: ``k=a&k=b`` (``k.0=a`` works too)."""
+    return {"name": name, "in": "query", "required": False, "style": "form", "explode": True,
+            "description": description, "schema": {"type": "array", "items": {"type": "string"}}}
+
+
+def bool_parameter(name: str, description: str) -> dict[str, Any]:
+    """A boolean read by ``params.bool_param``: ``true`` or ``false``."""
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "boolean", "default": False}}
+
+
+# ---------------------------------------------------------------- decorator keyword arguments
+
+
+def query_api(*inventories: type) -> dict[str, Any]:
+    """A Query* route (``GET /<resources>``, ``GET /<resources>/{uuid}``)."""
+    item: Any = inventories[0] if len(inventories) == 1 else inventories[0] | inventories[1]
+    return {
+        "response_model": None,
+        "responses": {200: {"model": QueryReply[item]}},
+        "openapi_extra": {"parameters": QUERY_PARAMETERS},
+    }
+
+
+def sync_api(reply: Any, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A synchronous route that builds its reply by hand."""
+    extra = {"openapi_extra": {"parameters": parameters}} if parameters else {}
+    return {"response_model": None, "responses": {200: {"model": reply}}, **extra}
+
+
+def job_api(reply: Any) -> dict[str, Any]:
+    """An API that ZStack runs as a job: 200 with its reply (202 when asked for a job,
+    which :func:`install` documents)."""
+    return {"responses": {200: {"model": reply}}}
+
+
+def action_api(table: ActionTable, params: dict[str, type[BaseModel]], reply: Any) -> dict[str, Any]:
+    """``PUT .../actions`` dispatched by ``actions.dispatch``: the body is one of
+    ``{"<action>": {...params}}``, for every action of ``table``. An action without an
+    entry in ``params`` is documented with the common :class:`Params` only."""
+    unknown = set(params) - set(table)
+    if unknown:
+        raise ValueError(f"documented actions {sorted(unknown)} are not in the action table")
+    choices = [_action_schema(name, params.get(name, Params)) for name in table]
+    body = {"required": True, "content": {"application/json": {"schema": {"oneOf": choices}}}}
+    return {**job_api(reply), "openapi_extra": {"requestBody": body}}
+
+
+def _action_schema(action: str, model: type[BaseModel]) -> dict[str, Any]:
+    params = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    if "$defs" in params:
+        raise ValueError(f"{model.__name__}: nested models cannot be inlined in an action body")
+    tags = {"type": "array", "items": {"type": "string"}}
+    return {
+        "title": action,
+        "type": "object",
+        "properties": {action: params, "systemTags": tags, "userTags": tags},
+        "required": [action],
+        "additionalProperties": False,
+    }
+
+
+# ---------------------------------------------------------------- the generated document
+
+
+def install(app: FastAPI) -> None:
+    """Make ``app.openapi()`` say that every route taking ``X-Job-UUID`` may answer 202."""
+    generate = app.openapi
+
+    def document() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        doc = generate()  # FastAPI's, cached on the app: completed once, when first made
+        if fresh:
+            _document_jobs(doc)
+        return doc
+
+    app.openapi = document  # type: ignore[method-assign]
+
+
+def _document_jobs(doc: dict[str, Any]) -> None:
+    ref = "#/components/schemas/JobAccepted"
+    accepted = {"description": "run as a job: poll `location`",
+                "content": {"application/json": {"schema": {"$ref": ref}}}}
+    used = False
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            if any(p.get("in") == "header" and p.get("name") == "X-Job-UUID" for p in op.get("parameters", [])):
+                op.setdefault("responses", {}).setdefault("202", accepted)
+                used = True
+    if used:
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("JobAccepted", JobAccepted.model_json_schema(ref_template="#/components/schemas/{model}"))
