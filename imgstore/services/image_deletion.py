@@ -28,7 +28,7 @@ from imgstore.ceph import rbd_io
 from imgstore.dates import utcnow
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError, invalid_argument, not_found
-from imgstore.services import image_download, image_upload, images, task_progress
+from imgstore.services import image_download, image_export, image_upload, images, task_progress
 from imgstore.services.clusters import ceph_error
 from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
@@ -158,6 +158,11 @@ async def _remove_bits(rt: Runtime, ref: ImageBackupStorageRef) -> None:
     if storage is None:
         return
     pool = storage.pool_name or ""
+    readers = image_export.streaming(ref.image_uuid)
+    if readers:  # read-only opens hold no watch: librbd would let the image go under them
+        raise ApiError(OPERATION_ERROR, f"cannot remove the bits of image[uuid:{ref.image_uuid}]: this server "
+                                        f"is streaming it to {readers} export download(s); try again when they "
+                                        "are done", status=409)
     try:
         cluster = await images.cluster_of(rt, storage)
         await rbd_io.remove_image(cluster, pool, ref.image_uuid, missing_ok=True)
