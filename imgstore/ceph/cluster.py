@@ -97,6 +97,9 @@ class Cluster:
             # still prints a few level -1 lines (auth, msgr) to stderr whatever these say.
             "log_to_stderr": "false",
             "err_to_stderr": "false",
+            # imgstore streams whole images once: librbd's write-back cache only adds a
+            # copy and memory (measured: ~80 MiB less RSS during a 1 GiB upload without it)
+            "rbd_cache": "false",
         }
 
         def connect() -> Any:
