@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import re
 import sys
 from collections.abc import Iterator, Sequence

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shlex
 import socket
 import statistics
 import subprocess

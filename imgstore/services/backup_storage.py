@@ -14,12 +14,11 @@ from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupSt
 from imgstore.errors import (
     CHANGE_RESOURCE_STATE_ERROR,
     DELETE_RESOURCE_ERROR,
-    INVALID_ARGUMENT,
     ApiError,
     invalid_argument,
     not_found,
 )
-from imgstore.services import ceph_backup_storage, state, tags, zones
+from imgstore.services import ceph_backup_storage, queries, state, tags, zones
 from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
 
@@ -104,14 +103,7 @@ CEPH_BACKUP_STORAGE_QUERY = _queryable(
 async def query(rt: Runtime, spec: QuerySpec, ceph_only: bool = False) -> tuple[list[BackupStorage], int | None]:
     """QueryBackupStorage / QueryCephBackupStorage: the page and, when asked, the total."""
     queryable = CEPH_BACKUP_STORAGE_QUERY if ceph_only else BACKUP_STORAGE_QUERY
-    try:
-        page, count = q.build_select(queryable, spec)
-    except q.QueryFieldError as e:
-        raise ApiError(INVALID_ARGUMENT, str(e)) from None
-    async with rt.db() as db:
-        total = await db.scalar(count) if count is not None else None
-        rows = [] if spec.count else list(await db.scalars(page))
-    return rows, total
+    return await queries.run(rt, queryable, spec)
 
 
 async def get(db: AsyncSession, uuid: str) -> BackupStorage:

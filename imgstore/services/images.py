@@ -33,14 +33,13 @@ from imgstore.db.models import (
     Tag,
 )
 from imgstore.errors import (
-    INVALID_ARGUMENT,
     OPERATION_ERROR,
     ApiError,
     invalid_argument,
     not_found,
 )
 from imgstore.query import Condition, QuerySpec
-from imgstore.services import state, tags
+from imgstore.services import queries, state, tags
 from imgstore.services.ceph_backup_storage import apply_capacity
 from imgstore.services.clusters import ceph_error
 from imgstore.services.locking import locked_row
@@ -303,14 +302,7 @@ IMAGE_QUERY = q.Queryable(
 
 async def query(rt: Runtime, spec: QuerySpec) -> tuple[list[Image], int | None]:
     """QueryImage: the page and, when asked, the total."""
-    try:
-        page, count = q.build_select(IMAGE_QUERY, spec)
-    except q.QueryFieldError as e:
-        raise ApiError(INVALID_ARGUMENT, str(e)) from None
-    async with rt.db() as db:
-        total = await db.scalar(count) if count is not None else None
-        rows = [] if spec.count else list(await db.scalars(page))
-    return rows, total
+    return await queries.run(rt, IMAGE_QUERY, spec)
 
 
 # ---------------------------------------------------------------- small APIs

@@ -10,9 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from imgstore.crypto import new_uuid
 from imgstore.db import query as q
 from imgstore.db.models import BackupStorage, CephBackupStorage, SystemTag, Tag, UserTag, Zone
-from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError, invalid_argument, not_found
+from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_found
 from imgstore.query import QuerySpec
 from imgstore.services.locking import locked_row
+from imgstore.services import queries
 from imgstore.services.runtime import Runtime
 
 SYSTEM, USER = "system", "user"
@@ -110,14 +111,7 @@ USER_TAG_QUERY = _tag_query(UserTag, "UserTagInventory")
 async def query(rt: Runtime, spec: QuerySpec, kind: str) -> tuple[list[Tag], int | None]:
     """QuerySystemTag / QueryUserTag: the page and, when asked, the total."""
     queryable = SYSTEM_TAG_QUERY if kind == SYSTEM else USER_TAG_QUERY
-    try:
-        page, count = q.build_select(queryable, spec)
-    except q.QueryFieldError as e:
-        raise ApiError(INVALID_ARGUMENT, str(e)) from None
-    async with rt.db() as db:
-        total = await db.scalar(count) if count is not None else None
-        rows = [] if spec.count else list(await db.scalars(page))
-    return rows, total
+    return await queries.run(rt, queryable, spec)
 
 
 def _entity_of(resource_type: str) -> type:

@@ -18,14 +18,13 @@ from imgstore.crypto import new_uuid
 from imgstore.db import query as q
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, Zone
 from imgstore.errors import (
-    INVALID_ARGUMENT,
     OPERATION_ERROR,
     ApiError,
     invalid_argument,
     not_found,
 )
 from imgstore.query import Condition, QuerySpec
-from imgstore.services import state, tags
+from imgstore.services import queries, state, tags
 from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
 
@@ -102,14 +101,7 @@ async def create(rt: Runtime, req: NewZone) -> Zone:
 
 async def query(rt: Runtime, spec: QuerySpec) -> tuple[list[Zone], int | None]:
     """QueryZone: the page and, when asked, the total."""
-    try:
-        page, count = q.build_select(ZONE_QUERY, spec)
-    except q.QueryFieldError as e:
-        raise ApiError(INVALID_ARGUMENT, str(e)) from None
-    async with rt.db() as db:
-        total = await db.scalar(count) if count is not None else None
-        rows = [] if spec.count else list(await db.scalars(page))
-    return rows, total
+    return await queries.run(rt, ZONE_QUERY, spec)
 
 
 async def load(rt: Runtime, uuid: str, field_name: str = "uuid") -> Zone:
