@@ -12,6 +12,7 @@ from imgstore.api.envelope import inventories_reply, inventory_reply
 from imgstore.api.openapi import (
     ChangeStateDoc,
     EmptyReply,
+    ExportImageFromBackupStorageReply,
     GetBackupStorageCapacityReply,
     GetBackupStorageTypesReply,
     InventoryReply,
@@ -163,8 +164,9 @@ BACKUP_STORAGE_ACTIONS: ActionTable = {
     summary="UpdateBackupStorage, ChangeBackupStorageState, ReconnectBackupStorage, ExportImageFromBackupStorage",
     **action_api(
         BACKUP_STORAGE_ACTIONS,
-        {"updateBackupStorage": UpdateBackupStorageParams, "changeBackupStorageState": ChangeStateDoc},
-        _Reply,
+        {"updateBackupStorage": UpdateBackupStorageParams, "changeBackupStorageState": ChangeStateDoc,
+         "exportImageFromBackupStorage": ExportImageFromBackupStorageParams},
+        _Reply | ExportImageFromBackupStorageReply,
     ),
 )
 async def backup_storage_actions(
@@ -206,6 +208,7 @@ async def delete_backup_storage(
 @router.delete(
     "/backup-storage/{backupStorageUuid}/exported-images/{imageUuid}",
     summary="DeleteExportedImageFromBackupStorage",
+    **job_api(EmptyReply),
 )
 async def delete_exported_image(
     backupStorageUuid: str, imageUuid: str, call: ApiCall = Depends(api_call)

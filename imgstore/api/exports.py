@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from imgstore.api.deps import runtime
+from imgstore.api.openapi import ErrorReply
 from imgstore.errors import INVALID_ARGUMENT, ApiError, ErrorKind
 from imgstore.services import image_export
 from imgstore.services.runtime import Runtime
@@ -59,11 +60,22 @@ def _disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.api_route(
-    "/exports/{pool}/{segment:path}",  # image_export.EXPORT_PATH under the API prefixes
-    methods=["GET", "HEAD"],
-    summary="Download an exported image (the imageUrl of ExportImageFromBackupStorage)",
-)
+_PATH = "/exports/{pool}/{segment:path}"  # image_export.EXPORT_PATH under the API prefixes
+_IMAGE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "the image", "content": _IMAGE},
+    206: {"description": "the Range asked for", "content": _IMAGE},
+    416: {"model": ErrorReply, "description": "a Range outside the image, or more than one"},
+}
+_RANGE_HEADER = {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "`bytes=first-last`, `bytes=first-` or `bytes=-length`"}
+
+
+# GET and HEAD as two routes of one function: each its own operation in the document
+@router.get(_PATH, summary="Download an exported image (the imageUrl of ExportImageFromBackupStorage)",
+            responses=_RESPONSES, openapi_extra={"parameters": [_RANGE_HEADER]})
+@router.head(_PATH, summary="The headers of an exported image's download",
+             responses=_RESPONSES, openapi_extra={"parameters": [_RANGE_HEADER]})
 async def download_exported_image(
     pool: str,
     segment: str,

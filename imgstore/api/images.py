@@ -19,6 +19,20 @@ from starlette.requests import ClientDisconnect
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import dump, inventories_reply, inventory_reply
+from imgstore.api.openapi import (
+    ChangeStateDoc,
+    EmptyReply,
+    GetUploadImageJobDetailsReply,
+    InventoryReply,
+    QueryReply,
+    UploadStatusReply,
+    action_api,
+    bool_parameter,
+    job_api,
+    list_parameter,
+    query_api,
+    sync_api,
+)
 from imgstore.api.params import bool_param, list_param
 from imgstore.api.schemas import (
     AddImageBody,
@@ -36,6 +50,8 @@ from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["images"])
 upload_router = APIRouter(tags=["images"])
+
+_Reply = InventoryReply[ImageInventory]
 
 
 async def image_inventories(rt: Runtime, rows: list[Image]) -> list[ImageInventory]:
@@ -60,7 +76,7 @@ async def _reply(call: ApiCall, row: Image) -> dict[str, Any]:
 # ---------------------------------------------------------------- AddImage, QueryImage, DeleteImage
 
 
-@router.post("/images", summary="AddImage")
+@router.post("/images", summary="AddImage", **job_api(_Reply))
 async def add_image(body: AddImageBody, call: ApiCall = Depends(api_call)) -> JSONResponse:
     """Always a job (202): a download is long by nature. The job answers the Ready image;
     for ``upload://`` it answers at once, Downloading, with the upload URL."""
@@ -89,22 +105,32 @@ async def _query(request: Request, rt: Runtime, uuid: str | None) -> dict[str, A
     return inventories_reply(await image_inventories(rt, rows), total, spec.fields)
 
 
-@router.get("/images", summary="QueryImage")
+@router.get("/images", summary="QueryImage", **query_api(ImageInventory))
 async def query_image(request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     return await _query(request, rt, None)
 
 
-@router.get("/images/upload-job/details/{imageId}", summary="GetUploadImageJobDetails")
+@router.get(
+    "/images/upload-job/details/{imageId}", summary="GetUploadImageJobDetails",
+    **sync_api(GetUploadImageJobDetailsReply),
+)
 async def get_upload_image_job_details(imageId: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     return {"existingJobDetails": await image_upload.job_details(rt, imageId)}
 
 
-@router.get("/images/{uuid}", summary="QueryImage by uuid")
+@router.get("/images/{uuid}", summary="QueryImage by uuid", **query_api(ImageInventory))
 async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     return await _query(request, rt, uuid)
 
 
-@router.delete("/images/{uuid}", summary="DeleteImage")
+@router.delete(
+    "/images/{uuid}", summary="DeleteImage",
+    **job_api(EmptyReply, [
+        list_parameter("backupStorageUuids", "only from these storages (every storage when absent)"),
+        {"name": "deleteMode", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["Permissive", "Enforcing"], "default": "Permissive"}},
+    ]),
+)
 async def delete_image(uuid: str, request: Request, call: ApiCall = Depends(api_call)) -> JSONResponse:
     storages = list_param(request, "backupStorageUuids") or None
     mode = request.query_params.get("deleteMode") or "Permissive"
@@ -180,6 +206,12 @@ IMAGE_ACTIONS: ActionTable = {
 @router.put(
     "/images/{uuid}/actions",
     summary="ExpungeImage, RecoverImage, ChangeImageState, SyncImageSize, UpdateImage",
+    **action_api(
+        IMAGE_ACTIONS,
+        {"expungeImage": ImageBackupStorageUuidsParams, "recoverImage": ImageBackupStorageUuidsParams,
+         "changeImageState": ChangeStateDoc, "updateImage": UpdateImageParams},
+        _Reply | EmptyReply,  # expungeImage answers {}
+    ),
 )
 async def image_actions(
     uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
@@ -190,7 +222,10 @@ async def image_actions(
 # ---------------------------------------------------------------- task progress
 
 
-@router.get("/task-progresses/{apiId}", summary="GetTaskProgress")
+@router.get(
+    "/task-progresses/{apiId}", summary="GetTaskProgress",
+    **sync_api(QueryReply[TaskProgressInventory], [bool_parameter("all", "`true`: every report, not only the latest")]),
+)
 async def get_task_progress(apiId: str, request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     rows = await task_progress.progress_of(rt, apiId, bool_param(request, "all"))
     inventories = [
@@ -260,7 +295,21 @@ def _status_reply(state: image_upload.UploadStatus, inventory: ImageInventory | 
     return JSONResponse(body, headers={"X-Upload-Offset": str(state.offset)})
 
 
-@upload_router.put("/images/uploads/{imageUuid}", summary="Send the bytes of an upload:// image")
+@upload_router.put(
+    "/images/uploads/{imageUuid}", summary="Send the bytes of an upload:// image",
+    responses={200: {"model": UploadStatusReply}},
+    openapi_extra={
+        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "parameters": [
+            {"name": "X-Upload-Offset", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "where this piece starts (the offset the last answer gave)"},
+            {"name": "Content-Range", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "`bytes <first>-<last>/<total|*>`, instead of X-Upload-Offset"},
+            {"name": "X-Image-Size", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "the whole image's size (or X-Upload-Length)"},
+        ],
+    },
+)
 async def put_image_bytes(imageUuid: str, request: Request, token: str = "",
                           rt: Runtime = Depends(runtime)) -> Response:
     try:
@@ -273,12 +322,18 @@ async def put_image_bytes(imageUuid: str, request: Request, token: str = "",
     return _status_reply(state, inventory)
 
 
-@upload_router.get("/images/uploads/{imageUuid}", summary="Where an upload stands")
+@upload_router.get(
+    "/images/uploads/{imageUuid}", summary="Where an upload stands",
+    responses={200: {"model": UploadStatusReply}},
+)
 async def get_upload(imageUuid: str, token: str = "", rt: Runtime = Depends(runtime)) -> Response:
     return _status_reply(await image_upload.status(rt, imageUuid, token))
 
 
-@upload_router.head("/images/uploads/{imageUuid}", summary="Where an upload stands (headers only)")
+@upload_router.head(
+    "/images/uploads/{imageUuid}", summary="Where an upload stands (headers only)",
+    responses={200: {"description": "no body; X-Upload-Offset says how many bytes arrived"}},
+)
 async def head_upload(imageUuid: str, token: str = "", rt: Runtime = Depends(runtime)) -> Response:
     state = await image_upload.status(rt, imageUuid, token)
     return Response(headers={"X-Upload-Offset": str(state.offset)})

@@ -98,6 +98,35 @@ class GetBackupStorageCapacityReply(BaseModel):
     success: bool
 
 
+class ExportImageFromBackupStorageReply(BaseModel):
+    imageUrl: str = Field(description="GET it, no session needed: its token is the credential")
+    exportMd5Sum: str | None = None
+    success: bool
+
+
+class UploadJobDetail(BaseModel):
+    longJobUuid: str | None = None
+    longJobState: str
+    imageUuid: str
+    imageUploadUrl: str | None = Field(default=None, description="while the upload is pending")
+    offset: int
+
+
+class GetUploadImageJobDetailsReply(BaseModel):
+    existingJobDetails: list[UploadJobDetail]
+
+
+class UploadStatusReply(BaseModel):
+    """Where the upload of an ``upload://`` image stands; ``inventory`` once it is complete."""
+
+    imageUuid: str
+    state: str
+    offset: int = Field(description="bytes received so far: the next PUT starts here")
+    size: int | None = None
+    completed: bool
+    inventory: dict[str, Any] | None = None
+
+
 class ChangeStateDoc(ChangeStateParams):
     """``stateEvent`` as the document shows it; ``services.state`` checks it, in ZStack's words."""
 
@@ -179,10 +208,11 @@ def sync_api(reply: Any, parameters: list[dict[str, Any]] | None = None) -> dict
     return {"response_model": None, "responses": {200: {"model": reply}}, **extra}
 
 
-def job_api(reply: Any) -> dict[str, Any]:
+def job_api(reply: Any, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """An API that ZStack runs as a job: 200 with its reply (202 when asked for a job,
     which :func:`install` documents)."""
-    return {"responses": {200: {"model": reply}}}
+    extra = {"openapi_extra": {"parameters": parameters}} if parameters else {}
+    return {"responses": {200: {"model": reply}}, **extra}
 
 
 def action_api(table: ActionTable, params: dict[str, type[BaseModel]], reply: Any) -> dict[str, Any]:
