@@ -17,7 +17,7 @@ from imgstore.api import exports
 from imgstore.api import web
 from imgstore.api import images
 from imgstore.api import openapi
-from imgstore.api.deps import require_session
+from imgstore.api.deps import refuse_nul, require_session
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
 from imgstore.services import node
@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _api_router() -> APIRouter:
-    api = APIRouter(responses=openapi.ERROR_RESPONSES)  # documents the ErrorCode bodies; never 422
+    # documents the ErrorCode bodies (never 422); refuses U+0000 before anything reads it
+    api = APIRouter(dependencies=[Depends(refuse_nul)], responses=openapi.ERROR_RESPONSES)
     api.include_router(sessions.router)
     api.include_router(jobs.router)
     api.include_router(exports.router)  # no session: the export URL's token is the credential
