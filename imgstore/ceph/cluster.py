@@ -21,6 +21,7 @@ import base64
 import binascii
 import errno
 import json
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -55,6 +56,7 @@ class Cluster:
         self._timeout = float(timeout)
         self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix=f"rados-{client}")
         self._rados: Any = None
+        self._conf: dict[str, str] = {}
         self._connecting = asyncio.Lock()
 
     def __repr__(self) -> str:  # no key here, ever
@@ -102,21 +104,51 @@ class Cluster:
             "rbd_cache": "false",
         }
 
-        def connect() -> Any:
-            handle = rados.Rados(rados_id=self._client, conffile=None, conf=conf)
-            try:
-                handle.connect()
-            except BaseException:
-                handle.shutdown()
-                raise
-            return handle
+        self._conf = conf
 
         try:
-            return await self._call(connect, "connect")
+            return await self._call(self._new_handle, "connect")
         except CephTimeout:
+            if await _any_mon_listens(self._mon_host):
+                # the mons are there but let the login time out: what they do with a
+                # key they do not know (deleted or revoked)
+                raise CephPermissionDenied(
+                    f"the ceph monitors of [{self._mon_host}] answer but refuse the cephx key of "
+                    f"client.{self._client} (revoked or deleted?)",
+                    self._mon_host,
+                ) from None
             raise ClusterUnreachable(
                 f"cannot reach any ceph monitor of [{self._mon_host}] within {self._timeout:g}s",
                 self._mon_host,
+            ) from None
+
+    def _new_handle(self) -> Any:
+        handle = rados.Rados(rados_id=self._client, conffile=None, conf=self._conf)
+        try:
+            handle.connect()
+        except BaseException:
+            handle.shutdown()
+            raise
+        return handle
+
+    async def check_key(self) -> None:
+        """Log in afresh with the key, then log out.
+
+        A connected handle keeps working on its cephx tickets for up to an hour after
+        its key is revoked; only a new login tells. CephPermissionDenied when refused.
+        Call it once the mons are known to answer (a refused login looks like a timeout)."""
+        await self.connect()
+
+        def login() -> None:
+            self._new_handle().shutdown()
+
+        try:
+            await self._call(login, "log in with the cephx key")
+        except CephTimeout:
+            # a mon answers a deleted entity by letting the login time out; callers
+            # ask only once the mons answered them (quorum), so this is the key
+            raise CephPermissionDenied(
+                f"the cephx key of client.{self._client} was refused (revoked or deleted?)", self._mon_host
             ) from None
 
     async def close(self) -> None:
@@ -209,6 +241,32 @@ class Cluster:
             raise _translate(e, what, self._mon_host, pool) from None
         except ValueError as e:  # undecodable JSON from a mon command
             raise CephCommandFailed(f"{what}: unexpected output ({e})", self._mon_host) from None
+
+
+def _mon_addresses(mon_host: str) -> list[tuple[str, int]]:
+    """``(ip, port)`` of every address in a librados ``mon_host`` string."""
+    out = []
+    for part in re.split(r"[,\s\[\]]+", mon_host):
+        part = re.sub(r"^v[12]:", "", part).split("/", 1)[0]
+        host, _, port = part.rpartition(":")
+        if host and port.isdigit():
+            out.append((host, int(port)))
+    return out
+
+
+async def _any_mon_listens(mon_host: str, timeout: float = 1.0) -> bool:
+    """Does any mon address accept a TCP connection? (Tells a dead mon from a refused key.)"""
+
+    async def listens(host: str, port: int) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
+    results = await asyncio.gather(*(listens(h, p) for h, p in _mon_addresses(mon_host)))
+    return any(results)
 
 
 def _is_cephx_key(key: str) -> bool:

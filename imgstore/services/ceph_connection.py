@@ -15,7 +15,7 @@ from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError
 from imgstore.services import ceph_backup_storage, image_metadata
 from imgstore.services.ceph_backup_storage import apply_capacity, load
-from imgstore.services.clusters import ceph_error
+from imgstore.services.clusters import ceph_error, is_ceph_error
 from imgstore.services.locking import local_lock
 from imgstore.services.runtime import Runtime
 
@@ -46,6 +46,7 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
         await rt.clusters.forget(uuid)
         try:
             cluster = await _cluster_or_rekey(rt, row)
+            row = await load(rt, uuid)  # the key may have been renewed
             fsid = await cluster.fsid()
             if row.fsid and fsid != row.fsid:
                 raise ApiError(
@@ -68,7 +69,7 @@ async def _cluster_or_rekey(rt: Runtime, row: CephBackupStorage) -> ceph.Cluster
     try:
         return await rt.clusters.get(row)
     except ApiError as e:
-        if e.status != 503 or "denied" not in e.details.lower():
+        if not is_ceph_error(e, ceph.CephPermissionDenied):
             raise
     log.warning("the cephx key of backup storage %s was refused; asking a mon for it again", row.uuid)
     await ceph_backup_storage.renew_key(rt, row)
@@ -85,6 +86,7 @@ async def _probe(rt: Runtime, row: CephBackupStorage) -> tuple[set[str], ceph.Ca
                 f"none of the mons of backup storage[uuid:{row.uuid}] is in the quorum of its cluster",
                 status=503,
             )
+        await cluster.check_key()
         await cluster.probe(row.pool_name, f"imgstore.ping.{row.uuid}")
         capacity = await cluster.capacity(row.pool_name)
     except ceph.CephError as e:

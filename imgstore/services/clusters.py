@@ -29,7 +29,12 @@ def ceph_error(e: ceph.CephError, host: str | None = None) -> ApiError:
     where = host or getattr(e, "host", None)
     text = f"mon[{where}]: {e}" if where else str(e)
     kind = INVALID_ARGUMENT if isinstance(e, (ceph.MonUrlError, ceph.InvalidName)) else OPERATION_ERROR
-    return ApiError(kind, text, status=status)
+    return ApiError(kind, text, status=status, opaque={"cephError": type(e).__name__})
+
+
+def is_ceph_error(e: ApiError, kind: type[ceph.CephError]) -> bool:
+    """Was this ApiError made from a Ceph failure of ``kind``?"""
+    return bool(e.opaque) and e.opaque.get("cephError") == kind.__name__
 
 
 def mon_host_of(row: CephBackupStorage) -> str:
