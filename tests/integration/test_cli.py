@@ -171,7 +171,6 @@ def test_add_query_and_delete_a_ceph_storage(logged_in: Cli, api: Api, c1: DevCl
 
 
 @pytest.mark.ceph
-@pytest.mark.xfail(reason="server-side upload not implemented yet", strict=False)
 def test_upload_image_sends_the_file_and_the_image_becomes_ready(
     logged_in: Cli, api: Api, c1: DevCluster, pool: str, tmp_path: Path
 ) -> None:
