@@ -6,8 +6,14 @@
 #   3. dev Ceph clusters c1 (mon 16789, ssh 16022) and c2 (mon 26789, ssh 26022),
 #      started in parallel by scripts/devcluster.sh (a running cluster is reused)
 #   4. IMGSTORE_TEST_CLUSTERS=c1,c2 and IMGSTORE_DEV_DIR exported, then
-#      `.venv/bin/python -m pytest -q "$@"`; exits with pytest's code
-#      (5 = "no tests collected" is reported as a failure).
+#      `.venv/bin/python -m pytest -q "$@"`: every test server on its own SQLite file
+#   5. the PostgreSQL pass: the integration tests again with IMGSTORE_TEST_DB=postgresql,
+#      every test server on a fresh PostgreSQL database of its own (tests/conftest.py).
+#      IMGSTORE_TEST_PG_PASS=auto (default) runs it when no pytest args were given;
+#      1 runs it with the same args as step 4; 0 never. It leaves out the modules that
+#      never start a server (test_ceph_layer, test_rbd_io) and test_multinode, which is
+#      on PostgreSQL in both passes.
+#   Exits non-zero when either pass fails (5 = "no tests collected" is a failure too).
 #
 # Clusters are left running for the next run; IMGSTORE_TEST_TEARDOWN=1 purges them
 # at the end. Tests get a cluster's details with `scripts/devcluster.sh env c1`.
@@ -61,12 +67,33 @@ if [ "${IMGSTORE_TEST_TEARDOWN:-0}" = 1 ]; then
   trap 'log "IMGSTORE_TEST_TEARDOWN=1: purging c1 and c2"; bash "$DEVCLUSTER" purge c1 || true; bash "$DEVCLUSTER" purge c2 || true' EXIT
 fi
 
-# ---------------------------------------------------------------- 4. pytest
-log "running pytest (IMGSTORE_TEST_CLUSTERS=$IMGSTORE_TEST_CLUSTERS IMGSTORE_DEV_DIR=$IMGSTORE_DEV_DIR)"
+# ---------------------------------------------------------------- 4. pytest (SQLite)
+run_pytest() { # LABEL ARGS...
+  local label=$1 rc=0; shift
+  log "running pytest on $label (IMGSTORE_TEST_CLUSTERS=$IMGSTORE_TEST_CLUSTERS IMGSTORE_DEV_DIR=$IMGSTORE_DEV_DIR)"
+  "$ROOT/.venv/bin/python" -m pytest -q "$@" </dev/null || rc=$?
+  if [ "$rc" = 5 ]; then
+    log "FAILURE: pytest collected no tests (exit 5); a test run that runs nothing is not a pass"
+  fi
+  log "pytest on $label: exit code $rc"
+  return "$rc"
+}
 rc=0
-"$ROOT/.venv/bin/python" -m pytest -q "$@" </dev/null || rc=$?
-if [ "$rc" = 5 ]; then
-  log "FAILURE: pytest collected no tests (exit 5); a test run that runs nothing is not a pass"
+IMGSTORE_TEST_DB=sqlite run_pytest SQLite "$@" || rc=$?
+
+# ---------------------------------------------------------------- 5. pytest (PostgreSQL)
+pg_pass=${IMGSTORE_TEST_PG_PASS:-auto}
+if [ "$pg_pass" = auto ]; then
+  pg_pass=$([ $# = 0 ] && echo 1 || echo 0)
 fi
-log "pytest exit code $rc"
+if [ "$pg_pass" = 1 ]; then
+  if [ $# = 0 ]; then
+    set -- tests/integration --ignore=tests/integration/test_ceph_layer.py \
+      --ignore=tests/integration/test_rbd_io.py --ignore=tests/integration/test_multinode.py
+  fi
+  rc_pg=0
+  IMGSTORE_TEST_DB=postgresql run_pytest PostgreSQL "$@" || rc_pg=$?
+  [ "$rc" != 0 ] || rc=$rc_pg
+fi
+log "exit code $rc"
 exit "$rc"
