@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Benchmark: API latency and throughput with 10,000 storages and 100,000 images.
+
+For each database (SQLite file, and PostgreSQL at 127.0.0.1:5432 when it answers) a
+fresh imgstore database is filled with N backup storages and M images, a real server is
+started on loopback (tracker off: the storages point at no cluster), and a concurrent
+client measures p50/p99 latency and requests per second of:
+
+* a paged query      GET /zstack/v1/backup-storage?limit=20&start=<random>
+* a query by name    GET /zstack/v1/backup-storage?q=name~=bs-0042%
+* a get by uuid      GET /zstack/v1/backup-storage/<uuid>
+* a paged image query GET /zstack/v1/images?limit=20&start=<random>
+
+beside the same figures for a bare FastAPI route that returns a constant, served by the
+same uvicorn in the same run (the framework's floor).
+Targets: paged query p50 <= 10 ms; >= 40 % of the floor's requests per second.
+
+    .venv/bin/python scripts/bench_api.py [--storages 10000] [--images 100000] [--requests 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+import httpx
+from cryptography.fernet import Fernet
+from sqlalchemy import insert
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgstore.config import Settings  # noqa: E402
+from imgstore.dates import utcnow  # noqa: E402
+from imgstore.db.models import BackupStorage, CephMon, Image, ImageBackupStorageRef  # noqa: E402
+from imgstore.services.runtime import Runtime  # noqa: E402
+
+PASSWORD = "bench"
+FLOOR_APP = """
+from fastapi import FastAPI
+app = FastAPI()
+@app.get("/zstack/v1/constant")
+async def constant() -> dict:
+    return {"inventories": [], "total": 0}
+"""
+
+
+def free_port() -> int:
+    for port in range(26000, 32000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                pass
+    raise RuntimeError("no free port")
+
+
+async def fill(settings: Settings, storages: int, images: int) -> list[str]:
+    """Bulk rows straight into the schema imgstore migrated."""
+    rt = await Runtime.open(settings)
+    now = utcnow()
+    sealed = rt.secrets.seal("unused")
+    bs_uuids = [uuidlib.uuid4().hex for _ in range(storages)]
+    async with rt.engine.begin() as conn:
+        for i in range(0, storages, 2000):
+            chunk = list(enumerate(bs_uuids[i:i + 2000], start=i))
+            await conn.execute(insert(BackupStorage.__table__), [dict(
+                uuid=u, name=f"bs-{n:05d}", description=None, url="not used", type="Ceph", state="Enabled",
+                status="Connected", total_capacity=10 << 40, available_capacity=(5 << 40) + n, status_reason=None,
+                fsid=f"bench-{u}", pool_name=f"pool-{n}", pool_created=False, ceph_client=None, ceph_key=None,
+                adding_node=None, create_date=now, last_op_date=now) for n, u in chunk])
+            await conn.execute(insert(CephMon.__table__), [dict(
+                uuid=uuidlib.uuid4().hex, backup_storage_uuid=u, hostname=f"mon-{n}.invalid", mon_addr="127.0.0.1",
+                mon_port=6789, ssh_port=22, ssh_username="root", ssh_password=sealed, status="Connected",
+                create_date=now, last_op_date=now) for n, u in chunk])
+        for i in range(0, images, 5000):
+            rows = [(uuidlib.uuid4().hex, n) for n in range(i, min(i + 5000, images))]
+            await conn.execute(insert(Image.__table__), [dict(
+                uuid=u, name=f"img-{n:06d}", state="Enabled", status="Ready", size=1 << 30, actual_size=1 << 30,
+                url="upload://", media_type="RootVolumeTemplate", type="zstack", format="raw", system=False,
+                virtio=True, create_date=now, last_op_date=now) for u, n in rows])
+            await conn.execute(insert(ImageBackupStorageRef.__table__), [dict(
+                image_uuid=u, backup_storage_uuid=bs_uuids[n % storages], install_path=f"ceph://p/{u}",
+                status="Ready", create_date=now, last_op_date=now) for u, n in rows])
+    await rt.close()
+    return bs_uuids
+
+
+def start(cmd: list[str], env: dict[str, str], probe: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            httpx.get(probe, timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {cmd}")
+
+
+async def load(base: str, headers: dict[str, str], path_of, n: int, concurrency: int) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, requests/s) of n requests from `concurrency` workers."""
+    times: list[float] = []
+    counter = iter(range(n))
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            for i in counter:
+                t0 = time.perf_counter()
+                r = await client.get(path_of(i))
+                times.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{r.status_code} {r.text[:200]}")
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    times.sort()
+    return statistics.median(times) * 1000, times[int(len(times) * 0.99) - 1] * 1000, n / elapsed
+
+
+def pg_database() -> str | None:
+    try:
+        import psycopg
+        name = f"imgstore_bench_{uuidlib.uuid4().hex[:8]}"
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True, connect_timeout=3) as c:
+            c.execute(f"CREATE DATABASE {name}")
+        return name
+    except Exception as e:  # noqa: BLE001
+        print(f"PostgreSQL: skipped ({e})")
+        return None
+
+
+def drop_pg(name: str) -> None:
+    import psycopg
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[str, dict]) -> None:
+    data = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    env = {"IMGSTORE_DATA_DIR": str(data), "IMGSTORE_ADMIN_PASSWORD": PASSWORD, "IMGSTORE_PING_INTERVAL": "0",
+           "IMGSTORE_SECRET_KEY": Fernet.generate_key().decode()}
+    if db_url:
+        env["IMGSTORE_DB_URL"] = db_url
+    os.environ.update(env)
+    if not db_url:
+        os.environ.pop("IMGSTORE_DB_URL", None)
+    t0 = time.perf_counter()
+    uuids = asyncio.run(fill(Settings(), args.storages, args.images))
+    print(f"\n[{label}] filled {args.storages} storages, {args.images} images in {time.perf_counter() - t0:.1f} s")
+    port = free_port()
+    proc = start([sys.executable, "-m", "imgstore.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                 env, f"http://127.0.0.1:{port}/metrics")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        login = httpx.put(f"{base}/zstack/v1/accounts/login", json={"logInByAccount": {
+            "accountName": "admin", "password": hashlib.sha512(PASSWORD.encode()).hexdigest()}})
+        headers = {"Authorization": f"OAuth {login.json()['inventory']['uuid']}"}
+        rnd = random.Random(1)
+        cases = {
+            "paged query (limit=20)": lambda i: f"/zstack/v1/backup-storage?limit=20&start={rnd.randrange(args.storages - 20)}",
+            "query by name (~=)": lambda i: f"/zstack/v1/backup-storage?q=name~=bs-0{rnd.randrange(1000):03d}%25",
+            "get by uuid": lambda i: f"/zstack/v1/backup-storage/{uuids[rnd.randrange(len(uuids))]}",
+            "paged image query": lambda i: f"/zstack/v1/images?limit=20&start={rnd.randrange(args.images - 20)}",
+        }
+        floor_base, floor_headers = floor
+        asyncio.run(load(base, headers, cases["get by uuid"], 100, args.concurrency))  # warm-up
+        f50, f99, frps = asyncio.run(load(floor_base, floor_headers, lambda i: "/zstack/v1/constant",
+                                          args.requests, args.concurrency))
+        print(f"{'call':<26}{'p50':>9}{'p99':>9}{'req/s':>9}{'of floor':>10}")
+        print(f"{'floor: constant route':<26}{f50:>7.1f}ms{f99:>7.1f}ms{frps:>9.0f}{'100%':>10}")
+        for name, path_of in cases.items():
+            p50, p99, rps = asyncio.run(load(base, headers, path_of, args.requests, args.concurrency))
+            print(f"{name:<26}{p50:>7.1f}ms{p99:>7.1f}ms{rps:>9.0f}{rps / frps:>9.0%}")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        subprocess.run(["rm", "-rf", str(data)])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--storages", type=int, default=10_000)
+    ap.add_argument("--images", type=int, default=100_000)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    args = ap.parse_args()
+    floor_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    (floor_dir / "floor_app.py").write_text(FLOOR_APP)
+    port = free_port()
+    floor = start([sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(port), "--log-level", "warning",
+                   "--no-access-log"], {"PYTHONPATH": str(floor_dir)}, f"http://127.0.0.1:{port}/zstack/v1/constant")
+    try:
+        print(f"concurrency {args.concurrency}, {args.requests} requests per call, client and server on loopback, 2 cores")
+        run("SQLite", None, args, (f"http://127.0.0.1:{port}", {}))
+        name = pg_database()
+        if name:
+            try:
+                run("PostgreSQL", f"postgresql://postgres@127.0.0.1:5432/{name}", args, (f"http://127.0.0.1:{port}", {}))
+            finally:
+                drop_pg(name)
+        print("\ntargets: paged query p50 <= 10 ms; >= 40 % of the floor's requests per second")
+        return 0
+    finally:
+        floor.terminate()
+        floor.wait(10)
+        subprocess.run(["rm", "-rf", str(floor_dir)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
