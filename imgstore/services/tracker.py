@@ -92,6 +92,10 @@ class Tracker:
 
     async def _ping(self, uuid: str) -> None:
         async with self._gate:
+            if self._backoff.get(uuid, _Backoff()).failures:
+                # a retry reconnects: a librados handle that lived through an OSD
+                # restart can keep timing out while a fresh one works at once
+                await self._rt.clusters.forget(uuid)
             try:
                 status = await ceph_connection.ping(self._rt, uuid)
             except ApiError as e:  # deleted meanwhile
