@@ -9,6 +9,7 @@ ping costs a few milliseconds and a dead cluster costs at most the Ceph timeout.
 from __future__ import annotations
 
 import logging
+import time
 
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
@@ -20,6 +21,12 @@ from imgstore.services.locking import local_lock
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# A fresh login proves the key is still valid (a connected handle would not notice a
+# revoked one for up to an hour) but costs a librados handle: once per this many seconds
+# per storage, so a revoked key shows within it while a round of pings stays cheap.
+KEY_CHECK_SECONDS = 10.0
+_key_checked: dict[str, float] = {}
 
 CONNECTED, CONNECTING, DISCONNECTED = "Connected", "Connecting", "Disconnected"
 
@@ -86,7 +93,9 @@ async def _probe(rt: Runtime, row: CephBackupStorage) -> tuple[set[str], ceph.Ca
                 f"none of the mons of backup storage[uuid:{row.uuid}] is in the quorum of its cluster",
                 status=503,
             )
-        await cluster.check_key()
+        if time.monotonic() - _key_checked.get(row.uuid, 0.0) > KEY_CHECK_SECONDS:
+            await cluster.check_key()
+            _key_checked[row.uuid] = time.monotonic()
         await cluster.probe(row.pool_name, f"imgstore.ping.{row.uuid}")
         capacity = await cluster.capacity(row.pool_name)
     except ceph.CephError as e:
