@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PARALLELISM = 50
 MAX_BACKOFF = 8  # intervals
+RECONNECT_AFTER = 2  # failed pings in a row before a retry starts from a fresh handle
 
 
 @dataclass
@@ -92,9 +93,11 @@ class Tracker:
 
     async def _ping(self, uuid: str) -> None:
         async with self._gate:
-            if self._backoff.get(uuid, _Backoff()).failures:
-                # a retry reconnects: a librados handle that lived through an OSD
-                # restart can keep timing out while a fresh one works at once
+            if self._backoff.get(uuid, _Backoff()).failures >= RECONNECT_AFTER:
+                # a librados handle that lived through an OSD restart can keep timing
+                # out while a fresh one works at once; the first retry keeps the handle
+                # (a fresh login to dead mons only adds its timeout to the wait of an
+                # operator's Reconnect, which queues behind the ping)
                 await self._rt.clusters.forget(uuid)
             try:
                 status = await ceph_connection.ping(self._rt, uuid)
