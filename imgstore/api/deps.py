@@ -67,8 +67,7 @@ async def require_session(
     rt: Runtime = Depends(runtime), authorization: str | None = Security(_SESSION_HEADER)
 ) -> Session:
     """``Authorization: OAuth <session uuid>`` naming a live session, or ID.1001."""
-    async with rt.db() as db:
-        return await sessions.authenticate(db, authorization)
+    return await sessions.authenticate(rt.db, authorization)
 
 
 def wants_schema(request: Request) -> bool:

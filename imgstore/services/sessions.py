@@ -1,15 +1,25 @@
-"""Accounts and sessions: login, logout, validation, the first admin."""
+"""Accounts and sessions: login, logout, validation, the first admin.
+
+Every API call names its session; looking it up in the database each time cost a
+session, a connection and a round trip per call. :func:`authenticate` keeps the sessions
+it validated for :data:`RECENT_SECONDS` (a few seconds) in memory, per database. Sessions
+live in the database because several nodes share them: a logout on *this* node drops its
+entry at once, a logout on another node is seen here within those few seconds, and an
+expiry is always checked against the session's own ``expired_date``.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imgstore import crypto
 from imgstore.config import Settings
@@ -20,6 +30,8 @@ from imgstore.errors import AUTH_FAILED, INVALID_SESSION, ApiError
 log = logging.getLogger(__name__)
 
 ADMIN = "admin"
+#: how long a validated session is trusted without asking the database again
+RECENT_SECONDS = 3.0
 
 
 async def ensure_admin(db: AsyncSession, settings: Settings) -> None:
@@ -84,6 +96,7 @@ async def log_in(db: AsyncSession, settings: Settings, account_name: str, passwo
 
 
 async def log_out(db: AsyncSession, session_uuid: str) -> None:
+    _recent.drop(session_uuid)
     await db.execute(delete(Session).where(Session.uuid == session_uuid))
     await db.commit()
 
@@ -95,17 +108,60 @@ async def find_valid(db: AsyncSession, session_uuid: str) -> Session | None:
     return session
 
 
-async def authenticate(db: AsyncSession, authorization: str | None) -> Session:
-    """The session named by an ``Authorization: OAuth <uuid>`` header, or ID.1001."""
+async def authenticate(db: async_sessionmaker[AsyncSession], authorization: str | None) -> Session:
+    """The session named by an ``Authorization: OAuth <uuid>`` header, or ID.1001.
+
+    ``db`` makes database sessions; one is opened only when the session was not
+    validated in the last :data:`RECENT_SECONDS` (see the module's doc).
+    """
     if not authorization:
         raise ApiError(INVALID_SESSION, "missing header 'Authorization: OAuth <session uuid>'")
     scheme, _, key = authorization.strip().partition(" ")
-    if scheme != "OAuth" or not key.strip():
+    key = key.strip()
+    if scheme != "OAuth" or not key:
         raise ApiError(INVALID_SESSION, "Authorization type must be 'OAuth' followed by a session uuid")
-    session = await find_valid(db, key.strip())
+    session = _recent.get(db, key)
     if session is None:
-        raise ApiError(INVALID_SESSION, "the session is invalid or has expired; log in again")
+        async with db() as s:
+            session = await find_valid(s, key)
+        if session is None:
+            raise ApiError(INVALID_SESSION, "the session is invalid or has expired; log in again")
+        _recent.put(db, session)
     return session
+
+
+class RecentSessions:
+    """Sessions validated in the last ``seconds``, by uuid, each with the database
+    (its session maker) it was found in: one process may serve several databases."""
+
+    def __init__(self, seconds: float = RECENT_SECONDS, max_entries: int = 10_000) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Any, Session, float]] = {}
+
+    def get(self, owner: Any, uuid: str) -> Session | None:
+        entry = self._entries.get(uuid)
+        if entry is None:
+            return None
+        entry_owner, session, until = entry
+        if entry_owner is not owner or until <= time.monotonic() or session.expired_date <= utcnow():
+            self._entries.pop(uuid, None)
+            return None
+        return session
+
+    def put(self, owner: Any, session: Session) -> None:
+        now = time.monotonic()
+        if len(self._entries) >= self.max_entries:  # many clients: forget the stale ones
+            self._entries = {k: e for k, e in self._entries.items() if e[2] > now}
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+        self._entries[session.uuid] = (owner, session, now + self.seconds)
+
+    def drop(self, uuid: str) -> None:
+        self._entries.pop(uuid, None)
+
+
+_recent = RecentSessions()
 
 
 async def _drop_expired(db: AsyncSession) -> None:
