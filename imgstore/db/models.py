@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -55,6 +56,8 @@ class Session(Base):
 
 class BackupStorage(Timestamps, Base):
     __tablename__ = "backup_storage"
+    # a query pages in (createDate, uuid) order (db/query.py): the index walks the page
+    __table_args__ = (Index("ix_backup_storage_create_date_uuid", "create_date", "uuid"),)
     uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
     description: Mapped[str | None] = mapped_column(String(2048))
@@ -200,6 +203,7 @@ class Image(Timestamps, Base):
     """A VM image (ZStack's ImageVO); its bits live on backup storages, one ref each."""
 
     __tablename__ = "image"
+    __table_args__ = (Index("ix_image_create_date_uuid", "create_date", "uuid"),)  # paging, as above
     uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
     description: Mapped[str | None] = mapped_column(String(2048))

@@ -336,8 +336,16 @@ def _order_by(q: Queryable, sort: tuple[str, bool] | None) -> list[Any]:
                 f"field[{name}] of {q.label} is a list and cannot be used to sort"
             )
         col = target.column
-        order.append(col.asc().nulls_first() if ascending else col.desc().nulls_last())
+        if _nullable(col):
+            order.append(col.asc().nulls_first() if ascending else col.desc().nulls_last())
+        else:  # no NULL to place: plain ASC/DESC, which an index on the column serves
+            order.append(col.asc() if ascending else col.desc())
     return order + [key.asc() for key in _primary_key(q)]
+
+
+def _nullable(column: Any) -> bool:
+    """False only for a plain column declared NOT NULL; an expression may be NULL."""
+    return getattr(getattr(column, "expression", column), "nullable", True) is not False
 
 
 def _unknown(q: Queryable, name: str) -> UnknownFieldError:
