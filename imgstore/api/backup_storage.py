@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
-from imgstore.api.envelope import inventories_reply, inventory_reply
+from imgstore.api.envelope import JsonReply, inventory_reply, rows_reply
 from imgstore.api.openapi import (
     ChangeStateDoc,
     EmptyReply,
@@ -25,6 +25,7 @@ from imgstore.api.openapi import (
 )
 from imgstore.api.params import bool_param, list_param
 from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
+from imgstore.api.schemas import backup_storage_inventory_class
 from imgstore.api.schemas import BackupStorageInventory, CephBackupStorageInventory
 from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
 from imgstore.api.schemas import ExportImageFromBackupStorageParams
@@ -37,12 +38,12 @@ router = APIRouter(tags=["backup-storage"])
 _Reply = InventoryReply[CephBackupStorageInventory | BackupStorageInventory]
 
 
-async def _query(request: Request, rt: Runtime, uuid: str | None, ceph_only: bool) -> dict:
+async def _query(request: Request, rt: Runtime, uuid: str | None, ceph_only: bool) -> JsonReply:
     spec = query_spec(request, uuid)
     rows, total = await backup_storage.query(rt, spec, ceph_only=ceph_only)
     if spec.count:
-        return {"total": total}
-    return inventories_reply([backup_storage_inventory(r) for r in rows], total, spec.fields)
+        return JsonReply({"total": total})
+    return JsonReply(rows_reply(rows, backup_storage_inventory_class, total, spec.fields))
 
 
 @router.post("/backup-storage/ceph", summary="AddCephBackupStorage", **job_api(_Reply))
@@ -72,7 +73,7 @@ async def add_ceph_backup_storage(
 
 
 @router.get("/backup-storage/ceph", summary="QueryCephBackupStorage", **query_api(CephBackupStorageInventory))
-async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, ceph_only=True)
 
 
@@ -80,7 +81,7 @@ async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runt
     "/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid",
     **query_api(CephBackupStorageInventory),
 )
-async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
+async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, ceph_only=True)
 
 
@@ -182,7 +183,7 @@ async def backup_storage_actions(
     "/backup-storage", summary="QueryBackupStorage",
     **query_api(CephBackupStorageInventory, BackupStorageInventory),
 )
-async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, ceph_only=False)
 
 
@@ -190,7 +191,7 @@ async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime))
     "/backup-storage/{uuid}", summary="QueryBackupStorage by uuid",
     **query_api(CephBackupStorageInventory, BackupStorageInventory),
 )
-async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
+async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, ceph_only=False)
 
 

@@ -2,15 +2,30 @@
 
 ZStack's SDKs decode inventories by the Java class names in ``schema``, parents before
 children (zstack-sdk-wire.md 6.3); without it a Java client loses every Ceph field.
+
+Queries are the hot path of the API, so they have a way of their own:
+:func:`rows_reply` reads stored rows straight into the reply's dicts by a plan taken
+once per inventory class from its pydantic fields (names, aliases, dates, nested
+inventories), and :class:`JsonReply` encodes the body with orjson. It writes what
+``Inventory.model_validate(row).model_dump(mode="json", by_alias=True)`` writes
+(tests/unit/test_wire.py holds them equal) at a tenth of the cost, and skips FastAPI's
+``jsonable_encoder`` walk over a returned dict.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+import orjson
+from pydantic import BaseModel, PlainSerializer
+from pydantic_core import PydanticUndefined
+from starlette.responses import Response
 
 from imgstore.api.schemas import Inventory
+from imgstore.dates import zstack_date
 
 
 def schema_of(value: Any, path: str) -> list[tuple[str, str]]:
@@ -54,4 +69,99 @@ def inventories_reply(
     if fields:
         schema = {p: c for p, c in schema.items() if p.count(".") == 0 or p.split(".")[1].split("[")[0] in fields}
     body["schema"] = schema
+    return body
+
+
+# ---------------------------------------------------------------- the query fast path
+
+
+class JsonReply(Response):
+    """A JSON body encoded by orjson: compact UTF-8, as FastAPI's JSONResponse writes it
+    (non-finite floats become ``null``, as FastAPI makes them)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One field of an inventory class: where it is read and how it is written."""
+
+    attr: str
+    key: str
+    default: Any  # PydanticUndefined: the row must have it
+    date: bool  # a ZDate: ZStack's US date form
+    nested: type[Inventory] | None  # a list of inventories of this class
+
+
+@functools.cache
+def _slots(cls: type[Inventory]) -> tuple[_Slot, ...]:
+    slots = []
+    for name, field in cls.model_fields.items():
+        nested = None
+        args = typing.get_args(field.annotation)
+        if typing.get_origin(field.annotation) is list and args and _is_inventory(args[0]):
+            nested = args[0]
+        elif any(_is_inventory(a) for a in (field.annotation, *args)):
+            raise TypeError(f"{cls.__name__}.{name}: only lists of inventories can be nested")
+        date = any(isinstance(m, PlainSerializer) and m.func is zstack_date for m in field.metadata)
+        default = PydanticUndefined if field.is_required() else field.get_default(call_default_factory=True)
+        slots.append(_Slot(name, field.alias or name, default, date, nested))
+    return tuple(slots)
+
+
+def _is_inventory(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, Inventory)
+
+
+def row_dict(cls: type[Inventory], row: Any, path: str = "", schema: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The wire dict of ``row`` as an inventory of ``cls``; with ``schema``, also append
+    the ``(json path, class name)`` entries of it and its nested inventories at ``path``."""
+    if schema is not None and cls.zstack_class:
+        schema.append((path, cls.zstack_class))
+    out: dict[str, Any] = {}
+    for slot in _slots(cls):
+        if slot.default is PydanticUndefined:
+            value = getattr(row, slot.attr)
+        else:
+            value = getattr(row, slot.attr, slot.default)
+        if slot.date:
+            value = zstack_date(value)
+        elif slot.nested is not None:
+            nested, at = slot.nested, f"{path}.{slot.key}"
+            value = [row_dict(nested, item, f"{at}[{j}]", schema) for j, item in enumerate(value)]
+        elif isinstance(value, list):
+            value = list(value)
+        out[slot.key] = value
+    return out
+
+
+def rows_reply(
+    rows: Iterable[Any],
+    inventory_class: Callable[[Any], type[Inventory]],
+    total: int | None = None,
+    fields: Sequence[str] = (),
+    amend: Callable[[Any, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The reply of a query from stored rows: what :func:`inventories_reply` answers for
+    ``[inventory_class(r).model_validate(r) for r in rows]``. ``amend(row, dict)`` may
+    change a row's dict before ``fields`` projects it."""
+    schema: list[tuple[str, str]] = []
+    items = []
+    for i, row in enumerate(rows):
+        item = row_dict(inventory_class(row), row, f"inventories[{i}]", schema)
+        if amend is not None:
+            amend(row, item)
+        if fields:
+            item = {k: v for k, v in item.items() if k in fields}
+        items.append(item)
+    body: dict[str, Any] = {"inventories": items}
+    if total is not None:
+        body["total"] = total
+    entries = dict(schema)
+    if fields:
+        entries = {p: c for p, c in entries.items() if p.count(".") == 0 or p.split(".")[1].split("[")[0] in fields}
+    body["schema"] = entries
     return body

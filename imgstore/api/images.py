@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
-from imgstore.api.envelope import dump, inventories_reply, inventory_reply
+from imgstore.api.envelope import JsonReply, dump, inventories_reply, inventory_reply, rows_reply
 from imgstore.api.openapi import (
     ChangeStateDoc,
     EmptyReply,
@@ -97,16 +97,23 @@ async def add_image(body: AddImageBody, call: ApiCall = Depends(api_call)) -> JS
     return await job.run("AddImage", work)
 
 
-async def _query(request: Request, rt: Runtime, uuid: str | None) -> dict[str, Any]:
+async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
     spec = query_spec(request, uuid)
     rows, total = await images.query(rt, spec)
     if spec.count:
-        return {"total": total}
-    return inventories_reply(await image_inventories(rt, rows), total, spec.fields)
+        return JsonReply({"total": total})
+    urls = await image_upload.upload_urls(rt, [r.uuid for r in rows if r.status == images.DOWNLOADING])
+
+    def with_upload_url(row: Image, item: dict[str, Any]) -> None:  # as image_inventories does
+        if row.uuid in urls:
+            for ref in item["backupStorageRefs"]:
+                ref["uploadUrl"] = urls[row.uuid]
+
+    return JsonReply(rows_reply(rows, lambda _: ImageInventory, total, spec.fields, with_upload_url))
 
 
 @router.get("/images", summary="QueryImage", **query_api(ImageInventory))
-async def query_image(request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+async def query_image(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None)
 
 
@@ -119,7 +126,7 @@ async def get_upload_image_job_details(imageId: str, rt: Runtime = Depends(runti
 
 
 @router.get("/images/{uuid}", summary="QueryImage by uuid", **query_api(ImageInventory))
-async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid)
 
 

@@ -75,11 +75,14 @@ class CephBackupStorageInventory(BackupStorageInventory):
     pool_security_policy: str | None = None
 
 
+def backup_storage_inventory_class(row: Any) -> type[BackupStorageInventory]:
+    """The most specific inventory class for a stored backup storage."""
+    return CephBackupStorageInventory if row.type == "Ceph" else BackupStorageInventory
+
+
 def backup_storage_inventory(row: Any) -> BackupStorageInventory:
     """The most specific inventory for a stored backup storage."""
-    if row.type == "Ceph":
-        return CephBackupStorageInventory.model_validate(row)
-    return BackupStorageInventory.model_validate(row)
+    return backup_storage_inventory_class(row).model_validate(row)
 
 
 # ---------------------------------------------------------------- request bodies

@@ -1,9 +1,14 @@
 """Wire details the ZStack SDKs depend on: dates, the schema map, secrets."""
 from datetime import datetime, timezone
 
+from fastapi.responses import JSONResponse
+
 from imgstore import crypto
-from imgstore.api.envelope import inventories_reply, inventory_reply
-from imgstore.api.schemas import CephBackupStorageInventory, CephMonInventory
+from imgstore.api.envelope import JsonReply, inventories_reply, inventory_reply, rows_reply
+from imgstore.api.schemas import CephBackupStorageInventory, CephMonInventory, ImageInventory
+from imgstore.api.schemas import backup_storage_inventory, backup_storage_inventory_class
+from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Image
+from imgstore.db.models import ImageBackupStorageRef
 from imgstore.dates import zstack_date
 
 
@@ -72,3 +77,68 @@ def test_secret_box_round_trip(tmp_path) -> None:
     assert "cephx-key" not in sealed and box.open(sealed) == "cephx-key"
     assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
     assert crypto.SecretBox.from_settings(None, tmp_path).open(sealed) == "cephx-key"
+
+
+# ---------------------------------------------------------------- query replies read straight from rows
+
+
+def _stored_ceph_storage(with_zones: bool = True) -> CephBackupStorage:
+    when = datetime(2021, 3, 4, 5, 6, 7)
+    mons = [CephMon(uuid=f"{i}" * 32, hostname=f"mon{i}", mon_addr="10.0.0.1" if i else None, mon_port=6789,
+                    ssh_port=22, ssh_username="root", ssh_password="sealed", status="Connected",
+                    backup_storage_uuid="c" * 32, create_date=when, last_op_date=when) for i in range(2)]
+    refs = [BackupStorageZoneRef(zone_uuid="z" * 32)] if with_zones else []
+    return CephBackupStorage(
+        uuid="c" * 32, name="bs-é", url="not used", description=None, total_capacity=10 << 40,
+        available_capacity=5 << 40, state="Enabled", status="Disconnected", status_reason="no mon answered",
+        create_date=when, last_op_date=when, fsid="f", pool_name="p", pool_disk_utilization=0.25,
+        ceph_key="sealed", mons=mons, zone_refs=refs,
+    )
+
+
+def _stored_image(name: str, refs: int) -> Image:
+    when = datetime(2022, 1, 2, 13, 4, 5)
+    return Image(
+        uuid=name * 32, name=name, state="Enabled", status="Downloading", size=1 << 30, actual_size=0,
+        url="upload://", media_type="RootVolumeTemplate", type="zstack", format="raw", system=False, virtio=True,
+        create_date=when, last_op_date=when, backup_storage_refs=[ImageBackupStorageRef(
+            id=i, image_uuid=name * 32, backup_storage_uuid=f"{i}" * 32, install_path=f"ceph://p/{i}",
+            status="Ready", export_token="hashed", create_date=when, last_op_date=when) for i in range(refs)],
+    )
+
+
+def test_a_query_read_from_rows_answers_what_the_inventory_models_answer() -> None:
+    plain = BackupStorage(uuid="d" * 32, name="other", url="u", type="BackupStorage", total_capacity=0,
+                          available_capacity=0, state="Disabled", status="Connected",
+                          create_date=datetime(2020, 1, 1), last_op_date=datetime(2020, 1, 1))
+    rows = [_stored_ceph_storage(), _stored_ceph_storage(with_zones=False), plain]
+    for fields in ((), ("uuid", "mons", "attachedZoneUuids"), ("name",)):
+        expected = inventories_reply([backup_storage_inventory(r) for r in rows], 3, fields)
+        assert rows_reply(rows, backup_storage_inventory_class, 3, fields) == expected
+    body = rows_reply(rows, backup_storage_inventory_class)
+    assert "total" not in body and list(body["schema"])[:2] == ["inventories[0]", "inventories[0].mons[0]"]
+    assert "sshPassword" not in body["inventories"][0]["mons"][0] and "cephKey" not in body["inventories"][0]
+
+
+def test_an_image_query_read_from_rows_can_amend_each_inventory() -> None:
+    rows = [_stored_image("a", 2), _stored_image("b", 0)]
+    models = [ImageInventory.model_validate(r) for r in rows]
+    for ref in models[0].backup_storage_refs:
+        ref.upload_url = "http://upload/a"
+
+    def amend(row: Image, item: dict) -> None:
+        if row.uuid == "a" * 32:
+            for ref in item["backupStorageRefs"]:
+                ref["uploadUrl"] = "http://upload/a"
+
+    assert rows_reply(rows, lambda _: ImageInventory, None, (), amend) == inventories_reply(models)
+    assert "exportToken" not in str(rows_reply(rows, lambda _: ImageInventory))
+
+
+def test_json_reply_writes_the_bytes_fastapi_would() -> None:
+    body = inventories_reply([backup_storage_inventory(_stored_ceph_storage())], 1)
+    body["inventories"][0]["poolDiskUtilization"] = float("nan")  # FastAPI answers null for it
+    fast = JsonReply(body)
+    assert fast.headers["content-type"] == JSONResponse({}).headers["content-type"]
+    body["inventories"][0]["poolDiskUtilization"] = None
+    assert fast.body == JSONResponse(body).body
