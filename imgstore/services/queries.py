@@ -18,5 +18,9 @@ async def run(rt: Runtime, queryable: q.Queryable, spec: QuerySpec) -> tuple[lis
         raise ApiError(INVALID_ARGUMENT, str(e)) from None
     async with rt.db() as db:
         total = await db.scalar(count) if count is not None else None
-        rows = [] if spec.count else list(await db.scalars(page))
+        if spec.count:
+            rows = []
+        else:  # the rows and their collections in one statement
+            page = page.options(*q.joined_loads(queryable.entity))
+            rows = list((await db.scalars(page)).unique())
     return rows, total
