@@ -22,7 +22,11 @@ JOBS_PATH = "zstack/v1/api-jobs"
 API_TIMEOUT_MS = 3 * 3600 * 1000
 
 
-def runtime(request: Request) -> Runtime:
+# Dependencies are ``async def`` even when they do not await: FastAPI runs a plain
+# ``def`` dependency in its thread pool, a thread hop on every request.
+
+
+async def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -103,7 +107,7 @@ class ApiCall:
         return JSONResponse({"location": location, "apiTimeout": API_TIMEOUT_MS}, status_code=202)
 
 
-def api_call(
+async def api_call(
     request: Request,
     rt: Runtime = Depends(runtime),
     job: str | None = Header(
