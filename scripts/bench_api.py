@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 from cryptography.fernet import Fernet
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,6 +93,10 @@ async def fill(settings: Settings, storages: int, images: int) -> list[str]:
             await conn.execute(insert(ImageBackupStorageRef.__table__), [dict(
                 image_uuid=u, backup_storage_uuid=bs_uuids[n % storages], install_path=f"ceph://p/{u}",
                 status="Ready", create_date=now, last_op_date=now) for u, n in rows])
+    async with rt.engine.begin() as conn:
+        # planner statistics, as after any bulk load (PostgreSQL's autovacuum would take them
+        # within a minute or so): without them a fresh table looks empty to the planner
+        await conn.execute(text("ANALYZE"))
     await rt.close()
     return bs_uuids
 
