@@ -14,6 +14,7 @@ inventories), and :class:`JsonReply` encodes the body with orjson. It writes wha
 from __future__ import annotations
 
 import functools
+import operator
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -86,55 +87,72 @@ class JsonReply(Response):
 
 
 @dataclass(frozen=True)
-class _Slot:
-    """One field of an inventory class: where it is read and how it is written."""
+class _Plan:
+    """How to write rows of one class as inventories of one class: the fields the row
+    class has are read by one ``attrgetter`` (in C), the others one by one with their
+    defaults, as pydantic's ``from_attributes`` does."""
 
-    attr: str
-    key: str
-    default: Any  # PydanticUndefined: the row must have it
-    date: bool  # a ZDate: ZStack's US date form
-    nested: type[Inventory] | None  # a list of inventories of this class
+    zstack_class: str
+    keys: tuple[str, ...]  # every field's wire name, in the model's order
+    read: Callable[[Any], tuple[Any, ...]]  # values of the fields the row class has
+    read_keys: tuple[str, ...]
+    others: tuple[tuple[str, str, Any], ...]  # (key, attribute, default or PydanticUndefined)
+    dates: tuple[str, ...]  # ZDate fields: ZStack's US date form
+    lists: tuple[str, ...]  # plain list fields: copied
+    nested: tuple[tuple[str, type[Inventory]], ...]  # lists of inventories of that class
 
 
 @functools.cache
-def _slots(cls: type[Inventory]) -> tuple[_Slot, ...]:
-    slots = []
+def _plan(cls: type[Inventory], row_class: type) -> _Plan:
+    keys, read, others, dates, lists, nested = [], [], [], [], [], []
     for name, field in cls.model_fields.items():
-        nested = None
+        key = field.alias or name
+        keys.append(key)
+        if hasattr(row_class, name):
+            read.append((key, name))
+        else:
+            others.append((key, name, field.get_default(call_default_factory=True)
+                           if not field.is_required() else PydanticUndefined))
         args = typing.get_args(field.annotation)
         if typing.get_origin(field.annotation) is list and args and _is_inventory(args[0]):
-            nested = args[0]
+            nested.append((key, args[0]))
         elif any(_is_inventory(a) for a in (field.annotation, *args)):
             raise TypeError(f"{cls.__name__}.{name}: only lists of inventories can be nested")
-        date = any(isinstance(m, PlainSerializer) and m.func is zstack_date for m in field.metadata)
-        default = PydanticUndefined if field.is_required() else field.get_default(call_default_factory=True)
-        slots.append(_Slot(name, field.alias or name, default, date, nested))
-    return tuple(slots)
+        elif typing.get_origin(field.annotation) is list:
+            lists.append(key)
+        if any(isinstance(m, PlainSerializer) and m.func is zstack_date for m in field.metadata):
+            dates.append(key)
+    getter = operator.attrgetter(*(name for _, name in read)) if read else (lambda _: ())
+    if len(read) == 1:  # attrgetter of one name answers the value, not a tuple
+        getter = (lambda one: lambda row: (one(row),))(getter)
+    return _Plan(cls.zstack_class, tuple(keys), getter, tuple(k for k, _ in read), tuple(others),
+                 tuple(dates), tuple(lists), tuple(nested))
 
 
 def _is_inventory(t: Any) -> bool:
     return isinstance(t, type) and issubclass(t, Inventory)
 
 
-def row_dict(cls: type[Inventory], row: Any, path: str = "", schema: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+def row_dict(
+    cls: type[Inventory], row: Any, path: str = "", schema: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
     """The wire dict of ``row`` as an inventory of ``cls``; with ``schema``, also append
     the ``(json path, class name)`` entries of it and its nested inventories at ``path``."""
-    if schema is not None and cls.zstack_class:
-        schema.append((path, cls.zstack_class))
-    out: dict[str, Any] = {}
-    for slot in _slots(cls):
-        if slot.default is PydanticUndefined:
-            value = getattr(row, slot.attr)
-        else:
-            value = getattr(row, slot.attr, slot.default)
-        if slot.date:
-            value = zstack_date(value)
-        elif slot.nested is not None:
-            nested, at = slot.nested, f"{path}.{slot.key}"
-            value = [row_dict(nested, item, f"{at}[{j}]", schema) for j, item in enumerate(value)]
-        elif isinstance(value, list):
-            value = list(value)
-        out[slot.key] = value
+    plan = _plan(cls, type(row))
+    if schema is not None and plan.zstack_class:
+        schema.append((path, plan.zstack_class))
+    out = dict(zip(plan.read_keys, plan.read(row)))
+    if plan.others:
+        for key, attr, default in plan.others:
+            out[key] = getattr(row, attr) if default is PydanticUndefined else getattr(row, attr, default)
+        out = {key: out[key] for key in plan.keys}
+    for key in plan.dates:
+        out[key] = zstack_date(out[key])
+    for key in plan.lists:
+        out[key] = list(out[key])
+    for key, nested in plan.nested:
+        at = f"{path}.{key}"
+        out[key] = [row_dict(nested, item, f"{at}[{j}]", schema) for j, item in enumerate(out[key])]
     return out
 
 
