@@ -93,10 +93,12 @@ async def fill(settings: Settings, storages: int, images: int) -> list[str]:
             await conn.execute(insert(ImageBackupStorageRef.__table__), [dict(
                 image_uuid=u, backup_storage_uuid=bs_uuids[n % storages], install_path=f"ceph://p/{u}",
                 status="Ready", create_date=now, last_op_date=now) for u, n in rows])
-    async with rt.engine.begin() as conn:
-        # planner statistics, as after any bulk load (PostgreSQL's autovacuum would take them
-        # within a minute or so): without them a fresh table looks empty to the planner
-        await conn.execute(text("ANALYZE"))
+    # what autovacuum does within a minute of a bulk load (it is off on the dev PostgreSQL):
+    # planner statistics, without which a fresh table looks empty to the planner, and on
+    # PostgreSQL the visibility map that lets an OFFSET walk the paging index alone
+    async with rt.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE" if conn.dialect.name == "postgresql" else "ANALYZE"))
     await rt.close()
     return bs_uuids
 
