@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from imgstore.ceph import Cluster, PoolNotFound
+from imgstore.ceph import Cluster, PoolNotFound, rbd_io
 from imgstore.ceph.rbd_io import (
     CHUNK_SIZE,
     ImageBusy,
@@ -160,6 +160,54 @@ async def test_sparse_image_skips_zeros_and_reads_back_identical(cluster: Cluste
     assert du["provisioned_size"] == size
     assert du["used_size"] <= 3 * CHUNK_SIZE  # three objects touched out of 64
     await remove_image(cluster, pool, name)
+
+
+async def test_holes_are_zeros_without_reading_objects_that_do_not_exist(
+        cluster: Cluster, pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    size = 64 * MiB + 100
+    data = sparse_data(size, [(3 * MiB, 2 * MiB), (40 * MiB, 100), (size - 50, 50)])
+    name = new_name()
+    await write_image(cluster, pool, name, data, size, piece=CHUNK_SIZE)
+    assert await read_all(cluster, pool, name) == data
+    assert await read_all(cluster, pool, name, start=5 * MiB - 7, end=41 * MiB) == data[5 * MiB - 7:41 * MiB]
+    reads: list[int] = []
+    aio = rbd_io._aio
+
+    def counted(cluster: Any, loop: Any, method: Any, *args: Any) -> Any:
+        reads.append(args[0])
+        return aio(cluster, loop, method, *args)
+
+    monkeypatch.setattr(rbd_io, "_aio", counted)
+    assert await read_all(cluster, pool, name) == data
+    assert reads == [0, CHUNK_SIZE, 40 * MiB, 64 * MiB]  # the four objects written, no other
+    await remove_image(cluster, pool, name)
+
+
+async def test_an_image_without_fast_diff_is_read_in_full(cluster: Cluster, pool: str,
+                                                          c1: dict[str, str]) -> None:
+    name = new_name()
+    data = sparse_data(20 * MiB, [(9 * MiB, 3)])
+    path = Path(f"/tmp/imgstore-test-{name}")
+    path.write_bytes(data)
+    try:
+        cli(c1, "rbd", "import", "--image-feature", "layering", str(path), f"{pool}/{name}")
+    finally:
+        path.unlink()
+    assert await read_all(cluster, pool, name) == data
+    await remove_image(cluster, pool, name)
+
+
+async def test_a_clone_reads_its_parents_data_in_its_holes(cluster: Cluster, pool: str,
+                                                           c1: dict[str, str]) -> None:
+    parent, child = new_name(), new_name()
+    data = sparse_data(16 * MiB, [(MiB, 5), (13 * MiB, 4096)])
+    await write_image(cluster, pool, parent, data, len(data), piece=CHUNK_SIZE)
+    cli(c1, "rbd", "snap", "create", f"{pool}/{parent}@base")
+    cli(c1, "rbd", "snap", "protect", f"{pool}/{parent}@base")
+    cli(c1, "rbd", "clone", f"{pool}/{parent}@base", f"{pool}/{child}")
+    assert await read_all(cluster, pool, child) == data
+    cli(c1, "rbd", "rm", f"{pool}/{child}")
+    await remove_image(cluster, pool, parent, purge_snapshots=True)
 
 
 async def test_all_zero_image_writes_no_object(cluster: Cluster, pool: str,
