@@ -23,12 +23,13 @@ import errno
 import json
 import re
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import rados
 
-from imgstore.ceph.capacity import Capacity, compute_capacity, osds_of_rule, pool_layout
+from imgstore.ceph.capacity import Capacity, PoolLayout, compute_capacity, osds_of_rule, pool_layout
 from imgstore.ceph.exceptions import (
     CephCommandFailed,
     CephError,
@@ -44,6 +45,7 @@ T = TypeVar("T")
 _WORKERS = 4
 _GRACE = 1.5  # seconds wait_for allows beyond librados' own timeouts
 _PROBE_DATA = b"imgstore ping\n"
+_LAYOUT_SECONDS = 30.0  # how long capacity trusts a pool's layout (see Cluster.capacity)
 
 
 class Cluster:
@@ -58,6 +60,7 @@ class Cluster:
         self._rados: Any = None
         self._conf: dict[str, str] = {}
         self._connecting = asyncio.Lock()
+        self._layouts: dict[str, tuple[float, PoolLayout, Any]] = {}
 
     def __repr__(self) -> str:  # no key here, ever
         return f"Cluster(mon_host={self._mon_host!r}, client={self._client!r})"
@@ -171,32 +174,44 @@ class Cluster:
 
     async def capacity(self, pool: str) -> Capacity:
         """The storage's capacity for ``pool`` (see ``capacity.py``); PoolNotFound if gone."""
-        osd_dump, rules, tree, osd_df, df = await asyncio.gather(
-            self._mon_json("osd dump"),
-            self._mon_json("osd crush rule dump"),
-            self._mon_json("osd tree"),
-            self._mon_json("osd df"),  # a mgr command: the mon proxies it (see ssh.rbd_client_caps)
-            self._mon_json("df"),
-        )
-        layout = pool_layout(osd_dump, pool)
-        return compute_capacity(layout, osds_of_rule(rules, tree, layout.crush_rule), osd_df, df)
+        return await self._call(lambda: self._capacity(pool), f"read the capacity of pool {pool}")
 
-    async def probe(self, pool: str, object_name: str) -> None:
-        """Write then remove a small object in ``pool``: ZStack's ping write test.
+    async def probe(self, pool: str, object_name: str) -> Capacity:
+        """Write then remove a small object in ``pool`` (ZStack's ping write test), then
+        read the capacity: one trip to the thread pool, since the tracker does this for
+        every storage every interval.
 
-        A failure here is ZStack's ``UnableToCreateFile``: CephTimeout when the OSDs do
+        A failed write is ZStack's ``UnableToCreateFile``: CephTimeout when the OSDs do
         not answer, CephPermissionDenied when the key may not write the pool.
         """
 
-        def write_and_remove() -> None:
+        def write_and_remove() -> Capacity:
             ioctx = self.handle.open_ioctx(pool)
             try:
                 ioctx.write_full(object_name, _PROBE_DATA)
                 ioctx.remove_object(object_name)
             finally:
                 ioctx.close()
+            return self._capacity(pool)
 
-        await self._call(write_and_remove, f"write test object to pool {pool}", pool=pool)
+        return await self._call(write_and_remove, f"write test object to pool {pool}", pool=pool)
+
+    def _capacity(self, pool: str) -> Capacity:
+        """Blocking. The usage figures (``osd df``, ``df``) are asked every time; the pool's
+        layout and the OSDs under its crush rule (from ``osd dump``, the crush rules and
+        ``osd tree``) are kept ``_LAYOUT_SECONDS``: they change when an operator changes
+        the cluster, and asking for them on every ping more than doubled its cost."""
+        osd_df = self._mon_json_now("osd df")  # a mgr command: the mon proxies it (see ssh.rbd_client_caps)
+        df = self._mon_json_now("df")
+        now = time.monotonic()
+        known = self._layouts.get(pool)
+        if known is None or now - known[0] > _LAYOUT_SECONDS:
+            layout = pool_layout(self._mon_json_now("osd dump"), pool)
+            osds = osds_of_rule(
+                self._mon_json_now("osd crush rule dump"), self._mon_json_now("osd tree"), layout.crush_rule
+            )
+            known = self._layouts[pool] = (now, layout, osds)
+        return compute_capacity(known[1], known[2], osd_df, df)
 
     async def quorum(self) -> set[str]:
         """``ip:port`` of every address (v1 and v2) of the mons now in quorum."""
@@ -216,15 +231,15 @@ class Cluster:
 
     async def _mon_json(self, prefix: str, **args: Any) -> Any:
         """Run a mon command with ``format=json`` and decode its output."""
+        return await self._call(lambda: self._mon_json_now(prefix, **args), f"ceph {prefix}")
+
+    def _mon_json_now(self, prefix: str, **args: Any) -> Any:
+        """Blocking ``_mon_json``, for code already in the thread pool."""
         cmd = json.dumps({"prefix": prefix, "format": "json", **args})
-
-        def run() -> Any:
-            ret, out, outs = self.handle.mon_command(cmd, b"")
-            if ret < 0:
-                raise _from_errno(-ret, f"ceph {prefix}: {outs.strip() or errno.errorcode.get(-ret, ret)}", self._mon_host)
-            return json.loads(out or b"null")
-
-        return await self._call(run, f"ceph {prefix}")
+        ret, out, outs = self.handle.mon_command(cmd, b"")
+        if ret < 0:
+            raise _from_errno(-ret, f"ceph {prefix}: {outs.strip() or errno.errorcode.get(-ret, ret)}", self._mon_host)
+        return json.loads(out or b"null")
 
     async def _call(self, fn: Callable[[], T], what: str, pool: str | None = None) -> T:
         """Run blocking ``fn`` in the pool, bounded, with rados errors translated."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore import ceph
 from imgstore.ceph.ssh import check_pool_name
@@ -403,13 +404,21 @@ async def _connected(
 
 
 def apply_capacity(row: CephBackupStorage, capacity: ceph.Capacity) -> None:
-    row.total_capacity = capacity.total
-    row.available_capacity = capacity.available
-    row.pool_available_capacity = capacity.pool_available
-    row.pool_used_capacity = capacity.pool_used
-    row.pool_replicated_size = capacity.pool_replicated_size
-    row.pool_disk_utilization = capacity.pool_disk_utilization
-    row.pool_security_policy = capacity.pool_security_policy
+    for name, value in capacity_columns(capacity).items():
+        setattr(row, name, value)
+
+
+def capacity_columns(capacity: ceph.Capacity) -> dict[str, object]:
+    """The storage's columns that a capacity reading sets."""
+    return {
+        "total_capacity": capacity.total,
+        "available_capacity": capacity.available,
+        "pool_available_capacity": capacity.pool_available,
+        "pool_used_capacity": capacity.pool_used,
+        "pool_replicated_size": capacity.pool_replicated_size,
+        "pool_disk_utilization": capacity.pool_disk_utilization,
+        "pool_security_policy": capacity.pool_security_policy,
+    }
 
 
 async def _save(rt: Runtime, uuid: str, **values: object) -> None:
@@ -505,3 +514,17 @@ async def clean_up_interrupted_adds(rt: Runtime) -> None:
     for uuid in stale:
         log.warning("undoing the add of backup storage %s interrupted by a restart", uuid)
         await undo_add(rt, uuid)
+
+
+async def load_many(rt: Runtime, uuids: list[str]) -> list[CephBackupStorage]:
+    """The storages of ``uuids`` (with their mons); missing ones are left out."""
+    async with rt.db() as db:
+        return await rows_of(db, uuids)
+
+
+async def rows_of(db: AsyncSession, uuids: list[str]) -> list[CephBackupStorage]:
+    """The storages of ``uuids`` in ``db``, a query per 500 (SQLite's bound-parameter limit)."""
+    rows: list[CephBackupStorage] = []
+    for i in range(0, len(uuids), 500):
+        rows += await db.scalars(select(CephBackupStorage).where(CephBackupStorage.uuid.in_(uuids[i : i + 500])))
+    return rows

@@ -9,47 +9,101 @@ ping costs a few milliseconds and a dead cluster costs at most the Ceph timeout.
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError
 from imgstore.services import ceph_backup_storage, image_metadata
-from imgstore.services.ceph_backup_storage import apply_capacity, load
+from imgstore.services.ceph_backup_storage import capacity_columns, load
 from imgstore.services.clusters import ceph_error, is_ceph_error
 from imgstore.services.locking import local_lock
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# A fresh login proves the key is still valid (a connected handle would not notice a
-# revoked one for up to an hour) but costs a librados handle: once per this many seconds
-# per storage, so a revoked key shows within it while a round of pings stays cheap.
-KEY_CHECK_SECONDS = 10.0
-_key_checked: dict[str, float] = {}
-
 CONNECTED, CONNECTING, DISCONNECTED = "Connected", "Connecting", "Disconnected"
 
+# Bumped by every Reconnect: a probe that started before one must not record over it
+# (nor use the row it loaded, whose key the Reconnect may have renewed).
+_generations: dict[str, int] = {}
 
-async def ping(rt: Runtime, uuid: str) -> str:
-    """Probe the storage once and record the outcome; returns the new status."""
-    async with local_lock("backup_storage", uuid):
-        row = await load(rt, uuid)
-        try:
-            quorum, capacity = await _probe(rt, row)
-        except ApiError as e:
-            await _record(rt, uuid, DISCONNECTED, e.details, quorum=None)
-            return DISCONNECTED
-        await _record(rt, uuid, CONNECTED, None, quorum=quorum, capacity=capacity)
-        return CONNECTED
+
+def generation(uuid: str) -> int:
+    """How many Reconnects this process has run on the storage; see ``probe``."""
+    return _generations.get(uuid, 0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one probe of a storage found, to be written by :func:`record`."""
+
+    uuid: str
+    status: str
+    reason: str | None = None
+    quorum: frozenset[str] | None = None
+    capacity: ceph.Capacity | None = None
+    mons_too: bool = True  # False: a key check, which says nothing about the mons
+    generation: int = 0
+    # the mons answered but the pool did not: a handle that lived through an OSD restart
+    # may keep timing out where a fresh one works; renewing it against dead mons only
+    # spends a librados handle's threads to wait out the same timeout
+    renew_handle: bool = False
+
+
+async def probe(rt: Runtime, row: CephBackupStorage, gen: int) -> Outcome:
+    """Ask the cluster (never the database) how the storage is: the tracker's ping."""
+    answered: list[bool] = []
+    try:
+        quorum, capacity = await _probe(rt, row, answered)
+    except ApiError as e:
+        return Outcome(row.uuid, DISCONNECTED, e.details, generation=gen, renew_handle=bool(answered))
+    return Outcome(row.uuid, CONNECTED, None, frozenset(quorum), capacity, generation=gen)
+
+
+async def check_key(rt: Runtime, row: CephBackupStorage) -> str | None:
+    """Log in afresh with the storage's key: why it was refused, or None.
+
+    A connected handle keeps working on its cephx tickets for up to an hour after its key
+    is revoked; only a new login tells. Ask only once the mons answered (a refused login
+    looks like a timeout); any other failure is the ping's to report."""
+    try:
+        cluster = await rt.clusters.get(row)
+        await cluster.check_key()
+    except ceph.CephPermissionDenied as e:
+        return ceph_error(e).details
+    except (ceph.CephError, ApiError):
+        return None
+    return None
+
+
+async def record(rt: Runtime, outcomes: Iterable[Outcome]) -> None:
+    """Write many outcomes in one transaction.
+
+    Only what changed is written (an unchanged row keeps its lastOpDate, so a steady
+    ping writes nothing), and an outcome older than a Reconnect of its storage is
+    dropped: the Reconnect's own result is newer."""
+    current = {o.uuid: o for o in outcomes if o.generation == generation(o.uuid)}
+    if not current:
+        return
+    async with rt.db() as db:
+        for row in await ceph_backup_storage.rows_of(db, list(current)):
+            outcome = current[row.uuid]
+            if row.status != outcome.status:
+                why = f" ({outcome.reason})" if outcome.reason else ""
+                log.info("backup storage %s: %s -> %s%s", row.uuid, row.status, outcome.status, why)
+            apply(row, outcome)
+        await db.commit()
 
 
 async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
     """ReconnectBackupStorage: a fresh librados handle, then a full check. The fsid must
     still be the storage's: mons that now answer for another cluster are refused."""
     async with local_lock("backup_storage", uuid):
+        _generations[uuid] = gen = generation(uuid) + 1
         row = await load(rt, uuid)
-        await _record(rt, uuid, CONNECTING, None, quorum=None, mons_too=False)
+        await record(rt, [Outcome(uuid, CONNECTING, mons_too=False, generation=gen)])
         await rt.clusters.forget(uuid)
         try:
             cluster = await _cluster_or_rekey(rt, row)
@@ -63,9 +117,9 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
                 )
             quorum, capacity = await _probe(rt, row)
         except ApiError as e:
-            await _record(rt, uuid, DISCONNECTED, e.details, quorum=None)
+            await record(rt, [Outcome(uuid, DISCONNECTED, e.details, generation=gen)])
             raise
-        await _record(rt, uuid, CONNECTED, None, quorum=quorum, capacity=capacity)
+        await record(rt, [Outcome(uuid, CONNECTED, None, frozenset(quorum), capacity, generation=gen)])
     await image_metadata.rewrite(rt, uuid)  # as ZStack's reconnect does; never raises
     return await load(rt, uuid)
 
@@ -83,7 +137,8 @@ async def _cluster_or_rekey(rt: Runtime, row: CephBackupStorage) -> ceph.Cluster
     return await rt.clusters.get(await load(rt, row.uuid))
 
 
-async def _probe(rt: Runtime, row: CephBackupStorage) -> tuple[set[str], ceph.Capacity]:
+async def _probe(rt: Runtime, row: CephBackupStorage, answered: list[bool] | None = None) -> tuple[set[str], ceph.Capacity]:
+    """Quorum, the write test and capacity; ``answered`` gets True once the mons answered."""
     cluster = await rt.clusters.get(row)
     try:
         quorum = await cluster.quorum()
@@ -93,11 +148,9 @@ async def _probe(rt: Runtime, row: CephBackupStorage) -> tuple[set[str], ceph.Ca
                 f"none of the mons of backup storage[uuid:{row.uuid}] is in the quorum of its cluster",
                 status=503,
             )
-        if time.monotonic() - _key_checked.get(row.uuid, 0.0) > KEY_CHECK_SECONDS:
-            await cluster.check_key()
-            _key_checked[row.uuid] = time.monotonic()
-        await cluster.probe(row.pool_name, f"imgstore.ping.{row.uuid}")
-        capacity = await cluster.capacity(row.pool_name)
+        if answered is not None:
+            answered.append(True)
+        capacity = await cluster.probe(row.pool_name, f"imgstore.ping.{row.uuid}")
     except ceph.CephError as e:
         raise ceph_error(e) from None
     return quorum, capacity
@@ -107,30 +160,22 @@ def _mon_address(mon) -> str:  # type: ignore[no-untyped-def]
     return f"{mon.mon_addr or mon.hostname}:{mon.mon_port}"
 
 
-async def _record(
-    rt: Runtime,
-    uuid: str,
-    status: str,
-    reason: str | None,
-    quorum: set[str] | None,
-    capacity: ceph.Capacity | None = None,
-    mons_too: bool = True,
-) -> None:
-    """Write the outcome; untouched rows keep their lastOpDate (a steady ping writes nothing)."""
-    async with rt.db() as db:
-        row = await db.get(CephBackupStorage, uuid)
-        if row is None:
-            return
-        if row.status != status:
-            log.info("backup storage %s: %s -> %s%s", uuid, row.status, status, f" ({reason})" if reason else "")
-            row.status = status
-        row.status_reason = reason
-        if capacity is not None:
-            apply_capacity(row, capacity)
-        if mons_too:
-            for mon in row.mons:
-                up = quorum is not None and _mon_address(mon) in quorum
-                mon.status = CONNECTED if up else DISCONNECTED
-                mon.status_reason = None if up else (reason or "not in the quorum of its cluster")
-        await db.commit()
+def apply(row: CephBackupStorage, outcome: Outcome) -> bool:
+    """Set what ``outcome`` says on ``row`` (and its mons); True if anything changed."""
+    changed = _put(row, {"status": outcome.status, "status_reason": outcome.reason})
+    if outcome.capacity is not None:
+        changed |= _put(row, capacity_columns(outcome.capacity))
+    if outcome.mons_too:
+        for mon in row.mons:
+            up = outcome.quorum is not None and _mon_address(mon) in outcome.quorum
+            reason = None if up else (outcome.reason or "not in the quorum of its cluster")
+            changed |= _put(mon, {"status": CONNECTED if up else DISCONNECTED, "status_reason": reason})
+    return changed
 
+
+def _put(obj: object, values: dict[str, object]) -> bool:
+    """Set the attributes that differ; True if there were any."""
+    differ = {k: v for k, v in values.items() if getattr(obj, k) != v}
+    for k, v in differ.items():
+        setattr(obj, k, v)
+    return bool(differ)

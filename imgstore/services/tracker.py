@@ -7,6 +7,22 @@ is not hammered and many storages do not retry in lock-step. Pings run concurren
 at most ``PARALLELISM`` at a time, each bounded by the Ceph timeout: a round never
 waits on one dead cluster, and the API, on the same event loop, never waits on a ping.
 
+A round costs the database two reads (the owned storages, then their rows) and, only when
+a ping found something new (status, a mon, capacity), one write transaction per
+``FLUSH_SECONDS`` holding all the news: a steady round writes nothing. Its pings start
+evenly over ``SPREAD_SECONDS`` rather than all at once, so an API request on the same event
+loop never queues behind hundreds of ping callbacks. With 200 storages, per-ping sessions
+and commits and the burst at a round's start were what made the API's p99 jump. Connected
+storages are pinged first, so a dead cluster's timeouts do not hold up the news about
+live ones.
+
+A revoked cephx key goes unnoticed by a connected handle for up to an hour: only a fresh
+login tells, and a fresh librados handle is the dearest thing a ping could do (a dozen
+threads, a cephx handshake). So each round checks the keys of a few storages, those
+checked longest ago, at most ``KEY_CHECKS_PER_SECOND`` per second of interval and each
+key at most once per ``KEY_CHECK_SECONDS``; a refused key is checked again every round
+until it works, and its storage stays Disconnected meanwhile.
+
 "Owns" means holds the storage's lease (services/leases.py). Leases are renewed by the
 node's heartbeat (services/nodes.py), not by the round: a round that waits out a dead
 cluster's timeout may last longer than a lease. A node that has just taken leases wakes
@@ -16,12 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from imgstore.errors import ApiError
-from imgstore.services import ceph_connection, leases
+from imgstore.db.models import CephBackupStorage
+from imgstore.services import ceph_backup_storage, ceph_connection, leases
+from imgstore.services.ceph_connection import Outcome
+from imgstore.services.locking import local_lock
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -29,12 +48,18 @@ log = logging.getLogger(__name__)
 PARALLELISM = 50
 MAX_BACKOFF = 8  # intervals
 RECONNECT_AFTER = 2  # failed pings in a row before a retry starts from a fresh handle
+FLUSH_SECONDS = 0.25  # news from pings is written together at most this often
+LOAD_SLICE = 25  # storages loaded from the database at a time during a round
+SPREAD_SECONDS = 1.0  # a round's pings start evenly over this long (at most half an interval)
+KEY_CHECK_SECONDS = 10.0  # no key is checked more often
+KEY_CHECKS_PER_SECOND = 4.0  # fresh logins per second of ping interval, node-wide
 
 
 @dataclass
 class _Backoff:
     failures: int = 0
     next_try: float = 0.0
+    renew_handle: bool = False
 
 
 class Tracker:
@@ -42,6 +67,7 @@ class Tracker:
         self._rt = rt
         self._interval = rt.settings.ping_interval
         self._backoff: dict[str, _Backoff] = {}
+        self._key_checked: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._gate = asyncio.Semaphore(PARALLELISM)
         self._wake = asyncio.Event()
@@ -79,36 +105,83 @@ class Tracker:
             self._wake.clear()
 
     async def round(self) -> None:
-        """Ping every due storage once, concurrently."""
+        """Ping every due storage once; pings start paced and their news is written in batches."""
         now = time.monotonic()
-        uuids = await self._owned()
+        uuids = await leases.owned(self._rt)
         for gone in set(self._backoff) - set(uuids):
             del self._backoff[gone]
+            self._key_checked.pop(gone, None)
         due = [u for u in uuids if self._backoff.setdefault(u, _Backoff()).next_try <= now]
-        await asyncio.gather(*(self._ping(u) for u in due))
-
-    async def _owned(self) -> list[str]:
-        """The storages this node tracks: those whose lease it holds."""
-        return await leases.owned(self._rt)
-
-    async def _ping(self, uuid: str) -> None:
-        async with self._gate:
-            if self._backoff.get(uuid, _Backoff()).failures >= RECONNECT_AFTER:
-                # a librados handle that lived through an OSD restart can keep timing
-                # out while a fresh one works at once; the first retry keeps the handle
-                # (a fresh login to dead mons only adds its timeout to the wait of an
-                # operator's Reconnect, which queues behind the ping)
-                await self._rt.clusters.forget(uuid)
-            try:
-                status = await ceph_connection.ping(self._rt, uuid)
-            except ApiError as e:  # deleted meanwhile
-                log.debug("ping of %s skipped: %s", uuid, e.details)
-                return
-        backoff = self._backoff.setdefault(uuid, _Backoff())
-        if status == ceph_connection.CONNECTED:
-            backoff.failures, backoff.next_try = 0, 0.0
+        if not due:
             return
+        due.sort(key=lambda u: self._backoff[u].failures > 0)  # the live ones first
+        generations = {u: ceph_connection.generation(u) for u in due}
+        keys = self._keys_to_check(due, now)
+        news: list[Outcome] = []
+
+        async def ping(row: CephBackupStorage) -> None:
+            outcome = await self._ping(row, generations[row.uuid], row.uuid in keys)
+            if outcome is not None:
+                self._note(outcome)
+                if ceph_connection.apply(row, outcome):  # row: this round's snapshot
+                    news.append(outcome)
+
+        spacing = min(SPREAD_SECONDS, self._interval / 2) / len(due)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def launch() -> None:
+            # rows are loaded a slice at a time, so no single step of the round holds
+            # the event loop for long
+            for i in range(0, len(due), LOAD_SLICE):
+                for row in await ceph_backup_storage.load_many(self._rt, due[i : i + LOAD_SLICE]):
+                    tasks.append(asyncio.create_task(ping(row)))
+                    await asyncio.sleep(spacing)
+
+        launcher = asyncio.create_task(launch())
+        try:
+            while not (launcher.done() and all(t.done() for t in tasks)):
+                await asyncio.wait({launcher, *tasks}, timeout=FLUSH_SECONDS)
+                batch, news[:] = news[:], []
+                await ceph_connection.record(self._rt, batch)
+            for task in (launcher, *tasks):
+                task.result()  # a bug in a ping is the round's failure, logged by _loop
+        finally:
+            for task in (launcher, *tasks):
+                task.cancel()
+
+    def _keys_to_check(self, uuids: list[str], now: float) -> set[str]:
+        """This round's key checks: those checked longest ago (never, or refused, first)."""
+        budget = max(1, math.ceil(KEY_CHECKS_PER_SECOND * self._interval))
+        stale = [u for u in uuids if now - self._key_checked.get(u, -math.inf) > KEY_CHECK_SECONDS]
+        stale.sort(key=lambda u: self._key_checked.get(u, -math.inf))
+        return set(stale[:budget])
+
+    async def _ping(self, row: CephBackupStorage, generation: int, check_key: bool) -> Outcome | None:
+        rt = self._rt
+        async with self._gate:
+            backoff = self._backoff.get(row.uuid, _Backoff())
+            if backoff.failures >= RECONNECT_AFTER and backoff.renew_handle:
+                await rt.clusters.forget(row.uuid)
+            async with local_lock("backup_storage", row.uuid):
+                if ceph_connection.generation(row.uuid) != generation:
+                    return None  # a Reconnect ran meanwhile: its result stands, and the row is stale
+                outcome = await ceph_connection.probe(rt, row, generation)
+                if check_key and outcome.status == ceph_connection.CONNECTED:
+                    refused = await ceph_connection.check_key(rt, row)
+                    if refused is None:
+                        self._key_checked[row.uuid] = time.monotonic()
+                    else:
+                        outcome = replace(outcome, status=ceph_connection.DISCONNECTED, reason=refused, capacity=None)
+        return outcome
+
+    def _note(self, outcome: Outcome) -> None:
+        """Schedule the storage's next ping from the outcome of this one."""
+        if outcome.status == ceph_connection.CONNECTED:
+            self._backoff[outcome.uuid] = _Backoff()
+            return
+        backoff = self._backoff.setdefault(outcome.uuid, _Backoff())
         backoff.failures += 1
+        backoff.renew_handle = outcome.renew_handle
         steps = min(2 ** (backoff.failures - 1), MAX_BACKOFF)
         delay = self._interval * steps * random.uniform(0.8, 1.0) if steps > 1 else 0.0
         backoff.next_try = time.monotonic() + delay
