@@ -1,6 +1,8 @@
 """Starting and stopping a node: what runs once at start, and the background work."""
 from __future__ import annotations
 
+import gc
+
 from imgstore.config import Settings
 from imgstore.services import ceph_backup_storage, sessions
 from imgstore.services import image_upload
@@ -26,7 +28,17 @@ async def start(settings: Settings) -> Runtime:
     rt.image_expunger = Expunger(rt)  # type: ignore[attr-defined]  # also settles interrupted image adds
     rt.image_expunger.start()  # type: ignore[attr-defined]
     rt.membership.start()
+    _freeze_startup_objects()
     return rt
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, routes, schemas: ~200 000 objects that live as
+    long as the process) out of the garbage collector's full passes. Measured with 200
+    storages pinged every 2 s: a full pass took 100-200 ms on the event loop every few
+    seconds, the API's worst latencies; after the freeze, 10-40 ms."""
+    gc.collect()
+    gc.freeze()
 
 
 async def stop(rt: Runtime) -> None:
