@@ -159,7 +159,8 @@ class ImageWriter:
     the bytes received at the end.
 
     Memory: at most ``window`` chunks are held (being written or hashed) plus the one
-    being filled; their buffers are allocated once and reused. One producer only.
+    being filled; their buffers are allocated once and reused, and a chunk of zeros
+    needs none (it is the shared zero block). One producer only.
     """
 
     def __init__(
@@ -263,7 +264,9 @@ class ImageWriter:
         self._check_open()
         try:
             if self._fill_len:
-                await self._submit(bytes(memoryview(self._fill)[: self._fill_len]), None)
+                last = memoryview(self._fill if self._fill is not None else _zero_block(self._chunk))
+                await self._submit(bytes(last[: self._fill_len]), None)
+                self._fill, self._fill_len = None, 0
             await self._drain()
             self._raise_pending_error()
             size = self.received
@@ -311,17 +314,29 @@ class ImageWriter:
         if n == chunk and not self._fill_len and isinstance(data, bytes):
             await self._submit(data, None)  # aligned and immutable: no copy
             return
+        # While the chunk being filled is zeros so far it has no buffer: pieces of zeros
+        # (a memcmp says so) only move _fill_len, and the chunk goes out as the shared
+        # zero block. Thin images then cost no copy and no buffer for their holes.
+        searchable = isinstance(data, (bytes, bytearray))  # memcmp in place; memoryviews are copied
+        zeros = memoryview(_zero_block(chunk))
         pos = 0
         while pos < n:
-            if self._fill is None:
-                self._fill = self._spare.pop() if self._spare else bytearray(chunk)
             take = min(chunk - self._fill_len, n - pos)
-            self._fill[self._fill_len:self._fill_len + take] = view[pos:pos + take]
-            self._fill_len += take
+            if self._fill is None and searchable and data.startswith(zeros[:take], pos):
+                self._fill_len += take
+            else:
+                if self._fill is None:
+                    self._fill = self._spare.pop() if self._spare else bytearray(chunk)
+                    self._fill[:self._fill_len] = zeros[:self._fill_len]  # a reused buffer's old bytes
+                self._fill[self._fill_len:self._fill_len + take] = view[pos:pos + take]
+                self._fill_len += take
             pos += take
             if self._fill_len == chunk:
                 buf, self._fill, self._fill_len = self._fill, None, 0
-                await self._submit(buf, buf)
+                if buf is None:
+                    await self._submit(_zero_block(chunk), None)
+                else:
+                    await self._submit(buf, buf)
 
     async def _submit(self, data: bytes | bytearray, recycle: bytearray | None) -> None:
         """Start writing and hashing one chunk at the current offset (waits for a slot)."""

@@ -210,6 +210,20 @@ async def test_a_clone_reads_its_parents_data_in_its_holes(cluster: Cluster, poo
     await remove_image(cluster, pool, parent, purge_snapshots=True)
 
 
+async def test_zeros_then_data_in_a_reused_buffer_read_back_identical(cluster: Cluster,
+                                                                       pool: str) -> None:
+    # every chunk is filled in pieces; those starting with zeros take a recycled buffer
+    # only at their first non-zero byte, and its old bytes must not leak into the image
+    data = b"".join(os.urandom(CHUNK_SIZE) if i % 2 == 0 else
+                    bytes(CHUNK_SIZE // 2 + 3) + os.urandom(CHUNK_SIZE // 2 - 3) for i in range(12))
+    data += bytes(1000)  # a tail of zeros, shorter than a chunk
+    name = new_name()
+    result = await write_image(cluster, pool, name, data, len(data), piece=65_536)
+    assert (result.md5, result.sha512) == (hashlib.md5(data).hexdigest(), hashlib.sha512(data).hexdigest())
+    assert await read_all(cluster, pool, name) == data
+    await remove_image(cluster, pool, name)
+
+
 async def test_all_zero_image_writes_no_object(cluster: Cluster, pool: str,
                                                c1: dict[str, str]) -> None:
     name = new_name()
