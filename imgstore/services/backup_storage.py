@@ -18,8 +18,8 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
-from imgstore.services import ceph_backup_storage, queries, state, tags, zones
-from imgstore.services.locking import locked_row
+from imgstore.services import ceph_backup_storage, queries, state_changes, tags, zones
+from imgstore.services.locking import commit_row, locked_row
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ async def update(rt: Runtime, uuid: str, name: str | None, description: str | No
             row.name = name
         if description is not None:
             row.description = description
-        return await _commit(db, row)
+        return await commit_row(db, row)
 
 
 async def change_state(rt: Runtime, uuid: str, state_event: str) -> BackupStorage:
@@ -186,23 +186,18 @@ async def change_state(rt: Runtime, uuid: str, state_event: str) -> BackupStorag
     previous one wrote, on this node or another. A storage whose add is still running is
     refused with SYS.1005: the add may yet fail and take the row away.
     """
-    try:
-        event = state.parse_event(state_event)
-    except state.InvalidStateEvent as e:
-        raise invalid_argument(str(e)) from None
-    async with locked_row(rt, BackupStorage, uuid) as (db, row):
-        if row is None:
-            raise not_found("BackupStorageVO", uuid)
+
+    def refuse_while_adding(row: BackupStorage) -> None:
         if getattr(row, "adding_node", None) is not None:
             raise ApiError(
                 CHANGE_RESOURCE_STATE_ERROR,
                 f"cannot change the state of backup storage[uuid:{uuid}]: it is still being added "
                 f"(status {row.status}); try again when the add has finished",
             )
-        target = state.next_state(row.state, event).value
-        if target != row.state:
-            row.state = target
-        return await _commit(db, row)
+
+    return await state_changes.change_state(
+        rt, BackupStorage, uuid, state_event, "BackupStorageVO", refuse=refuse_while_adding
+    )
 
 
 async def capacity(
@@ -242,10 +237,3 @@ async def _check_exist(db: AsyncSession, entity: type, resource: str, field: str
         raise not_found(resource, missing[0], field=field)
 
 
-async def _commit(db: AsyncSession, row: BackupStorage) -> BackupStorage:
-    """Write the change, and answer the row as this transaction wrote it (not as a later
-    one may have left it): the reply of each serialised change is its own."""
-    await db.flush()
-    await db.refresh(row)
-    await db.commit()
-    return row

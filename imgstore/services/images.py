@@ -39,7 +39,7 @@ from imgstore.errors import (
     not_found,
 )
 from imgstore.query import Condition, QuerySpec
-from imgstore.services import queries, state, tags
+from imgstore.services import queries, state_changes, tags
 from imgstore.services.ceph_backup_storage import apply_capacity
 from imgstore.services.clusters import ceph_error
 from imgstore.services.locking import locked_row
@@ -310,17 +310,7 @@ async def query(rt: Runtime, spec: QuerySpec) -> tuple[list[Image], int | None]:
 
 async def change_state(rt: Runtime, uuid: str, state_event: str) -> Image:
     """ChangeImageState: ``enable``/``disable`` (services/state.py)."""
-    try:
-        event = state.parse_event(state_event)
-    except state.InvalidStateEvent as e:
-        raise invalid_argument(str(e)) from None
-    async with locked_row(rt, Image, uuid) as (db, row):
-        if row is None:
-            raise not_found(RESOURCE_TYPE, uuid)
-        target = state.next_state(row.state, event).value
-        if target != row.state:
-            row.state = target
-            await db.commit()
+    await state_changes.change_state(rt, Image, uuid, state_event, RESOURCE_TYPE)
     return await load(rt, uuid)
 
 

@@ -51,3 +51,12 @@ async def locked_row(rt: Runtime, entity: type[T], key: str) -> AsyncIterator[tu
             [pk] = mapper.primary_key
             row = await db.scalar(select(entity).where(pk == key).with_for_update())
             yield db, row
+
+
+async def commit_row(db: AsyncSession, row: T) -> T:
+    """Commit, answering the row as this transaction wrote it (not as a later one may have
+    left it): the reply of each serialised change is its own."""
+    await db.flush()
+    await db.refresh(row)
+    await db.commit()
+    return row

@@ -12,7 +12,6 @@ from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.crypto import new_uuid
 from imgstore.db import query as q
@@ -24,8 +23,8 @@ from imgstore.errors import (
     not_found,
 )
 from imgstore.query import Condition, QuerySpec
-from imgstore.services import queries, state, tags
-from imgstore.services.locking import locked_row
+from imgstore.services import queries, state_changes, tags
+from imgstore.services.locking import commit_row, locked_row
 from imgstore.services.runtime import Runtime
 
 ZONE_TYPE = "zstack"  # ZoneVO's type in ZStack
@@ -122,22 +121,12 @@ async def update(rt: Runtime, uuid: str, name: str | None, description: str | No
             row.name = name
         if description is not None:
             row.description = description
-        return await _commit(db, row)
+        return await commit_row(db, row)
 
 
 async def change_state(rt: Runtime, uuid: str, state_event: str) -> Zone:
     """ChangeZoneState: enable/disable, serialised per zone; already there is a no-op."""
-    try:
-        event = state.parse_event(state_event)
-    except state.InvalidStateEvent as e:
-        raise invalid_argument(str(e)) from None
-    async with locked_row(rt, Zone, uuid) as (db, row):
-        if row is None:
-            raise not_found(RESOURCE_TYPE, uuid)
-        target = state.next_state(row.state, event).value
-        if target != row.state:
-            row.state = target
-        return await _commit(db, row)
+    return await state_changes.change_state(rt, Zone, uuid, state_event, RESOURCE_TYPE)
 
 
 async def delete_zone(rt: Runtime, uuid: str) -> None:
@@ -214,9 +203,3 @@ async def _load_storage(rt: Runtime, uuid: str) -> BackupStorage:
         return row
 
 
-async def _commit(db: AsyncSession, row: Zone) -> Zone:
-    """Write the change and answer the zone as this transaction wrote it."""
-    await db.flush()
-    await db.refresh(row)
-    await db.commit()
-    return row
