@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -29,6 +30,16 @@ from imgstore.dates import utcnow
 
 class Base(DeclarativeBase):
     pass
+
+
+def _name_without_case(table: str) -> tuple[Index, Index]:
+    """Indexes for ``name~=prefix%`` (case-insensitive, see db/query.CaseInsensitiveLike):
+    SQLite's LIKE walks a NOCASE index of the column, PostgreSQL's a pattern index of
+    ``lower(name)``."""
+    return (
+        Index(f"ix_{table}_name_nocase", text("name COLLATE NOCASE")).ddl_if(dialect="sqlite"),
+        Index(f"ix_{table}_name_lower", text("lower(name) text_pattern_ops")).ddl_if(dialect="postgresql"),
+    )
 
 
 class Timestamps:
@@ -56,8 +67,12 @@ class Session(Base):
 
 class BackupStorage(Timestamps, Base):
     __tablename__ = "backup_storage"
-    # a query pages in (createDate, uuid) order (db/query.py): the index walks the page
-    __table_args__ = (Index("ix_backup_storage_create_date_uuid", "create_date", "uuid"),)
+    # a query pages in (createDate, uuid) order (db/query.py): the index walks the page;
+    # name~=prefix% is case-insensitive, served by an index of the name without case
+    __table_args__ = (
+        Index("ix_backup_storage_create_date_uuid", "create_date", "uuid"),
+        *_name_without_case("backup_storage"),
+    )
     uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
     description: Mapped[str | None] = mapped_column(String(2048))
@@ -203,7 +218,10 @@ class Image(Timestamps, Base):
     """A VM image (ZStack's ImageVO); its bits live on backup storages, one ref each."""
 
     __tablename__ = "image"
-    __table_args__ = (Index("ix_image_create_date_uuid", "create_date", "uuid"),)  # paging, as above
+    __table_args__ = (  # paging and name~=, as for backup storages
+        Index("ix_image_create_date_uuid", "create_date", "uuid"),
+        *_name_without_case("image"),
+    )
     uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
     description: Mapped[str | None] = mapped_column(String(2048))

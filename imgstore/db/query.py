@@ -36,9 +36,12 @@ from dataclasses import field as _dc_field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import DateTime, String, cast, func, inspect, select
+from sqlalchemy import Boolean, DateTime, String, cast, func, inspect, literal, select
 from sqlalchemy import Enum as SqlEnum
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import joinedload
+from sqlalchemy.sql.sqltypes import BOOLEANTYPE
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.sql import ColumnElement, Select
 
 from imgstore.query import Condition, QuerySpec
@@ -180,13 +183,57 @@ def compare(column: Any, kind: type, cond: Condition) -> Clause:
     raw = cond.value or ""
     if cond.op in ("~=", "!~="):
         text = column if kind is str else cast(column, String)
-        if cond.op == "~=":
-            return text.ilike(raw, escape="\\")
-        return text.not_ilike(raw, escape="\\")
+        return CaseInsensitiveLike(text, raw, negate=cond.op == "!~=")
     if cond.op in ("?=", "!?="):
         values = [convert(kind, v, cond.name, column) for v in cond.values]
         return column.in_(values) if cond.op == "?=" else column.not_in(values)
     return _COMPARE[cond.op](column, convert(kind, raw, cond.name, column))
+
+
+class CaseInsensitiveLike(ColumnElement[bool]):
+    """``column ILIKE pattern ESCAPE '\\'`` (or ``NOT``), written so that an index can serve
+    a prefix pattern (``name~=bs-00%``):
+
+    * SQLite: ``column LIKE pattern``. Its LIKE ignores ASCII case, exactly as its
+      ``lower()`` does (ASCII only), and it walks an index on ``column COLLATE NOCASE``;
+    * PostgreSQL: ``lower(column) LIKE lower(pattern)``, which is how PostgreSQL runs
+      ILIKE in a UTF-8 database, and it walks an index on ``lower(column)
+      text_pattern_ops``;
+    * others: ILIKE as SQLAlchemy writes it.
+    """
+
+    inherit_cache = True
+    type = BOOLEANTYPE
+    _is_implicitly_boolean = True  # a comparison: written as is in a WHERE, never "(...) = 1"
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("pattern", InternalTraversal.dp_clauseelement),
+        ("negate", InternalTraversal.dp_boolean),
+    ]
+
+    def __init__(self, column: Any, pattern: str, negate: bool = False) -> None:
+        self.column = column
+        self.pattern = literal(pattern, String)
+        self.negate = negate
+
+
+@compiles(CaseInsensitiveLike)
+def _ilike(e: CaseInsensitiveLike, compiler: Any, **kw: Any) -> str:
+    clause = e.column.not_ilike(e.pattern, escape="\\") if e.negate else e.column.ilike(e.pattern, escape="\\")
+    return compiler.process(clause, **kw)
+
+
+@compiles(CaseInsensitiveLike, "sqlite")
+def _ilike_sqlite(e: CaseInsensitiveLike, compiler: Any, **kw: Any) -> str:
+    clause = e.column.not_like(e.pattern, escape="\\") if e.negate else e.column.like(e.pattern, escape="\\")
+    return compiler.process(clause, **kw)
+
+
+@compiles(CaseInsensitiveLike, "postgresql")
+def _ilike_postgresql(e: CaseInsensitiveLike, compiler: Any, **kw: Any) -> str:
+    column, pattern = func.lower(e.column), func.lower(e.pattern)
+    clause = column.not_like(pattern, escape="\\") if e.negate else column.like(pattern, escape="\\")
+    return compiler.process(clause, **kw)
 
 
 def membership(owner_key: Any, rows: Select[Any], cond: Condition, kind: type = str) -> Clause:
