@@ -5,11 +5,11 @@ nothing of HTTP or the database. Errors leave it as ``imgstore.ceph.exceptions``
 
 * :class:`MonUrl` parses ZStack monUrls;
 * :class:`MonShell` onboards over ssh (facts, pool, least-privilege cephx key);
-* :class:`Cluster` is the librados handle of a storage (capacity, ping probe, quorum).
+* :class:`Cluster` is the librados handle of a storage (capacity, the ping's health check).
 """
 
 from imgstore.ceph.capacity import Capacity
-from imgstore.ceph.cluster import Cluster
+from imgstore.ceph.cluster import Cluster, Health
 from imgstore.ceph.exceptions import (
     CephCommandFailed,
     CephError,
@@ -29,6 +29,7 @@ from imgstore.ceph.ssh import MonFacts, MonShell, rbd_client_caps
 __all__ = [
     "Capacity",
     "Cluster",
+    "Health",
     "MonFacts",
     "MonShell",
     "MonUrl",

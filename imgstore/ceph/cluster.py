@@ -25,6 +25,7 @@ import re
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import rados
@@ -39,13 +40,22 @@ from imgstore.ceph.exceptions import (
     PoolNotFound,
 )
 
-__all__ = ["Cluster", "Capacity"]
+__all__ = ["Cluster", "Capacity", "Health"]
 
 T = TypeVar("T")
 _WORKERS = 4
 _GRACE = 1.5  # seconds wait_for allows beyond librados' own timeouts
 _PROBE_DATA = b"imgstore ping\n"
 _LAYOUT_SECONDS = 30.0  # how long capacity trusts a pool's layout (see Cluster.capacity)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What :meth:`Cluster.health` found."""
+
+    quorum: frozenset[str]  # ``ip:port`` of every address of the mons in quorum
+    capacity: Capacity | None  # None when the write test failed: see pool_error
+    pool_error: CephError | None
 
 
 class Cluster:
@@ -176,25 +186,32 @@ class Cluster:
         """The storage's capacity for ``pool`` (see ``capacity.py``); PoolNotFound if gone."""
         return await self._call(lambda: self._capacity(pool), f"read the capacity of pool {pool}")
 
-    async def probe(self, pool: str, object_name: str) -> Capacity:
-        """Write then remove a small object in ``pool`` (ZStack's ping write test), then
-        read the capacity: one trip to the thread pool, since the tracker does this for
-        every storage every interval.
+    async def health(self, pool: str, object_name: str) -> Health:
+        """The tracker's ping in one trip to the thread pool (it runs for every storage
+        every interval): the mons in quorum, then a small object written to ``pool`` and
+        removed (ZStack's ping write test) and the pool's capacity.
 
-        A failed write is ZStack's ``UnableToCreateFile``: CephTimeout when the OSDs do
-        not answer, CephPermissionDenied when the key may not write the pool.
+        Raises when the mons do not answer. A failure past them is ``Health.pool_error``,
+        ZStack's ``UnableToCreateFile``: CephTimeout when the OSDs do not answer,
+        CephPermissionDenied when the key may not write the pool, PoolNotFound.
         """
 
-        def write_and_remove() -> Capacity:
-            ioctx = self.handle.open_ioctx(pool)
+        def check() -> Health:
+            quorum = _quorum_of(self._mon_json_now("quorum_status"))
             try:
-                ioctx.write_full(object_name, _PROBE_DATA)
-                ioctx.remove_object(object_name)
-            finally:
-                ioctx.close()
-            return self._capacity(pool)
+                ioctx = self.handle.open_ioctx(pool)
+                try:
+                    ioctx.write_full(object_name, _PROBE_DATA)
+                    ioctx.remove_object(object_name)
+                finally:
+                    ioctx.close()
+                return Health(quorum, self._capacity(pool), None)
+            except rados.Error as e:
+                return Health(quorum, None, _translate(e, f"write test object to pool {pool}", self._mon_host, pool))
+            except CephError as e:
+                return Health(quorum, None, e)
 
-        return await self._call(write_and_remove, f"write test object to pool {pool}", pool=pool)
+        return await self._call(check, "ceph quorum_status")
 
     def _capacity(self, pool: str) -> Capacity:
         """Blocking. The usage figures (``osd df``, ``df``) are asked every time; the pool's
@@ -212,20 +229,6 @@ class Cluster:
             )
             known = self._layouts[pool] = (now, layout, osds)
         return compute_capacity(known[1], known[2], osd_df, df)
-
-    async def quorum(self) -> set[str]:
-        """``ip:port`` of every address (v1 and v2) of the mons now in quorum."""
-        status = await self._mon_json("quorum_status")
-        ranks = set(status.get("quorum", []))
-        out: set[str] = set()
-        for mon in status.get("monmap", {}).get("mons", []):
-            if mon.get("rank") not in ranks:
-                continue
-            for a in mon.get("public_addrs", {}).get("addrvec", []):
-                out.add(str(a["addr"]).split("/", 1)[0])
-            if mon.get("addr"):
-                out.add(str(mon["addr"]).split("/", 1)[0])
-        return out
 
     # ------------------------------------------------------------------ plumbing
 
@@ -256,6 +259,20 @@ class Cluster:
             raise _translate(e, what, self._mon_host, pool) from None
         except ValueError as e:  # undecodable JSON from a mon command
             raise CephCommandFailed(f"{what}: unexpected output ({e})", self._mon_host) from None
+
+
+def _quorum_of(status: dict[str, Any]) -> frozenset[str]:
+    """``ip:port`` of every address (v1 and v2) of the mons in quorum, from ``quorum_status``."""
+    ranks = set(status.get("quorum", []))
+    out: set[str] = set()
+    for mon in status.get("monmap", {}).get("mons", []):
+        if mon.get("rank") not in ranks:
+            continue
+        for a in mon.get("public_addrs", {}).get("addrvec", []):
+            out.add(str(a["addr"]).split("/", 1)[0])
+        if mon.get("addr"):
+            out.add(str(mon["addr"]).split("/", 1)[0])
+    return frozenset(out)
 
 
 def _mon_addresses(mon_host: str) -> list[tuple[str, int]]:

@@ -54,12 +54,15 @@ class Outcome:
 
 async def probe(rt: Runtime, row: CephBackupStorage, gen: int) -> Outcome:
     """Ask the cluster (never the database) how the storage is: the tracker's ping."""
-    answered: list[bool] = []
     try:
-        quorum, capacity = await _probe(rt, row, answered)
+        health = await _health(rt, row)
     except ApiError as e:
-        return Outcome(row.uuid, DISCONNECTED, e.details, generation=gen, renew_handle=bool(answered))
-    return Outcome(row.uuid, CONNECTED, None, frozenset(quorum), capacity, generation=gen)
+        return Outcome(row.uuid, DISCONNECTED, e.details, generation=gen)
+    problem = _problem(row, health)
+    if problem is not None:
+        renew = health.pool_error is not None
+        return Outcome(row.uuid, DISCONNECTED, problem.details, generation=gen, renew_handle=renew)
+    return Outcome(row.uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)
 
 
 async def check_key(rt: Runtime, row: CephBackupStorage) -> str | None:
@@ -115,11 +118,14 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
                     f"the mons of backup storage[uuid:{uuid}] now belong to ceph cluster[fsid:{fsid}], "
                     f"not to its cluster[fsid:{row.fsid}]",
                 )
-            quorum, capacity = await _probe(rt, row)
+            health = await _health(rt, row)
+            problem = _problem(row, health)
+            if problem is not None:
+                raise problem
         except ApiError as e:
             await record(rt, [Outcome(uuid, DISCONNECTED, e.details, generation=gen)])
             raise
-        await record(rt, [Outcome(uuid, CONNECTED, None, frozenset(quorum), capacity, generation=gen)])
+        await record(rt, [Outcome(uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)])
     await image_metadata.rewrite(rt, uuid)  # as ZStack's reconnect does; never raises
     return await load(rt, uuid)
 
@@ -137,23 +143,26 @@ async def _cluster_or_rekey(rt: Runtime, row: CephBackupStorage) -> ceph.Cluster
     return await rt.clusters.get(await load(rt, row.uuid))
 
 
-async def _probe(rt: Runtime, row: CephBackupStorage, answered: list[bool] | None = None) -> tuple[set[str], ceph.Capacity]:
-    """Quorum, the write test and capacity; ``answered`` gets True once the mons answered."""
+async def _health(rt: Runtime, row: CephBackupStorage) -> ceph.Health:
+    """One trip to the cluster; ApiError when its mons cannot be asked."""
     cluster = await rt.clusters.get(row)
     try:
-        quorum = await cluster.quorum()
-        if not any(_mon_address(m) in quorum for m in row.mons):
-            raise ApiError(
-                OPERATION_ERROR,
-                f"none of the mons of backup storage[uuid:{row.uuid}] is in the quorum of its cluster",
-                status=503,
-            )
-        if answered is not None:
-            answered.append(True)
-        capacity = await cluster.probe(row.pool_name, f"imgstore.ping.{row.uuid}")
+        return await cluster.health(row.pool_name, f"imgstore.ping.{row.uuid}")
     except ceph.CephError as e:
         raise ceph_error(e) from None
-    return quorum, capacity
+
+
+def _problem(row: CephBackupStorage, health: ceph.Health) -> ApiError | None:
+    """Why the storage is not well, as the mons answered; None when it is."""
+    if not any(_mon_address(m) in health.quorum for m in row.mons):
+        return ApiError(
+            OPERATION_ERROR,
+            f"none of the mons of backup storage[uuid:{row.uuid}] is in the quorum of its cluster",
+            status=503,
+        )
+    if health.pool_error is not None:
+        return ceph_error(health.pool_error)
+    return None
 
 
 def _mon_address(mon) -> str:  # type: ignore[no-untyped-def]

@@ -246,12 +246,13 @@ async def test_key_measures_and_probes_its_pool_but_cannot_write_another(
             assert await cluster.fsid() == facts.fsid
             assert await cluster.pool_exists(pool)
             assert (await cluster.capacity(pool)).total > 0
-            await cluster.probe(pool, f"zshb.bs.{client}")
-            quorum = await cluster.quorum()
-            assert f"127.0.0.1:{c1['CEPH_MON_PORT']}" in quorum
-            assert f"127.0.0.1:{c1['CEPH_MON_V2_PORT']}" in quorum
-            with pytest.raises(CephPermissionDenied):
-                await cluster.probe(other, f"zshb.bs.{client}")
+            health = await cluster.health(pool, f"zshb.bs.{client}")
+            assert health.pool_error is None and health.capacity is not None and health.capacity.total > 0
+            assert f"127.0.0.1:{c1['CEPH_MON_PORT']}" in health.quorum
+            assert f"127.0.0.1:{c1['CEPH_MON_V2_PORT']}" in health.quorum
+            elsewhere = await cluster.health(other, f"zshb.bs.{client}")
+            assert isinstance(elsewhere.pool_error, CephPermissionDenied) and elsewhere.capacity is None
+            assert elsewhere.quorum == health.quorum
         finally:
             await cluster.close()
     finally:
@@ -310,8 +311,7 @@ async def test_capacity_equals_what_the_admin_cli_says(
         assert cap.pool_disk_utilization == round(1 / size, 3)
         with pytest.raises(PoolNotFound):
             await cluster.capacity(unique("it-missing"))
-        with pytest.raises(PoolNotFound):
-            await cluster.probe(unique("it-missing"), "x")
+        assert isinstance((await cluster.health(unique("it-missing"), "x")).pool_error, PoolNotFound)
     finally:
         await cluster.close()
 
