@@ -16,6 +16,8 @@ server of its own on loopback (``imgstore serve``, SQLite in a temporary directo
   asks for it), so on this CPU an upload cannot be faster than the slower of the two;
 * the server's peak RSS during the 4 GiB upload: VmRSS sampled every 50 ms, and VmHWM
   (reset through /proc/<pid>/clear_refs just before);
+* the loopback floor: the time to move each file's logical size through a TCP socket on
+  loopback with nothing else (an HTTP export sends every byte, holes included);
 * export: ExportImageFromBackupStorage, then a GET of its imageUrl into a file vs
   ``rbd export`` of the same image into a file. Both write the file sparse (a 4 MiB
   piece of zeros is skipped, as rbd export skips zero objects: the files are alike).
@@ -281,6 +283,9 @@ def hash_floor(path: Path) -> dict[str, float | str]:
     """What hashing every byte costs on this CPU (OpenSSL through hashlib, as the server
     does; the file read from the page cache): md5 alone, sha512 alone, both at once in
     two threads. An upload that computes both while it streams cannot beat "both"."""
+    for _ in file_pieces(path, 16 * MiB):  # into the page cache first (a hole read once costs a page)
+        pass
+
     def run(*names: str) -> tuple[float, list[str]]:
         hashes = [hashlib.new(n) for n in names]
         def feed(h: "hashlib._Hash") -> None:
@@ -303,6 +308,39 @@ def hash_floor(path: Path) -> dict[str, float | str]:
     if (cli["md5sum"], cli["sha512sum"]) != (md5, sha512):
         raise RuntimeError(f"hashlib and md5sum/sha512sum disagree on {path}")
     return {"md5": md5_s, "sha512": sha_s, "both": both_s, "md5sum": md5, "sha512sum": sha512}
+
+
+def loopback_floor(size: int, piece: int = 4 * MiB) -> float:
+    """Seconds to move ``size`` bytes of zeros through a loopback TCP socket into a reused
+    buffer, with nothing else: the floor of any HTTP export of an image of that logical
+    size on this machine (rbd export moves no byte of a hole at all)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    zero = bytes(piece)
+
+    def send() -> None:
+        conn, _ = server.accept()
+        with conn:
+            left = size
+            while left > 0:
+                conn.sendall(memoryview(zero)[:min(piece, left)])
+                left -= piece
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    buf = bytearray(piece)
+    view = memoryview(buf)
+    t0 = time.perf_counter()
+    with socket.create_connection(server.getsockname()) as c:
+        got = 0
+        while got < size:
+            n = c.recv_into(view)
+            if not n:
+                break
+            got += n
+    took = time.perf_counter() - t0
+    sender.join()
+    server.close()
+    return took
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -426,7 +464,8 @@ def measure(args: argparse.Namespace) -> int:
                 print(f"  export {kind} #{rep + 1}: rbd export {exports[kind].cli[-1]:.2f}s, "
                       f"imgstore {exports[kind].ours[-1]:.2f}s", flush=True)
         rows += exports.values()
-        report(args, env, rows, rss, export_api, can_upload, started_kib, bounds, labels)
+        floors = {k: loopback_floor(p.stat().st_size) for k, p in files.items()}
+        report(args, env, rows, rss, export_api, can_upload, started_kib, bounds, labels, floors)
         return 0 if all(r.passes(r.rates()[2]) for r in rows) and (rss is None or rss.peak_kib < 200 * 1024) else 1
     finally:
         if api is not None:
@@ -441,11 +480,13 @@ def measure(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace, env: dict[str, str], rows: list[Row], rss: RssSampler | None,
            export_api: dict[str, float], can_upload: bool, started_kib: int,
-           bounds: dict[str, dict[str, float | str]], labels: dict[str, str]) -> None:
+           bounds: dict[str, dict[str, float | str]], labels: dict[str, str],
+           floors: dict[str, float]) -> None:
     load = os.getloadavg()
     print()
     print(f"cluster {args.cluster} (mon {env['CEPH_MON_HOST']}), {os.cpu_count()} CPUs, load "
-          f"{load[0]:.1f}/{load[1]:.1f}, medians of {args.repeat}, HTTP client curl"
+          f"{load[0]:.1f}/{load[1]:.1f}, medians of {args.repeat}, "
+          "HTTP clients: curl -T up, http.client readinto down"
           + (f", MALLOC_ARENA_MAX={args.malloc_arena_max}" if args.malloc_arena_max else ""))
     print(f"{'':<34}{'imgstore':>13}{'rbd CLI':>13}{'ratio':>9}  {'target':<10}")
     for row in rows:
@@ -466,6 +507,11 @@ def report(args: argparse.Namespace, env: dict[str, str], rows: list[Row], rss: 
         cli = f"; rbd import {statistics.median(row.cli):.2f}s" if row is not None and row.cli else ""
         print(f"hash floor of the {kind} upload (hashlib, file in page cache): md5 {floor['md5']:.2f}s, "
               f"sha512 {floor['sha512']:.2f}s, both at once on two threads {floor['both']:.2f}s{cli}")
+    for kind, took in floors.items():
+        row = next((r for r in rows if r.what == f"export {labels[kind]}"), None)
+        cli = f"; rbd export {statistics.median(row.cli):.2f}s" if row is not None and row.cli else ""
+        print(f"loopback floor of the {kind} export: its bytes through a TCP socket alone "
+              f"{took:.2f}s{cli}")
     print(f"server RSS once started and the storage added: {started_kib / 1024:.0f} MiB")
     for kind, took in export_api.items():
         print(f"ExportImageFromBackupStorage ({kind}): {took:.2f}s (md5 from the write, or read once)")
