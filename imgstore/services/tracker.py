@@ -45,7 +45,7 @@ from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-PARALLELISM = 50
+PARALLELISM = 256  # pings waiting on Ceph at once; pacing, not this, spreads the work
 MAX_BACKOFF = 8  # intervals
 RECONNECT_AFTER = 2  # failed pings in a row before a retry starts from a fresh handle
 FLUSH_SECONDS = 0.25  # news from pings is written together at most this often
