@@ -69,11 +69,12 @@ T = TypeVar("T")
 MiB = 1 << 20
 CHUNK_SIZE = 4 * MiB
 """RBD object size of new images, and the unit of writes and reads."""
-WRITE_WINDOW = 4
-"""Chunks a writer holds at most (being written or hashed): 4 x 4 MiB, and librbd holds a
-copy of each one in flight. On loopback 4 writes in flight are as fast as 8 or 12 (the OSD
-or the hashing is the limit); 8 adds ~40 MiB of RSS, which the service cannot afford
-(an idle ``imgstore serve`` is ~130 MiB; the bar is < 200 MiB during an upload)."""
+WRITE_WINDOW = 3
+"""Chunks a writer holds at most (being written or hashed): 3 x 4 MiB, and librbd holds a
+copy of each one in flight. An upload is CPU-bound here (md5 + sha512 of every byte on
+2 cores): 3 in flight upload as fast as 4, 8 or 12, and each one more costs 8 MiB of RSS
+(an idle ``imgstore serve`` is ~155 MiB; the bar is < 200 MiB during an upload: measured
+peak 183 MiB for a thin image, 196-200 for random data with 3; 188 and 208 with 4)."""
 READ_AHEAD = 3
 """Reads in flight ahead of the consumer of iter_image."""
 _PLAN_AHEAD = 64  # pieces (holes included) iter_image looks ahead at most
