@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,28 +26,8 @@ import asyncssh
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cluster_env(name: str) -> dict[str, str]:
-    out = subprocess.run(["bash", str(ROOT / "scripts/devcluster.sh"), "env", name],
-                         capture_output=True, text=True, check=True).stdout
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export "):
-            k, v = line[7:].split("=", 1)
-            env[k] = v.strip("'\"")
-    return env
-
-
-def free_port() -> int:
-    for port in range(24000, 32000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                pass
-    raise RuntimeError("no free port")
+sys.path.insert(0, str(ROOT / "scripts"))
+from _bench import cluster_env, free_port  # noqa: E402
 
 
 async def floor_once(env: dict[str, str]) -> float:

@@ -31,10 +31,8 @@ import ctypes
 import os
 import random
 import resource
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from _bench import ceph, cluster_env  # noqa: E402
 
 from imgstore.ceph import Cluster  # noqa: E402
 from imgstore.ceph.rbd_io import CHUNK_SIZE, WRITE_WINDOW, ImageWriter, iter_image, remove_image  # noqa: E402
@@ -55,22 +55,6 @@ M_ARENA_MAX = -8
 
 
 # ---------------------------------------------------------------- setup
-
-
-def cluster_env(name: str) -> dict[str, str]:
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "devcluster.sh"), "env", name],
-                         capture_output=True, text=True, check=True).stdout
-    env = {}
-    for line in out.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export":
-            k, _, v = words[1].partition("=")
-            env[k] = v
-    return env
-
-
-def ceph(env: dict[str, str], *args: str) -> None:
-    subprocess.run(["ceph", "-c", env["CEPH_CONF"], *args], check=True, capture_output=True)
 
 
 def make_random(path: Path, size: int) -> None:

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from _bench import ceph, cluster_env, free_port  # noqa: E402
 
 from imgstore.ceph import rbd_client_caps  # noqa: E402
 from imgstore.config import Settings  # noqa: E402
@@ -47,28 +48,6 @@ from imgstore.db.models import CephBackupStorage, CephMon  # noqa: E402
 from imgstore.services.runtime import Runtime  # noqa: E402
 
 PASSWORD = "bench"
-
-
-def cluster_env(name: str) -> dict[str, str]:
-    out = subprocess.run(["bash", str(ROOT / "scripts/devcluster.sh"), "env", name],
-                         capture_output=True, text=True, check=True).stdout
-    return {k: v.strip("'\"") for k, v in (l[7:].split("=", 1) for l in out.splitlines() if l.startswith("export "))}
-
-
-def ceph(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(["ceph", "-c", env["CEPH_CONF"], "--connect-timeout", "10", *args],
-                          capture_output=True, text=True, check=True).stdout
-
-
-def free_port() -> int:
-    for port in range(25000, 32000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                pass
-    raise RuntimeError("no free port")
 
 
 def prepare_cluster(env: dict[str, str], tag: str) -> tuple[str, str, str]:
