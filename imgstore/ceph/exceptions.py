@@ -71,7 +71,32 @@ class ClusterUnreachable(CephError):
     """librados could not reach any monitor of the cluster."""
 
 
+class ImageExists(CephError):
+    """An RBD image of that name is already in the pool."""
+
+
+class ImageNotFound(CephError):
+    """No RBD image of that name in the pool."""
+
+
+class ImageBusy(CephError):
+    """The image cannot be removed: it has clones, snapshots, or is open somewhere."""
+
+
+class ImageNoSpace(CephError):
+    """The pool (or its quota) is full."""
+
+
+class ImageSizeMismatch(CephError, ValueError):
+    """The stream was shorter or longer than the size announced for it."""
+
+
 __all__ = [
+    "ImageBusy",
+    "ImageExists",
+    "ImageNoSpace",
+    "ImageNotFound",
+    "ImageSizeMismatch",
     "CephError",
     "MonUrlError",
     "InvalidName",

@@ -43,16 +43,16 @@ from imgstore.ceph.exceptions import (
     CephPermissionDenied,
     CephTimeout,
     ClusterUnreachable,
+    ImageBusy,
+    ImageExists,
+    ImageNoSpace,
+    ImageNotFound,
+    ImageSizeMismatch,
     PoolNotFound,
 )
 
 __all__ = [
     "CHUNK_SIZE",
-    "ImageBusy",
-    "ImageExists",
-    "ImageNoSpace",
-    "ImageNotFound",
-    "ImageSizeMismatch",
     "ImageWriter",
     "RadosSource",
     "WriteResult",
@@ -97,29 +97,6 @@ FEATURES = (
 _CALL_TIMEOUT = 120.0  # last resort: librados' own op timeouts (cluster.py) come first
 _REMOVE_RETRIES = 3
 _HASH_BATCH = 4  # chunks a hash job takes before letting other pool work in
-
-
-# ---------------------------------------------------------------------- errors
-
-
-class ImageExists(CephError):
-    """An RBD image of that name is already in the pool."""
-
-
-class ImageNotFound(CephError):
-    """No RBD image of that name in the pool."""
-
-
-class ImageBusy(CephError):
-    """The image cannot be removed: it has clones, snapshots, or is open somewhere."""
-
-
-class ImageNoSpace(CephError):
-    """The pool (or its quota) is full."""
-
-
-class ImageSizeMismatch(CephError, ValueError):
-    """The stream was shorter or longer than the size announced for it."""
 
 
 # ---------------------------------------------------------------------- handle

@@ -166,7 +166,7 @@ async def _remove_bits(rt: Runtime, ref: ImageBackupStorageRef) -> None:
     try:
         cluster = await images.cluster_of(rt, storage)
         await rbd_io.remove_image(cluster, pool, ref.image_uuid, missing_ok=True)
-    except rbd_io.ImageBusy as e:
+    except ceph.ImageBusy as e:
         raise ApiError(OPERATION_ERROR, f"cannot remove the bits of image[uuid:{ref.image_uuid}] from backup "
                                         f"storage[uuid:{storage.uuid}]: {e}; the image stays until they are "
                                         "gone", status=409) from None

@@ -196,7 +196,7 @@ async def _compute_md5(rt: Runtime, storage: CephBackupStorage, pool: str, name:
     try:
         async for piece in rbd_io.iter_image(cluster, pool, name, readahead=READ_AHEAD):
             await asyncio.to_thread(h.update, piece)  # hashlib lets go of the GIL
-    except rbd_io.ImageNotFound:
+    except ceph.ImageNotFound:
         raise ApiError(OPERATION_ERROR, f"the RBD image {pool}/{name} of backup storage[uuid:{storage.uuid}] "
                                         "is missing", status=404) from None
     except ceph.CephError as e:
@@ -237,7 +237,7 @@ async def open_download(rt: Runtime, pool: str, segment: str, token: str | None)
     try:
         cluster = await rt.clusters.get(storage)
         size = await rbd_io.image_size(cluster, pool, name)
-    except rbd_io.ImageNotFound:
+    except ceph.ImageNotFound:
         raise _no_export(pool, segment) from None
     except ceph.CephError as e:
         raise ceph_error(e) from None

@@ -35,7 +35,8 @@ from typing import Any
 
 from imgstore import imageformat, qemu
 from imgstore.ceph import CephError
-from imgstore.ceph.rbd_io import ImageSizeMismatch, ImageWriter, RadosSource, remove_image
+from imgstore.ceph.exceptions import ImageSizeMismatch
+from imgstore.ceph.rbd_io import ImageWriter, RadosSource, remove_image
 
 log = logging.getLogger(__name__)
 

@@ -363,7 +363,7 @@ async def _image_size(cluster: ceph.Cluster, install_path: str) -> int | None:
         return None
     try:
         return await rbd_io.image_size(cluster, *where)
-    except rbd_io.ImageNotFound:
+    except ceph.ImageNotFound:
         log.info("import: %s has no RBD image: skipped", install_path)
     except (ceph.PoolNotFound, ceph.CephPermissionDenied) as e:
         log.info("import: %s cannot be read with the storage's key: skipped (%s)", install_path, e)
@@ -388,7 +388,7 @@ async def _found_by_name(cluster: ceph.Cluster, pool: str) -> list[Found]:
             continue
         try:
             size = await rbd_io.image_size(cluster, pool, name)
-        except rbd_io.ImageNotFound:  # removed meanwhile
+        except ceph.ImageNotFound:  # removed meanwhile
             continue
         found.append(Found(name, f"{_CEPH_SCHEME}{pool}/{name}", size))
     return found

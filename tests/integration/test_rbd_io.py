@@ -21,13 +21,9 @@ from typing import Any
 
 import pytest
 
-from imgstore.ceph import Cluster, PoolNotFound, rbd_io
+from imgstore.ceph import Cluster, ImageBusy, ImageExists, ImageNotFound, ImageSizeMismatch, PoolNotFound, rbd_io
 from imgstore.ceph.rbd_io import (
     CHUNK_SIZE,
-    ImageBusy,
-    ImageExists,
-    ImageNotFound,
-    ImageSizeMismatch,
     ImageWriter,
     image_size,
     iter_image,
