@@ -29,7 +29,8 @@ import asyncio
 import hashlib
 import os
 import random
-import socket
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,8 @@ from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from _bench import free_port  # noqa: E402
 
 from imgstore.config import Settings  # noqa: E402
 from imgstore.dates import utcnow  # noqa: E402
@@ -58,17 +61,6 @@ app = FastAPI()
 async def constant() -> dict:
     return {"inventories": [], "total": 0}
 """
-
-
-def free_port() -> int:
-    for port in range(26000, 32000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                pass
-    raise RuntimeError("no free port")
 
 
 async def fill(settings: Settings, storages: int, images: int) -> list[str]:
@@ -141,6 +133,27 @@ async def load(base: str, headers: dict[str, str], path_of, n: int, concurrency:
     return statistics.median(times) * 1000, times[int(len(times) * 0.99) - 1] * 1000, n / elapsed
 
 
+def wrk(url: str, headers: dict[str, str], concurrency: int, seconds: int = 8) -> tuple[float, float, float] | None:
+    """(p50 ms, p99 ms, requests/s) of one URL from wrk, a client in C, or None without wrk.
+
+    The Python client above is busy at ~700 req/s on this machine, which is also the
+    floor's figure with it: wrk shows what the server itself can do."""
+    if not shutil.which("wrk"):
+        return None
+    cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{seconds}s", "--latency"]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        value = next(l.split()[-1] for l in out.splitlines() if l.strip().startswith(label))
+        unit = re.search(r"[a-z]+$", value).group()  # type: ignore[union-attr]
+        return float(value[: -len(unit)]) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    rps = float(next(l.split()[-1] for l in out.splitlines() if "Requests/sec" in l))
+    return ms("50%"), ms("99%"), rps
+
+
 def pg_database() -> str | None:
     try:
         import psycopg
@@ -204,6 +217,13 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
         print(f"{'call':<26}{'p50':>9}{'p99':>9}{'req/s':>9}{'floor':>7}{'of floor':>10}{'p50 alone':>11}")
         for name, p50, p99, rps, frps, alone in [("floor: constant route", f50, f99, frps, frps, alone), *rows]:
             print(f"{name:<26}{p50:>7.1f}ms{p99:>7.1f}ms{rps:>9.0f}{frps:>7.0f}{rps / frps:>10.0%}{alone:>9.1f}ms")
+        fast = wrk(f"{floor_base}/zstack/v1/constant", floor_headers, args.concurrency)
+        if fast:
+            paged = wrk(f"{base}/zstack/v1/backup-storage?limit=20&start={args.storages // 2}", headers, args.concurrency)
+            assert paged is not None
+            print(f"with wrk (C client, concurrency {args.concurrency}, 8 s each): floor {fast[2]:.0f} req/s "
+                  f"p50 {fast[0]:.2f}ms; paged query (start={args.storages // 2}) {paged[2]:.0f} req/s "
+                  f"p50 {paged[0]:.1f}ms p99 {paged[1]:.1f}ms: {paged[2] / fast[2]:.0%} of the floor")
     finally:
         proc.terminate()
         proc.wait(20)
