@@ -66,11 +66,15 @@ def inventories_reply(
     body: dict[str, Any] = {"inventories": [dump(i, fields) for i in items]}
     if total is not None:
         body["total"] = total
-    schema = dict(schema_of(items, "inventories"))
-    if fields:
-        schema = {p: c for p, c in schema.items() if p.count(".") == 0 or p.split(".")[1].split("[")[0] in fields}
-    body["schema"] = schema
+    body["schema"] = _projected(dict(schema_of(items, "inventories")), fields)
     return body
+
+
+def _projected(schema: dict[str, str], fields: Sequence[str]) -> dict[str, str]:
+    """The ``schema`` entries of what ``fields`` keeps (all of it without ``fields``)."""
+    if not fields:
+        return schema
+    return {p: c for p, c in schema.items() if p.count(".") == 0 or p.split(".")[1].split("[")[0] in fields}
 
 
 # ---------------------------------------------------------------- the query fast path
@@ -178,8 +182,5 @@ def rows_reply(
     body: dict[str, Any] = {"inventories": items}
     if total is not None:
         body["total"] = total
-    entries = dict(schema)
-    if fields:
-        entries = {p: c for p, c in entries.items() if p.count(".") == 0 or p.split(".")[1].split("[")[0] in fields}
-    body["schema"] = entries
+    body["schema"] = _projected(dict(schema), fields)
     return body
