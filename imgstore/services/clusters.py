@@ -43,18 +43,25 @@ def mon_host_of(row: CephBackupStorage) -> str:
     return ",".join(m.mon_host or f"v1:{m.mon_addr or m.hostname}:{m.mon_port}" for m in mons)
 
 
+Identity = tuple[str, str]  # (mon_host, sealed key): what a handle was made from
+
+
 class ClusterRegistry:
     """One connected ``ceph.Cluster`` per storage, made on first use and kept.
 
     A handle is remade when the storage's mons or key change, so a reconnect after
-    an operator fixes the mon list takes effect at once.
+    an operator fixes the mon list takes effect at once. Callers that want the same
+    handle while it connects share that one connection attempt instead of queueing for
+    their own, and a replaced handle is shut down in the background (against dead mons
+    a shutdown waits out the Ceph timeout): whoever asks waits one Ceph timeout at most.
     """
 
     def __init__(self, secrets: SecretBox, timeout: float) -> None:
         self._secrets = secrets
         self._timeout = timeout
-        self._clusters: dict[str, tuple[tuple[str, str], ceph.Cluster]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._clusters: dict[str, tuple[Identity, ceph.Cluster]] = {}
+        self._connecting: dict[str, tuple[Identity, asyncio.Task[ceph.Cluster]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def get(self, row: CephBackupStorage) -> ceph.Cluster:
         if not row.ceph_key or not row.ceph_client:
@@ -64,37 +71,74 @@ class ClusterRegistry:
                 status=409,
             )
         identity = (mon_host_of(row), row.ceph_key)
-        async with self._locks.setdefault(row.uuid, asyncio.Lock()):
-            known = self._clusters.get(row.uuid)
-            if known and known[0] == identity:
-                return known[1]
-            if known:
-                await known[1].close()
-                del self._clusters[row.uuid]
-            cluster = ceph.Cluster(
-                identity[0], row.ceph_client, self._secrets.open(row.ceph_key), self._timeout
-            )
-            try:
-                await cluster.connect()
-            except ceph.CephError as e:
-                await cluster.close()
-                raise ceph_error(e) from None
-            self._clusters[row.uuid] = (identity, cluster)
-            return cluster
+        known = self._clusters.get(row.uuid)
+        if known and known[0] == identity:
+            return known[1]
+        pending = self._connecting.get(row.uuid)
+        if pending is None or pending[0] != identity:
+            task = asyncio.create_task(self._connect(row.uuid, identity, row.ceph_client))
+            task.add_done_callback(_consume_error)
+            pending = self._connecting[row.uuid] = (identity, task)
+        return await asyncio.shield(pending[1])
 
-    async def adopt(self, uuid: str, identity: tuple[str, str], cluster: ceph.Cluster) -> None:
+    async def _connect(self, uuid: str, identity: Identity, client: str) -> ceph.Cluster:
+        """Connect, then keep the handle, unless a forget or a newer identity came first."""
+        cluster = ceph.Cluster(identity[0], client, self._secrets.open(identity[1]), self._timeout)
+        try:
+            await cluster.connect()
+        except ceph.CephError as e:
+            await cluster.close()
+            raise ceph_error(e) from None
+        except BaseException:
+            await cluster.close()
+            raise
+        finally:
+            pending = self._connecting.get(uuid)
+            superseded = pending is None or pending[1] is not asyncio.current_task()
+            if not superseded:
+                del self._connecting[uuid]
+        if superseded:
+            self._retire(cluster)
+            raise ApiError(
+                OPERATION_ERROR,
+                f"the connection of backup storage[uuid:{uuid}] was renewed meanwhile; try again",
+                status=503,
+            )
+        self._keep(uuid, identity, cluster)
+        return cluster
+
+    async def adopt(self, uuid: str, identity: Identity, cluster: ceph.Cluster) -> None:
         """Keep a handle an onboarding already connected."""
-        old = self._clusters.pop(uuid, None)
-        if old:
-            await old[1].close()
-        self._clusters[uuid] = (identity, cluster)
+        self._connecting.pop(uuid, None)
+        self._keep(uuid, identity, cluster)
 
     async def forget(self, uuid: str) -> None:
+        """Drop the storage's handle (and any connection under way): the next get makes a new one."""
+        self._connecting.pop(uuid, None)
         known = self._clusters.pop(uuid, None)
-        self._locks.pop(uuid, None)
         if known:
-            await known[1].close()
+            self._retire(known[1])
 
     async def close_all(self) -> None:
-        for uuid in list(self._clusters):
+        for uuid in list(self._clusters) + list(self._connecting):
             await self.forget(uuid)
+        await asyncio.gather(*self._closing)
+
+    def _keep(self, uuid: str, identity: Identity, cluster: ceph.Cluster) -> None:
+        old = self._clusters.get(uuid)
+        if old and old[1] is not cluster:
+            self._retire(old[1])
+        self._clusters[uuid] = (identity, cluster)
+
+    def _retire(self, cluster: ceph.Cluster) -> None:
+        """Shut ``cluster`` down without waiting for it (its calls already in flight
+        end on their own timeouts)."""
+        task = asyncio.create_task(cluster.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+def _consume_error(task: asyncio.Task[ceph.Cluster]) -> None:
+    """A connection whose every waiter was cancelled must not log 'exception never retrieved'."""
+    if not task.cancelled():
+        task.exception()

@@ -40,7 +40,6 @@ from dataclasses import dataclass, replace
 from imgstore.db.models import CephBackupStorage
 from imgstore.services import ceph_backup_storage, ceph_connection, leases
 from imgstore.services.ceph_connection import Outcome
-from imgstore.services.locking import local_lock
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -162,16 +161,19 @@ class Tracker:
             backoff = self._backoff.get(row.uuid, _Backoff())
             if backoff.failures >= RECONNECT_AFTER and backoff.renew_handle:
                 await rt.clusters.forget(row.uuid)
-            async with local_lock("backup_storage", row.uuid):
-                if ceph_connection.generation(row.uuid) != generation:
-                    return None  # a Reconnect ran meanwhile: its result stands, and the row is stale
-                outcome = await ceph_connection.probe(rt, row, generation)
-                if check_key and outcome.status == ceph_connection.CONNECTED:
-                    refused = await ceph_connection.check_key(rt, row)
-                    if refused is None:
-                        self._key_checked[row.uuid] = time.monotonic()
-                    else:
-                        outcome = replace(outcome, status=ceph_connection.DISCONNECTED, reason=refused, capacity=None)
+            # no row lock across the Ceph calls: a Reconnect or a state change must not
+            # wait out a dead cluster's timeout behind a ping. A Reconnect bumps the
+            # generation before it touches the handle, and record() drops what a ping
+            # found before it.
+            if ceph_connection.generation(row.uuid) != generation:
+                return None  # a Reconnect ran meanwhile: its result stands, and the row is stale
+            outcome = await ceph_connection.probe(rt, row, generation)
+            if check_key and outcome.status == ceph_connection.CONNECTED:
+                refused = await ceph_connection.check_key(rt, row)
+                if refused is None:
+                    self._key_checked[row.uuid] = time.monotonic()
+                else:
+                    outcome = replace(outcome, status=ceph_connection.DISCONNECTED, reason=refused, capacity=None)
         return outcome
 
     def _note(self, outcome: Outcome) -> None:

@@ -50,13 +50,14 @@ def test_mon_killed_then_restarted(tracked_server: Server, c2: DevCluster, pool2
         # an API call that needs the cluster fails fast with a clear error, never hangs
         t1 = time.monotonic()
         r = api.put(f"/backup-storage/{inv['uuid']}/actions", json={"reconnectBackupStorage": {}})
-        assert time.monotonic() - t1 < 3 + 3, "reconnect must give up within the Ceph timeout"
+        refused_in = time.monotonic() - t1
+        assert refused_in < 3 + 2, "reconnect must give up within one Ceph timeout"
         assert r.status_code == 503 and r.json()["error"]["details"]
         # and a call about nothing in the cluster is not slowed by it
         t2 = time.monotonic()
         assert api.get("/backup-storage").status_code == 200
         assert time.monotonic() - t2 < 1
-        print(f"mon down noticed in {t1 - t0:.1f} s")
+        print(f"mon down noticed in {t1 - t0:.1f} s, reconnect refused in {refused_in:.1f} s")
     finally:
         c2.devcluster("daemon-start", "mon")
     up = wait_for(lambda: became(api, inv["uuid"], "Connected"), NOTICE + 10)
