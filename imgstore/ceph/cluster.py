@@ -31,6 +31,7 @@ from typing import Any, Callable, TypeVar
 import rados
 
 from imgstore.ceph.capacity import Capacity, PoolLayout, compute_capacity, osds_of_rule, pool_layout
+from imgstore.ceph.recent import Recent
 from imgstore.ceph.exceptions import (
     CephCommandFailed,
     CephError,
@@ -47,6 +48,11 @@ _WORKERS = 4
 _GRACE = 1.5  # seconds wait_for allows beyond librados' own timeouts
 _PROBE_DATA = b"imgstore ping\n"
 _LAYOUT_SECONDS = 30.0  # how long capacity trusts a pool's layout (see Cluster.capacity)
+_SHARED_SECONDS = 1.0  # how long a ping reuses what another storage's ping heard of the cluster
+
+# Shared by every handle of this process, keyed by the cluster's fsid (see recent.py).
+_LAYOUTS: Recent[tuple[PoolLayout, Any]] = Recent(_LAYOUT_SECONDS)
+_HEARD: Recent[Any] = Recent(_SHARED_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,6 @@ class Cluster:
         self._rados: Any = None
         self._conf: dict[str, str] = {}
         self._connecting = asyncio.Lock()
-        self._layouts: dict[str, tuple[float, PoolLayout, Any]] = {}
 
     def __repr__(self) -> str:  # no key here, ever
         return f"Cluster(mon_host={self._mon_host!r}, client={self._client!r})"
@@ -191,21 +196,22 @@ class Cluster:
         every interval): the mons in quorum, then a small object written to ``pool`` and
         removed (ZStack's ping write test) and the pool's capacity.
 
+        The write and the removal go as one compound op: one round trip to the OSD,
+        refused like a plain write by a read-only key or a full pool. What the cluster
+        says of itself (quorum, usage) may come from another storage's ping on the same
+        cluster within the last ``_SHARED_SECONDS``; the write test is always this
+        storage's own, through its own handle.
+
         Raises when the mons do not answer. A failure past them is ``Health.pool_error``,
         ZStack's ``UnableToCreateFile``: CephTimeout when the OSDs do not answer,
         CephPermissionDenied when the key may not write the pool, PoolNotFound.
         """
 
         def check() -> Health:
-            quorum = _quorum_of(self._mon_json_now("quorum_status"))
+            quorum = _quorum_of(self._mon_json_heard("quorum_status"))
             try:
-                ioctx = self.handle.open_ioctx(pool)
-                try:
-                    ioctx.write_full(object_name, _PROBE_DATA)
-                    ioctx.remove_object(object_name)
-                finally:
-                    ioctx.close()
-                return Health(quorum, self._capacity(pool), None)
+                self._write_and_remove(pool, object_name)
+                return Health(quorum, self._capacity(pool, self._mon_json_heard), None)
             except rados.Error as e:
                 return Health(quorum, None, _translate(e, f"write test object to pool {pool}", self._mon_host, pool))
             except CephError as e:
@@ -213,28 +219,46 @@ class Cluster:
 
         return await self._call(check, "ceph quorum_status")
 
-    def _capacity(self, pool: str) -> Capacity:
-        """Blocking. The usage figures (``osd df``, ``df``) are asked every time; the pool's
-        layout and the OSDs under its crush rule (from ``osd dump``, the crush rules and
-        ``osd tree``) are kept ``_LAYOUT_SECONDS``: they change when an operator changes
-        the cluster, and asking for them on every ping more than doubled its cost."""
-        osd_df = self._mon_json_now("osd df")  # a mgr command: the mon proxies it (see ssh.rbd_client_caps)
-        df = self._mon_json_now("df")
-        now = time.monotonic()
-        known = self._layouts.get(pool)
-        if known is None or now - known[0] > _LAYOUT_SECONDS:
-            layout = pool_layout(self._mon_json_now("osd dump"), pool)
-            osds = osds_of_rule(
-                self._mon_json_now("osd crush rule dump"), self._mon_json_now("osd tree"), layout.crush_rule
-            )
-            known = self._layouts[pool] = (now, layout, osds)
-        return compute_capacity(known[1], known[2], osd_df, df)
+    def _write_and_remove(self, pool: str, object_name: str) -> None:
+        ioctx = self.handle.open_ioctx(pool)
+        try:
+            op = ioctx.create_write_op()
+            try:
+                op.write_full(_PROBE_DATA)
+                op.remove()
+                ioctx.operate_write_op(op, object_name)
+            finally:
+                ioctx.release_write_op(op)
+        finally:
+            ioctx.close()
+
+    def _capacity(self, pool: str, ask: Callable[[str], Any] | None = None) -> Capacity:
+        """Blocking. The usage figures (``osd df``, ``df``) are asked with ``ask`` (by
+        default afresh); the pool's layout and the OSDs under its crush rule (from ``osd
+        dump``, the crush rules and ``osd tree``) are kept ``_LAYOUT_SECONDS`` per cluster:
+        they change when an operator changes the cluster, and asking for them on every
+        ping more than doubled its cost."""
+        ask = ask or self._mon_json_now
+        osd_df = ask("osd df")  # a mgr command: the mon proxies it (see ssh.rbd_client_caps)
+        df = ask("df")
+        layout, osds = _LAYOUTS.get((self.handle.get_fsid(), pool), lambda: self._layout(pool))
+        return compute_capacity(layout, osds, osd_df, df)
+
+    def _layout(self, pool: str) -> tuple[PoolLayout, Any]:
+        layout = pool_layout(self._mon_json_now("osd dump"), pool)
+        osds = osds_of_rule(self._mon_json_now("osd crush rule dump"), self._mon_json_now("osd tree"), layout.crush_rule)
+        return layout, osds
 
     # ------------------------------------------------------------------ plumbing
 
     async def _mon_json(self, prefix: str, **args: Any) -> Any:
         """Run a mon command with ``format=json`` and decode its output."""
         return await self._call(lambda: self._mon_json_now(prefix, **args), f"ceph {prefix}")
+
+    def _mon_json_heard(self, prefix: str) -> Any:
+        """Blocking ``_mon_json`` of a question about the whole cluster, whose answer
+        any handle on it may have heard in the last ``_SHARED_SECONDS``."""
+        return _HEARD.get((self.handle.get_fsid(), prefix), lambda: self._mon_json_now(prefix))
 
     def _mon_json_now(self, prefix: str, **args: Any) -> Any:
         """Blocking ``_mon_json``, for code already in the thread pool."""
