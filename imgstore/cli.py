@@ -455,29 +455,15 @@ def serve(
     log_level: str = typer.Option("info", help="debug, info, warning or error"),
 ) -> None:
     """Run the API server (settings from IMGSTORE_* variables; migrations applied on start)."""
-    from imgstore import logs
+    from imgstore import logs, memory
     from imgstore.app import create_app
 
-    _limit_malloc_arenas()
+    memory.limit_arenas()
     log_config = logs.configure(log_level)  # one masked JSON line per event, uvicorn's too
     # uvicorn writes its access line when a response starts, before a streamed body's
     # duration is known: logs.RequestContext writes one per finished request instead
     uvicorn.run(create_app(), host=host, port=port, log_level=log_level, log_config=log_config,
                 access_log=False, proxy_headers=False)
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives every thread that allocates its own arena; librados and the image
-    threads then hold on to hundreds of MiB they no longer use. Same as MALLOC_ARENA_MAX."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
-        except (OSError, AttributeError):
-            pass
 
 
 # ------------------------------------------------------------------ sessions

@@ -22,8 +22,6 @@ in its bounded executor; ``aio_*`` completions come back to the event loop throu
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import errno
 import functools
 import hashlib
@@ -37,6 +35,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import rados
 import rbd
 
+from imgstore import memory
 from imgstore.ceph.exceptions import (
     CephCommandFailed,
     CephError,
@@ -431,7 +430,7 @@ class ImageWriter:
         ioctx, self._ioctx = self._ioctx, None
         if ioctx is not None:
             await _call(self._cluster, ioctx.close, "close ioctx", self.pool)
-        _submit_quietly(self._cluster, _trim_heap)
+        _submit_quietly(self._cluster, memory.trim_heap)
 
 
 class _HashLane:
@@ -524,25 +523,6 @@ def _data_runs(data: bytes | bytearray, chunk: int) -> list[tuple[int, int]]:
     if start is not None:
         runs.append((start, n))
     return runs
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-def _trim_heap() -> None:
-    """``malloc_trim(0)``: an image stream frees tens of MiB of 4 MiB buffers (ours and
-    librbd's) in the middle of glibc's arenas, which keep them mapped; an idle server
-    would carry each upload's peak on into the next. A few ms, in a pool thread."""
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 @functools.lru_cache(maxsize=4)

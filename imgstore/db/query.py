@@ -138,6 +138,7 @@ def build_select(q: Queryable, spec: QuerySpec) -> tuple[Select[Any], Select[Any
     return page, select(func.count()).select_from(matching.subquery())
 
 
+@functools.cache
 def joined_loads(entity: type) -> tuple[Any, ...]:
     """Loader options that fetch the collections an entity loads eagerly (``lazy="selectin"``,
     its subclasses' too) in the page's own SELECT, as LEFT OUTER JOINs.
@@ -146,11 +147,6 @@ def joined_loads(entity: type) -> tuple[Any, ...]:
     ``LIMIT``/``OFFSET`` to the entities in a subquery, so paging is unchanged. The
     result must be read with ``.unique()``.
     """
-    return _joined_loads(entity)
-
-
-@functools.cache
-def _joined_loads(entity: type) -> tuple[Any, ...]:
     options = []
     for mapper in inspect(entity).self_and_descendants:
         for rel in mapper.relationships:
