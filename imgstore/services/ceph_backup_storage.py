@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -520,6 +520,25 @@ async def load_many(rt: Runtime, uuids: list[str]) -> list[CephBackupStorage]:
     """The storages of ``uuids`` (with their mons); missing ones are left out."""
     async with rt.db() as db:
         return await rows_of(db, uuids)
+
+
+async def versions_of(rt: Runtime, uuids: list[str]) -> dict[str, tuple[object, ...]]:
+    """For each storage of ``uuids`` that exists, a value that changes whenever it or its
+    mons do (its lastOpDate, its mons' number and latest lastOpDate): a reader that kept
+    a row reloads it only when this moved. One plain statement, no rows built."""
+    bs, mon = CephBackupStorage, CephMon
+    versions: dict[str, tuple[object, ...]] = {}
+    async with rt.db() as db:
+        for i in range(0, len(uuids), 500):
+            stmt = (
+                select(bs.uuid, bs.last_op_date, func.count(mon.uuid), func.max(mon.last_op_date))
+                .outerjoin(mon, mon.backup_storage_uuid == bs.uuid)
+                .where(bs.uuid.in_(uuids[i : i + 500]))
+                .group_by(bs.uuid, bs.last_op_date)
+            )
+            for uuid, *version in await db.execute(stmt):
+                versions[uuid] = tuple(version)
+    return versions
 
 
 async def rows_of(db: AsyncSession, uuids: list[str]) -> list[CephBackupStorage]:

@@ -7,7 +7,8 @@ is not hammered and many storages do not retry in lock-step. Pings run concurren
 at most ``PARALLELISM`` at a time, each bounded by the Ceph timeout: a round never
 waits on one dead cluster, and the API, on the same event loop, never waits on a ping.
 
-A round costs the database two reads (the owned storages, then their rows) and, only when
+A round costs the database two reads (the owned storages, then their versions: rows are
+kept between rounds and read again only when they changed) and, only when
 a ping found something new (status, a mon, capacity), one write transaction per
 ``FLUSH_SECONDS`` holding all the news: a steady round writes nothing. Its pings start
 evenly over ``SPREAD_SECONDS`` rather than all at once, so an API request on the same event
@@ -35,6 +36,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from imgstore.db.models import CephBackupStorage
@@ -67,6 +69,8 @@ class Tracker:
         self._interval = rt.settings.ping_interval
         self._backoff: dict[str, _Backoff] = {}
         self._key_checked: dict[str, float] = {}
+        # each storage's row as last read, with its version (see _rows_to_ping)
+        self._rows: dict[str, tuple[tuple[object, ...], CephBackupStorage]] = {}
         self._task: asyncio.Task[None] | None = None
         self._gate = asyncio.Semaphore(PARALLELISM)
         self._wake = asyncio.Event()
@@ -110,6 +114,7 @@ class Tracker:
         for gone in set(self._backoff) - set(uuids):
             del self._backoff[gone]
             self._key_checked.pop(gone, None)
+            self._rows.pop(gone, None)
         due = [u for u in uuids if self._backoff.setdefault(u, _Backoff()).next_try <= now]
         if not due:
             return
@@ -122,31 +127,55 @@ class Tracker:
             outcome = await self._ping(row, generations[row.uuid], row.uuid in keys)
             if outcome is not None:
                 self._note(outcome)
-                if ceph_connection.apply(row, outcome):  # row: this round's snapshot
+                if ceph_connection.apply(row, outcome):  # row: the kept snapshot
                     news.append(outcome)
 
         spacing = min(SPREAD_SECONDS, self._interval / 2) / len(due)
         tasks: list[asyncio.Task[None]] = []
 
         async def launch() -> None:
-            # rows are loaded a slice at a time, so no single step of the round holds
-            # the event loop for long
-            for i in range(0, len(due), LOAD_SLICE):
-                for row in await ceph_backup_storage.load_many(self._rt, due[i : i + LOAD_SLICE]):
-                    tasks.append(asyncio.create_task(ping(row)))
-                    await asyncio.sleep(spacing)
+            async for row in self._rows_to_ping(due):
+                tasks.append(asyncio.create_task(ping(row)))
+                await asyncio.sleep(spacing)
 
         launcher = asyncio.create_task(launch())
         try:
             while not (launcher.done() and all(t.done() for t in tasks)):
                 await asyncio.wait({launcher, *tasks}, timeout=FLUSH_SECONDS)
                 batch, news[:] = news[:], []
-                await ceph_connection.record(self._rt, batch)
+                await self._record(batch)
             for task in (launcher, *tasks):
                 task.result()  # a bug in a ping is the round's failure, logged by _loop
         finally:
             for task in (launcher, *tasks):
                 task.cancel()
+
+    async def _rows_to_ping(self, due: list[str]) -> AsyncIterator[CephBackupStorage]:
+        """The rows of ``due``, in order. A row is read again only when its version moved
+        (someone changed it or its mons, or a ping wrote news): a steady round builds no
+        ORM rows, whose loading held the event loop a few ms per slice, every round. The
+        changed ones are read a slice at a time, so no single step holds it for long."""
+        versions = await ceph_backup_storage.versions_of(self._rt, due)
+        for gone in set(due) - set(versions):
+            self._rows.pop(gone, None)
+        due = [u for u in due if u in versions]
+        stale = [u for u in due if self._rows.get(u, (None,))[0] != versions[u]]
+        for i in range(0, len(stale), LOAD_SLICE):
+            for row in await ceph_backup_storage.load_many(self._rt, stale[i : i + LOAD_SLICE]):
+                self._rows[row.uuid] = (versions[row.uuid], row)
+        for uuid in due:
+            if uuid in self._rows:
+                yield self._rows[uuid][1]
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Write the news; when that fails, forget the snapshots it was applied to (they
+        now claim what the database does not hold) so the next round reads them again."""
+        try:
+            await ceph_connection.record(self._rt, outcomes)
+        except BaseException:
+            for outcome in outcomes:
+                self._rows.pop(outcome.uuid, None)
+            raise
 
     def _keys_to_check(self, uuids: list[str], now: float) -> set[str]:
         """This round's key checks: those checked longest ago (never, or refused, first)."""
