@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Api, DevCluster, Server, wait_for
+from tests.conftest import Api, DevCluster, Server, free_port, wait_for
 
 pytestmark = pytest.mark.ceph
 
@@ -129,3 +129,26 @@ def test_reconnect_on_a_healthy_storage(api: Api, c2: DevCluster, pool2: str) ->
                 headers={"Prefer": "respond-async"})
     done = api.wait_job(r)
     assert done.status_code == 200 and done.json()["inventory"]["status"] == "Connected"
+
+
+def test_the_tracker_pings_a_storage_with_its_mons_as_they_are_now(
+    tracked_server: Server, c2: DevCluster, pool2: str
+) -> None:
+    """The tracker keeps rows between rounds: a mon moved by the API must be pinged where
+    it now is, with nobody calling Reconnect."""
+    api = tracked_server.login()
+    inv = api.add_ceph("mon-moved", [c2.mon_url], poolName=pool2).json()["inventory"]
+    [mon] = inv["mons"]
+
+    def move_mon(port: int) -> None:
+        r = api.put(f"/backup-storage/ceph/mons/{mon['monUuid']}/actions",
+                     json={"updateCephBackupStorageMon": {"monPort": port}})
+        assert r.status_code == 200, r.text
+
+    wait_for(lambda: became(api, inv["uuid"], "Connected"), NOTICE)
+    move_mon(free_port())  # nothing listens there
+    down = wait_for(lambda: became(api, inv["uuid"], "Disconnected"), NOTICE)
+    assert down["mons"][0]["status"] == "Disconnected"
+    move_mon(mon["monPort"])
+    up = wait_for(lambda: became(api, inv["uuid"], "Connected"), NOTICE + 10)
+    assert up["mons"][0]["status"] == "Connected"
