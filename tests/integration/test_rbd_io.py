@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shlex
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,11 +30,10 @@ from imgstore.ceph.rbd_io import (
     read_range,
     remove_image,
 )
+from tests.conftest import DevCluster
 
 pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
 
-REPO = Path(__file__).resolve().parents[2]
-DEVCLUSTER = REPO / "scripts" / "devcluster.sh"
 MiB = 1 << 20
 
 
@@ -45,20 +43,10 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-def c1() -> dict[str, str]:
-    if not DEVCLUSTER.exists():
-        pytest.skip(f"{DEVCLUSTER} is not there")
-    if subprocess.run([str(DEVCLUSTER), "status", "c1"], capture_output=True, timeout=60).returncode:
-        pytest.skip("dev cluster c1 is not running (run: scripts/devcluster.sh start c1)")
-    out = subprocess.run([str(DEVCLUSTER), "env", "c1"], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    env = {}
-    for line in out.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export":
-            key, _, value = words[1].partition("=")
-            env[key] = value
-    return env
+def c1(c1: DevCluster) -> dict[str, str]:
+    """conftest's dev cluster c1 (skipped when it is not running), as the mapping of its
+    ``devcluster.sh env`` that these tests index."""
+    return c1.env
 
 
 def cli(c1: dict[str, str], tool: str, *args: str) -> Any:
