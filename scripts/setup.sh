@@ -4,7 +4,7 @@
 #
 #   1. Debian packages: Ceph (mon, osd, mgr, CLI, python3-rados/rbd), openssh-server,
 #      sshpass, qemu-utils, uuid-runtime, curl, chromium + chromium-driver for the
-#      console's browser tests (via scripts/devcluster.sh install;
+#      console's browser tests, wrk for scripts/bench_api.py (via scripts/devcluster.sh install;
 #      `apt-get update` runs once, and only when something is missing).
 #   2. .venv in the checkout on CPython 3.11 (pyenv `python3.11` first, else any
 #      CPython 3.11 found), with `pip install -e '.[test]'` (re-run when
@@ -27,8 +27,9 @@ log() { printf '[setup +%ss] %s\n' "$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGI
 die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- 1. Debian packages
-# chromium + chromium-driver: the headless browser of the console tests (tests/e2e)
-DEVCLUSTER_EXTRA_PACKAGES="curl ca-certificates chromium chromium-driver" bash "$ROOT/scripts/devcluster.sh" install 2>&1 | sed 's/^/[setup] /' >&2
+# chromium + chromium-driver: the headless browser of the console tests (tests/e2e);
+# wrk: the C client scripts/bench_api.py measures the server with (Python clients cap it)
+DEVCLUSTER_EXTRA_PACKAGES="curl ca-certificates chromium chromium-driver wrk" bash "$ROOT/scripts/devcluster.sh" install 2>&1 | sed 's/^/[setup] /' >&2
 
 # ---------------------------------------------------------------- 2. venv
 is_py311() { [ -x "$1" ] && "$1" -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 11) or sys.implementation.name != "cpython")' 2>/dev/null; }
