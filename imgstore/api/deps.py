@@ -67,11 +67,12 @@ _SESSION_HEADER = APIKeyHeader(
 )
 
 
-async def require_session(
-    rt: Runtime = Depends(runtime), authorization: str | None = Security(_SESSION_HEADER)
-) -> Session:
-    """``Authorization: OAuth <session uuid>`` naming a live session, or ID.1001."""
-    return await sessions.authenticate(rt.db, authorization)
+async def require_session(request: Request, authorization: str | None = Security(_SESSION_HEADER)) -> Session:
+    """``Authorization: OAuth <session uuid>`` naming a live session, or ID.1001; and,
+    before that, :func:`refuse_nul`. One dependency for both: FastAPI's solving of each
+    dependency is a good part of what a request that needs no database costs."""
+    await refuse_nul(request)
+    return await sessions.authenticate((await runtime(request)).db, authorization)
 
 
 def wants_schema(request: Request) -> bool:
