@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Benchmark: what one request costs inside the ASGI application, with no socket and no client.
+
+The HTTP benchmarks (bench_api.py) measure the server through a client on the same two
+cores, so their figures move with the client and the machine's load. This one calls the
+application object directly, one request after another, and prints the CPU time each
+request takes inside it, beside a bare FastAPI route that returns a constant (the
+framework's floor), timed the same way in the same process:
+
+* GetBackupStorageTypes: session check, middlewares, routing, no database
+* a paged query (``limit=20``) and a get by uuid over N storages, which also go to the
+  database (SQLite, or an empty database at ``IMGSTORE_DB_URL``)
+
+    .venv/bin/python scripts/bench_app.py [--storages 10000] [--requests 1000]
+
+Each figure is the best of five batches: the machine is shared and the lowest figure is
+the one least disturbed by it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+from fastapi import FastAPI
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+PASSWORD = "bench"
+App = Callable[[dict, Any, Any], Awaitable[None]]
+
+
+def floor_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/zstack/v1/constant")
+    async def constant() -> dict:
+        return {"inventories": [], "total": 0}
+
+    return app
+
+
+async def call(app: App, path: str, headers: list[tuple[bytes, bytes]]) -> int:
+    """One GET through the ASGI interface; the response's status."""
+    route, _, query = path.partition("?")
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": route, "raw_path": route.encode(), "query_string": query.encode(), "root_path": "",
+        "headers": [(b"host", b"bench"), *headers], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    status = 0
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def per_request_ms(app: App, path_of: Callable[[int], str], headers: list[tuple[bytes, bytes]],
+                         n: int) -> float:
+    """Best of five batches of n requests, in ms per request; every answer must be 200."""
+    for i in range(min(n, 200)):  # warm-up: statement caches, first connections
+        await call(app, path_of(i), headers)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for i in range(n):
+            status = await call(app, path_of(i), headers)
+            if status != 200:
+                raise RuntimeError(f"{path_of(i)} answered {status}")
+        best = min(best, (time.perf_counter() - t0) / n * 1000)
+    return best
+
+
+async def run(args: argparse.Namespace) -> None:
+    import httpx
+
+    from bench_api import fill
+    from imgstore.app import create_app
+    from imgstore.config import Settings
+
+    uuids = await fill(Settings(), args.storages, 0)
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
+            login = await client.put("/zstack/v1/accounts/login", json={"logInByAccount": {
+                "accountName": "admin", "password": hashlib.sha512(PASSWORD.encode()).hexdigest()}})
+        headers = [(b"authorization", f"OAuth {login.json()['inventory']['uuid']}".encode())]
+        rnd = random.Random(1)
+        cases: dict[str, Callable[[int], str]] = {
+            "GetBackupStorageTypes": lambda i: "/zstack/v1/backup-storage/types",
+            "paged query (limit=20)": lambda i: f"/zstack/v1/backup-storage?limit=20&start={rnd.randrange(args.storages - 20)}",
+            "get by uuid": lambda i: f"/zstack/v1/backup-storage/{uuids[rnd.randrange(len(uuids))]}",
+        }
+        floor = await per_request_ms(floor_app(), lambda i: "/zstack/v1/constant", [], args.requests)
+        print(f"{'request':<26}{'ms/request':>12}{'x floor':>9}")
+        print(f"{'floor: constant route':<26}{floor:>12.3f}{1:>9.1f}")
+        for name, path_of in cases.items():
+            ms = await per_request_ms(app, path_of, headers, args.requests)
+            print(f"{name:<26}{ms:>12.3f}{ms / floor:>9.1f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--storages", type=int, default=10_000)
+    ap.add_argument("--requests", type=int, default=1000)
+    args = ap.parse_args()
+    os.environ.update({"IMGSTORE_DATA_DIR": tempfile.mkdtemp(prefix="bench-app-"), "IMGSTORE_PING_INTERVAL": "0",
+                       "IMGSTORE_ADMIN_PASSWORD": PASSWORD, "IMGSTORE_SECRET_KEY": Fernet.generate_key().decode()})
+    db = "IMGSTORE_DB_URL" in os.environ
+    print(f"{args.storages} storages in {'the database at IMGSTORE_DB_URL' if db else 'SQLite'}; "
+          f"best of 5 batches of {args.requests} requests, no socket, one request at a time")
+    try:
+        asyncio.run(run(args))
+    finally:
+        shutil.rmtree(os.environ["IMGSTORE_DATA_DIR"], ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
