@@ -37,19 +37,16 @@ from fastapi import FastAPI
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_api import FLOOR_APP, PASSWORD, fill  # noqa: E402
 
-PASSWORD = "bench"
 App = Callable[[dict, Any, Any], Awaitable[None]]
 
 
 def floor_app() -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/zstack/v1/constant")
-    async def constant() -> dict:
-        return {"inventories": [], "total": 0}
-
-    return app
+    """bench_api's floor route, here in this process instead of its own uvicorn."""
+    namespace: dict[str, Any] = {}
+    exec(FLOOR_APP, namespace)
+    return namespace["app"]
 
 
 async def call(app: App, path: str, headers: list[tuple[bytes, bytes]]) -> int:
@@ -94,7 +91,6 @@ async def per_request_ms(app: App, path_of: Callable[[int], str], headers: list[
 async def run(args: argparse.Namespace) -> None:
     import httpx
 
-    from bench_api import fill
     from imgstore.app import create_app
     from imgstore.config import Settings
 
