@@ -154,8 +154,10 @@ class Cluster:
 
         A connected handle keeps working on its cephx tickets for up to an hour after
         its key is revoked; only a new login tells. CephPermissionDenied when refused.
-        Call it once the mons are known to answer (a refused login looks like a timeout)."""
+        A refused login looks like a timeout, so the mons are asked through this handle
+        first: when they do not answer, that is what is raised, not a refusal."""
         await self.connect()
+        await self._mon_json("quorum_status")
 
         def login() -> None:
             self._new_handle().shutdown()

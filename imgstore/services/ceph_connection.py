@@ -69,8 +69,8 @@ async def check_key(rt: Runtime, row: CephBackupStorage) -> str | None:
     """Log in afresh with the storage's key: why it was refused, or None.
 
     A connected handle keeps working on its cephx tickets for up to an hour after its key
-    is revoked; only a new login tells. Ask only once the mons answered (a refused login
-    looks like a timeout); any other failure is the ping's to report."""
+    is revoked; only a new login tells. Mons that do not answer are not a refusal (the
+    cluster asks them first): that, like any other failure, is the ping's to report."""
     try:
         cluster = await rt.clusters.get(row)
         await cluster.check_key()
