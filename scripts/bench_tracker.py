@@ -48,6 +48,7 @@ from imgstore.db.models import CephBackupStorage, CephMon  # noqa: E402
 from imgstore.services.runtime import Runtime  # noqa: E402
 
 PASSWORD = "bench"
+WARM_UP = 100  # requests of each call before measuring, on each server
 
 
 def prepare_cluster(env: dict[str, str], tag: str) -> tuple[str, str, str]:
@@ -113,6 +114,9 @@ def latencies(server: Server, uuids: list[str], n: int) -> dict[str, tuple[float
     }
     out = {}
     with httpx.Client(base_url=server.base, headers=server.headers, timeout=30) as client:
+        for call in calls.values():  # warm-up, not counted: a new server's first calls are slow
+            for i in range(WARM_UP):
+                call(client, i)
         for name, call in calls.items():
             times = []
             for i in range(n):
