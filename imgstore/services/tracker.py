@@ -205,8 +205,8 @@ class Tracker:
         """Log in afresh with the storage's key; record a refusal at once, and let a key
         that works again bring its storage back at the next round."""
         gen = ceph_connection.generation(row.uuid)
+        self._key_checked[row.uuid] = time.monotonic()  # before: a check that raises is not retried every tick
         refused = await ceph_connection.check_key(self._rt, row)
-        self._key_checked[row.uuid] = time.monotonic()
         if refused is None:
             if self._refused.pop(row.uuid, None) is not None:
                 self._backoff[row.uuid] = _Backoff()
