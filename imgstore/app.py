@@ -18,6 +18,7 @@ from imgstore.api import web
 from imgstore.api import images
 from imgstore.api import openapi
 from imgstore.api.deps import refuse_nul, require_session
+from imgstore.api.reply_cache import ReplyCache
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
 from imgstore.services import node
@@ -53,7 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     openapi.install(app)  # what no decorator can say (the 202 of every job API)
     # the last added runs first: request id, then JSON bodies, then metrics, which must
-    # see the scope dict the router writes its route into (JsonBodyByDefault copies it)
+    # see the scope dict the router writes its route into (JsonBodyByDefault copies it),
+    # then kept replies, which the three outer ones see like any other
+    if settings.reply_cache_entries > 0:
+        app.add_middleware(ReplyCache, max_entries=settings.reply_cache_entries, prefixes=PREFIXES)
     app.add_middleware(metrics.MetricsMiddleware, metrics=app_metrics, prefixes=PREFIXES)
     app.add_middleware(JsonBodyByDefault)
     app.add_middleware(logs.RequestContext)

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=None, description="base URL put into job locations; default from the request"
     )
     node_id: str | None = None
+    reply_cache_entries: int = Field(
+        default=2048, description="query replies kept until the database changes (api/reply_cache.py); 0: none"
+    )
 
     # images (services/images.py, image_download.py, image_upload.py)
     file_allow_dirs: Annotated[list[Path], NoDecode] = Field(

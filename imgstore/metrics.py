@@ -60,10 +60,20 @@ class Metrics:
             ("direction",), registry=self.registry,
         )
         self._image_bytes = {d: image_bytes.labels(direction=d) for d in DIRECTIONS}
+        replies = Counter(
+            "imgstore_reply_cache_requests",
+            "Query requests answered from a kept reply (hit) or by their handler (miss); see api/reply_cache.py",
+            ("result",), registry=self.registry,
+        )
+        self._replies = {True: replies.labels(result="hit"), False: replies.labels(result="miss")}
 
     def count_image_bytes(self, direction: str, n: int) -> None:
         """Add ``n`` bytes moved in ``direction`` (``upload``, ``download`` or ``export``)."""
         self._image_bytes[direction].inc(n)
+
+    def count_reply(self, kept: bool) -> None:
+        """One query answered from a kept reply (``kept``) or by its handler."""
+        self._replies[kept].inc()
 
     def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
         method = method if method in _METHODS else "other"  # a client's made-up verbs are not labels

@@ -24,6 +24,7 @@ from imgstore.api.openapi import (
     sync_api,
 )
 from imgstore.api.params import bool_param, list_param
+from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
 from imgstore.api.schemas import backup_storage_inventory_class
 from imgstore.api.schemas import BackupStorageInventory, CephBackupStorageInventory
@@ -72,11 +73,13 @@ async def add_ceph_backup_storage(
     return await call.run("AddCephBackupStorage", work)
 
 
+@cacheable
 @router.get("/backup-storage/ceph", summary="QueryCephBackupStorage", **query_api(CephBackupStorageInventory))
 async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, ceph_only=True)
 
 
+@cacheable
 @router.get(
     "/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid",
     **query_api(CephBackupStorageInventory),
@@ -89,11 +92,13 @@ async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Dep
 # Fixed paths (/types, /capacities) must stay above /backup-storage/{uuid}.
 
 
+@cacheable
 @router.get("/backup-storage/types", summary="GetBackupStorageTypes", **sync_api(GetBackupStorageTypesReply))
 async def get_backup_storage_types() -> dict:
     return {"types": backup_storage.types()}
 
 
+@cacheable
 @router.get(
     "/backup-storage/capacities", summary="GetBackupStorageCapacity",
     **sync_api(GetBackupStorageCapacityReply, [
@@ -179,6 +184,7 @@ async def backup_storage_actions(
 # ---------------------------------------------------------------- queries by uuid (after the fixed paths)
 
 
+@cacheable
 @router.get(
     "/backup-storage", summary="QueryBackupStorage",
     **query_api(CephBackupStorageInventory, BackupStorageInventory),
@@ -187,6 +193,7 @@ async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime))
     return await _query(request, rt, None, ceph_only=False)
 
 
+@cacheable
 @router.get(
     "/backup-storage/{uuid}", summary="QueryBackupStorage by uuid",
     **query_api(CephBackupStorageInventory, BackupStorageInventory),

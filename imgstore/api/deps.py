@@ -72,7 +72,9 @@ async def require_session(request: Request, authorization: str | None = Security
     before that, :func:`refuse_nul`. One dependency for both: FastAPI's solving of each
     dependency is a good part of what a request that needs no database costs."""
     await refuse_nul(request)
-    return await sessions.authenticate((await runtime(request)).db, authorization)
+    session = await sessions.authenticate((await runtime(request)).db, authorization)
+    request.state.session = session  # api/reply_cache.py keeps a reply only as long as it lives
+    return session
 
 
 def wants_schema(request: Request) -> bool:

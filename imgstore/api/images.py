@@ -34,6 +34,7 @@ from imgstore.api.openapi import (
     sync_api,
 )
 from imgstore.api.params import bool_param, list_param
+from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import (
     AddImageBody,
     ChangeStateParams,
@@ -112,6 +113,7 @@ async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
     return JsonReply(rows_reply(rows, lambda _: ImageInventory, total, spec.fields, with_upload_url))
 
 
+@cacheable
 @router.get("/images", summary="QueryImage", **query_api(ImageInventory))
 async def query_image(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None)
@@ -125,6 +127,7 @@ async def get_upload_image_job_details(imageId: str, rt: Runtime = Depends(runti
     return {"existingJobDetails": await image_upload.job_details(rt, imageId)}
 
 
+@cacheable
 @router.get("/images/{uuid}", summary="QueryImage by uuid", **query_api(ImageInventory))
 async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid)

@@ -11,6 +11,7 @@ from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import inventories_reply, inventory_reply
 from imgstore.api.openapi import ChangeStateDoc, EmptyReply, InventoryReply, action_api, job_api, query_api
+from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import (
     AttachBackupStorageToZoneBody,
     BackupStorageInventory,
@@ -61,11 +62,13 @@ async def _query(request: Request, rt: Runtime, uuid: str | None) -> dict:
     return inventories_reply([ZoneInventory.model_validate(r) for r in rows], total, spec.fields)
 
 
+@cacheable
 @router.get("/zones", summary="QueryZone", **query_api(ZoneInventory))
 async def query_zone(request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, None)
 
 
+@cacheable
 @router.get("/zones/{uuid}", summary="QueryZone by uuid", **query_api(ZoneInventory))
 async def get_zone(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
     return await _query(request, rt, uuid)

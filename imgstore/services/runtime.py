@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imgstore.config import Settings
 from imgstore.crypto import SecretBox
+from imgstore.db.changes import ChangeWatch, watch
 from imgstore.db.engine import create_engine, migrate, sessionmaker
 from imgstore.services.clusters import ClusterRegistry
 from imgstore.services.jobs import JobRunner
@@ -27,6 +28,7 @@ class Runtime:
     jobs: JobRunner
     clusters: ClusterRegistry
     node_id: str
+    changes: ChangeWatch  # the database's version: replies kept until it moves (api/reply_cache.py)
     tracker: Any = None  # services.tracker.Tracker once the node runs
     membership: Any = None  # services.nodes.Membership (heartbeat, leases) once the node runs
     metrics: Any = None  # imgstore.metrics.Metrics of the app serving this node
@@ -48,12 +50,14 @@ class Runtime:
             jobs=JobRunner(db, node_id, settings.job_retention),
             clusters=ClusterRegistry(secrets, settings.ceph_timeout),
             node_id=node_id,
+            changes=watch(engine.url),
         )
         return rt
 
     async def close(self) -> None:
         await self.jobs.drain()
         await self.clusters.close_all()
+        await self.changes.close()
         await self.engine.dispose()
 
 

@@ -1,0 +1,138 @@
+"""Replies of queries, kept until the database changes.
+
+A query's reply depends only on the committed rows, the caller's session and the
+request itself. So the reply of a route marked :func:`cacheable` is kept with the
+database version read *before* its handler ran (db/changes.py), and a later identical
+request is answered with the same bytes while a version read *after* that request
+arrived is still the same: nothing was committed in between, on this node or on any
+other sharing the database, so the handler would have read the same rows. Nothing is
+ever served stale; a write anywhere simply empties the cache.
+
+The session is part of the key (every reply is the caller's own), its expiry is
+checked on every hit, and a logout is a commit like any other. Only complete 200
+replies are kept; errors always go through the handler.
+
+It sits innermost, so the request id, the access log and the metrics (labelled by the
+route the cached reply came from) see a cached reply like any other.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from imgstore.dates import utcnow
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+#: replies bigger than this are not kept (a ``limit=1000`` of images, say)
+MAX_REPLY_BYTES = 1 << 20
+#: all kept replies together
+MAX_TOTAL_BYTES = 64 << 20
+
+_KEY_HEADERS = (b"authorization", b"host", b"x-json-schema")
+
+
+def cacheable(endpoint: Endpoint) -> Endpoint:
+    """Mark a GET route whose reply is a function of the database, the session and the
+    request only: no clock, no process memory, no cluster."""
+    endpoint.reply_cacheable = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+@dataclass(frozen=True)
+class _Reply:
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    route: Any  # the route that made it, for the metrics' label
+    session_expires: datetime
+
+
+class ReplyCache:
+    """Pure ASGI middleware: see the module's doc."""
+
+    def __init__(self, app: Any, max_entries: int, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.max_entries = max_entries
+        self.prefixes = prefixes
+        self._version: Hashable | None = None
+        self._replies: dict[tuple[Any, ...], _Reply] = {}
+        self._bytes = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        key = self._key(scope)
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        rt = scope["app"].state.runtime
+        version = await rt.changes.version()
+        if version is None:
+            await self.app(scope, receive, send)
+            return
+        if version != self._version:
+            self._forget_all(version)
+        reply = self._replies.get(key)
+        if reply is not None and reply.session_expires > utcnow():
+            scope["route"] = reply.route
+            rt.metrics.count_reply(kept=True)
+            await send({"type": "http.response.start", "status": 200, "headers": list(reply.headers)})
+            await send({"type": "http.response.body", "body": reply.body})
+            return
+        if await self._answer_and_keep(scope, receive, send, key, version):
+            rt.metrics.count_reply(kept=False)
+
+    def _key(self, scope: Any) -> tuple[Any, ...] | None:
+        """The request's key, or ``None`` for a request that is never kept."""
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(self.prefixes):
+            return None
+        wanted = [b""] * len(_KEY_HEADERS)
+        for name, value in scope["headers"]:
+            if name in _KEY_HEADERS:
+                wanted[_KEY_HEADERS.index(name)] = value
+        if not wanted[0]:
+            return None  # no session: the handler answers ID.1001
+        return (scope["path"], scope["query_string"], *wanted)
+
+    async def _answer_and_keep(self, scope: Any, receive: Any, send: Any, key: tuple[Any, ...],
+                               version: Hashable) -> bool:
+        """Let the handler answer; keep its reply if it may be. Whether the route is cacheable."""
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+        complete = False
+
+        async def watch(message: Any) -> None:
+            nonlocal start, complete
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        route = scope.get("route")
+        if not getattr(getattr(route, "endpoint", None), "reply_cacheable", False):
+            return False
+        session = scope.get("state", {}).get("session")
+        if complete and start.get("status") == 200 and session is not None and version == self._version:
+            self._keep(key, _Reply(list(start.get("headers", ())), b"".join(chunks), route, session.expired_date))
+        return True
+
+    def _keep(self, key: tuple[Any, ...], reply: _Reply) -> None:
+        size = len(reply.body)
+        if size > MAX_REPLY_BYTES:
+            return
+        old = self._replies.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.body)
+        while self._replies and (len(self._replies) >= self.max_entries or self._bytes + size > MAX_TOTAL_BYTES):
+            oldest = next(iter(self._replies))  # the first kept: dicts keep their order
+            self._bytes -= len(self._replies.pop(oldest).body)
+        self._replies[key] = reply
+        self._bytes += size
+
+    def _forget_all(self, version: Hashable) -> None:
+        self._version = version
+        self._replies = {}
+        self._bytes = 0

@@ -1,0 +1,112 @@
+"""Kept query replies (api/reply_cache.py): served again while nothing changed, never stale.
+
+A change made behind the node's back, straight in the database as another node sharing
+it would make it, shows in the very next query; an expired session gets no kept reply.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from imgstore.db.changes import PostgresWatch
+from tests.conftest import Api, Server
+
+
+def _hits(server: Server) -> int:
+    text = httpx.get(f"{server.url}/metrics").text
+    found = re.search(r'^imgstore_reply_cache_requests_total\{result="hit"\} (\S+)$', text, re.M)
+    return int(float(found.group(1))) if found else 0
+
+
+def _write_behind_its_back(server: Server, sql: str, *args: object) -> None:
+    """Run ``sql`` on the server's database through a connection of our own."""
+    url = server.env.get("IMGSTORE_DB_URL")
+    if url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s"), args)
+        return
+    with sqlite3.connect(server.data_dir / "imgstore.db") as conn:
+        conn.execute(sql, args)
+
+
+@pytest.fixture
+def zone(api: Api) -> dict:
+    r = api.post("/zones", json={"params": {"name": "kept-zone"}})
+    assert r.status_code == 200, r.text
+    inv = r.json()["inventory"]
+    yield inv
+    api.delete(f"/zones/{inv['uuid']}")
+
+
+def test_a_query_shows_a_change_made_by_another_node_at_once(server: Server, api: Api, zone: dict) -> None:
+    path = f"/zones/{zone['uuid']}"
+    first = api.get(path)
+    hits = _hits(server)
+    again = api.get(path)
+    assert _hits(server) == hits + 1, "the same query, nothing changed: the kept reply"
+    assert again.content == first.content
+
+    _write_behind_its_back(server, "UPDATE zone SET name = ? WHERE uuid = ?", "renamed-elsewhere", zone["uuid"])
+    assert api.get(path).json()["inventories"][0]["name"] == "renamed-elsewhere"
+    assert [z["uuid"] for z in api.get("/zones", params={"q": "name=renamed-elsewhere"}).json()["inventories"]] \
+        == [zone["uuid"]]
+
+
+def test_a_kept_reply_is_counted_under_its_route(server: Server, api: Api, zone: dict) -> None:
+    def served() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        found = re.search(r'^imgstore_http_requests_total\{code="200",method="GET",route="/zstack/v1/zones/\{uuid\}"\} '
+                          r'(\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before, hits = served(), _hits(server)
+    for _ in range(3):
+        r = api.get(f"/zones/{zone['uuid']}")
+        assert r.status_code == 200 and r.headers["x-request-id"]
+    assert served() == before + 3
+    assert _hits(server) >= hits + 2
+
+
+def test_no_kept_reply_outlives_its_session(tmp_path: Path) -> None:
+    srv = Server(tmp_path, env={"IMGSTORE_SESSION_TIMEOUT": "2"}).start()
+    try:
+        api = srv.login()
+        assert api.get("/zones").status_code == 200
+        hits = _hits(srv)
+        assert api.get("/zones").status_code == 200
+        assert _hits(srv) == hits + 1
+        time.sleep(2.5)
+        r = api.get("/zones")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "ID.1001"
+    finally:
+        srv.stop()
+        srv.drop_database()
+
+
+@pytest.mark.anyio
+async def test_the_postgresql_version_moves_with_writes_only(postgres_url: str) -> None:
+    watch = PostgresWatch(postgres_url)
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            other.execute("CREATE TABLE t (x int)")
+            before = await watch.version()
+            assert before is not None
+            other.execute("SELECT * FROM t").fetchall()
+            assert await watch.version() == before
+            other.execute("INSERT INTO t VALUES (1)")
+            after = await watch.version()
+            assert after != before
+            assert await watch.version() == after
+    finally:
+        await watch.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
