@@ -17,7 +17,12 @@ call because the machine is shared and its load drifts.
 
 With 16 requests in flight, p50 is mostly queueing (p50 ~ 16 / req/s: the floor itself
 shows ~13 ms at 1200 req/s), so "p50 alone" is also given: requests one at a time, the
-time one request takes on an otherwise idle server.
+time one request takes on an otherwise idle server. "kept" is the share of requests a
+kept reply answered (api/reply_cache.py: the same request again, nothing committed since).
+
+Then each call through wrk, a client in C that can outrun the server: one request again
+and again (the kept reply's figure), and a different page, name or uuid each time (the
+handler's figure).
 Targets: paged query p50 <= 10 ms; >= 40 % of the floor's requests per second.
 
     .venv/bin/python scripts/bench_api.py [--storages 10000] [--images 100000] [--requests 2000]
@@ -133,17 +138,34 @@ async def load(base: str, headers: dict[str, str], path_of, n: int, concurrency:
     return statistics.median(times) * 1000, times[int(len(times) * 0.99) - 1] * 1000, n / elapsed
 
 
-def wrk(url: str, headers: dict[str, str], concurrency: int, seconds: int = 8) -> tuple[float, float, float] | None:
+# wrk's Lua: each thread seeded apart, so two threads never ask the same sequence of paths
+_WRK_LUA = """
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("seed", threads) end
+function init(args) math.randomseed(seed * 7919) end
+function request() return wrk.format(nil, PATH) end
+"""
+
+
+def wrk(url: str, headers: dict[str, str], concurrency: int, seconds: int = 6,
+        lua_path: str | None = None, lua_globals: str = "") -> tuple[float, float, float] | None:
     """(p50 ms, p99 ms, requests/s) of one URL from wrk, a client in C, or None without wrk.
 
     The Python client above is busy at ~700 req/s on this machine, which is also the
-    floor's figure with it: wrk shows what the server itself can do."""
+    floor's figure with it: wrk shows what the server itself can do. ``lua_path`` is a
+    Lua expression for each request's path (a different page, name or uuid each time),
+    which may use what ``lua_globals`` defines once per thread."""
     if not shutil.which("wrk"):
         return None
     cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{seconds}s", "--latency"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if lua_path:
+            script.write(lua_globals + _WRK_LUA.replace("PATH", lua_path))
+            script.flush()
+            cmd += ["-s", script.name]
+        out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
         value = next(l.split()[-1] for l in out.splitlines() if l.strip().startswith(label))
@@ -152,6 +174,63 @@ def wrk(url: str, headers: dict[str, str], concurrency: int, seconds: int = 8) -
 
     rps = float(next(l.split()[-1] for l in out.splitlines() if "Requests/sec" in l))
     return ms("50%"), ms("99%"), rps
+
+
+class KeptShare:
+    """The share of the requests made inside the block that a kept reply answered
+    (api/reply_cache.py), from the server's own counters in /metrics."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.share: float | None = None
+
+    def counts(self) -> tuple[float, float]:
+        text = httpx.get(f"{self.base}/metrics").text
+        found = dict(re.findall(r'^imgstore_reply_cache_requests_total\{result="(\w+)"\} (\S+)$', text, re.M))
+        return float(found.get("hit", 0)), float(found.get("miss", 0))
+
+    def __enter__(self) -> "KeptShare":
+        self.before = self.counts()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (hit0, miss0), (hit1, miss1) = self.before, self.counts()
+        total = hit1 - hit0 + miss1 - miss0
+        self.share = (hit1 - hit0) / total if total else None
+
+
+def through_wrk(base: str, headers: dict[str, str], floor: tuple[str, dict], args: argparse.Namespace,
+                uuids: list[str]) -> None:
+    """Each call twice through wrk: one request again and again (answered by a kept reply
+    while nothing changes), and a different one each time (each answered by its handler);
+    beside the floor, measured again before each, and imgstore's own floor: a route with no
+    database work (GetBackupStorageTypes), which still passes the session check, the
+    middlewares and the routing."""
+    floor_base, floor_headers = floor
+    uuid_table = "UUIDS = {" + ",".join(f'"{u}"' for u in uuids) + "}\n"
+    prefix = "/zstack/v1/backup-storage"
+    calls = [
+        ("GetBackupStorageTypes", f"{base}{prefix}/types", None),
+        ("paged query, same page", f"{base}{prefix}?limit=20&start={args.storages // 2}", None),
+        ("paged query, any page", f"{base}{prefix}",
+         f'"{prefix}?limit=20&start=" .. math.random(0, {args.storages - 21})'),
+        ("query by name, same", f"{base}{prefix}?q=name~=bs-0042%25", None),
+        ("query by name, any", f"{base}{prefix}",
+         f'"{prefix}?q=name~=bs-0" .. string.format("%03d", math.random(0, 999)) .. "%25"'),
+        ("get by uuid, same", f"{base}{prefix}/{uuids[len(uuids) // 2]}", None),
+        ("get by uuid, any", f"{base}{prefix}",
+         f'"{prefix}/" .. UUIDS[math.random(1, {len(uuids)})]'),
+    ]
+    print(f"with wrk (C client, concurrency {args.concurrency}, 6 s each; floor measured right before each):")
+    print(f"{'call':<26}{'p50':>9}{'p99':>9}{'req/s':>9}{'floor':>7}{'of floor':>10}{'kept':>6}")
+    for name, url, lua_path in calls:
+        fast = wrk(f"{floor_base}/zstack/v1/constant", floor_headers, args.concurrency)
+        with KeptShare(base) as kept:
+            p50, p99, rps = wrk(url, headers, args.concurrency, lua_path=lua_path,  # type: ignore[misc]
+                                lua_globals=uuid_table)
+        assert fast is not None
+        share = "" if kept.share is None else f"{kept.share:>6.0%}"
+        print(f"{name:<26}{p50:>7.2f}ms{p99:>7.1f}ms{rps:>9.0f}{fast[2]:>7.0f}{rps / fast[2]:>10.0%}{share}")
 
 
 def pg_database() -> str | None:
@@ -209,26 +288,19 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
         for name, path_of in cases.items():
             # the floor right before each call: the machine is shared, its load drifts
             _, _, frps = floor_load(args.requests, args.concurrency)
-            p50, p99, rps = asyncio.run(load(base, headers, path_of, args.requests, args.concurrency))
+            with KeptShare(base) as kept:
+                p50, p99, rps = asyncio.run(load(base, headers, path_of, args.requests, args.concurrency))
             alone, _, _ = asyncio.run(load(base, headers, path_of, args.alone, 1))
-            rows.append((name, p50, p99, rps, frps, alone))
+            rows.append((name, p50, p99, rps, frps, alone, kept.share))
         f50, f99, frps = floor_load(args.requests, args.concurrency)
         alone, _, _ = floor_load(args.alone, 1)
-        print(f"{'call':<26}{'p50':>9}{'p99':>9}{'req/s':>9}{'floor':>7}{'of floor':>10}{'p50 alone':>11}")
-        for name, p50, p99, rps, frps, alone in [("floor: constant route", f50, f99, frps, frps, alone), *rows]:
-            print(f"{name:<26}{p50:>7.1f}ms{p99:>7.1f}ms{rps:>9.0f}{frps:>7.0f}{rps / frps:>10.0%}{alone:>9.1f}ms")
-        fast = wrk(f"{floor_base}/zstack/v1/constant", floor_headers, args.concurrency)
-        if fast:
-            paged = wrk(f"{base}/zstack/v1/backup-storage?limit=20&start={args.storages // 2}", headers, args.concurrency)
-            # imgstore's own floor: a route with no database work (GetBackupStorageTypes) still
-            # passes the session check, the middlewares and the routing every query passes
-            own = wrk(f"{base}/zstack/v1/backup-storage/types", headers, args.concurrency)
-            assert paged is not None and own is not None
-            print(f"with wrk (C client, concurrency {args.concurrency}, 8 s each): floor {fast[2]:.0f} req/s "
-                  f"p50 {fast[0]:.2f}ms; paged query (start={args.storages // 2}) {paged[2]:.0f} req/s "
-                  f"p50 {paged[0]:.1f}ms p99 {paged[1]:.1f}ms: {paged[2] / fast[2]:.0%} of the floor; "
-                  f"GetBackupStorageTypes (no database) {own[2]:.0f} req/s p50 {own[0]:.2f}ms: "
-                  f"{own[2] / fast[2]:.0%} of the floor")
+        print(f"{'call':<26}{'p50':>9}{'p99':>9}{'req/s':>9}{'floor':>7}{'of floor':>10}{'p50 alone':>11}{'kept':>6}")
+        for name, p50, p99, rps, frps, alone, share in [
+                ("floor: constant route", f50, f99, frps, frps, alone, None), *rows]:
+            print(f"{name:<26}{p50:>7.1f}ms{p99:>7.1f}ms{rps:>9.0f}{frps:>7.0f}{rps / frps:>10.0%}{alone:>9.1f}ms"
+                  f"{'' if share is None else f'{share:>6.0%}'}")
+        if shutil.which("wrk"):
+            through_wrk(base, headers, floor, args, uuids)
     finally:
         proc.terminate()
         proc.wait(20)
