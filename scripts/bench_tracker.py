@@ -139,8 +139,12 @@ def main() -> int:
     tag = uuid.uuid4().hex[:6]
     prepared = [(c1, *prepare_cluster(c1, f"{tag}a")), (c2, *prepare_cluster(c2, f"{tag}b"))]
     data = Path(tempfile.mkdtemp(prefix="bench-tracker-"))
+    # no kept replies (api/reply_cache.py): the question is whether rounds slow the handlers.
+    # Kept, the idle server's replies would live for its 30 s heartbeat and the busy one's
+    # for its 1 s heartbeat: the ratio would measure how often the cache empties.
     env = {"IMGSTORE_DATA_DIR": str(data), "IMGSTORE_ADMIN_PASSWORD": PASSWORD,
-           "IMGSTORE_SECRET_KEY": Fernet.generate_key().decode(), "IMGSTORE_CEPH_TIMEOUT": "3"}
+           "IMGSTORE_SECRET_KEY": Fernet.generate_key().decode(), "IMGSTORE_CEPH_TIMEOUT": "3",
+           "IMGSTORE_REPLY_CACHE_ENTRIES": "0"}
     os.environ.update(env)
     uuids = asyncio.run(register(Settings(), prepared, args.storages))
     try:
