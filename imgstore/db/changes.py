@@ -20,12 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Hashable
 
 import psycopg
 from sqlalchemy.engine import URL
 
 log = logging.getLogger(__name__)
+
+#: after a failed read, how long PostgreSQL is not asked again (requests go to their handlers)
+RETRY_SECONDS = 1.0
 
 
 class ChangeWatch:
@@ -80,11 +84,14 @@ class PostgresWatch(ChangeWatch):
         self._conninfo = conninfo
         self._conn: psycopg.AsyncConnection | None = None
         self._reads = SharedReads(self._read)
+        self._retry_at = 0.0
 
     async def version(self) -> Hashable | None:
         return await self._reads.next()
 
     async def _read(self) -> Hashable | None:
+        if time.monotonic() < self._retry_at:
+            return None  # the database failed a moment ago: no version, and no wait for it
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, connect_timeout=5)
@@ -93,14 +100,18 @@ class PostgresWatch(ChangeWatch):
             return row[0] if row else None
         except psycopg.Error as e:
             log.warning("cannot read the PostgreSQL snapshot: %s", e.__class__.__name__)
-            await self.close()
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            await self._drop_connection()
             return None
 
-    async def close(self) -> None:
-        await self._reads.close()
+    async def _drop_connection(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
+
+    async def close(self) -> None:
+        await self._reads.close()
+        await self._drop_connection()
 
 
 class SharedReads:

@@ -5,6 +5,7 @@ it would make it, shows in the very next query; an expired session gets no kept 
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import time
@@ -14,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from imgstore.db import changes
 from imgstore.db.changes import PostgresWatch
 from tests.conftest import Api, Server
 
@@ -103,6 +105,29 @@ async def test_the_postgresql_version_moves_with_writes_only(postgres_url: str) 
             after = await watch.version()
             assert after != before
             assert await watch.version() == after
+    finally:
+        await watch.close()
+
+
+@pytest.mark.anyio
+async def test_no_postgresql_version_without_the_database(postgres_url: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = []
+    connect = psycopg.AsyncConnection.connect
+
+    async def counted(*args: object, **kwargs: object) -> psycopg.AsyncConnection:
+        attempts.append(time.monotonic())
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", counted)
+    watch = PostgresWatch(postgres_url.rsplit("/", 1)[0] + "/imgstore_no_such_database")
+    try:
+        assert await watch.version() is None  # the handlers answer, and say what is wrong
+        assert await watch.version() is None
+        assert len(attempts) == 1, "within a second of a failure, the database is not asked again"
+        await asyncio.sleep(changes.RETRY_SECONDS)
+        assert await watch.version() is None
+        assert len(attempts) == 2
     finally:
         await watch.close()
 
