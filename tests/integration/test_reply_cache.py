@@ -9,6 +9,7 @@ import asyncio
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,8 +38,21 @@ def _write_behind_its_back(server: Server, sql: str, *args: object) -> None:
         conn.execute(sql, args)
 
 
+def _asked_again(server: Server, api: Api, path: str) -> httpx.Response:
+    """Ask twice; the second answer must come from the reply kept by the first. Tried
+    three times: a heartbeat's commit between the two asks rightly empties the cache."""
+    for _ in range(3):
+        first = api.get(path)
+        hits = _hits(server)
+        again = api.get(path)
+        if _hits(server) == hits + 1:
+            assert again.status_code == 200 and again.content == first.content
+            return again
+    raise AssertionError(f"GET {path} asked twice, three times over, was never answered by a kept reply")
+
+
 @pytest.fixture
-def zone(api: Api) -> dict:
+def zone(api: Api) -> Iterator[dict]:
     r = api.post("/zones", json={"params": {"name": "kept-zone"}})
     assert r.status_code == 200, r.text
     inv = r.json()["inventory"]
@@ -48,12 +62,7 @@ def zone(api: Api) -> dict:
 
 def test_a_query_shows_a_change_made_by_another_node_at_once(server: Server, api: Api, zone: dict) -> None:
     path = f"/zones/{zone['uuid']}"
-    first = api.get(path)
-    hits = _hits(server)
-    again = api.get(path)
-    assert _hits(server) == hits + 1, "the same query, nothing changed: the kept reply"
-    assert again.content == first.content
-
+    _asked_again(server, api, path)
     _write_behind_its_back(server, "UPDATE zone SET name = ? WHERE uuid = ?", "renamed-elsewhere", zone["uuid"])
     assert api.get(path).json()["inventories"][0]["name"] == "renamed-elsewhere"
     assert [z["uuid"] for z in api.get("/zones", params={"q": "name=renamed-elsewhere"}).json()["inventories"]] \
@@ -79,10 +88,7 @@ def test_no_kept_reply_outlives_its_session(tmp_path: Path) -> None:
     srv = Server(tmp_path, env={"IMGSTORE_SESSION_TIMEOUT": "2"}).start()
     try:
         api = srv.login()
-        assert api.get("/zones").status_code == 200
-        hits = _hits(srv)
-        assert api.get("/zones").status_code == 200
-        assert _hits(srv) == hits + 1
+        _asked_again(srv, api, "/zones")
         time.sleep(2.5)
         r = api.get("/zones")
         assert r.status_code == 401 and r.json()["error"]["code"] == "ID.1001"
