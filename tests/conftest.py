@@ -34,6 +34,12 @@ TEST_DB = os.environ.get("IMGSTORE_TEST_DB", "sqlite")
 PG_ADMIN_URL = os.environ.get("IMGSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """``@pytest.mark.anyio`` tests run on asyncio, the loop the server runs on."""
+    return "asyncio"
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 _PG_DATABASES: list[str] = []

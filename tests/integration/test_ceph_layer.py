@@ -45,11 +45,6 @@ DEVCLUSTER = REPO / "scripts" / "devcluster.sh"
 TIMEOUT = 5.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _read_env(name: str) -> dict[str, str]:
     """Run `devcluster.sh env NAME` and parse its `export K=V` lines (shell-quoted)."""
     if not DEVCLUSTER.exists():

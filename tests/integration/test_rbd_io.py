@@ -37,11 +37,6 @@ pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
 MiB = 1 << 20
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def c1(c1: DevCluster) -> dict[str, str]:
     """conftest's dev cluster c1 (skipped when it is not running), as the mapping of its

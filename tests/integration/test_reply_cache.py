@@ -6,7 +6,6 @@ it would make it, shows in the very next query; an expired session gets no kept 
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,12 +18,11 @@ import pytest
 from imgstore.db import changes
 from imgstore.db.changes import PostgresWatch
 from tests.conftest import Api, Server
+from tests.integration.test_metrics import requests, scrape, value
 
 
-def _hits(server: Server) -> int:
-    text = httpx.get(f"{server.url}/metrics").text
-    found = re.search(r'^imgstore_reply_cache_requests_total\{result="hit"\} (\S+)$', text, re.M)
-    return int(float(found.group(1))) if found else 0
+def _hits(server: Server) -> float:
+    return value(scrape(server), "imgstore_reply_cache_requests_total", result="hit") or 0.0
 
 
 def _write_behind_its_back(server: Server, sql: str, *args: object) -> None:
@@ -71,10 +69,7 @@ def test_a_query_shows_a_change_made_by_another_node_at_once(server: Server, api
 
 def test_a_kept_reply_is_counted_under_its_route(server: Server, api: Api, zone: dict) -> None:
     def served() -> float:
-        text = httpx.get(f"{server.url}/metrics").text
-        found = re.search(r'^imgstore_http_requests_total\{code="200",method="GET",route="/zstack/v1/zones/\{uuid\}"\} '
-                          r'(\S+)$', text, re.M)
-        return float(found.group(1)) if found else 0.0
+        return requests(scrape(server), "GET", "/zstack/v1/zones/{uuid}", 200)
 
     before, hits = served(), _hits(server)
     for _ in range(3):
@@ -136,8 +131,3 @@ async def test_no_postgresql_version_without_the_database(postgres_url: str,
         assert len(attempts) == 2
     finally:
         await watch.close()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

@@ -11,11 +11,6 @@ from sqlalchemy.engine import make_url
 from imgstore.db.changes import ChangeWatch, SharedReads, SqliteWatch, watch
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Reads:
     """A read that counts itself and waits to be let go, like a round trip in flight."""
 

@@ -394,11 +394,6 @@ async def test_selects_run_on_an_async_session() -> None:
     await engine.dispose()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
