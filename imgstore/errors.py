@@ -35,6 +35,13 @@ BS_CONNECT_FAILED = ErrorKind("BS.1500", "Failed to connect the backup storage",
 BS_ATTACH_ERROR = ErrorKind("BS.1001", "Failed to attach the backup storage to the zone", 409)
 BS_DETACH_ERROR = ErrorKind("BS.1002", "Failed to detach the backup storage from the zone", 409)
 
+_KINDS = {k.code: k for k in list(globals().values()) if isinstance(k, ErrorKind)}
+
+
+def kind_of(code: str) -> ErrorKind:
+    """The catalogue's kind for ``code`` (an error that crossed a process boundary)."""
+    return _KINDS.get(code, INTERNAL)
+
 
 class ApiError(Exception):
     """A failure the client should see, as one ZStack ErrorCode.

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from imgstore import ceph
-from imgstore.crypto import SecretBox
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError
 
@@ -43,7 +43,7 @@ def mon_host_of(row: CephBackupStorage) -> str:
     return ",".join(m.mon_host or f"v1:{m.mon_addr or m.hostname}:{m.mon_port}" for m in mons)
 
 
-Identity = tuple[str, str]  # (mon_host, sealed key): what a handle was made from
+Identity = tuple[str, str]  # (mon_host, key as stored): what a handle was made from
 
 
 class ClusterRegistry:
@@ -54,10 +54,13 @@ class ClusterRegistry:
     handle while it connects share that one connection attempt instead of queueing for
     their own, and a replaced handle is shut down in the background (against dead mons
     a shutdown waits out the Ceph timeout): whoever asks waits one Ceph timeout at most.
+
+    ``open_key`` turns a key as the registry is given it into the cephx key: the node's
+    registry is given sealed keys (``SecretBox.open``), the pinger's keys already opened.
     """
 
-    def __init__(self, secrets: SecretBox, timeout: float) -> None:
-        self._secrets = secrets
+    def __init__(self, open_key: Callable[[str], str], timeout: float) -> None:
+        self._open_key = open_key
         self._timeout = timeout
         self._clusters: dict[str, tuple[Identity, ceph.Cluster]] = {}
         self._connecting: dict[str, tuple[Identity, asyncio.Task[ceph.Cluster]]] = {}
@@ -70,20 +73,24 @@ class ClusterRegistry:
                 f"backup storage[uuid:{row.uuid}] has no cephx key yet; reconnect it",
                 status=409,
             )
-        identity = (mon_host_of(row), row.ceph_key)
-        known = self._clusters.get(row.uuid)
+        return await self.connected(row.uuid, mon_host_of(row), row.ceph_client, row.ceph_key)
+
+    async def connected(self, uuid: str, mon_host: str, client: str, key: str) -> ceph.Cluster:
+        """Storage ``uuid``'s handle, made from these unless the kept one already was."""
+        identity = (mon_host, key)
+        known = self._clusters.get(uuid)
         if known and known[0] == identity:
             return known[1]
-        pending = self._connecting.get(row.uuid)
+        pending = self._connecting.get(uuid)
         if pending is None or pending[0] != identity:
-            task = asyncio.create_task(self._connect(row.uuid, identity, row.ceph_client))
+            task = asyncio.create_task(self._connect(uuid, identity, client))
             task.add_done_callback(_consume_error)
-            pending = self._connecting[row.uuid] = (identity, task)
+            pending = self._connecting[uuid] = (identity, task)
         return await asyncio.shield(pending[1])
 
     async def _connect(self, uuid: str, identity: Identity, client: str) -> ceph.Cluster:
         """Connect, then keep the handle, unless a forget or a newer identity came first."""
-        cluster = ceph.Cluster(identity[0], client, self._secrets.open(identity[1]), self._timeout)
+        cluster = ceph.Cluster(identity[0], client, self._open_key(identity[1]), self._timeout)
         try:
             await cluster.connect()
         except ceph.CephError as e:

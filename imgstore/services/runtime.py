@@ -48,7 +48,7 @@ class Runtime:
             db=db,
             secrets=secrets,
             jobs=JobRunner(db, node_id, settings.job_retention),
-            clusters=ClusterRegistry(secrets, settings.ceph_timeout),
+            clusters=ClusterRegistry(secrets.open, settings.ceph_timeout),
             node_id=node_id,
             changes=watch(engine.url),
         )
