@@ -4,13 +4,16 @@ A ping asks the mons for their quorum (each mon gets its own status), writes and
 a test object in the pool (ZStack's ``UnableToCreateFile`` check) and refreshes capacity.
 The storage is Connected when the write works and at least one of its mons is in quorum.
 Everything goes through the storage's least-privilege librados handle: no SSH, so a
-ping costs a few milliseconds and a dead cluster costs at most the Ceph timeout.
+ping costs a few milliseconds and a dead cluster costs at most the Ceph timeout. The
+tracker's pings use the pinger process's handle (services/pinger.py), a Reconnect the
+node's own.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
@@ -20,6 +23,9 @@ from imgstore.services.ceph_backup_storage import capacity_columns, load
 from imgstore.services.clusters import ceph_error, is_ceph_error
 from imgstore.services.locking import local_lock
 from imgstore.services.runtime import Runtime
+
+if TYPE_CHECKING:
+    from imgstore.services.pinger import Pinger
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +58,11 @@ class Outcome:
     renew_handle: bool = False
 
 
-async def probe(rt: Runtime, row: CephBackupStorage, gen: int) -> Outcome:
-    """Ask the cluster (never the database) how the storage is: the tracker's ping."""
+async def probe(pinger: Pinger, row: CephBackupStorage, gen: int) -> Outcome:
+    """Ask the cluster (never the database) how the storage is: the tracker's ping,
+    through the pinger process's handle. PingerLost when that process failed."""
     try:
-        health = await _health(rt, row)
+        health = await pinger.health(row)
     except ApiError as e:
         return Outcome(row.uuid, DISCONNECTED, e.details, generation=gen)
     problem = _problem(row, health)
@@ -63,22 +70,6 @@ async def probe(rt: Runtime, row: CephBackupStorage, gen: int) -> Outcome:
         renew = health.pool_error is not None
         return Outcome(row.uuid, DISCONNECTED, problem.details, generation=gen, renew_handle=renew)
     return Outcome(row.uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)
-
-
-async def check_key(rt: Runtime, row: CephBackupStorage) -> str | None:
-    """Log in afresh with the storage's key: why it was refused, or None.
-
-    A connected handle keeps working on its cephx tickets for up to an hour after its key
-    is revoked; only a new login tells. Mons that do not answer are not a refusal (the
-    cluster asks them first): that, like any other failure, is the ping's to report."""
-    try:
-        cluster = await rt.clusters.get(row)
-        await cluster.check_key()
-    except ceph.CephPermissionDenied as e:
-        return ceph_error(e).details
-    except (ceph.CephError, ApiError):
-        return None
-    return None
 
 
 async def record(rt: Runtime, outcomes: Iterable[Outcome]) -> None:
@@ -144,10 +135,14 @@ async def _cluster_or_rekey(rt: Runtime, row: CephBackupStorage) -> ceph.Cluster
 
 
 async def _health(rt: Runtime, row: CephBackupStorage) -> ceph.Health:
-    """One trip to the cluster; ApiError when its mons cannot be asked."""
-    cluster = await rt.clusters.get(row)
+    """One trip to the cluster through the node's handle (a Reconnect's check)."""
+    return await health_of(await rt.clusters.get(row), row.pool_name, row.uuid)
+
+
+async def health_of(cluster: ceph.Cluster, pool: str, uuid: str) -> ceph.Health:
+    """The storage's health as ``cluster`` sees it; ApiError when its mons cannot be asked."""
     try:
-        return await cluster.health(row.pool_name, f"imgstore.ping.{row.uuid}")
+        return await cluster.health(pool, f"imgstore.ping.{uuid}")
     except ceph.CephError as e:
         raise ceph_error(e) from None
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 from imgstore.db.models import CephBackupStorage
 from imgstore.services import ceph_backup_storage, ceph_connection, leases
 from imgstore.services.ceph_connection import Outcome
+from imgstore.services.pinger import Pinger, PingerLost
 from imgstore.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Tracker:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
         self._interval = rt.settings.ping_interval
+        self._pinger = Pinger(rt.secrets, rt.settings.ceph_timeout)
         self._backoff: dict[str, _Backoff] = {}
         self._key_checked: dict[str, float] = {}
         self._reachable: set[str] = set()  # storages whose mons answered their last ping
@@ -102,6 +104,7 @@ class Tracker:
                 except asyncio.CancelledError:
                     pass
         self._task = self._keys_task = None
+        await self._pinger.close()
 
     async def _loop(self) -> None:
         while True:
@@ -127,6 +130,7 @@ class Tracker:
             self._reachable.discard(gone)
             self._refused.pop(gone, None)
             self._rows.pop(gone, None)
+            await self._pinger.forget(gone)
         due = [u for u in uuids if self._backoff.setdefault(u, _Backoff()).next_try <= now]
         if not due:
             return
@@ -206,7 +210,10 @@ class Tracker:
         that works again bring its storage back at the next round."""
         gen = ceph_connection.generation(row.uuid)
         self._key_checked[row.uuid] = time.monotonic()  # before: a check that raises is not retried every tick
-        refused = await ceph_connection.check_key(self._rt, row)
+        try:
+            refused = await self._pinger.refused_key(row)
+        except PingerLost:
+            return  # says nothing about the key; it is checked again in KEY_CHECK_SECONDS
         if refused is None:
             if self._refused.pop(row.uuid, None) is not None:
                 self._backoff[row.uuid] = _Backoff()
@@ -229,18 +236,22 @@ class Tracker:
         return replace(outcome, status=ceph_connection.DISCONNECTED, reason=why, capacity=None)
 
     async def _ping(self, row: CephBackupStorage, generation: int) -> Outcome | None:
-        rt = self._rt
+        """The storage's outcome; None when there is no news to trust (a Reconnect ran
+        meanwhile, or the pinger process failed, which says nothing about the cluster)."""
         async with self._gate:
             backoff = self._backoff.get(row.uuid, _Backoff())
-            if backoff.failures >= RECONNECT_AFTER and backoff.renew_handle:
-                await rt.clusters.forget(row.uuid)
             # no row lock across the Ceph calls: a Reconnect or a state change must not
             # wait out a dead cluster's timeout behind a ping. A Reconnect bumps the
-            # generation before it touches the handle, and record() drops what a ping
-            # found before it.
-            if ceph_connection.generation(row.uuid) != generation:
-                return None  # a Reconnect ran meanwhile: its result stands, and the row is stale
-            outcome = await ceph_connection.probe(rt, row, generation)
+            # generation first, and record() drops what a ping found before it.
+            try:
+                if backoff.failures >= RECONNECT_AFTER and backoff.renew_handle:
+                    await self._pinger.forget(row.uuid)
+                if ceph_connection.generation(row.uuid) != generation:
+                    return None  # a Reconnect ran meanwhile: its result stands, and the row is stale
+                outcome = await ceph_connection.probe(self._pinger, row, generation)
+            except PingerLost as e:
+                log.warning("backup storage %s not pinged: %s", row.uuid, e)
+                return None
         if outcome.status == ceph_connection.CONNECTED:
             self._reachable.add(row.uuid)
         else:
