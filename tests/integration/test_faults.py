@@ -6,7 +6,9 @@ Reconnect.
 """
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -152,3 +154,28 @@ def test_the_tracker_pings_a_storage_with_its_mons_as_they_are_now(
     move_mon(mon["monPort"])
     up = wait_for(lambda: became(api, inv["uuid"], "Connected"), NOTICE + 10)
     assert up["mons"][0]["status"] == "Connected"
+
+
+def pinger_of(server: Server) -> int | None:
+    """The pid of the server's pinger process (services/pinger.py), if it runs."""
+    assert server.proc is not None
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid), "-f", "imgstore.services.pinger"],
+                         capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def test_a_killed_pinger_is_replaced_and_no_storage_turns_disconnected(
+    tracked_server: Server, c2: DevCluster, pool2: str
+) -> None:
+    """The tracker's Ceph calls run in a child process: its death says nothing about the
+    cluster, so the storage stays Connected, and the next ping starts another child."""
+    api = tracked_server.login()
+    inv = api.add_ceph("pinger-killed", [c2.mon_url], poolName=pool2).json()["inventory"]
+    first = wait_for(lambda: pinger_of(tracked_server), NOTICE)
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (pid := pinger_of(tracked_server)) not in (None, first) and pid, NOTICE)
+    for _ in range(6):  # several rounds at one per second, each through the new child
+        assert status_of(api, inv["uuid"])["status"] == "Connected"
+        time.sleep(0.5)
+    assert f"pinger process {first} exited with -9" in tracked_server.log()
+    assert pinger_of(tracked_server) == second
