@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 NICE = 19  # the lowest priority: the API first, whenever both want a core
 _STOP_SECONDS = 2.0  # how long close() waits for the child to exit before killing it
 
+_Calls = dict[int, "asyncio.Future[dict[str, Any]]"]  # a child's calls awaiting their replies, by id
+
 
 class PingerLost(Exception):
     """The pinger process died or stopped answering: the call says nothing about Ceph."""
@@ -54,11 +56,11 @@ class Pinger:
     def __init__(self, secrets: SecretBox, timeout: float) -> None:
         self._secrets = secrets
         self._timeout = timeout
-        # a health call may connect (timeout + grace) and then ask (timeout + grace)
-        self._answer_within = 3 * timeout + 5
+        # a key check may connect, ask the mons and log in afresh: three bounded calls
+        self._answer_within = 4 * timeout + 10
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._waiting: _Calls = {}  # the running child's
         # storage -> (sealed key, opened key): opening one costs more than the rest of a
         # ping's work in this process (measured: Fernet was 40 % of the tracker's CPU here)
         self._keys: dict[str, tuple[str, str]] = {}
@@ -123,9 +125,9 @@ class Pinger:
         return known[1]
 
     async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        proc = await self._running()
+        proc, waiting = await self._running()
         ident = next(self._ids)
-        answer = self._waiting[ident] = asyncio.get_running_loop().create_future()
+        answer = waiting[ident] = asyncio.get_running_loop().create_future()
         try:
             assert proc.stdin is not None
             proc.stdin.write(json.dumps({"id": ident, **request}).encode() + b"\n")
@@ -137,18 +139,20 @@ class Pinger:
             self._lose(proc, "did not answer within %.0f s" % self._answer_within)
             raise PingerLost("the pinger process did not answer") from None
         finally:
-            self._waiting.pop(ident, None)
+            waiting.pop(ident, None)
         if "error" in reply:
             e = reply["error"]
             raise ApiError(kind_of(e["code"]), e["details"], status=e["status"], opaque=e["opaque"])
         return reply
 
-    async def _running(self) -> asyncio.subprocess.Process:
+    async def _running(self) -> tuple[asyncio.subprocess.Process, _Calls]:
+        """The running child and its calls; a new child has calls of its own, so the
+        reader of one that died fails only what that one owed."""
         async with self._starting:
             if self._proc is None or self._proc.returncode is not None:
-                self._proc = await self._spawn()
-                self._reader = asyncio.create_task(self._read(self._proc), name="pinger-replies")
-            return self._proc
+                self._proc, self._waiting = await self._spawn(), {}
+                self._reader = asyncio.create_task(self._read(self._proc, self._waiting), name="pinger-replies")
+            return self._proc, self._waiting
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         root = str(Path(__file__).resolve().parents[2])  # where ``imgstore`` imports from
@@ -161,18 +165,18 @@ class Pinger:
         log.info("pinger process %d started", proc.pid)
         return proc
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read(self, proc: asyncio.subprocess.Process, waiting: _Calls) -> None:
         """Hand each reply to its caller; when the child ends, fail what it still owed."""
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             reply = json.loads(line)
-            waiter = self._waiting.get(reply.get("id"))
+            waiter = waiting.get(reply.get("id"))
             if waiter is not None and not waiter.done():
                 waiter.set_result(reply)
         code = await proc.wait()
         if self._proc is proc:
             log.warning("pinger process %d exited with %s; the next ping starts another", proc.pid, code)
-        for waiter in list(self._waiting.values()):
+        for waiter in list(waiting.values()):
             if not waiter.done():
                 waiter.set_exception(PingerLost(f"the pinger process exited with {code}"))
 
