@@ -6,7 +6,8 @@ of its own cluster and a real least-privilege key) are registered in a fresh img
 database, then:
 
 1. a real server pings them every ``--interval`` seconds; the duration of a full round is
-   read from ``/metrics`` (``imgstore_ping_round_seconds``) over several rounds;
+   read from ``/metrics`` (``imgstore_ping_round_seconds``) over several rounds, and the
+   CPU the server and its pinger process (services/pinger.py) use during steady rounds;
 2. the API's p50/p99 latency (a paged query, a query by name with ``~=``, a get by uuid)
    is measured with the tracker idle (a server with the tracker off), then again while
    rounds run and cluster c2's mon is stopped (half the storages time out every round).
@@ -97,6 +98,12 @@ class Server:
             "accountName": "admin", "password": hashlib.sha512(PASSWORD.encode()).hexdigest()}})
         self.headers = {"Authorization": f"OAuth {login.json()['inventory']['uuid']}"}
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time used so far by the server and by its pinger process (0 if none)."""
+        kids = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "imgstore.services.pinger"],
+                              capture_output=True, text=True).stdout.split()
+        return _cpu_seconds(self.proc.pid), sum(_cpu_seconds(int(k)) for k in kids)
+
     def round_seconds(self) -> float | None:
         m = re.search(r"^imgstore_ping_round_seconds (\S+)$", httpx.get(f"{self.base}/metrics").text, re.M)
         return float(m.group(1)) if m and m.group(1) != "NaN" else None
@@ -104,6 +111,11 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(20)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def latencies(server: Server, uuids: list[str], n: int) -> dict[str, tuple[float, float]]:
@@ -164,6 +176,9 @@ def main() -> int:
                 if value is not None and value != last:
                     rounds.append(value)
                     last = value
+                    if len(rounds) == 2:  # the handles are connected: steady rounds from here
+                        cpu_from, cpu_since = busy.cpu_seconds(), time.monotonic()
+            cpu_to, cpu_until = busy.cpu_seconds(), time.monotonic()
             subprocess.run(["bash", str(ROOT / "scripts/devcluster.sh"), "daemon-stop", "mon", "c2"],
                            check=True, capture_output=True)
             try:
@@ -182,6 +197,11 @@ def main() -> int:
                   "(the first after start also connects the 200 librados handles)")
         else:
             print("ping round: no round finished within the wait")
+        if len(rounds) >= 3:
+            span = cpu_until - cpu_since
+            server, pinger = ((b - a) / span * 100 for a, b in zip(cpu_from, cpu_to))
+            print(f"CPU during steady rounds: server {server:.0f} % of a core, its pinger process "
+                  f"{pinger:.0f} % (at nice 19)")
         if down_round is not None:
             print(f"ping round with c2's mon down: {down_round:.2f} s (half the storages wait for the timeout)")
         print(f"{'API call':<26}{'idle p50':>10}{'idle p99':>10}{'busy p50':>10}{'busy p99':>10}{'p99 ratio':>11}")
