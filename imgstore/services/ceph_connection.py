@@ -99,6 +99,8 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
         row = await load(rt, uuid)
         await record(rt, [Outcome(uuid, CONNECTING, mons_too=False, generation=gen)])
         await rt.clusters.forget(uuid)
+        if rt.tracker is not None:
+            await rt.tracker.forget(uuid)  # the pings' handle too: the next ping starts afresh
         try:
             cluster = await _cluster_or_rekey(rt, row)
             row = await load(rt, uuid)  # the key may have been renewed

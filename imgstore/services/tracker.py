@@ -95,6 +95,10 @@ class Tracker:
         """Start the next round now (this node has just taken storages over)."""
         self._wake.set()
 
+    async def forget(self, uuid: str) -> None:
+        """Drop the storage's handle in the pinger process (a Reconnect renews them all)."""
+        await self._pinger.forget(uuid)
+
     async def stop(self) -> None:
         for task in (self._task, self._keys_task):
             if task:
