@@ -54,7 +54,7 @@ async def settle(
     """Renew this node's leases to ``until``, then take or give back to its fair share.
     ``claim=False`` (a node that does not ping) only renews and gives everything back."""
     await _create_missing(db)
-    await db.execute(update(Lease).where(Lease.owner_node == node).values(expire_date=until))
+    await renew(db, node, until)
     await db.commit()
     storages = await db.scalar(select(func.count()).select_from(Lease)) or 0
     held = await _count_held(db, node)
@@ -65,6 +65,14 @@ async def settle(
     elif want < 0:
         given = await _give_back(db, node, -want)
     return Balance(held=held + taken - given, taken=taken, given_back=given)
+
+
+async def renew(db: AsyncSession, node: str, until: datetime) -> None:
+    """Push this node's leases to ``until``, in the caller's transaction: the heartbeat
+    commits them with its node row, so a node killed between two commits never leaves
+    leases that expire before its row (survivors would take its storages while it still
+    counted as alive)."""
+    await db.execute(update(Lease).where(Lease.owner_node == node).values(expire_date=until))
 
 
 async def owned(rt: Runtime) -> list[str]:

@@ -113,6 +113,7 @@ class Membership:
         async with self._lock, rt.db() as db:
             now = await db_now(db)
             until = now + self._lease
+            await leases.renew(db, rt.node_id, until)  # committed with the row by _upsert
             if not await _upsert(db, rt.node_id, now, until):
                 log.warning("node %s had been declared dead (no heartbeat for %s); it is back",
                             rt.node_id, self._lease)
