@@ -15,8 +15,8 @@ It is started on first use and again after it dies (the calls it owed fail with
 when its stdin closes, that is when the node stops or dies.
 
 The cephx keys cross the pipe opened: the child has no secret box. They are never in its
-argv, environment or logs, and its stdout carries only the protocol (librados' own prints
-go to stderr).
+argv, environment or logs, and its stdout carries only the protocol. Its stderr (its log
+and librados' own prints) is read by the parent and logged there, line by line.
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ class Pinger:
         self._answer_within = 4 * timeout + 10
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
         self._waiting: _Calls = {}  # the running child's
         # storage -> (sealed key, opened key): opening one costs more than the rest of a
         # ping's work in this process (measured: Fernet was 40 % of the tracker's CPU here)
@@ -108,8 +109,9 @@ class Pinger:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-        if self._reader is not None:
-            await self._reader
+        for task in (self._reader, self._relay):
+            if task is not None:
+                await task
 
     def _target(self, row: CephBackupStorage) -> dict[str, str]:
         if not row.ceph_key or not row.ceph_client:
@@ -152,6 +154,7 @@ class Pinger:
             if self._proc is None or self._proc.returncode is not None:
                 self._proc, self._waiting = await self._spawn(), {}
                 self._reader = asyncio.create_task(self._read(self._proc, self._waiting), name="pinger-replies")
+                self._relay = asyncio.create_task(_relay(self._proc), name="pinger-stderr")
             return self._proc, self._waiting
 
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -159,7 +162,7 @@ class Pinger:
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "imgstore.services.pinger", "--timeout", str(self._timeout),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": path},
         )
         log.info("pinger process %d started", proc.pid)
@@ -185,6 +188,16 @@ class Pinger:
         log.warning("pinger process %d %s; killing it", proc.pid, why)
         if proc.returncode is None:
             proc.kill()
+
+
+async def _relay(proc: asyncio.subprocess.Process) -> None:
+    """The child's stderr (its log, librados' own prints) into this process's log, so the
+    server's log stays one format (JSON lines) whoever wrote a line."""
+    assert proc.stderr is not None
+    while line := await proc.stderr.readline():
+        text = line.decode(errors="replace").rstrip()
+        if text:
+            log.warning("pinger process %d: %s", proc.pid, text)
 
 
 # ---------------------------------------------------------------- the child
@@ -268,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, required=True, help="the Ceph timeout, in seconds")
     args = parser.parse_args(argv)
     os.nice(NICE)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="imgstore pinger: %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args.timeout))
     # no goodbye to the mons: a dead cluster's handle would hold the exit for a Ceph
     # timeout, and the sockets close with the process
