@@ -43,6 +43,16 @@ def mon_host_of(row: CephBackupStorage) -> str:
     return ",".join(m.mon_host or f"v1:{m.mon_addr or m.hostname}:{m.mon_port}" for m in mons)
 
 
+def require_key(row: CephBackupStorage) -> None:
+    """409 when the storage has no cephx key to connect with (an add that did not finish)."""
+    if not row.ceph_key or not row.ceph_client:
+        raise ApiError(
+            OPERATION_ERROR,
+            f"backup storage[uuid:{row.uuid}] has no cephx key yet; reconnect it",
+            status=409,
+        )
+
+
 Identity = tuple[str, str]  # (mon_host, key as stored): what a handle was made from
 
 
@@ -67,12 +77,7 @@ class ClusterRegistry:
         self._closing: set[asyncio.Task[None]] = set()
 
     async def get(self, row: CephBackupStorage) -> ceph.Cluster:
-        if not row.ceph_key or not row.ceph_client:
-            raise ApiError(
-                OPERATION_ERROR,
-                f"backup storage[uuid:{row.uuid}] has no cephx key yet; reconnect it",
-                status=409,
-            )
+        require_key(row)
         return await self.connected(row.uuid, mon_host_of(row), row.ceph_client, row.ceph_key)
 
     async def connected(self, uuid: str, mon_host: str, client: str, key: str) -> ceph.Cluster:

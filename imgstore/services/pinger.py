@@ -36,7 +36,7 @@ from imgstore.crypto import SecretBox
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError, kind_of
 from imgstore.services.ceph_connection import health_of
-from imgstore.services.clusters import ClusterRegistry, ceph_error, mon_host_of
+from imgstore.services.clusters import ClusterRegistry, ceph_error, mon_host_of, require_key
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ class Pinger:
                 await task
 
     def _target(self, row: CephBackupStorage) -> dict[str, str]:
-        if not row.ceph_key or not row.ceph_client:
-            raise ApiError(OPERATION_ERROR, f"backup storage[uuid:{row.uuid}] has no cephx key yet; reconnect it",
-                           status=409)
+        require_key(row)
         return {"storage": row.uuid, "mon_host": mon_host_of(row), "client": row.ceph_client,
                 "key": self._opened(row.uuid, row.ceph_key)}
 
