@@ -71,7 +71,7 @@ fi
 run_pytest() { # LABEL ARGS...
   local label=$1 rc=0; shift
   log "running pytest on $label (IMGSTORE_TEST_CLUSTERS=$IMGSTORE_TEST_CLUSTERS IMGSTORE_DEV_DIR=$IMGSTORE_DEV_DIR)"
-  "$ROOT/.venv/bin/python" -m pytest -q "$@" </dev/null || rc=$?
+  "$ROOT/.venv/bin/python" -m pytest -q --durations=20 "$@" </dev/null || rc=$?
   if [ "$rc" = 5 ]; then
     log "FAILURE: pytest collected no tests (exit 5); a test run that runs nothing is not a pass"
   fi
