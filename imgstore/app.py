@@ -17,6 +17,7 @@ from imgstore.api import exports
 from imgstore.api import web
 from imgstore.api import images
 from imgstore.api import openapi
+from imgstore.api.body_limit import BodyLimit
 from imgstore.api.deps import refuse_nul, require_session
 from imgstore.api.reply_cache import ReplyCache
 from imgstore.config import Settings
@@ -53,13 +54,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)  # no session: Prometheus scrapes it (see imgstore.metrics)
     _install_error_handlers(app)
     openapi.install(app)  # what no decorator can say (the 202 of every job API)
-    # the last added runs first: request id, then JSON bodies, then metrics, which must
+    # the last added runs first: request id, then the body's bound, then JSON bodies, then metrics, which must
     # see the scope dict the router writes its route into (JsonBodyByDefault copies it),
     # then kept replies, which the three outer ones see like any other
     if settings.reply_cache_entries > 0:
         app.add_middleware(ReplyCache, max_entries=settings.reply_cache_entries, prefixes=PREFIXES)
     app.add_middleware(metrics.MetricsMiddleware, metrics=app_metrics, prefixes=PREFIXES)
     app.add_middleware(JsonBodyByDefault)
+    # bodies are bounded before anything (the session check included) reads them
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(logs.RequestContext)
     return app
 

@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     ping_interval: float = 60.0
     job_retention: int = 10800
     public_url: str | None = Field(
-        default=None, description="base URL put into job locations; default from the request"
+        default=None, description="base URL put into job locations, upload and export URLs; "
+        "default: the address `imgstore serve` listens on"
     )
     node_id: str | None = None
     reply_cache_entries: int = Field(
@@ -59,6 +60,27 @@ class Settings(BaseSettings):
     )
     image_download_timeout: float = Field(
         default=60.0, description="seconds an http(s) source may stay silent before the download fails"
+    )
+
+    # Trust issue, points 3, 8, 11 (helper B): bodies, slow clients, exports, TLS
+    max_body_bytes: int = Field(
+        default=1 << 20, description="largest request body but an upload's; bigger ones get 413 unread"
+    )
+    header_timeout: float = Field(
+        default=10.0, description="seconds a connection may take to send a request's headers, then closed"
+    )
+    idle_timeout: float = Field(
+        default=5.0, description="seconds a kept-alive connection may stay idle between requests"
+    )
+    export_max_per_link: int = Field(
+        default=4, description="downloads of one export URL served at once; more get 429"
+    )
+    export_max_total: int = Field(
+        default=32, description="downloads of export URLs served at once by this node; more get 429"
+    )
+    listen_url: str | None = Field(
+        default=None, description="set by `imgstore serve`: its own scheme://host:port, the base of "
+        "stored URLs when public_url is unset (never the request's Host header)"
     )
 
     @field_validator("file_allow_dirs", mode="before")
