@@ -453,17 +453,36 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8080, help="port to listen on"),
     log_level: str = typer.Option("info", help="debug, info, warning or error"),
+    ssl_certfile: Path = typer.Option(None, help="serve https with this certificate (PEM, chain first)",
+                                      envvar="IMGSTORE_SSL_CERTFILE"),
+    ssl_keyfile: Path = typer.Option(None, help="the certificate's private key (PEM)",
+                                     envvar="IMGSTORE_SSL_KEYFILE"),
 ) -> None:
     """Run the API server (settings from IMGSTORE_* variables; migrations applied on start)."""
     from imgstore import logs, memory
     from imgstore.app import create_app
+    from imgstore.config import Settings
+    from imgstore.http_protocol import with_header_timeout
 
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together")
     memory.limit_arenas()
     log_config = logs.configure(log_level)  # one masked JSON line per event, uvicorn's too
+    settings = Settings(listen_url=_listen_url("https" if ssl_certfile else "http", host, port))
     # uvicorn writes its access line when a response starts, before a streamed body's
     # duration is known: logs.RequestContext writes one per finished request instead
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, log_config=log_config,
-                access_log=False, proxy_headers=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, log_config=log_config,
+                access_log=False, proxy_headers=False, http=with_header_timeout(settings.header_timeout),
+                timeout_keep_alive=max(1, round(settings.idle_timeout)),
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+
+
+def _listen_url(scheme: str, host: str, port: int) -> str | None:
+    """The base of stored URLs when ``public_url`` is unset; None for a wildcard address,
+    where the address each connection reached stands in (api/deps.py's base_url)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return None
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
 # ------------------------------------------------------------------ sessions

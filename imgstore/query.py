@@ -26,7 +26,7 @@ LIST_OPERATORS = frozenset({"?=", "!?="})
 
 DEFAULT_LIMIT = 1000
 _JAVA_INT_MAX = 2**31 - 1  # ZStack binds limit/start to a Java int; larger is a 400 there
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(r"[0-9]{1,19}")  # int() of more than 4300 digits raises: a 500
 
 
 class QueryError(ValueError):

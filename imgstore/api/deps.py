@@ -72,8 +72,12 @@ async def require_session(request: Request, authorization: str | None = Security
     before that, :func:`refuse_nul`. One dependency for both: FastAPI's solving of each
     dependency is a good part of what a request that needs no database costs."""
     await refuse_nul(request)
+    if len(request.headers.getlist("authorization")) > 1:
+        # which one would count? the reply cache and this check must never disagree
+        raise ApiError(INVALID_ARGUMENT, "the request carries more than one Authorization header")
     session = await sessions.authenticate((await runtime(request)).db, authorization)
     request.state.session = session  # api/reply_cache.py keeps a reply only as long as it lives
+    request.state.session_header = authorization  # ... and only under the header that proved it
     return session
 
 
@@ -127,8 +131,25 @@ async def api_call(
         with_schema=_is_true(json_schema),
         job_uuid=check_job_uuid(job) if job else None,
         asynchronous=bool(job) or "respond-async" in (prefer or "").lower(),
-        base_url=rt.settings.public_url or str(request.base_url),
+        base_url=base_url(rt, request),
     )
+
+
+def base_url(rt: Runtime, request: Request) -> str:
+    """Where stored URLs (job locations, upload and export URLs) point: the configured
+    ``public_url``, else the address ``imgstore serve`` listens on, else the address this
+    connection reached. Never the request's ``Host`` header: any client could otherwise
+    plant its own host in an export or upload URL that others are later handed."""
+    if rt.settings.public_url:
+        return rt.settings.public_url
+    if rt.settings.listen_url:
+        return rt.settings.listen_url
+    host, port = request.scope.get("server") or ("127.0.0.1", 80)
+    return f"{request.scope.get('scheme', 'http')}://{_url_host(host)}:{port}/"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def query_spec(request: Request, uuid: str | None = None) -> QuerySpec:

@@ -23,7 +23,7 @@ from imgstore.services.runtime import Runtime
 router = APIRouter(tags=["images"])
 
 RANGE_NOT_SATISFIABLE = ErrorKind(INVALID_ARGUMENT.code, INVALID_ARGUMENT.description, 416)
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^\s*bytes\s*=\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*$", re.IGNORECASE | re.ASCII)
 
 
 class BadRange(Exception):

@@ -46,6 +46,7 @@ from imgstore.api.schemas import (
 from imgstore.crypto import new_uuid
 from imgstore.db.models import Image
 from imgstore.errors import invalid_argument
+from imgstore.numbers import MAX_DIGITS, parse_count
 from imgstore.services import image_deletion, image_download, image_upload, images, task_progress
 from imgstore.services.runtime import Runtime
 
@@ -250,17 +251,20 @@ async def get_task_progress(apiId: str, request: Request, rt: Runtime = Depends(
 
 # ---------------------------------------------------------------- the upload URL (no session)
 
-_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]+)-([0-9]+)/([0-9]+|\*)")
+_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)", re.ASCII)
 
 
 def _int_header(request: Request, *names: str) -> int | None:
+    """The first of the headers present, as at most 19 ASCII digits (imgstore/numbers.py)."""
     for name in names:
         raw = request.headers.get(name)
         if raw is None or raw.strip() == "":
             continue
-        if not raw.strip().isdigit():
-            raise invalid_argument(f"header {name}[{raw}] must be a non-negative integer")
-        return int(raw.strip())
+        value = parse_count(raw)
+        if value is None:
+            raise invalid_argument(f"header {name}[{raw[:40]}] must be a non-negative integer of at most "
+                                   f"{MAX_DIGITS} digits")
+        return value
     return None
 
 
@@ -276,7 +280,8 @@ def _piece(request: Request) -> image_upload.Piece:
     if content_range:
         m = _CONTENT_RANGE.fullmatch(content_range.strip())
         if m is None:
-            raise invalid_argument(f"header Content-Range[{content_range}] must be 'bytes <first>-<last>/<total|*>'")
+            raise invalid_argument(f"header Content-Range[{content_range[:80]}] must be "
+                                   f"'bytes <first>-<last>/<total|*>', numbers of at most {MAX_DIGITS} digits")
         first, last = int(m.group(1)), int(m.group(2))
         if last < first or (piece.length is not None and piece.length != last - first + 1):
             raise invalid_argument(f"header Content-Range[{content_range}] does not match the body's length")

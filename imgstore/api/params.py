@@ -16,7 +16,7 @@ from imgstore.errors import invalid_argument
 def list_param(request: Request, name: str) -> list[str]:
     """Every value of ``name``: repeated keys first, then ``name.N`` in index order."""
     values = list(request.query_params.getlist(name))
-    indexed = re.compile(rf"{re.escape(name)}\.([0-9]+)")
+    indexed = re.compile(rf"{re.escape(name)}\.([0-9]{{1,19}})")  # int() of 4300+ digits raises
     numbered = []
     for key, value in request.query_params.multi_items():
         m = indexed.fullmatch(key)

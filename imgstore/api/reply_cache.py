@@ -8,8 +8,10 @@ arrived is still the same: nothing was committed in between, on this node or on 
 other sharing the database, so the handler would have read the same rows. Nothing is
 ever served stale; a write anywhere simply empties the cache.
 
-The session is part of the key (every reply is the caller's own), its expiry is
-checked on every hit, and a logout is a commit like any other. Only complete 200
+The session is part of the key (every reply is the caller's own): a reply is kept only
+under the very Authorization header that authenticated it (api/deps.py refuses a
+request with two), its expiry is checked on every hit, and a logout is a commit like
+any other. Only complete 200
 replies are kept; errors always go through the handler.
 
 It sits innermost, so the request id, the access log and the metrics (labelled by the
@@ -92,6 +94,8 @@ class ReplyCache:
                 wanted[_KEY_HEADERS.index(name)] = value
         if not wanted[0]:
             return None  # no session: the handler answers ID.1001
+        if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
+            return None  # two sessions: the handler refuses it (api/deps.py)
         return (scope["path"], scope["query_string"], *wanted)
 
     async def _answer_and_keep(self, scope: Any, receive: Any, send: Any, key: tuple[Any, ...],
@@ -114,8 +118,10 @@ class ReplyCache:
         route = scope.get("route")
         if not getattr(getattr(route, "endpoint", None), "reply_cacheable", False):
             return False
-        session = scope.get("state", {}).get("session")
-        if complete and start.get("status") == 200 and session is not None and version == self._version:
+        state = scope.get("state", {})
+        session = state.get("session")
+        proven = (state.get("session_header") or "").encode("latin-1") == key[2]  # the key's Authorization
+        if complete and start.get("status") == 200 and session is not None and proven and version == self._version:
             self._keep(key, _Reply(list(start.get("headers", ())), b"".join(chunks), route, session.expired_date))
         return True
 

@@ -352,7 +352,12 @@ def _for_column(value: datetime, column: Any) -> datetime:
 
 
 def _read_int(text: str) -> int | None:
-    return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
+    """At most 19 ASCII digits, within a signed 64-bit column: int() of 4300+ digits
+    raises, and a bigger value overflows the database's bind (both were 500s)."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,19}", text):
+        return None
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 63) else None
 
 
 def _read_float(text: str) -> float | None:

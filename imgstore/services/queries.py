@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy import Integer, bindparam
@@ -18,7 +19,9 @@ from imgstore.services.runtime import Runtime
 _PLAIN_PAGE = dataclasses.replace(
     QuerySpec(), start=bindparam("page_start", type_=Integer), limit=bindparam("page_limit", type_=Integer)
 )
-_plain: dict[tuple[Any, ...], tuple[q.Queryable, Select[Any], Select[Any] | None]] = {}
+#: at most this many kept: ``fields=`` is the client's to vary, and each list is a key
+MAX_PLAIN_STATEMENTS = 256
+_plain: OrderedDict[tuple[Any, ...], tuple[q.Queryable, Select[Any], Select[Any] | None]] = OrderedDict()
 
 
 async def run(rt: Runtime, queryable: q.Queryable, spec: QuerySpec) -> tuple[list[Any], int | None]:
@@ -46,4 +49,8 @@ def _statements(queryable: q.Queryable, spec: QuerySpec) -> tuple[Select[Any], S
                                     reply_with_count=spec.reply_with_count)
         page, count = q.build_select(queryable, shape)
         cached = _plain[key] = (queryable, page.options(*q.joined_loads(queryable.entity)), count)
+        while len(_plain) > MAX_PLAIN_STATEMENTS:
+            _plain.popitem(last=False)  # the least recently used
+    else:
+        _plain.move_to_end(key)
     return cached[1], cached[2], {"page_start": spec.start, "page_limit": spec.limit}
