@@ -145,6 +145,9 @@ async def delete(rt: Runtime, uuid: str, delete_mode: str = "Permissive") -> Non
         await tags.delete_tags_of(db, uuid)
         await db.delete(row)
         await db.commit()
+    await rt.clusters.forget(uuid)  # one a call made meanwhile; streams finish on theirs (leases)
+    if rt.tracker is not None:
+        await rt.tracker.drop(uuid)  # the pinger child's handle too, now (issue 13 point 9)
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
+from collections import Counter
 from collections.abc import Callable
+from functools import partial
+from types import TracebackType
 
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError
+
+log = logging.getLogger(__name__)
 
 # How each Ceph failure reads to a client: (status, what it means for the operator).
 _STATUS: dict[type[ceph.CephError], int] = {
@@ -56,6 +63,49 @@ def require_key(row: CephBackupStorage) -> None:
 Identity = tuple[str, str]  # (mon_host, key as stored): what a handle was made from
 
 
+class Lease:
+    """A hold on one handle for as long as a stream (an export, an upload) uses it.
+
+    A Reconnect, a Delete or a mon change replaces the registry's handle at once (new
+    calls get the new one) but the old one is closed only when its last lease ends, so
+    a stream under way finishes on the handle it started with instead of being cut.
+    ``release`` is idempotent, and a lease dropped without one is released when it is
+    garbage-collected: a response that never started its stream cannot pin a handle.
+    """
+
+    def __init__(self, cluster: ceph.Cluster, release: Callable[[], None]) -> None:
+        self.cluster = cluster
+        self._release = weakref.finalize(self, release)
+        self._release.atexit = False
+
+    def release(self) -> None:
+        self._release()
+
+    async def __aenter__(self) -> ceph.Cluster:
+        return self.cluster
+
+    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.release()
+
+
+class _Leasing:
+    """``async with registry.lease(row) as cluster``: the storage's handle, held for the block."""
+
+    def __init__(self, registry: ClusterRegistry, row: CephBackupStorage) -> None:
+        self._registry, self._row = registry, row
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> ceph.Cluster:
+        self._lease = await self._registry.take(self._row)
+        return self._lease.cluster
+
+    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._lease is not None:
+            self._lease.release()
+
+
 class ClusterRegistry:
     """One connected ``ceph.Cluster`` per storage, made on first use and kept.
 
@@ -64,6 +114,11 @@ class ClusterRegistry:
     handle while it connects share that one connection attempt instead of queueing for
     their own, and a replaced handle is shut down in the background (against dead mons
     a shutdown waits out the Ceph timeout): whoever asks waits one Ceph timeout at most.
+
+    Streams hold their handle with a :class:`Lease` (``lease``, ``take``, ``hold``): a
+    replaced handle that is leased is closed when its last lease ends, one that is not
+    at once; short calls use ``get`` and a replaced handle's calls in flight end on
+    their own timeouts.
 
     ``open_key`` turns a key as the registry is given it into the cephx key: the node's
     registry is given sealed keys (``SecretBox.open``), the pinger's keys already opened.
@@ -75,6 +130,35 @@ class ClusterRegistry:
         self._clusters: dict[str, tuple[Identity, ceph.Cluster]] = {}
         self._connecting: dict[str, tuple[Identity, asyncio.Task[ceph.Cluster]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._leases: Counter[ceph.Cluster] = Counter()  # handle -> leases not yet released
+        self._retired: set[ceph.Cluster] = set()  # replaced handles waiting for their last lease
+
+    def lease(self, row: CephBackupStorage) -> _Leasing:
+        """The storage's handle for an ``async with`` block: not closed before it ends."""
+        return _Leasing(self, row)
+
+    async def take(self, row: CephBackupStorage) -> Lease:
+        """A lease on the storage's handle, for a stream that outlives one block."""
+        return self.hold(await self.get(row))
+
+    def hold(self, cluster: ceph.Cluster) -> Lease:
+        """A lease on ``cluster``, a handle this registry gave out (call it right after
+        the ``get``, with no await between: a replaced handle without leases closes)."""
+        self._leases[cluster] += 1
+        return Lease(cluster, partial(_let_go, asyncio.get_running_loop(), self._released, cluster))
+
+    def leased(self) -> int:
+        """How many handles are held by streams (kept or replaced)."""
+        return len(self._leases)
+
+    def _released(self, cluster: ceph.Cluster) -> None:
+        self._leases[cluster] -= 1
+        if self._leases[cluster] > 0:
+            return
+        del self._leases[cluster]
+        if cluster in self._retired:
+            self._retired.discard(cluster)
+            self._close(cluster)
 
     async def get(self, row: CephBackupStorage) -> ceph.Cluster:
         require_key(row)
@@ -134,6 +218,9 @@ class ClusterRegistry:
     async def close_all(self) -> None:
         for uuid in list(self._clusters) + list(self._connecting):
             await self.forget(uuid)
+        for cluster in list(self._retired):  # the node stops: its streams end with it
+            self._retired.discard(cluster)
+            self._close(cluster)
         await asyncio.gather(*self._closing)
 
     def _keep(self, uuid: str, identity: Identity, cluster: ceph.Cluster) -> None:
@@ -143,11 +230,34 @@ class ClusterRegistry:
         self._clusters[uuid] = (identity, cluster)
 
     def _retire(self, cluster: ceph.Cluster) -> None:
+        """A replaced handle: closed when its last lease ends, at once when it has none."""
+        if self._leases[cluster] > 0:
+            log.info("%r replaced; closed when its %d stream(s) end", cluster, self._leases[cluster])
+            self._retired.add(cluster)
+        else:
+            self._leases.pop(cluster, None)
+            self._close(cluster)
+
+    def _close(self, cluster: ceph.Cluster) -> None:
         """Shut ``cluster`` down without waiting for it (its calls already in flight
         end on their own timeouts)."""
         task = asyncio.create_task(cluster.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+def _let_go(loop: asyncio.AbstractEventLoop, released: Callable[[ceph.Cluster], None],
+            cluster: ceph.Cluster) -> None:
+    """A lease's end, on its registry's loop (a garbage collection may run in any thread)."""
+    if loop.is_closed():
+        return
+    try:
+        if asyncio.get_running_loop() is loop:
+            released(cluster)
+            return
+    except RuntimeError:
+        pass
+    loop.call_soon_threadsafe(released, cluster)
 
 
 def _consume_error(task: asyncio.Task[ceph.Cluster]) -> None:

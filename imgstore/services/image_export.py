@@ -45,7 +45,7 @@ from imgstore.errors import (
     ApiError,
     not_found,
 )
-from imgstore.services.clusters import ceph_error
+from imgstore.services.clusters import Lease, ceph_error
 from imgstore.services.image_metadata import split_install_path
 from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
@@ -76,6 +76,7 @@ class Download:
     size: int
     filename: str
     md5: str | None
+    lease: Lease | None = None  # keeps ``cluster`` open until the stream ends (a Reconnect may replace it)
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``[start, end)`` of the image; counted in :func:`streaming` meanwhile."""
@@ -85,6 +86,8 @@ class Download:
                                                  readahead=READ_AHEAD):
                 yield piece
         finally:
+            if self.lease is not None:
+                self.lease.release()
             _STREAMING[self.image_uuid] -= 1
             if _STREAMING[self.image_uuid] <= 0:
                 del _STREAMING[self.image_uuid]
@@ -192,10 +195,10 @@ def _stored_md5(image: Image) -> str | None:
 
 async def _compute_md5(rt: Runtime, storage: CephBackupStorage, pool: str, name: str) -> str:
     h = hashlib.md5()
-    cluster = await rt.clusters.get(storage)
     try:
-        async for piece in rbd_io.iter_image(cluster, pool, name, readahead=READ_AHEAD):
-            await asyncio.to_thread(h.update, piece)  # hashlib lets go of the GIL
+        async with rt.clusters.lease(storage) as cluster:
+            async for piece in rbd_io.iter_image(cluster, pool, name, readahead=READ_AHEAD):
+                await asyncio.to_thread(h.update, piece)  # hashlib lets go of the GIL
     except ceph.ImageNotFound:
         raise ApiError(OPERATION_ERROR, f"the RBD image {pool}/{name} of backup storage[uuid:{storage.uuid}] "
                                         "is missing", status=404) from None
@@ -234,14 +237,16 @@ async def open_download(rt: Runtime, pool: str, segment: str, token: str | None)
         md5 = ref.export_md5_sum
         filename = _filename(image)
     pool, name = _where(ref)
+    lease = await rt.clusters.take(storage)  # the stream finishes on this handle
     try:
-        cluster = await rt.clusters.get(storage)
-        size = await rbd_io.image_size(cluster, pool, name)
+        size = await rbd_io.image_size(lease.cluster, pool, name)
     except ceph.ImageNotFound:
+        lease.release()
         raise _no_export(pool, segment) from None
     except ceph.CephError as e:
+        lease.release()
         raise ceph_error(e) from None
-    return Download(cluster, pool, name, image_uuid, size, filename, md5)
+    return Download(lease.cluster, pool, name, image_uuid, size, filename, md5, lease)
 
 
 def _no_export(pool: str, segment: str) -> ApiError:

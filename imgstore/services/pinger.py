@@ -15,7 +15,7 @@ It is started on first use and again after it dies (the calls it owed fail with
 when its stdin closes, that is when the node stops or dies.
 
 The cephx keys cross the pipe opened: the child has no secret box. They are never in its
-argv, environment or logs, and its stdout carries only the protocol. Its stderr (its log
+argv, environment (it inherits only ``CHILD_ENVIRONMENT``, no ``IMGSTORE_*``) or logs, and its stdout carries only the protocol. Its stderr (its log
 and librados' own prints) is read by the parent and logged there, line by line.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ from imgstore.services.clusters import ClusterRegistry, ceph_error, mon_host_of,
 
 log = logging.getLogger(__name__)
 
+# What the child inherits of the node's environment: enough to run Python and librados,
+# nothing of imgstore's settings (IMGSTORE_ADMIN_PASSWORD, the secret key, the database
+# URL): a child that talks to Ceph has no use for them, and /proc/<pid>/environ shows them.
+CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV",
+                     "CEPH_CONF")
+CHILD_ENVIRONMENT_PREFIXES = ("LC_",)
 NICE = 19  # the lowest priority: the API first, whenever both want a core
 _STOP_SECONDS = 2.0  # how long close() waits for the child to exit before killing it
 
@@ -161,7 +168,7 @@ class Pinger:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "imgstore.services.pinger", "--timeout", str(self._timeout),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
+            env={**child_environment(os.environ), "PYTHONPATH": path},
         )
         log.info("pinger process %d started", proc.pid)
         return proc
@@ -186,6 +193,12 @@ class Pinger:
         log.warning("pinger process %d %s; killing it", proc.pid, why)
         if proc.returncode is None:
             proc.kill()
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` the pinger child may see (``CHILD_ENVIRONMENT``)."""
+    return {k: v for k, v in environ.items()
+            if k in CHILD_ENVIRONMENT or k.startswith(CHILD_ENVIRONMENT_PREFIXES)}
 
 
 async def _relay(proc: asyncio.subprocess.Process) -> None:

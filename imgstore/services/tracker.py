@@ -84,6 +84,7 @@ class Tracker:
         self._keys_task: asyncio.Task[None] | None = None
         self._gate = asyncio.Semaphore(PARALLELISM)
         self._wake = asyncio.Event()
+        self._deleted: set[str] = set()  # dropped storages a round under way may still name
         self.last_round_seconds: float | None = None
 
     def start(self) -> None:
@@ -97,6 +98,14 @@ class Tracker:
 
     async def forget(self, uuid: str) -> None:
         """Drop the storage's handle in the pinger process (a Reconnect renews them all)."""
+        await self._pinger.forget(uuid)
+
+    async def drop(self, uuid: str) -> None:
+        """The storage is deleted: close its handle in the pinger process now, not at the
+        next round (its key, deleted from the cluster, would be retried until then), and
+        let no ping of a round under way open another."""
+        self._deleted.add(uuid)
+        self._forget_state(uuid)
         await self._pinger.forget(uuid)
 
     async def stop(self) -> None:
@@ -128,14 +137,12 @@ class Tracker:
         """Ping every due storage once; pings start paced and their news is written in batches."""
         now = time.monotonic()
         uuids = await leases.owned(self._rt)
+        self._deleted &= set(uuids)  # those no longer owned are gone for good
         for gone in set(self._backoff) - set(uuids):
-            del self._backoff[gone]
-            self._key_checked.pop(gone, None)
-            self._reachable.discard(gone)
-            self._refused.pop(gone, None)
-            self._rows.pop(gone, None)
+            self._forget_state(gone)
             await self._pinger.forget(gone)
-        due = [u for u in uuids if self._backoff.setdefault(u, _Backoff()).next_try <= now]
+        due = [u for u in uuids
+               if u not in self._deleted and self._backoff.setdefault(u, _Backoff()).next_try <= now]
         if not due:
             return
         due.sort(key=lambda u: self._backoff[u].failures > 0)  # the live ones first
@@ -168,6 +175,13 @@ class Tracker:
         finally:
             for task in (launcher, *tasks):
                 task.cancel()
+
+    def _forget_state(self, uuid: str) -> None:
+        self._backoff.pop(uuid, None)
+        self._key_checked.pop(uuid, None)
+        self._reachable.discard(uuid)
+        self._refused.pop(uuid, None)
+        self._rows.pop(uuid, None)
 
     async def _rows_to_ping(self, due: list[str]) -> AsyncIterator[CephBackupStorage]:
         """The rows of ``due``, in order. A row is read again only when its version moved
@@ -202,7 +216,7 @@ class Tracker:
         while True:
             await asyncio.sleep(1.0 / KEY_CHECKS_PER_SECOND)
             uuid = next_key(self._reachable, self._refused, self._key_checked, time.monotonic())
-            if uuid is None or uuid not in self._rows:
+            if uuid is None or uuid not in self._rows or uuid in self._deleted:
                 continue
             try:
                 await self._check_key(self._rows[uuid][1])
@@ -250,12 +264,17 @@ class Tracker:
             try:
                 if backoff.failures >= RECONNECT_AFTER and backoff.renew_handle:
                     await self._pinger.forget(row.uuid)
+                if row.uuid in self._deleted:
+                    return None  # deleted since the round began: its handle stays closed
                 if ceph_connection.generation(row.uuid) != generation:
                     return None  # a Reconnect ran meanwhile: its result stands, and the row is stale
                 outcome = await ceph_connection.probe(self._pinger, row, generation)
             except PingerLost as e:
                 log.warning("backup storage %s not pinged: %s", row.uuid, e)
                 return None
+        if row.uuid in self._deleted:
+            await self._pinger.forget(row.uuid)  # a ping that raced the drop: close what it opened
+            return None
         if outcome.status == ceph_connection.CONNECTED:
             self._reachable.add(row.uuid)
         else:
