@@ -45,6 +45,7 @@ from imgstore.errors import (
     invalid_argument,
 )
 from imgstore.services import image_add, images
+from imgstore.services.clusters import Lease
 from imgstore.services.image_intake import ImageIntake
 from imgstore.services.metrics import count_image_bytes
 from imgstore.services.runtime import Runtime
@@ -110,6 +111,13 @@ class _Session:
     task: asyncio.Task[object] | None = None  # the PUT sending bytes now
     saved_at: float = 0.0
     deleted: bool = False  # DeleteImage stopped it
+    leases: list[Lease] = field(default_factory=list)  # the handles the writer uses, kept open till it ends
+
+    def release(self) -> None:
+        """The writer is done with its handles: a Reconnect's old one may close now."""
+        for lease in self.leases:
+            lease.release()
+        self.leases.clear()
 
 
 _SESSIONS: dict[str, _Session] = {}
@@ -263,6 +271,9 @@ async def _start(rt: Runtime, session: _Session) -> ImageIntake:
     """The first bytes: check the storage (capacity against the size, when known)."""
     image = await images.load(rt, session.image_uuid)
     targets, failures = await image_add.targets_for(rt, image, session.total)
+    # no await since each target's handle was taken: a Reconnect, a Delete or a mon change
+    # during the upload (minutes, across PUTs) replaces the handle but leaves this one open
+    session.leases = [rt.clusters.hold(t.cluster) for t in targets]
     if not targets:
         raise await _fail(rt, session, image_add.all_failed(image, dict(failures)))
     reporter = session.reporter
@@ -279,6 +290,8 @@ async def _complete(rt: Runtime, session: _Session) -> UploadStatus:
         image = await image_add.finish(rt, session.image_uuid, result, {}, session.reporter)
     except Exception as e:
         raise await _fail(rt, session, e) from None
+    finally:
+        session.release()
     _SESSIONS.pop(session.image_uuid, None)
     await _save(rt, session, SUCCEEDED)
     return UploadStatus(session.image_uuid, SUCCEEDED, session.received, session.received, image)
@@ -299,6 +312,7 @@ async def _fail(rt: Runtime, session: _Session, error: Exception) -> ApiError:
     _SESSIONS.pop(session.image_uuid, None)
     if session.intake is not None:
         await session.intake.abort()
+    session.release()
     api_error = image_add.as_api_error(error)
     await image_add.mark_failed(rt, session.image_uuid, api_error.details)
     await _save(rt, session, FAILED)
@@ -321,6 +335,7 @@ async def cancel(image_uuid: str) -> None:
     async with session.lock:  # the PUT has answered and let go
         if session.intake is not None:
             await session.intake.abort()
+        session.release()
 
 
 async def expire_idle(rt: Runtime) -> None:

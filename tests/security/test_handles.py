@@ -159,3 +159,30 @@ def _pinger_or_none(server: Server) -> psutil.Process | None:
         return pinger_of(server)
     except AssertionError:
         return None
+
+
+# ---------------------------------------------------------------- an upload across a Reconnect
+
+
+def test_an_upload_resumed_after_a_reconnect_ends_on_its_handle(api: Api, c1: DevCluster, pool: str) -> None:
+    bs = api.add_ceph("upload-handles", [c1.mon_url], poolName=pool).json()["inventory"]["uuid"]
+    body = {"params": {"name": "up", "url": "upload://", "backupStorageUuids": [bs], "format": "raw"}}
+    r = api.post("/images", json=body)
+    inv = api.wait_job(r).json()["inventory"]
+    url = inv["backupStorageRefs"][0]["uploadUrl"]
+    data = image_data(12 * MiB, seed=4)
+    half = 6 * MiB
+    try:
+        first = httpx.put(url, content=data[:half], headers={"Content-Range": f"bytes 0-{half - 1}/{len(data)}"},
+                          timeout=60)
+        assert first.status_code == 200 and first.json()["offset"] == half, first.text
+        r = api.put(f"/backup-storage/{bs}/actions", json={"reconnectBackupStorage": {}})
+        assert r.status_code == 200, r.text
+        time.sleep(1.0)  # the replaced handle would be closed by now
+        rest = httpx.put(url, content=data[half:], timeout=60,
+                         headers={"Content-Range": f"bytes {half}-{len(data) - 1}/{len(data)}"})
+        assert rest.status_code == 200, rest.text
+        ready = rest.json()["inventory"]
+        assert ready["status"] == "Ready" and ready["md5Sum"] == hashlib.md5(data).hexdigest()
+    finally:
+        forget_images(api)
