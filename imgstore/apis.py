@@ -184,9 +184,12 @@ _APIS: tuple[Api, ...] = (
         "ceph", "remove mons (by hostname) from a Ceph backup storage",
         (_uuid(), Param("monHostnames", "list", required=True))),
     _action("UpdateCephBackupStorageMon", "/backup-storage/ceph/mons/{monUuid}/actions", "ceph",
-            "change a mon's address, ports or SSH credentials (no reconnect)",
+            "change a mon's address, ports or SSH credentials (no reconnect); a new address needs sshPassword",
             _uuid("monUuid"), Param("hostname"), Param("sshUsername"), Param("sshPassword", secret=True),
             Param("sshPort", "int"), Param("monPort", "int")),
+    _action("AcceptCephBackupStorageMonHostKey", "/backup-storage/ceph/mons/{monUuid}/actions", "ceph",
+            "pin a mon's new SSH host key (imgstore's; without a fingerprint: the key it offers now)",
+            _uuid("monUuid"), Param("sshHostKeyFingerprint", help="SHA256:... as ssh-keygen -lf prints it")),
 
     # export (reference 4)
     _action("ExportImageFromBackupStorage", "/backup-storage/{backupStorageUuid}/actions", "export",

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         "stored URLs when public_url is unset (never the request's Host header)"
     )
 
+    # ssh to mons (issue Trust, point 1)
+    ssh_private_key: Path | None = Field(
+        default=None,
+        description="private key file (no passphrase) imgstore logs in to mons with; "
+        "then a monUrl may carry no password, and moving a mon needs none",
+    )
+
     @field_validator("file_allow_dirs", mode="before")
     @classmethod
     def _split_dirs(cls, value: object) -> object:

@@ -61,6 +61,8 @@ class CephMonInventory(Inventory):
     backup_storage_uuid: str
     create_date: ZDate
     last_op_date: ZDate
+    # imgstore's: the pinned SHA256 ssh host key fingerprint; null until the first contact
+    ssh_host_key_fingerprint: str | None = None
 
 
 class CephBackupStorageInventory(BackupStorageInventory):
@@ -261,9 +263,10 @@ class UpdateCephBackupStorageMonParams(Params):
     monPort: int | None = None
 
 
-class UpdateCephBackupStorageMonBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    updateCephBackupStorageMon: UpdateCephBackupStorageMonParams
+class AcceptCephBackupStorageMonHostKeyParams(Params):
+    """imgstore's: pin a mon's new ssh host key; without a fingerprint, the one it offers now."""
+
+    sshHostKeyFingerprint: str | None = Field(default=None, max_length=128)
 
 
 # ---------------------------------------------------------------- images (AddImage, QueryImage, image actions)

@@ -26,10 +26,11 @@ from imgstore.ceph.exceptions import (
     MonUrlError,
     PoolNotFound,
     SshAuthFailed,
+    SshHostKeyMismatch,
     SshUnreachable,
 )
 from imgstore.ceph.monurl import MonUrl
-from imgstore.ceph.ssh import MonFacts, MonShell, rbd_client_caps
+from imgstore.ceph.ssh import MonFacts, MonShell, offered_host_key, rbd_client_caps
 
 __all__ = [
     "Capacity",
@@ -38,12 +39,14 @@ __all__ = [
     "MonFacts",
     "MonShell",
     "MonUrl",
+    "offered_host_key",
     "rbd_client_caps",
     "CephError",
     "MonUrlError",
     "InvalidName",
     "SshAuthFailed",
     "SshUnreachable",
+    "SshHostKeyMismatch",
     "CephToolsMissing",
     "CephTimeout",
     "CephCommandFailed",

@@ -47,6 +47,16 @@ class SshUnreachable(CephError):
     """No ssh connection could be made: refused, no route, unknown host name."""
 
 
+class SshHostKeyMismatch(CephError):
+    """The host offered another ssh host key than the one pinned for it: refused in the
+    key exchange, before any password was sent. Both fingerprints are in the message."""
+
+    def __init__(self, message: str, host: str | None, expected: str, offered: str) -> None:
+        super().__init__(message, host)
+        self.expected = expected
+        self.offered = offered
+
+
 class CephToolsMissing(CephError):
     """The ``ceph`` or ``rbd`` command is not installed (or not on PATH) on the host."""
 

@@ -12,6 +12,15 @@ the same strings are accepted and the same error texts come back:
   defaults to 22 and must be 1..65535;
 * the only query parameter is ``monPort`` (default 6789); any other is "unknown".
 
+imgstore adds two things ZStack does not have (issue Trust, point 1), both optional so
+every ZStack monUrl means what it meant:
+
+* a second query parameter, ``sshHostKeyFingerprint=SHA256:...`` (as ``ssh-keygen -lf``
+  prints it; ``+`` stays ``+``), the host key the operator expects: the first contact
+  is then checked against it instead of trusting whatever key answers;
+* with ``password_optional`` (a private key is configured), ``user@host`` or
+  ``user:@host`` carry no password: the login is by key.
+
 Where Java would crash with an internal error (an empty user name or password, a
 non-numeric monPort) we answer with ZStack's own "invalid monUrl" texts instead.
 
@@ -24,11 +33,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 from imgstore.ceph.exceptions import MonUrlError
 
-__all__ = ["MonUrl", "MON_URL_FORMAT", "DEFAULT_SSH_PORT", "DEFAULT_MON_PORT"]
+__all__ = ["MonUrl", "MON_URL_FORMAT", "DEFAULT_SSH_PORT", "DEFAULT_MON_PORT", "check_fingerprint"]
 
 MON_URL_FORMAT = "sshUsername:sshPassword@hostname:[sshPort]/?[monPort=]"
 DEFAULT_SSH_PORT = 22
@@ -40,6 +49,15 @@ _MASK = "******"
 _URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*\Z")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
+# OpenSSH's SHA256 form: 32 bytes in base64 without padding (43 characters)
+_FINGERPRINT = re.compile(r"SHA256:([A-Za-z0-9+/]{43})=?\Z")
+FINGERPRINT_PARAM = "sshHostKeyFingerprint"
+
+
+def check_fingerprint(text: str) -> str | None:
+    """``text`` as OpenSSH prints a SHA256 host key fingerprint, or None when it is not one."""
+    match = _FINGERPRINT.match(text.strip()) if isinstance(text, str) else None
+    return f"SHA256:{match.group(1)}" if match else None
 
 
 class _NoHost(Exception):
@@ -55,19 +73,21 @@ class MonUrl:
     hostname: str
     ssh_port: int = DEFAULT_SSH_PORT
     mon_port: int = DEFAULT_MON_PORT
+    host_key: str | None = None  # the pinned SHA256 host key fingerprint; None: learn it
 
     @classmethod
-    def parse(cls, text: str) -> "MonUrl":
-        """Parse ``text`` with ZStack's rules; raise MonUrlError in ZStack's words."""
+    def parse(cls, text: str, password_optional: bool = False) -> "MonUrl":
+        """Parse ``text`` with ZStack's rules; raise MonUrlError in ZStack's words.
+        ``password_optional``: the login may be by key, so no password is fine."""
         if not isinstance(text, str):
             raise MonUrlError(_generic(str(text)))
         at = text.rfind("@")
         user_info = text[:at]
-        if at == -1 or ":" not in user_info:
+        if at == -1 or (":" not in user_info and not password_optional):
             raise MonUrlError(_invalid(text, "the sshUsername:sshPassword part is invalid"))
         username, _, after = user_info.partition(":")
         password = after.split(":", 1)[0]
-        if not username or not password:
+        if not username or not (password or password_optional):
             raise MonUrlError(_invalid(text, "the sshUsername:sshPassword part is invalid"))
 
         rest = text[at + 1 :]
@@ -85,7 +105,7 @@ class MonUrl:
                 _invalid(text, "the ssh port is greater than 65535 or smaller than 1")
             )
         mon_port = _mon_port(text, query)
-        return cls(username, password, hostname, ssh_port, mon_port)
+        return cls(username, password, hostname, ssh_port, mon_port, _host_key(text, query))
 
     def masked(self) -> str:
         """The url with the password hidden, always with both ports: safe to log/show."""
@@ -179,6 +199,8 @@ def _mon_port(text: str, query: str) -> int:
             continue
         name, eq, raw = pair.partition("=")
         name = unquote_plus(name)
+        if name == FINGERPRINT_PARAM:
+            continue  # read by _host_key
         if name != "monPort":
             raise MonUrlError(_invalid(text, f"unknown parameter[{name}]"))
         if not seen:  # like URLEncodedUtils + getQueryValue: the first one wins
@@ -189,3 +211,18 @@ def _mon_port(text: str, query: str) -> int:
     if not _DIGITS.match(value) or not 1 <= int(value) <= 65535:
         raise MonUrlError(_generic(text))
     return int(value)
+
+
+def _host_key(text: str, query: str) -> str | None:
+    """The ``sshHostKeyFingerprint`` of the query (the first one), checked; None if absent."""
+    for pair in query.split("&"):
+        name, _, raw = pair.partition("=")
+        if unquote_plus(name) != FINGERPRINT_PARAM:
+            continue
+        fingerprint = check_fingerprint(unquote(raw))  # not unquote_plus: base64 has '+'
+        if fingerprint is None:
+            raise MonUrlError(_invalid(
+                text, f"{FINGERPRINT_PARAM} must be an SSH host key fingerprint as OpenSSH prints it "
+                "(SHA256:<43 base64 characters>)"))
+        return fingerprint
+    return None

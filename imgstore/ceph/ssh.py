@@ -13,10 +13,18 @@ seconds. Every user-given value (pool and client names) goes through
 ``shlex.quote``, and is validated first so it cannot turn into a ceph CLI option or
 inject a cephx cap.
 
-Host keys are **not** verified (``known_hosts=None``): like ZStack, which logs in with
-the password from the monUrl (its Ansible runs with host key checking off), an operator
-hands us a host and a password, and we have no trust store to check a first key
-against. The password travels only inside the encrypted ssh session.
+Host keys are pinned, the way OpenSSH's known_hosts pins them (issue Trust, point 1).
+A :class:`MonShell` is given the SHA256 fingerprint pinned for its mon
+(``MonUrl.host_key``): the key the host offers is checked **in the key exchange**
+(``validate_host_public_key``), before any password is sent, and another key fails with
+:class:`SshHostKeyMismatch` naming both fingerprints. With nothing pinned (a first
+contact) the offered key is accepted and :attr:`MonShell.host_key_fingerprint` tells it,
+for the caller to pin. A new key is only ever taken by an operator's explicit accept
+(:func:`offered_host_key` reads it without logging in).
+
+The login is the monUrl's password, or a private key file the operator configured
+(then a monUrl may carry no password); never the service account's own keys, agent or
+``~/.ssh/config``. The password travels only inside the encrypted ssh session.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import re
 import shlex
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -42,11 +51,14 @@ from imgstore.ceph.exceptions import (
     InvalidName,
     PoolNotFound,
     SshAuthFailed,
+    SshHostKeyMismatch,
     SshUnreachable,
 )
 from imgstore.ceph.monurl import MonUrl
 
-__all__ = ["MonFacts", "MonShell", "rbd_client_caps", "check_pool_name", "check_client_name"]
+__all__ = [
+    "MonFacts", "MonShell", "offered_host_key", "rbd_client_caps", "check_pool_name", "check_client_name",
+]
 
 _MARK = "@@imgstore-out@@"
 _ADDR_MARK = "@@imgstore-addrs@@"
@@ -97,14 +109,50 @@ def rbd_client_caps(pool: str) -> list[str]:
     return ["mon", "profile rbd", "osd", f"profile rbd {quoted}", "mgr", f"profile rbd {quoted}"]
 
 
+class _PinnedHostKey(asyncssh.SSHClient):
+    """Checks the host key in the key exchange: the pinned one, or any on first contact.
+    Whatever is offered is kept in ``offered`` (for the caller to pin, or to report)."""
+
+    def __init__(self, expected: str | None) -> None:
+        self.expected = expected
+        self.offered: str | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.offered = key.get_fingerprint("sha256")
+        return self.expected is None or self.offered == self.expected
+
+
+# known_hosts with no key in it: asyncssh then asks validate_host_public_key about every
+# key (known_hosts=None would skip the check altogether)
+_NO_KNOWN_HOSTS: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+
+
+async def offered_host_key(host: str, port: int, timeout: float) -> str:
+    """The SHA256 fingerprint of the host key ``host:port`` offers now: a key exchange
+    only, no login, so nothing secret is sent (an operator's accept of a new key)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(host, port, config=None), timeout)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise CephTimeout(f"ssh to {where} timed out after {timeout:g}s", host) from None
+    except (OSError, asyncssh.Error) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        raise SshUnreachable(f"cannot read the ssh host key of {where}: {reason}", host) from None
+    if key is None:
+        raise SshUnreachable(f"{where} offered no ssh host key", host)
+    return key.get_fingerprint("sha256")
+
+
 class MonShell:
     """Async context manager: one ssh connection to one mon host, reused by its calls."""
 
-    def __init__(self, mon: MonUrl, timeout: float = 10.0) -> None:
+    def __init__(self, mon: MonUrl, timeout: float = 10.0, private_key: Path | None = None) -> None:
         self._mon = mon
         self._timeout = float(timeout)
+        self._private_key = private_key
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
+        self.host_key_fingerprint: str | None = None  # what the host offered, once connected
 
     def __repr__(self) -> str:
         return f"MonShell({self._mon.masked()!r})"
@@ -222,28 +270,36 @@ class MonShell:
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         mon, t = self._mon, self._timeout
+        pinned = _PinnedHostKey(mon.host_key)
+        key = self._private_key
         try:
-            return await asyncio.wait_for(
+            conn = await asyncio.wait_for(
                 asyncssh.connect(
                     mon.hostname,
                     mon.ssh_port,
                     username=mon.username,
-                    password=mon.password,
-                    known_hosts=None,  # see the module docstring
-                    client_keys=None,  # only the monUrl's password, never our own keys
+                    password=mon.password or None,
+                    client_factory=lambda: pinned,
+                    known_hosts=_NO_KNOWN_HOSTS,  # see the module docstring
+                    client_keys=[str(key)] if key else None,  # the configured key only
                     agent_path=None,
                     gss_host=None,
                     host_based_auth=False,
-                    public_key_auth=False,
+                    public_key_auth=key is not None,
                     config=None,  # ignore ~/.ssh/config of the service account
                     connect_timeout=t,
                     login_timeout=t,
                 ),
                 t + 1,
             )
+        except asyncssh.HostKeyNotVerifiable as e:
+            if pinned.offered and pinned.expected and pinned.offered != pinned.expected:
+                raise _mismatch(mon, self._where, pinned.expected, pinned.offered) from None
+            raise SshUnreachable(f"ssh to {self._where} failed: {e.reason}", mon.hostname) from None
         except asyncssh.PermissionDenied:
+            how = "key" if key and not mon.password else "password"
             raise SshAuthFailed(
-                f"ssh login to {self._where} failed: wrong user name or password",
+                f"ssh login to {self._where} failed: wrong user name or {how}",
                 mon.hostname,
             ) from None
         except (asyncio.TimeoutError, TimeoutError):
@@ -254,6 +310,8 @@ class MonShell:
             raise SshUnreachable(f"cannot connect to ssh at {self._where}: {e.strerror or e}", mon.hostname) from None
         except asyncssh.Error as e:
             raise SshUnreachable(f"ssh to {self._where} failed: {e.reason}", mon.hostname) from None
+        self.host_key_fingerprint = pinned.offered
+        return conn
 
     async def _run(self, script: str, what: str, commands: int = 1) -> str:
         """Run ``script`` on the host; return its stdout or raise the mapped error."""
@@ -279,6 +337,15 @@ class MonShell:
         if result.exit_status == 0:
             return stdout
         raise _command_error(what, result.exit_status, str(result.stderr or ""), self._where, self._mon.hostname)
+
+
+def _mismatch(mon: MonUrl, where: str, expected: str, offered: str) -> SshHostKeyMismatch:
+    return SshHostKeyMismatch(
+        f"the ssh host key of {where} has changed: expected {expected}, offered {offered}; "
+        "nothing was sent. If the host was reinstalled or its key replaced, accept the new key "
+        "(AcceptCephBackupStorageMonHostKey) after checking it on the host (ssh-keygen -lf)",
+        mon.hostname, expected, offered,
+    )
 
 
 def _check_tools(*tools: str) -> str:

@@ -142,6 +142,8 @@ class CephMon(Timestamps, Base):
     ssh_username: Mapped[str] = mapped_column(String(255))
     ssh_password: Mapped[str] = mapped_column(Text)  # sealed by crypto.SecretBox
     mon_host: Mapped[str | None] = mapped_column(String(512))  # librados address of this mon
+    # the pinned SHA256 ssh host key fingerprint; None: learnt at the next contact
+    ssh_host_key_fingerprint: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32), default="Connecting")
     status_reason: Mapped[str | None] = mapped_column(String(2048))
 

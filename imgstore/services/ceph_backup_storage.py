@@ -66,12 +66,18 @@ class MonProbe:
     key: str | None = None
     error: ApiError | None = None
 
+    @property
+    def host_key(self) -> str | None:
+        """The host key this mon offered (checked against its pin, if it had one)."""
+        return self.shell.host_key_fingerprint if self.shell else None
+
 
 # ---------------------------------------------------------------- validation
 
 
-def parse_mon_urls(mon_urls: list[str]) -> list[ceph.MonUrl]:
-    """ZStack's interceptor checks, in its order: each url parses, no host twice."""
+def parse_mon_urls(mon_urls: list[str], password_optional: bool = False) -> list[ceph.MonUrl]:
+    """ZStack's interceptor checks, in its order: each url parses, no host twice.
+    ``password_optional``: a private key is configured, so a url may carry no password."""
     if not mon_urls:
         raise invalid_argument("field[monUrls] must be a non-empty list of mon urls")
     parsed = []
@@ -79,7 +85,7 @@ def parse_mon_urls(mon_urls: list[str]) -> list[ceph.MonUrl]:
         if not text or not text.strip():
             raise invalid_argument("field[monUrls] cannot contain an empty string")
         try:
-            parsed.append(ceph.MonUrl.parse(text))
+            parsed.append(ceph.MonUrl.parse(text, password_optional))
         except ceph.MonUrlError as e:
             raise invalid_argument(str(e)) from None
     seen: set[str] = set()
@@ -90,7 +96,7 @@ def parse_mon_urls(mon_urls: list[str]) -> list[ceph.MonUrl]:
     return parsed
 
 
-def validate(req: NewCephStorage) -> list[ceph.MonUrl]:
+def validate(req: NewCephStorage, password_optional: bool = False) -> list[ceph.MonUrl]:
     if req.pool_name is not None and not req.pool_name.strip():
         raise invalid_argument("poolName can be null but cannot be an empty string")
     if req.pool_name is not None:
@@ -110,7 +116,7 @@ def validate(req: NewCephStorage) -> list[ceph.MonUrl]:
     if not req.name.strip():
         raise invalid_argument("field[name] cannot be an empty string")
     tags.check_tags(req.system_tags, req.user_tags)
-    return parse_mon_urls(req.mon_urls)
+    return parse_mon_urls(req.mon_urls, password_optional)
 
 
 async def _check_free(rt: Runtime, uuid: str, mons: list[ceph.MonUrl]) -> None:
@@ -143,7 +149,7 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     A failure at any step removes the row and whatever the add made in the cluster,
     and answers SYS.1002 with the reason as its cause.
     """
-    mons = validate(req)
+    mons = validate(req, rt.settings.ssh_private_key is not None)
     uuid = req.resource_uuid or new_uuid()
     await _check_free(rt, uuid, mons)
     mon_rows = await _record(rt, uuid, req, mons)
@@ -177,6 +183,7 @@ def new_mon_rows(rt: Runtime, mons: list[ceph.MonUrl]) -> list[CephMon]:
             ssh_port=m.ssh_port,
             ssh_username=m.username,
             ssh_password=rt.secrets.seal(m.password),
+            ssh_host_key_fingerprint=m.host_key,  # the operator's; None: learnt at first contact
             status="Connecting",
         )
         for m in mons
@@ -190,7 +197,26 @@ def mon_url_of(rt: Runtime, mon: CephMon) -> ceph.MonUrl:
         hostname=mon.hostname,
         ssh_port=mon.ssh_port,
         mon_port=mon.mon_port,
+        host_key=mon.ssh_host_key_fingerprint,
     )
+
+
+def shell_for(rt: Runtime, url: ceph.MonUrl) -> ceph.MonShell:
+    """An ssh shell to a mon: the url's pinned host key, the configured login key.
+    Every ssh to a mon is made here, so none skips the pin."""
+    return ceph.MonShell(url, rt.settings.ssh_timeout, rt.settings.ssh_private_key)
+
+
+async def pin_host_key(rt: Runtime, mon: CephMon, shell: ceph.MonShell) -> None:
+    """Record the host key ``shell`` met on a mon that had none pinned (first use)."""
+    if mon.ssh_host_key_fingerprint or not shell.host_key_fingerprint:
+        return
+    async with rt.db() as db:
+        row = await db.get(CephMon, mon.uuid)
+        if row is not None and row.ssh_host_key_fingerprint is None and row.hostname == mon.hostname:
+            row.ssh_host_key_fingerprint = shell.host_key_fingerprint
+            await db.commit()
+            log.info("mon %s: pinned its ssh host key %s (first contact)", mon.hostname, shell.host_key_fingerprint)
 
 
 async def _record(
@@ -287,7 +313,7 @@ async def probe_mons(
 async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe, key_for: KeyRequest | None) -> None:
     """SSH to one mon and read its facts; a failure is kept on the mon, not raised."""
     try:
-        shell = ceph.MonShell(mon.url, rt.settings.ssh_timeout)
+        shell = shell_for(rt, mon.url)
         mon.shell = await stack.enter_async_context(shell)
         if key_for is None:
             mon.facts = await mon.shell.facts()
@@ -395,6 +421,7 @@ async def _connected(
             mon.status = "Connected"
             mon.mon_addr = probe.facts.mon_addr
             mon.mon_host = probe.facts.mon_host
+            mon.ssh_host_key_fingerprint = probe.host_key
         apply_capacity(row, capacity)
         row.status = "Connected"
         row.adding_node = None
@@ -462,7 +489,8 @@ async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_po
     errors = []
     for mon in row.mons:
         try:
-            async with ceph.MonShell(mon_url_of(rt, mon), rt.settings.ssh_timeout) as shell:
+            async with shell_for(rt, mon_url_of(rt, mon)) as shell:
+                await pin_host_key(rt, mon, shell)
                 if row.ceph_client:
                     await shell.delete_key(row.ceph_client)
                 if drop_pool and row.pool_name:
@@ -485,7 +513,8 @@ async def renew_key(rt: Runtime, row: CephBackupStorage) -> None:
     errors = []
     for mon in row.mons:
         try:
-            async with ceph.MonShell(mon_url_of(rt, mon), rt.settings.ssh_timeout) as shell:
+            async with shell_for(rt, mon_url_of(rt, mon)) as shell:
+                await pin_host_key(rt, mon, shell)
                 key = await shell.get_or_create_key(row.ceph_client or f"imgstore.{row.uuid}", row.pool_name)
         except ceph.CephError as e:
             errors.append(ceph_error(e, mon.hostname))

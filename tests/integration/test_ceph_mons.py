@@ -23,7 +23,11 @@ def test_add_remove_and_update_a_mon(api: Api, c1: DevCluster, pool: str) -> Non
     mon_uuid = mons["localhost"]["monUuid"]
     r = api.put(f"/backup-storage/ceph/mons/{mon_uuid}/actions", json={"updateCephBackupStorageMon": {"sshPort": 70000}})
     assert r.status_code == 400
+    # a new ssh port without the password is refused (issue Trust, point 2)
     r = api.put(f"/backup-storage/ceph/mons/{mon_uuid}/actions", json={"updateCephBackupStorageMon": {"sshPort": 2222}})
+    assert r.status_code == 400 and "sshPassword" in r.text
+    r = api.put(f"/backup-storage/ceph/mons/{mon_uuid}/actions",
+                json={"updateCephBackupStorageMon": {"sshPort": 2222, "sshPassword": c1.env["SSH_PASSWORD"]}})
     assert r.status_code == 200
     assert {m["hostname"]: m["sshPort"] for m in r.json()["inventory"]["mons"]}["localhost"] == 2222
     # remove it; removing the last mon is refused

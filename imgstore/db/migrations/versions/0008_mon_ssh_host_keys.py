@@ -4,7 +4,8 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-03 16:30:00
 """
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 
 revision = '0008'
@@ -14,8 +15,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    # mons added before this step have none: their next contact learns it (first use)
+    op.add_column('ceph_backup_storage_mon', sa.Column('ssh_host_key_fingerprint', sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table('ceph_backup_storage_mon') as batch:
+        batch.drop_column('ssh_host_key_fingerprint')
