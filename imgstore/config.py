@@ -42,6 +42,28 @@ class Settings(BaseSettings):
         default=2048, description="query replies kept until the database changes (api/reply_cache.py); 0: none"
     )
 
+    # Trust point 6: image files cannot reach outside themselves or blow up
+    # (imageformat.py, qemu.py, services/image_intake.py)
+    image_max_virtual_size: int = Field(
+        default=16 << 40, gt=0,
+        description="bytes: an image whose virtual size (qcow2/vmdk header, or a raw source's "
+        "length) is larger is refused before any RBD image exists; 16 TiB: above any real "
+        "template, far below what a crafted header can claim",
+    )
+    image_max_source_bytes: int = Field(
+        default=1 << 40, gt=0,
+        description="bytes: a source of unknown length (no Content-Length, an upload without a "
+        "size) that sends more is refused",
+    )
+    image_convert_timeout: float = Field(
+        default=21600.0, gt=0,
+        description="seconds a qcow2/vmdk conversion may take before it fails (6 h: ~4 TiB "
+        "allocated at 200 MB/s)",
+    )
+    image_convert_memory: int = Field(
+        default=2 << 30, gt=0, description="bytes of address space qemu-nbd may map (RLIMIT_AS)"
+    )
+
     # images (services/images.py, image_download.py, image_upload.py)
     file_allow_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

@@ -8,9 +8,14 @@ unix socket, and :class:`RawReader` speaks just enough NBD (fixed-newstyle hands
 with a few reads in flight. The only disk used is the source file itself.
 
 The caller must have refused unsafe files first (``imageformat.inspect(head)
-.unsafe_reason()``: backing files, external data files). As a second guard a qcow2 is
-opened with ``backing=null``, so qemu never follows a backing file name. The format is
-always named: qemu never probes.
+.unsafe_reason()``: backing files, vmdk parents, external data files). As a second
+guard every format is opened with ``backing=null``, so qemu never follows a backing
+file name (a qcow2 backing file, a vmdk ``parentFileNameHint``). The format is always
+named: qemu never probes.
+
+qemu-nbd runs under ``prlimit`` (address space and CPU seconds: a crafted file cannot
+make it eat the host) and ``nice`` (conversions yield to the API). The caller bounds
+the wall time (``image_convert_timeout``).
 
 Nothing here knows of HTTP, the database or Ceph.
 """
@@ -23,9 +28,10 @@ import os
 import struct
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ConvertError", "RawReader", "FORMATS"]
+__all__ = ["ConvertError", "Limits", "RawReader", "FORMATS"]
 
 FORMATS = ("qcow2", "vmdk")
 """Formats this module converts."""
@@ -44,6 +50,20 @@ _MAX_READ = 32 << 20  # qemu-nbd refuses larger reads
 _START_TIMEOUT = 15.0  # seconds for qemu-nbd to open the file and listen
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one qemu-nbd process."""
+
+    address_space: int = 2 << 30  # bytes (RLIMIT_AS)
+    cpu_seconds: int = 6 * 3600  # RLIMIT_CPU
+    niceness: int = 10
+
+    def command(self) -> list[str]:
+        """The prefix that starts a program under these limits (util-linux, coreutils)."""
+        return ["prlimit", f"--as={self.address_space}", f"--cpu={self.cpu_seconds}",
+                "nice", "-n", str(self.niceness)]
+
+
 class ConvertError(Exception):
     """qemu-nbd could not serve the file, or the NBD conversation went wrong."""
 
@@ -55,7 +75,8 @@ class RawReader:
     handed out so far (progress).
     """
 
-    def __init__(self, path: Path, fmt: str, chunk_size: int = 4 << 20, window: int = 4) -> None:
+    def __init__(self, path: Path, fmt: str, chunk_size: int = 4 << 20, window: int = 4,
+                 limits: Limits = Limits()) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"cannot convert format {fmt!r}; only {', '.join(FORMATS)}")
         if not 0 < chunk_size <= _MAX_READ:
@@ -66,6 +87,7 @@ class RawReader:
         self.read = 0
         self._chunk = chunk_size
         self._window = max(1, window)
+        self._limits = limits
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -118,7 +140,7 @@ class RawReader:
         self._dir = tempfile.TemporaryDirectory(prefix="imgstore-nbd-")
         sock = os.path.join(self._dir.name, "nbd.sock")
         self._proc = await asyncio.create_subprocess_exec(
-            "qemu-nbd", "--read-only", "--persistent", "--shared=1", "--socket", sock,
+            *self._limits.command(), "qemu-nbd", "--read-only", "--persistent", "--shared=1", "--socket", sock,
             *self._image_args(),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -137,11 +159,10 @@ class RawReader:
         self.size = await self._handshake()
 
     def _image_args(self) -> list[str]:
-        if self.format == "qcow2":
-            # qemu's json: pseudo-protocol is the one way to say backing=null on a command line
-            spec = {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": str(self.path)}}
-            return [f"json:{json.dumps(spec)}"]
-        return ["--format", self.format, str(self.path)]
+        # qemu's json: pseudo-protocol is the one way to say backing=null on a command line;
+        # "driver" names the format, so qemu never probes
+        spec = {"driver": self.format, "backing": None, "file": {"driver": "file", "filename": str(self.path)}}
+        return [f"json:{json.dumps(spec)}"]
 
     async def _handshake(self) -> int:
         assert self._reader is not None and self._writer is not None

@@ -13,13 +13,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from imgstore import ceph
+from imgstore import ceph, qemu
 from imgstore.ceph import rbd_io
 from imgstore.db.models import Image
 from imgstore.errors import CREATE_RESOURCE_ERROR, INVALID_ARGUMENT, OPERATION_ERROR, ApiError
 from imgstore.services import images
 from imgstore.services.clusters import ceph_error
-from imgstore.services.image_intake import CONVERTED, CONVERTING, IntakeFailed, ImageRefused, IntakeResult, Target
+from imgstore.services.image_intake import (CONVERTED, CONVERTING, ImageRefused, IntakeFailed, IntakeResult,
+                                            Limits, Target)
 from imgstore.services.image_sources import SourceFailed, SourceRefused
 from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
@@ -33,19 +34,29 @@ def staging_dir(rt: Runtime) -> Path:
     return rt.settings.data_dir / "staging"
 
 
+def limits(rt: Runtime) -> Limits:
+    """The intake's bounds, from the settings (Trust point 6)."""
+    s = rt.settings
+    return Limits(max_virtual_size=s.image_max_virtual_size, max_source_bytes=s.image_max_source_bytes,
+                  convert_timeout=s.image_convert_timeout,
+                  qemu=qemu.Limits(address_space=s.image_convert_memory,
+                                   cpu_seconds=max(1, int(s.image_convert_timeout))))
+
+
 async def targets_for(rt: Runtime, image: Image, length: int | None) -> tuple[list[Target], dict[str, ApiError]]:
     """A writable target per ref of the image, and why the others cannot take it.
 
-    With the length known, each storage's capacity is read from its cluster first and
-    a storage with less available than the image is refused before any byte is written.
+    Each storage's capacity is read from its cluster first. With the length known, a
+    storage with less available than the image is refused before any byte is written;
+    the intake checks the virtual size (qcow2/vmdk header) against it too, before any
+    RBD image exists.
     """
     targets: list[Target] = []
     failures: dict[str, ApiError] = {}
     for ref in image.backup_storage_refs:
         bs = ref.backup_storage_uuid
         try:
-            if length is not None:
-                await images.refresh_capacity(rt, bs)
+            await images.refresh_capacity(rt, bs)
             storage = await images.storage_of(rt, bs)
             if length is not None and length > storage.available_capacity:
                 raise ApiError(
@@ -53,7 +64,8 @@ async def targets_for(rt: Runtime, image: Image, length: int | None) -> tuple[li
                     f"backup storage[uuid:{bs}] has not enough capacity to download the image"
                     f"[name:{image.name}]: it needs {length} bytes, {storage.available_capacity} are available",
                 )
-            targets.append(Target(bs, await images.cluster_of(rt, storage), storage.pool_name or ""))
+            targets.append(Target(bs, await images.cluster_of(rt, storage), storage.pool_name or "",
+                                  available=storage.available_capacity, limits=limits(rt)))
         except ApiError as e:
             failures[bs] = e
     return targets, failures

@@ -13,9 +13,14 @@ trusted):
   (:mod:`imgstore.qemu`) into each storage's writer. That needs disk for the source
   only: converting to a raw temporary file first would need the allocated size again.
   The staging file is removed whatever happens.
-* anything unsafe (a qcow2 with a backing or data file, a vmdk descriptor, a head that
-  matches two formats: the CVE-2024-32498 class) or unknown is refused before a byte
-  reaches Ceph or qemu.
+* anything unsafe (a qcow2 with a backing or data file, a vmdk naming a parent or
+  other files, a head that matches two formats: the CVE-2024-32498 class) or unknown is
+  refused before a byte reaches Ceph or qemu.
+* the virtual size (qcow2/vmdk header, or the raw source's announced length) is checked
+  against :class:`Limits` ``max_virtual_size`` (refused) and each storage's available
+  capacity (that storage drops out) before any RBD image exists; qemu's own idea of the
+  size is checked again before the RBD image is made. A source of unknown length is
+  cut off past ``max_source_bytes``; a conversion past ``convert_timeout`` fails.
 
 A failed or aborted intake leaves no RBD image (the writers remove theirs) and no file.
 No HTTP, no database: the caller turns the outcome into rows.
@@ -50,6 +55,16 @@ Progress = Callable[[str, int, int | None], Awaitable[None]]
 DOWNLOADING, CONVERTING = "Downloading", "Converting"
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How big and how long an intake may get (settings ``image_max_*``, ``image_convert_*``)."""
+
+    max_virtual_size: int = 16 << 40
+    max_source_bytes: int = 1 << 40  # sources of unknown length
+    convert_timeout: float = 6 * 3600.0
+    qemu: qemu.Limits = qemu.Limits()
+
+
 class ImageRefused(ValueError):
     """The bytes are not an image imgstore will store (unsafe or unsupported format)."""
 
@@ -69,6 +84,8 @@ class Target:
     backup_storage_uuid: str
     cluster: RadosSource
     pool: str
+    available: int | None = None  # bytes the pool can take, when known
+    limits: Limits = Limits()  # the settings' bounds (image_add.targets_for fills them in)
 
 
 @dataclass
@@ -90,7 +107,7 @@ class ImageIntake:
     """Bytes of one image, written into every target; see the module docstring."""
 
     def __init__(self, targets: list[Target], image_uuid: str, total: int | None,
-                 staging_dir: Path, progress: Progress | None = None) -> None:
+                 staging_dir: Path, progress: Progress | None = None, limits: Limits | None = None) -> None:
         if not targets:
             raise ValueError("an intake needs at least one target")
         self.image_uuid = image_uuid
@@ -98,8 +115,10 @@ class ImageIntake:
         self.received = 0
         self.detected: str | None = None
         self._targets = {t.backup_storage_uuid: t for t in targets}
+        self._all_targets = list(targets)
         self._staging_dir = staging_dir
         self._progress = progress
+        self._limits = limits or targets[0].limits  # the callers need not know the settings
         self._head = bytearray()
         self._writers: dict[str, ImageWriter] = {}
         self._committed: list[Target] = []  # images made in full: an abort removes them too
@@ -120,6 +139,9 @@ class ImageIntake:
         self.received += len(data)
         if self.total is not None and self.received > self.total:
             raise IntakeFailed(f"more than the announced {self.total} bytes arrived")
+        if self.total is None and self.received > self._limits.max_source_bytes:
+            raise ImageRefused(f"the image is refused: its source sent more than {self._limits.max_source_bytes} "
+                               "bytes (image_max_source_bytes) without announcing its length")
         if self.detected is None:
             self._head += data
             if len(self._head) < imageformat.HEAD_SIZE:
@@ -174,11 +196,31 @@ class ImageIntake:
         if info.format not in DIRECT + CONVERTED:
             raise ImageRefused(f"the image is refused: {info.format} images are not supported")
         self.detected = info.format
-        self._virtual_size = info.virtual_size
+        self._virtual_size = info.virtual_size if info.format in CONVERTED else self.total
+        if info.format in CONVERTED and not self._virtual_size:
+            raise ImageRefused(f"the image is refused: the {info.format} header gives no virtual size")
+        if self._virtual_size is not None:
+            self._check_size(self._virtual_size)
         if info.format in DIRECT:
             await self._open_writers()
         else:
             await self._open_staging()
+
+    def _check_size(self, virtual: int) -> None:
+        """Refuse an image over the maximum; drop the storages it does not fit in."""
+        if virtual > self._limits.max_virtual_size:
+            raise ImageRefused(f"the image is refused: its virtual size of {virtual} bytes is over the "
+                               f"maximum of {self._limits.max_virtual_size} (image_max_virtual_size)")
+        for uuid, t in list(self._targets.items()):
+            if t.available is not None and virtual > t.available:
+                self._failures[uuid] = IntakeFailed(
+                    f"backup storage[uuid:{uuid}] has not enough capacity for the image: its virtual "
+                    f"size is {virtual} bytes, {t.available} are available")
+                del self._targets[uuid]
+        if not self._targets:
+            room = max((t.available or 0 for t in self._all_targets), default=0)
+            raise IntakeFailed(f"not enough capacity on any backup storage for the image: its virtual size "
+                               f"is {virtual} bytes, at most {room} are available", dict(self._failures))
 
     async def _open_writers(self) -> None:
         for uuid, t in self._targets.items():
@@ -213,6 +255,15 @@ class ImageIntake:
                 await self._progress(DOWNLOADING, self.received, self.total)
             return
         for uuid, w in list(self._writers.items()):
+            room = self._targets[uuid].available
+            if self.total is None and room is not None and self.received > room:
+                self._failures[uuid] = IntakeFailed(
+                    f"backup storage[uuid:{uuid}] has not enough capacity for the image: "
+                    f"more than its {room} available bytes arrived")
+                del self._writers[uuid]
+                with contextlib.suppress(CephError):
+                    await w.abort()
+                continue
             try:
                 await w.write(data)
             except ImageSizeMismatch as e:  # the source's fault, not the storage's
@@ -225,6 +276,9 @@ class ImageIntake:
             await self._progress(DOWNLOADING, self.received, self.total)
 
     def _stage(self, data: bytes | bytearray) -> None:
+        if self.total is None and shutil.disk_usage(self._staging_dir).free < STAGING_MARGIN + len(data):
+            raise IntakeFailed(f"staging the {self.detected} image failed: the server's data dir is "
+                               "out of disk; free disk in its data dir")
         try:
             self._staged.write(data)
         except OSError as e:
@@ -266,10 +320,15 @@ class ImageIntake:
         await asyncio.to_thread(self._staged.close)
         stored: list[str] = []
         virtual = 0
+        deadline = asyncio.get_running_loop().time() + self._limits.convert_timeout
         try:
             for uuid, t in self._targets.items():
                 try:
-                    virtual = await self._convert_into(t)
+                    async with asyncio.timeout_at(deadline):
+                        virtual = await self._convert_into(t)
+                except TimeoutError:
+                    raise IntakeFailed(f"converting the {self.detected} image took longer than "
+                                       f"{self._limits.convert_timeout:g} s (image_convert_timeout)") from None
                 except (CephError, qemu.ConvertError) as e:
                     if isinstance(e, qemu.ConvertError):
                         raise IntakeFailed(f"the {self.detected} image cannot be read: {e}") from None
@@ -285,7 +344,10 @@ class ImageIntake:
 
     async def _convert_into(self, t: Target) -> int:
         assert self._staged_path is not None and self.detected is not None
-        async with qemu.RawReader(self._staged_path, self.detected) as reader:
+        async with qemu.RawReader(self._staged_path, self.detected, limits=self._limits.qemu) as reader:
+            if reader.size != self._virtual_size:  # the header said one size, qemu another
+                raise ImageRefused(f"the image is refused: qemu reads a virtual size of {reader.size} "
+                                   f"bytes, its header says {self._virtual_size}")
             w = ImageWriter(t.cluster, t.pool, self.image_uuid, size=reader.size, checksums=False)
             self._writers[t.backup_storage_uuid] = w
             async with w:

@@ -1,8 +1,10 @@
 """imageformat tells raw, qcow2, iso and vmdk apart and refuses what points outside itself.
 
+The inspection is oslo.utils' format_inspector; these tests pin what imgstore relies on
+and the checks it adds (vmdk parents, bare descriptors, outside extents, encryption).
 Real headers come from ``qemu-img create`` (Debian's qemu-utils) in a tmp dir; the
 malformed ones are built by hand. The CVE-2024-32498 class: a qcow2 with a backing file
-or an external data file, unknown incompatible features, a vmdk descriptor of other
+or an external data file, unknown incompatible features, a vmdk naming a parent or other
 files, an image that is two formats at once.
 """
 
@@ -16,20 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from imgstore.imageformat import (
-    EXT_BACKING_FORMAT,
-    EXT_DATA_FILE,
-    EXT_FEATURE_TABLE,
-    HEAD_SIZE,
-    INCOMPAT_CORRUPT,
-    INCOMPAT_DATA_FILE,
-    ImageInfo,
-    inspect,
-)
+from imgstore.imageformat import HEAD_SIZE, ImageInfo, inspect
+
+INCOMPAT_DATA_FILE = 1 << 2
 
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None,
                                     reason="qemu-img (Debian qemu-utils) is not installed")
-
 
 def qemu_img(tmp_path: Path, name: str, fmt: str, *args: str, size: str = "10M") -> bytes:
     """Create an image with qemu-img in tmp_path and return its head."""
@@ -66,48 +60,52 @@ def unsafe(head: bytes) -> str:
 # ---------------------------------------------------------------- made by qemu-img
 
 
+
+
 @needs_qemu_img
 def test_plain_qcow2_is_safe_and_gives_its_virtual_size(tmp_path: Path) -> None:
     info = inspect(qemu_img(tmp_path, "plain.qcow2", "qcow2", size="10M"))
-    assert info.format == "qcow2"
-    assert info.virtual_size == 10 * 1024 * 1024
-    assert info.qcow2 is not None and info.qcow2.version == 3 and info.qcow2.cluster_bits == 16
+    assert (info.format, info.virtual_size) == ("qcow2", 10 * 1024 * 1024)
     assert info.unsafe_reason() is None
 
 
 @needs_qemu_img
 def test_qcow2_v2_is_safe(tmp_path: Path) -> None:
     info = inspect(qemu_img(tmp_path, "v2.qcow2", "qcow2", "-o", "compat=0.10", size="5M"))
-    assert info.qcow2 is not None and info.qcow2.version == 2
     assert info.virtual_size == 5 * 1024 * 1024
     assert info.unsafe_reason() is None
 
 
 @needs_qemu_img
+def test_a_32_tib_qcow2_gives_its_virtual_size(tmp_path: Path) -> None:
+    info = inspect(qemu_img(tmp_path, "huge.qcow2", "qcow2", size="32T"))
+    assert info.virtual_size == 32 << 40 and info.unsafe_reason() is None
+
+
+@needs_qemu_img
 def test_qcow2_with_a_raw_backing_file_is_refused(tmp_path: Path) -> None:
     qemu_img(tmp_path, "base.raw", "raw", size="1M")
-    info = inspect(qemu_img(tmp_path, "child.qcow2", "qcow2", "-b", "base.raw", "-F", "raw", size="1M"))
-    assert info.qcow2 is not None
-    assert info.qcow2.backing_file == "base.raw" and info.qcow2.backing_format == "raw"
-    assert info.unsafe_reason() == "qcow2 image has a backing file ('base.raw')"
+    head = qemu_img(tmp_path, "child.qcow2", "qcow2", "-b", "base.raw", "-F", "raw", size="1M")
+    assert "backing file" in unsafe(head)
 
 
 @needs_qemu_img
 def test_qcow2_backing_file_by_absolute_path_is_refused(tmp_path: Path) -> None:
     qemu_img(tmp_path, "base.qcow2", "qcow2", size="1M")
     base = str(tmp_path / "base.qcow2")
-    info = inspect(qemu_img(tmp_path, "child.qcow2", "qcow2", "-b", base, "-F", "qcow2", size="1M"))
-    assert info.qcow2 is not None and info.qcow2.backing_file == base
     assert "backing file" in unsafe(qemu_img(tmp_path, "c2.qcow2", "qcow2", "-b", base, "-F", "qcow2"))
 
 
 @needs_qemu_img
 def test_qcow2_with_an_external_data_file_is_refused(tmp_path: Path) -> None:
-    info = inspect(qemu_img(tmp_path, "df.qcow2", "qcow2", "-o", "data_file=data.raw"))
-    assert info.qcow2 is not None
-    assert info.qcow2.incompatible_features & INCOMPAT_DATA_FILE
-    assert info.qcow2.data_file == "data.raw"
-    assert info.unsafe_reason() == "qcow2 image has an external data file ('data.raw')"
+    assert "external data file" in unsafe(qemu_img(tmp_path, "df.qcow2", "qcow2", "-o", "data_file=data.raw"))
+
+
+@needs_qemu_img
+def test_encrypted_qcow2_is_refused(tmp_path: Path) -> None:
+    head = qemu_img(tmp_path, "enc.qcow2", "qcow2", "--object", "secret,id=s0,data=pw",
+                    "-o", "encrypt.format=luks,encrypt.key-secret=s0", size="1M")
+    assert unsafe(head) == "qcow2 image is encrypted"
 
 
 @needs_qemu_img
@@ -115,17 +113,24 @@ def test_vmdk_monolithic_sparse_and_stream_optimized_are_safe(tmp_path: Path) ->
     for sub in ("monolithicSparse", "streamOptimized"):
         info = inspect(qemu_img(tmp_path, f"{sub}.vmdk", "vmdk", "-o", f"subformat={sub}"))
         assert info.format == "vmdk"
-        assert info.vmdk is not None and info.vmdk.create_type == sub
         assert info.virtual_size == 10 * 1024 * 1024
         assert info.unsafe_reason() is None
 
 
 @needs_qemu_img
-def test_vmdk_descriptor_of_a_flat_file_is_refused(tmp_path: Path) -> None:
-    info = inspect(qemu_img(tmp_path, "flat.vmdk", "vmdk", "-o", "subformat=monolithicFlat"))
-    assert info.format == "vmdk"
-    assert info.vmdk is not None and info.vmdk.extents == ("flat-flat.vmdk",)
-    assert info.unsafe_reason() == "vmdk is a descriptor of other files, not a disk image"
+def test_vmdk_child_naming_a_parent_is_refused(tmp_path: Path) -> None:
+    qemu_img(tmp_path, "parent.vmdk", "vmdk", size="1M")
+    head = qemu_img(tmp_path, "child.vmdk", "vmdk", "-b", str(tmp_path / "parent.vmdk"), "-F", "vmdk",
+                    size="1M")
+    assert b"parentFileNameHint" in head
+    assert "names a parent" in unsafe(head)
+
+
+@needs_qemu_img
+@pytest.mark.parametrize("sub", ["monolithicFlat", "twoGbMaxExtentFlat", "twoGbMaxExtentSparse"])
+def test_vmdk_descriptor_of_other_files_is_refused(tmp_path: Path, sub: str) -> None:
+    info = inspect(qemu_img(tmp_path, f"{sub}.vmdk", "vmdk", "-o", f"subformat={sub}"))
+    assert info.format == "vmdk" and info.unsafe_reason()
 
 
 @needs_qemu_img
@@ -150,6 +155,13 @@ def test_random_and_zero_bytes_are_raw() -> None:
     assert inspect(b"").format == "raw"
 
 
+def test_a_disk_with_a_partition_table_is_raw() -> None:
+    head = bytearray(HEAD_SIZE)
+    head[446:462] = bytes([0x80, 0, 2, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 1, 1000)
+    head[510:512] = b"\x55\xaa"
+    assert inspect(head) == ImageInfo("raw")
+
+
 def iso_head(blocks: int = 1000, block_size: int = 2048) -> bytearray:
     head = bytearray(HEAD_SIZE)
     head[0x8000:0x8006] = b"\x01CD001"
@@ -168,9 +180,7 @@ def test_iso_is_detected_with_its_size() -> None:
 def test_a_qcow2_header_inside_an_iso_is_refused() -> None:
     head = iso_head()
     head[: 4096] = qcow2_header()
-    info = inspect(head)
-    assert info.also_matches == ("iso",)
-    assert info.unsafe_reason() == "image looks like qcow2 and iso at once"
+    assert unsafe(head) == "image looks like iso and qcow2 at once"
 
 
 def test_only_the_head_is_looked_at() -> None:
@@ -182,79 +192,30 @@ def test_only_the_head_is_looked_at() -> None:
 
 def test_hand_made_header_parses_like_qemu_ones() -> None:
     info = inspect(qcow2_header(size=123 << 20, cluster_bits=20))
-    assert info.qcow2 is not None
-    assert (info.virtual_size, info.qcow2.cluster_bits, info.qcow2.header_length) == (123 << 20, 20, 104)
+    assert (info.format, info.virtual_size) == ("qcow2", 123 << 20)
     assert info.unsafe_reason() is None
 
 
 def test_unknown_incompatible_feature_is_refused() -> None:
-    assert unsafe(qcow2_header(incompat=1 << 5)) == (
-        "qcow2 image uses unknown incompatible features (0x20)")
-    assert "0x8000000000000000" in unsafe(qcow2_header(incompat=1 << 63))
+    assert "unknown_features" in unsafe(qcow2_header(incompat=1 << 5))
+    assert "unknown_features" in unsafe(qcow2_header(incompat=1 << 63))
 
 
 def test_data_file_bit_alone_is_refused() -> None:
-    assert unsafe(qcow2_header(incompat=INCOMPAT_DATA_FILE)) == "qcow2 image has an external data file"
-
-
-def test_data_file_extension_alone_is_refused() -> None:
-    head = qcow2_header(extensions=[(EXT_DATA_FILE, b"/etc/shadow")])
-    assert unsafe(head) == "qcow2 image has an external data file ('/etc/shadow')"
+    assert "external data file" in unsafe(qcow2_header(incompat=INCOMPAT_DATA_FILE))
 
 
 def test_backing_file_name_beyond_the_head_is_still_refused() -> None:
-    head = qcow2_header(backing=(60000, 16), total=4096)
-    info = inspect(head)
-    assert info.qcow2 is not None and info.qcow2.backing_file is None
-    assert info.unsafe_reason() == "qcow2 image has a backing file"
+    assert "backing file" in unsafe(qcow2_header(backing=(60000, 16), total=4096))
 
 
-def test_backing_file_offset_outside_the_first_cluster_is_malformed() -> None:
-    assert unsafe(qcow2_header(backing=(1 << 20, 8))).startswith("malformed qcow2 header")
+def test_unknown_versions_are_refused() -> None:
+    assert unsafe(qcow2_header(version=4))
+    assert unsafe(qcow2_header(version=1))
 
 
-def test_corrupt_and_encrypted_images_are_refused() -> None:
-    assert unsafe(qcow2_header(incompat=INCOMPAT_CORRUPT)) == "qcow2 image is marked corrupt"
+def test_encrypted_bit_is_refused() -> None:
     assert unsafe(qcow2_header(crypt=1)) == "qcow2 image is encrypted"
-
-
-def test_known_extensions_are_read() -> None:
-    info = inspect(qcow2_header(extensions=[(EXT_BACKING_FORMAT, b"raw"),
-                                            (EXT_FEATURE_TABLE, bytes(48))]))
-    assert info.qcow2 is not None
-    assert info.qcow2.extensions == (EXT_BACKING_FORMAT, EXT_FEATURE_TABLE)
-    assert info.qcow2.backing_format == "raw"
-    assert info.unsafe_reason() is None
-
-
-@pytest.mark.parametrize(
-    ("head", "problem"),
-    [
-        (b"QFI\xfb\x00\x00\x00\x03", "header truncated at 8 bytes"),
-        (qcow2_header(version=4), "unknown version 4"),
-        (qcow2_header(version=1), "unknown version 1"),
-        (qcow2_header(cluster_bits=30), "cluster_bits 30 out of range 9..21"),
-        (qcow2_header(cluster_bits=8), "cluster_bits 8 out of range 9..21"),
-        (qcow2_header(header_length=100), "header_length 100 invalid"),
-        (qcow2_header(header_length=108), "header_length 108 invalid"),
-        (qcow2_header(end_marker=False, total=0), "header extensions run past the bytes inspected"),
-        (qcow2_header(extensions=[(0x1234, bytes(8000))], total=0)[:2000],
-         "header extension 0x00001234 runs past the bytes inspected"),
-        (qcow2_header(extensions=[(0x1234, b"a"), (0x1234, b"b")]),
-         "header extension 0x00001234 appears twice"),
-        (qcow2_header(cluster_bits=9, extensions=[(0x1234, bytes(600))]),
-         "header extension 0x00001234 runs past the first cluster"),
-    ],
-)
-def test_malformed_headers_are_refused(head: bytes, problem: str) -> None:
-    assert unsafe(head) == f"malformed qcow2 header: {problem}"
-
-
-def test_extensions_must_end_in_the_first_cluster() -> None:
-    # 512-byte clusters: the extension area ends at 512 even if more bytes were given
-    head = qcow2_header(cluster_bits=9, extensions=[(0x1234, bytes(400))], end_marker=False,
-                        total=4096)
-    assert unsafe(head) == "malformed qcow2 header: header extensions run past the first cluster"
 
 
 # ---------------------------------------------------------------- hand-made vmdk
@@ -268,31 +229,52 @@ def vmdk_head(descriptor: str, *, gd_offset: int = 21) -> bytes:
     return bytes(head)
 
 
-DESCRIPTOR = '# Disk DescriptorFile\nversion=1\ncreateType="{ct}"\nRW 20480 SPARSE "{name}"\n'
+DESCRIPTOR = '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="{ct}"\n' \
+             'RW 20480 {kind} "{name}"\n'
 
 
-def test_vmdk_extent_by_path_is_refused() -> None:
-    head = vmdk_head(DESCRIPTOR.format(ct="monolithicSparse", name="../../etc/passwd"))
-    assert unsafe(head) == "vmdk refers to extent files by path (../../etc/passwd)"
-
-
-def test_vmdk_of_another_create_type_is_refused() -> None:
-    head = vmdk_head(DESCRIPTOR.format(ct="twoGbMaxExtentSparse", name="a.vmdk"))
-    assert "'twoGbMaxExtentSparse' is not one self-contained file" in unsafe(head)
-
-
-def test_vmdk_with_a_footer_is_refused() -> None:
-    head = vmdk_head(DESCRIPTOR.format(ct="streamOptimized", name="a.vmdk"), gd_offset=2**64 - 1)
-    assert unsafe(head) == "vmdk keeps its grain directory in a footer (not streamable)"
-
-
-def test_vmdk_descriptor_beyond_the_head_is_refused() -> None:
-    head = bytearray(vmdk_head(""))
-    struct.pack_into("<Q", head, 28, 1000)  # descriptorOffset: sector 1000, past 64 KiB
-    assert unsafe(bytes(head)) == "malformed vmdk: embedded descriptor beyond the bytes inspected"
+def sparse(name: str = "a.vmdk", ct: str = "monolithicSparse", kind: str = "SPARSE", extra: str = "") -> str:
+    return DESCRIPTOR.format(ct=ct, name=name, kind=kind) + extra
 
 
 def test_hand_made_vmdk_is_safe_with_its_size() -> None:
-    info = inspect(vmdk_head(DESCRIPTOR.format(ct="monolithicSparse", name="a.vmdk")))
+    info = inspect(vmdk_head(sparse()))
     assert info.virtual_size == 20480 * 512
     assert info.unsafe_reason() is None
+
+
+def test_vmdk_extent_by_path_is_refused() -> None:
+    assert unsafe(vmdk_head(sparse(name="../../etc/passwd")))
+
+
+def test_vmdk_flat_extent_in_a_sparse_file_is_refused() -> None:
+    assert "extents outside the file" in unsafe(vmdk_head(sparse(name="secret", kind="FLAT")))
+
+
+@pytest.mark.parametrize("line", ['parentFileNameHint="/etc/shadow"', "parentCID=deadbeef"])
+def test_vmdk_naming_a_parent_is_refused(line: str) -> None:
+    head = vmdk_head(sparse().replace("parentCID=ffffffff\n", "") + line + "\n")
+    assert "names a parent" in unsafe(head)
+
+
+def test_vmdk_of_another_create_type_is_refused() -> None:
+    assert unsafe(vmdk_head(sparse(ct="twoGbMaxExtentSparse")))
+
+
+def test_vmdk_with_a_footer_is_refused() -> None:
+    assert unsafe(vmdk_head(sparse(ct="streamOptimized"), gd_offset=2**64 - 1))
+
+
+def test_vmdk_whose_descriptor_is_elsewhere_is_never_converted() -> None:
+    # qemu also insists on the descriptor at sector 1: oslo takes such bytes for raw,
+    # which are stored as they are and never reach qemu
+    head = bytearray(vmdk_head(""))
+    struct.pack_into("<Q", head, 28, 1000)  # descriptorOffset: sector 1000, past 64 KiB
+    info = inspect(bytes(head))
+    assert info.format == "raw" or info.unsafe_reason()
+
+
+def test_bare_vmdk_descriptor_is_refused() -> None:
+    text = sparse().encode()
+    assert unsafe(text) == "vmdk is a descriptor of other files, not a disk image"
+    assert inspect(text + bytes(512 - len(text))).format == "raw", "not text: stored as bytes, never parsed"
