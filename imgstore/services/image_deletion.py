@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 DELAY, DIRECT = "Delay", "Direct"
 DELETE_MODES = ("Permissive", "Enforcing")
 RETRY_PAUSES = (0, 5, 10, 15, 30, 60)  # seconds before each clean-up pass after a start
+EXPUNGING = "Expunging"  # a ref whose bits an Expunge is removing now (see expunge)
+STALE_CLAIM = timedelta(minutes=10)  # an Expunging ref untouched this long was left by a dead call
 
 
 def _selected(image: Image, uuids: list[str] | None) -> list[ImageBackupStorageRef]:
@@ -87,14 +89,52 @@ async def delete(rt: Runtime, uuid: str, backup_storage_uuids: list[str] | None 
 
 async def expunge(rt: Runtime, uuid: str, backup_storage_uuids: list[str] | None = None) -> None:
     """ExpungeImage: remove the bits of a deleted image (from the storages named, or all),
-    then its refs, then the image when no ref is left."""
-    image = await images.load(rt, uuid)
-    refs = _selected(image, backup_storage_uuids)
-    if any(r.status != images.DELETED for r in refs):
-        raise ApiError(OPERATION_ERROR, f"image[uuid:{uuid}] is not deleted on backup storage"
-                                        f"{[r.backup_storage_uuid for r in refs if r.status != images.DELETED]}; "
-                                        "delete it before expunging it", status=409)
-    await _remove(rt, uuid, [r.backup_storage_uuid for r in refs])
+    then its refs, then the image when no ref is left.
+
+    The refs are claimed first, under the image's row lock (``Expunging``): a Recover or
+    another Expunge that comes while the bits are being removed finds them not Deleted
+    and is refused, instead of recovering an image whose bits are going (the check and
+    the claim were two steps before: a Recover between them left a Ready image without
+    bits). The bits are removed outside the lock (a Ceph call); refs whose bits stay
+    are Deleted again."""
+    claimed = await _claim(rt, uuid, backup_storage_uuids)
+    try:
+        await _remove(rt, uuid, claimed)
+    finally:
+        await _unclaim(rt, uuid, claimed)
+
+
+async def _claim(rt: Runtime, uuid: str, backup_storage_uuids: list[str] | None) -> list[str]:
+    """Re-check under the row lock that the refs are Deleted, and mark them Expunging.
+    A claim older than ``STALE_CLAIM`` (its node died mid-way) may be taken again."""
+    stale = utcnow() - STALE_CLAIM
+    async with locked_row(rt, Image, uuid) as (db, row):
+        if row is None:
+            raise not_found(images.RESOURCE_TYPE, uuid)
+        refs = _selected(row, backup_storage_uuids)
+        busy = [r.backup_storage_uuid for r in refs if r.status == EXPUNGING and r.last_op_date >= stale]
+        if busy:
+            raise ApiError(OPERATION_ERROR, f"image[uuid:{uuid}] is being expunged from backup storage{busy} "
+                                            "by another call", status=409)
+        alive = [r.backup_storage_uuid for r in refs if r.status not in (images.DELETED, EXPUNGING)]
+        if alive:
+            raise ApiError(OPERATION_ERROR, f"image[uuid:{uuid}] is not deleted on backup storage{alive}; "
+                                            "delete it before expunging it", status=409)
+        for ref in refs:
+            ref.status = EXPUNGING
+        await db.commit()
+    return [r.backup_storage_uuid for r in refs]
+
+
+async def _unclaim(rt: Runtime, uuid: str, claimed: list[str]) -> None:
+    """The refs an expunge could not remove are Deleted again (a Recover may have them)."""
+    async with locked_row(rt, Image, uuid) as (db, row):
+        if row is None:
+            return
+        for ref in row.backup_storage_refs:
+            if ref.backup_storage_uuid in claimed and ref.status == EXPUNGING:
+                ref.status = images.DELETED
+        await db.commit()
 
 
 async def recover(rt: Runtime, uuid: str, backup_storage_uuids: list[str] | None = None) -> Image:

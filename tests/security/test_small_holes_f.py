@@ -9,9 +9,16 @@
 """
 from __future__ import annotations
 
+import threading
+import time
+
+import httpx
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, DevCluster, Server, wait_for
+from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, wait_for
+from tests.integration.test_image_upload import start_upload, url_of
+from tests.integration.test_images import MiB, image_data, images, rbd_images
+from tests.integration.test_images import storage  # noqa: F401 - the fixture
 from tests.security.test_handles import _pinger_or_none
 
 pytestmark = pytest.mark.ceph
@@ -26,3 +33,59 @@ def test_the_pinger_child_inherits_no_imgstore_setting(tracked_server: Server, c
     assert ADMIN_PASSWORD.encode() not in environ
     assert not [n for n in names if n.startswith("IMGSTORE_")], names
     assert "PATH" in names, "what Python and librados need stays"
+
+
+# ---------------------------------------------------------------- Expunge against Recover
+
+
+def uploaded(api: Api, storage: str, size: int) -> str:
+    inv = start_upload(api, [storage])
+    r = httpx.put(url_of(inv), content=image_data(size, seed=7), headers={"X-Image-Size": str(size)}, timeout=60)
+    assert r.status_code == 200 and r.json()["completed"], r.text
+    return inv["uuid"]
+
+
+def race(first, second, delay: float) -> tuple[httpx.Response, httpx.Response]:  # type: ignore[no-untyped-def]
+    """``first()`` in a thread, ``second()`` ``delay`` s later; both answers."""
+    answers: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: answers.append(first()))
+    t.start()
+    time.sleep(delay)
+    other = second()
+    t.join(60)
+    return answers[0], other
+
+
+def test_a_recover_racing_an_expunge_never_leaves_a_ready_image_without_bits(
+    api: Api, c1: DevCluster, pool: str, storage: str  # noqa: F811 - the fixture
+) -> None:
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
+        image = uploaded(api, storage, 48 * MiB)
+        assert api.delete(f"/images/{image}").status_code == 200
+        expunged, recovered = race(
+            lambda image=image: api.put(f"/images/{image}/actions", json={"expungeImage": {}}),
+            lambda image=image: api.put(f"/images/{image}/actions", json={"recoverImage": {}}),
+            delay)
+        left = images(api, f"uuid={image}")
+        bits = image in rbd_images(c1, pool)
+        if recovered.status_code == 200:
+            assert recovered.json()["inventory"]["status"] == "Ready"
+            assert expunged.status_code == 409, (delay, expunged.text)
+            assert [i["status"] for i in left] == ["Ready"] and bits, (delay, "Recover said Ready: it must be")
+            assert api.delete(f"/images/{image}").status_code == 200
+            assert api.put(f"/images/{image}/actions", json={"expungeImage": {}}).status_code == 200
+        else:
+            assert recovered.status_code in (404, 409), recovered.text
+            assert expunged.status_code == 200, expunged.text
+            assert not left and not bits, delay
+
+
+def test_two_expunges_at_once_remove_the_image_once(
+    api: Api, c1: DevCluster, pool: str, storage: str  # noqa: F811 - the fixture
+) -> None:
+    image = uploaded(api, storage, 48 * MiB)
+    assert api.delete(f"/images/{image}").status_code == 200
+    expunge = lambda: api.put(f"/images/{image}/actions", json={"expungeImage": {}})  # noqa: E731
+    a, b = race(expunge, expunge, 0.02)
+    assert sorted([a.status_code, b.status_code]) in ([200, 200], [200, 404], [200, 409]), (a.text, b.text)
+    assert not images(api, f"uuid={image}") and image not in rbd_images(c1, pool)
