@@ -19,6 +19,7 @@ from imgstore.api import images
 from imgstore.api import openapi
 from imgstore.api.body_limit import BodyLimit
 from imgstore.api.deps import refuse_nul, require_session
+from imgstore.api.export_slots import ExportSlots
 from imgstore.api.reply_cache import ReplyCache
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
@@ -53,9 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)  # the operator console at /, outside the API prefixes
     app.include_router(metrics.router)  # no session: Prometheus scrapes it (see imgstore.metrics)
     _install_error_handlers(app)
+    app.state.export_slots = ExportSlots(settings.export_max_per_link, settings.export_max_total)
     openapi.install(app)  # what no decorator can say (the 202 of every job API)
-    # the last added runs first: request id, then the body's bound, then JSON bodies, then metrics, which must
-    # see the scope dict the router writes its route into (JsonBodyByDefault copies it),
+    # the last added runs first: request id, then the body's bound, then JSON bodies, then
+    # metrics, which must see the scope dict the router writes its route into (JsonBodyByDefault copies it),
     # then kept replies, which the three outer ones see like any other
     if settings.reply_cache_entries > 0:
         app.add_middleware(ReplyCache, max_entries=settings.reply_cache_entries, prefixes=PREFIXES)

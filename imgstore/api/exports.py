@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from imgstore.api.deps import runtime
+from imgstore.api.export_slots import export_slot
 from imgstore.api.openapi import ErrorReply
 from imgstore.errors import INVALID_ARGUMENT, ApiError, ErrorKind
 from imgstore.services import image_export
@@ -82,6 +83,7 @@ async def download_exported_image(
     request: Request,
     token: str | None = Query(None, description="the token of the export URL"),
     rt: Runtime = Depends(runtime),
+    _slot: None = Depends(export_slot),  # 429 beyond the caps; held until the body ends
 ) -> Response:
     download = await image_export.open_download(rt, pool, segment, token)
     size = download.size

@@ -55,6 +55,9 @@ EXPORT_FORMATS = ("raw", "qcow2")  # ZStack's valid values; Ceph ignores it and 
 READY = "Ready"
 NOT_CALCULATED = "not calculated"  # ZStack's md5Sum of an image added to Ceph
 READ_AHEAD = 8  # 4 MiB reads in flight per download (holes are not read): 32 MiB
+# a download's reader may be slow and there may be many (api/export_slots.py caps them):
+# 1 MiB reads, 4 in flight, are ~5 MiB per download yet still keep the OSDs busy
+STREAM_CHUNK, STREAM_READ_AHEAD = 1 << 20, 4
 _UUID = re.compile(r"^[0-9a-f]{32}$")
 _STREAMING: Counter[str] = Counter()  # image uuid -> downloads this node is serving
 
@@ -83,7 +86,7 @@ class Download:
         _STREAMING[self.image_uuid] += 1
         try:
             async for piece in rbd_io.iter_image(self.cluster, self.pool, self.name, start, end,
-                                                 readahead=READ_AHEAD):
+                                                 chunk=STREAM_CHUNK, readahead=STREAM_READ_AHEAD):
                 yield piece
         finally:
             if self.lease is not None:
