@@ -10,6 +10,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+# a host name, an IPv4/IPv6 address or a CIDR (url_guard.Allowance parses it exactly)
+_NETWORK_OR_HOST = re.compile(r"[A-Za-z0-9.:_-]+(/[0-9]{1,3})?")
+
+
 class Settings(BaseSettings):
     """Everything an operator may tune, with defaults that are safe on one node."""
 
@@ -84,6 +88,14 @@ class Settings(BaseSettings):
         default=60.0, description="seconds an http(s) source may stay silent before the download fails"
     )
 
+    # Trust issue, point 5 (helper D): AddImage http(s) sources (services/url_guard.py)
+    image_url_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts and networks (names, addresses, CIDRs; separated by ',') AddImage may "
+        "download from although they are not public (loopback, private, link-local...); empty: "
+        "only public addresses",
+    )
+
     # Trust issue, points 3, 8, 11 (helper B): bodies, slow clients, exports, TLS
     max_body_bytes: int = Field(
         default=1 << 20, description="largest request body but an upload's; bigger ones get 413 unread"
@@ -104,6 +116,16 @@ class Settings(BaseSettings):
         default=None, description="set by `imgstore serve`: its own scheme://host:port, the base of "
         "stored URLs when public_url is unset (never the request's Host header)"
     )
+
+    @field_validator("image_url_allow", mode="before")
+    @classmethod
+    def _split_allowance(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value if isinstance(value, list) else []:
+            if not _NETWORK_OR_HOST.fullmatch(str(entry).strip("[]")):
+                raise ValueError(f"image_url_allow: [{entry}] is neither a host name, an address nor a CIDR")
+        return value
 
     # ssh to mons (issue Trust, point 1)
     ssh_private_key: Path | None = Field(

@@ -234,6 +234,7 @@ class Server:
             "IMGSTORE_DATA_DIR": str(self.data_dir),
             "IMGSTORE_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "IMGSTORE_CEPH_TIMEOUT": "5",
+            "IMGSTORE_IMAGE_URL_ALLOW": "127.0.0.1,::1",  # tests serve images on loopback (point 5)
             "IMGSTORE_SSH_TIMEOUT": "5",
             **self.env,
         }

@@ -25,9 +25,11 @@ from imgstore.services.image_sources import (
     UPLOAD,
     HttpSource,
     SourceRefused,
+    check_source,
     check_url,
     open_source,
 )
+from imgstore.services.url_guard import Allowance
 from imgstore.services.metrics import count_image_bytes
 from imgstore.services.runtime import Runtime
 from imgstore.services.task_progress import ProgressReporter
@@ -46,6 +48,7 @@ async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> 
     req = images.check_new_image(req)
     try:
         req.url = check_url(req.url, rt.settings.file_allow_dirs)
+        await check_source(req.url, rt.settings.file_allow_dirs, _allowance(rt))
     except SourceRefused as e:
         raise invalid_argument(str(e)) from None
     if req.url.lower().startswith(UPLOAD) and len(set(req.backup_storage_uuids)) > 1:
@@ -80,8 +83,14 @@ async def cancel(image_uuid: str) -> None:
     await asyncio.wait({task})
 
 
+def _allowance(rt: Runtime) -> Allowance:
+    """The setting image_url_allow: what an http(s) source may reach besides public hosts."""
+    return Allowance.parse(rt.settings.image_url_allow)
+
+
 async def _download(rt: Runtime, image: Image, reporter: ProgressReporter) -> Image:
-    source = open_source(image.url, rt.settings.file_allow_dirs, rt.settings.image_download_timeout)
+    source = open_source(image.url, rt.settings.file_allow_dirs, rt.settings.image_download_timeout,
+                         _allowance(rt))
     intake: ImageIntake | None = None
     failures: dict[str, ApiError] = {}
     try:
@@ -103,6 +112,8 @@ async def _download(rt: Runtime, image: Image, reporter: ProgressReporter) -> Im
         if isinstance(e, Exception):
             if isinstance(e, ApiError) and e.kind is CREATE_RESOURCE_ERROR:
                 error = e
+            elif isinstance(e, SourceRefused):
+                error = invalid_argument(str(e))  # the request's fault (a redirect, a swapped file)
             else:
                 error = image_add.all_failed(image, dict(failures) | getattr(e, "failures", {}), e)
             await image_add.discard(rt, image.uuid, reporter, error)
