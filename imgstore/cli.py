@@ -355,7 +355,7 @@ def _client(need_session: bool = True) -> ImgstoreClient:
         if need_session:
             raise ImgstoreError(INVALID_SESSION, "Invalid or expired session", "not logged in")
         return ImgstoreClient(DEFAULT_URL)
-    return ImgstoreClient(saved.url, saved.session)
+    return ImgstoreClient(saved.url, saved.session, ca_file=saved.ca_file)
 
 
 def _waiting(api: Api) -> Any:
@@ -495,15 +495,18 @@ def login(
     account: str = typer.Option("admin", help="account name"),
     password: str = typer.Option(None, help="the account's password (prompted for when not given)",
                                  envvar="IMGSTORE_PASSWORD", show_envvar=True),
+    ca_file: Path = typer.Option(None, help="check an https server's certificate against this CA file "
+                                 "(kept for later commands)", envvar="IMGSTORE_CA_FILE"),
 ) -> None:
     """Log in and keep the session in $XDG_CONFIG_HOME/imgstore/session.json (mode 0600)."""
     saved = load_session()
     url = normalize_url(url or (saved.url if saved else DEFAULT_URL))
+    ca = str(ca_file.resolve()) if ca_file else None
     if password is None:
         password = typer.prompt("Password", hide_input=True)
-    with _errors(), ImgstoreClient(url) as client:
+    with _errors(), ImgstoreClient(url, ca_file=ca) as client:
         session = client.login(account, password)
-        path = save_session(SavedSession(url=url, session=session["uuid"], account=account))
+        path = save_session(SavedSession(url=url, session=session["uuid"], account=account, ca_file=ca))
     expires = f", expires {session['expiredDate']}" if session.get("expiredDate") else ""
     _stdout().print(Text(f"Logged in to {url} as {account}{expires} (session in {path})."))
 
@@ -516,7 +519,7 @@ def logout() -> None:
         _stdout().print("Not logged in.")
         return
     try:
-        with ImgstoreClient(saved.url, saved.session) as client:
+        with ImgstoreClient(saved.url, saved.session, ca_file=saved.ca_file) as client:
             client.logout()
     except ImgstoreError as e:
         sys.stderr.write(f"warning: {mask_text(error_line(e))}; the local session is forgotten anyway\n")

@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from imgstore.apis import Api
 
 API_PREFIX = "/zstack/v1"
 DEFAULT_URL = "http://127.0.0.1:8080"
+CA_FILE_ENV = "IMGSTORE_CA_FILE"  # the CA (or the certificate itself) an https server is checked with
 DEFAULT_JOB_TIMEOUT = 3 * 3600.0  # ZStack's SDK polls for 3 h
 
 # Codes of failures that happen on the client's side of the wire. The first two are the
@@ -222,10 +224,10 @@ class ImgstoreClient:
     """One imgstore (or ZStack) server, optionally with a session."""
 
     def __init__(self, url: str = DEFAULT_URL, session: str | None = None, *, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, ca_file: str | Path | None = None) -> None:
         self.url = normalize_url(url)
         self.session = session
-        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._http = httpx.Client(timeout=timeout, transport=transport, verify=tls_context(ca_file))
 
     def __enter__(self) -> "ImgstoreClient":
         return self
@@ -403,6 +405,15 @@ def guess_format(path: Path) -> str:
     return next((fmt for offset, magic, fmt in _MAGIC if head[offset:offset + len(magic)] == magic), "raw")
 
 
+def tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
+    """How https servers are verified: against ``ca_file`` (else ``IMGSTORE_CA_FILE``)
+    when given, a server with a certificate of its own (``imgstore serve
+    --ssl-certfile``); else against the system's CAs. Never unverified: the API carries
+    mon passwords."""
+    ca = ca_file or os.environ.get(CA_FILE_ENV) or None
+    return ssl.create_default_context(cafile=str(ca) if ca else None)
+
+
 def _location(response: httpx.Response) -> str:
     try:
         return str(response.json()["location"])
@@ -436,6 +447,7 @@ class SavedSession:
     url: str
     session: str
     account: str = "admin"
+    ca_file: str | None = None  # login's --ca-file, kept for the commands after it
 
 
 def config_dir() -> Path:
@@ -465,7 +477,8 @@ def save_session(saved: SavedSession) -> Path:
 def load_session() -> SavedSession | None:
     try:
         data = json.loads(session_file().read_text())
-        return SavedSession(url=data["url"], session=data["session"], account=data.get("account", "admin"))
+        return SavedSession(url=data["url"], session=data["session"], account=data.get("account", "admin"),
+                            ca_file=data.get("ca_file"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
