@@ -43,6 +43,7 @@ MON_QUERY = q.Queryable(
         "monPort": q.Field(CephMon.mon_port, int),
         "sshPort": q.Field(CephMon.ssh_port, int),
         "sshUsername": q.Field(CephMon.ssh_username),
+        "sshHostKeyFingerprint": q.Field(CephMon.ssh_host_key_fingerprint),
         "status": q.Field(CephMon.status),
         "backupStorageUuid": q.Field(CephMon.backup_storage_uuid),
         "createDate": q.Field(CephMon.create_date, datetime),

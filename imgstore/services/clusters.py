@@ -20,6 +20,7 @@ _STATUS: dict[type[ceph.CephError], int] = {
     ceph.MonUrlError: 400,
     ceph.InvalidName: 400,
     ceph.SshAuthFailed: 400,
+    ceph.SshHostKeyMismatch: 409,  # the host's key changed: an operator must accept it
     ceph.CephToolsMissing: 400,
     ceph.PoolNotFound: 400,
     ceph.SshUnreachable: 503,

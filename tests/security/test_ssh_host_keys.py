@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, free_port
+from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server
 
 pytestmark = pytest.mark.ceph
 
@@ -58,15 +58,16 @@ def _fake_server_class(fake: FakeMon) -> type[asyncssh.SSHServer]:
 @pytest.fixture
 def fake_mon() -> Iterator[FakeMon]:
     key = asyncssh.generate_private_key("ssh-ed25519")
-    fake = FakeMon(free_port(), key.get_fingerprint("sha256"))
+    fake = FakeMon(0, key.get_fingerprint("sha256"))
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: dict[str, asyncssh.SSHAcceptor] = {}
 
     async def serve() -> None:
         holder["server"] = await asyncssh.create_server(
-            _fake_server_class(fake), "127.0.0.1", fake.port, server_host_keys=[key]
+            _fake_server_class(fake), "127.0.0.1", 0, server_host_keys=[key]
         )
+        fake.port = holder["server"].get_port()  # port 0: never one a test server picked
         started.set()
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -109,12 +110,14 @@ def test_first_contact_pins_the_real_host_key(api: Api, c1: DevCluster, pool: st
     [mon] = r.json()["inventory"]["mons"]
     assert mon["sshHostKeyFingerprint"] == host_key_fingerprint(c1)
     assert mon_of(api, r.json()["inventory"]["uuid"])["sshHostKeyFingerprint"] == host_key_fingerprint(c1)
+    found = api.get("/backup-storage/ceph", params={"q": f"mons.sshHostKeyFingerprint={host_key_fingerprint(c1)}"})
+    assert [i["uuid"] for i in found.json()["inventories"]] == [r.json()["inventory"]["uuid"]], found.text
 
 
 def test_an_add_naming_another_key_sends_no_password(api: Api, c1: DevCluster, fake_mon: FakeMon) -> None:
     expected = host_key_fingerprint(c1)
     r = api.add_ceph("impostor", [fake_url(c1, fake_mon, fingerprint=expected)])
-    assert r.status_code >= 400, r.text
+    assert r.status_code == 409, r.text
     details = r.json()["error"]["details"]
     assert expected in details and fake_mon.fingerprint in details, details
     assert fake_mon.passwords == [] and fake_mon.usernames == []
@@ -242,7 +245,7 @@ def ssh_key(c1: DevCluster, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_configured_key_lets_a_mon_url_carry_no_password(
-    fresh_server: Server, c1: DevCluster, pool: str, ssh_key: Path
+    fresh_server: Server, c1: DevCluster, pool: str, ssh_key: Path, fake_mon: FakeMon
 ) -> None:
     passwordless = c1.mon_url.replace(f":{c1.env['SSH_PASSWORD']}@", "@")
     fresh_server.env["IMGSTORE_SSH_PRIVATE_KEY"] = str(ssh_key)
@@ -251,11 +254,22 @@ def test_a_configured_key_lets_a_mon_url_carry_no_password(
     assert r.status_code == 200, r.text
     inv = r.json()["inventory"]
     assert inv["status"] == "Connected" and inv["mons"][0]["sshHostKeyFingerprint"] == host_key_fingerprint(c1)
-    # with a key, a move needs no password: the stored one is dropped, never sent on
-    r = act(api, inv["mons"][0]["monUuid"], "updateCephBackupStorageMon", sshPort=int(c1.env["SSH_PORT"]) + 0,
-            sshUsername=c1.env["SSH_USER"])
+    mon_uuid = inv["mons"][0]["monUuid"]
+    # a password is stored again (no move: the same values)...
+    r = act(api, mon_uuid, "updateCephBackupStorageMon", sshPassword=c1.env["SSH_PASSWORD"])
+    assert r.status_code == 200, r.text
+    # ...then the mon moves without it: allowed with a key, and the stored password is dropped
+    r = act(api, mon_uuid, "updateCephBackupStorageMon", hostname="localhost")
+    assert r.status_code == 200 and mon_of(api, inv["uuid"])["sshHostKeyFingerprint"] is None, r.text
+    r = act(api, mon_uuid, "updateCephBackupStorageMon", sshPort=fake_mon.port)
+    assert r.status_code == 200, r.text
+    r = api.delete(f"/backup-storage/{inv['uuid']}")  # the impostor refuses the key
+    assert r.status_code == 503, r.text
+    assert fake_mon.usernames and fake_mon.passwords == []
+    r = act(api, mon_uuid, "updateCephBackupStorageMon", sshPort=int(c1.env["SSH_PORT"]))
     assert r.status_code == 200, r.text
     assert api.delete(f"/backup-storage/{inv['uuid']}").status_code == 200
+    assert f"client.imgstore.{inv['uuid']}" not in c1.clients()
 
 
 def test_without_a_key_a_mon_url_needs_a_password(api: Api, c1: DevCluster) -> None:
