@@ -46,6 +46,20 @@ class Settings(BaseSettings):
         default=2048, description="query replies kept until the database changes (api/reply_cache.py); 0: none"
     )
 
+    # logins (issue Trust, point 4: services/login_guard.py); tiers in the `limits` notation
+    login_hash_workers: int = Field(
+        default=1, ge=1, le=8,
+        description="threads that hash account passwords (scrypt); logins wait for one, off the event loop",
+    )
+    login_failures_per_address: str = Field(
+        default="5 per minute; 20 per hour",
+        description="failed logins allowed per source address, per window; beyond: 429 with Retry-After",
+    )
+    login_failures_per_account: str = Field(
+        default="10 per minute; 50 per hour",
+        description="failed logins allowed per account name, per window, from any address; beyond: 429",
+    )
+
     # Trust point 6: image files cannot reach outside themselves or blow up
     # (imageformat.py, qemu.py, services/image_intake.py)
     image_max_virtual_size: int = Field(

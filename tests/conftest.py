@@ -289,7 +289,7 @@ class Api(httpx.Client):
         location = response.json()["location"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = httpx.get(location, timeout=10)
+            r = self.get(location, timeout=10)  # with the session, as the Java SDK polls
             if r.status_code != 202:
                 return r
             time.sleep(0.1)

@@ -1,16 +1,20 @@
 """Job polling: ``GET /zstack/v1/api-jobs/{uuid}``, unauthenticated as in ZStack (the Java
-SDK polls with ``OAuth null`` when it uses access keys)."""
+SDK polls with ``OAuth null`` when it uses access keys).
+
+A job's answer may carry a bearer URL (an upload or export ``?token=``). It is given in
+full only to a poll carrying a valid session (the Java SDK sends its session on polls);
+any other poll gets the same reply with the tokens masked (services/jobs.mask_tokens).
+"""
 from __future__ import annotations
 
-import json
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from imgstore.api.deps import runtime
 from imgstore.api.openapi import EmptyReply, ErrorReply
 from imgstore.errors import RESOURCE_NOT_FOUND, ApiError
-from imgstore.services.jobs import PROCESSING, SUCCEEDED
+from imgstore.services import sessions
+from imgstore.services.jobs import PROCESSING, SUCCEEDED, mask_tokens
 from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["jobs"])
@@ -25,12 +29,22 @@ router = APIRouter(tags=["jobs"])
         503: {"model": ErrorReply, "description": "the job failed: the API's ErrorCode"},
     },
 )
-async def poll_job(uuid: str, rt: Runtime = Depends(runtime)) -> JSONResponse:
+async def poll_job(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
     """202 ``{}`` while it runs, 200 with its result, 503 with its error, 404 unknown."""
     job = await rt.jobs.get(uuid)
     if job is None:
         raise ApiError(RESOURCE_NOT_FOUND, f"the job[uuid:{uuid}] has been expired or never existed")
     if job.state == PROCESSING:
         return JSONResponse({}, status_code=202)
-    body = json.loads(job.result or "{}")
+    body = rt.jobs.answer(job)
+    if not await _has_session(rt, request):
+        body = mask_tokens(body)
     return JSONResponse(body, status_code=200 if job.state == SUCCEEDED else 503)
+
+
+async def _has_session(rt: Runtime, request: Request) -> bool:
+    try:
+        await sessions.authenticate(rt.db, request.headers.get("authorization"))
+    except ApiError:
+        return False
+    return True

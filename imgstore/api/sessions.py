@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from imgstore.api.deps import runtime, wants_schema
 from imgstore.api.envelope import inventory_reply
 from imgstore.api.openapi import EmptyReply, ErrorReply, InventoryReply, ValidateSessionReply, sync_api
 from imgstore.api.schemas import LogInByAccountBody, SessionInventory
 from imgstore.services import sessions
+from imgstore.services.login_guard import LoginThrottled
 from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["sessions"])
@@ -19,15 +21,22 @@ router = APIRouter(tags=["sessions"])
     responses={
         200: {"model": InventoryReply[SessionInventory]},
         401: {"model": ErrorReply, "description": "ID.1000: wrong account name or password"},
+        429: {"model": ErrorReply, "description": "ID.1000: too many failed logins; retry after `Retry-After` seconds"},
     },
 )
 async def log_in_by_account(
     body: LogInByAccountBody, request: Request, rt: Runtime = Depends(runtime)
-) -> dict:
+) -> dict | JSONResponse:
     p = body.logInByAccount
-    async with rt.db() as db:
-        session = await sessions.log_in(db, rt.settings, p.accountName, p.password)
-    return inventory_reply(SessionInventory.model_validate(session), wants_schema(request))
+    address = request.client.host if request.client else ""
+    try:
+        async with rt.db() as db:
+            session, uuid = await sessions.log_in(db, rt.settings, rt.login_guard, address,
+                                                  p.accountName, p.password)
+    except LoginThrottled as e:
+        return JSONResponse(e.body(), status_code=e.status, headers={"Retry-After": str(e.retry_after)})
+    inventory = SessionInventory.model_validate(session).model_copy(update={"uuid": uuid})
+    return inventory_reply(inventory, wants_schema(request))
 
 
 @router.delete("/accounts/sessions/{sessionUuid}", summary="LogOut", **sync_api(EmptyReply))

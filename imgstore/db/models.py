@@ -57,7 +57,7 @@ class Account(Timestamps, Base):
 
 class Session(Base):
     __tablename__ = "session"
-    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the session uuid
     account_uuid: Mapped[str] = mapped_column(ForeignKey("account.uuid", ondelete="CASCADE"))
     user_uuid: Mapped[str] = mapped_column(String(32))
     user_type: Mapped[str] = mapped_column(String(32), default="Account")
@@ -265,7 +265,7 @@ class ImageBackupStorageRef(Timestamps, Base):
     )
     install_path: Mapped[str] = mapped_column(String(2048), default="")
     status: Mapped[str] = mapped_column(String(32), default="Downloading")
-    export_url: Mapped[str | None] = mapped_column(String(2048))
+    export_url: Mapped[str | None] = mapped_column(Text)  # sealed (crypto.SecretBox): it holds the token
     export_md5_sum: Mapped[str | None] = mapped_column(String(255))
     export_token: Mapped[str | None] = mapped_column(String(255))  # hashed, never returned
 

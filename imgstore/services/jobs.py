@@ -3,6 +3,10 @@
 A job runs as a task of the node that accepted it. Its final answer (the JSON body of
 a 200, or the ErrorCode of a failure) is written to its row; a node that restarts marks
 the jobs it was running as failed, since their tasks died with it.
+
+A job's answer may hold a bearer secret (the upload URL of an AddImage(upload://), the
+export URL of ExportImageFromBackupStorage): it is stored sealed, and a poll without a
+session sees it through :func:`mask_tokens`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from imgstore.crypto import SecretBox
 from imgstore.dates import utcnow
 from imgstore.db.models import ApiJob
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, ApiError
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 
 PROCESSING, SUCCEEDED, FAILED = "Processing", "Succeeded", "Failed"
 _JOB_UUID = re.compile(r"^[0-9a-f]{32}$")
+_TOKEN = re.compile(r"(?P<name>[?&]token=)[^&#\s]+")
+TOKEN_MASK = "******"
 
 Work = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -40,11 +47,25 @@ def check_job_uuid(value: str) -> str:
     return value
 
 
+def mask_tokens(value: Any) -> Any:
+    """``value`` (a job's answer) with the ``token=`` of every URL in it masked: what a
+    poll without a session may see. The shape stays ZStack's; the URL just cannot be used."""
+    if isinstance(value, str):
+        return _TOKEN.sub(lambda m: m["name"] + TOKEN_MASK, value)
+    if isinstance(value, dict):
+        return {k: mask_tokens(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_tokens(v) for v in value]
+    return value
+
+
 class JobRunner:
     """Runs the async APIs of one node."""
 
-    def __init__(self, db: async_sessionmaker[AsyncSession], node: str, retention: int) -> None:
+    def __init__(self, db: async_sessionmaker[AsyncSession], node: str, retention: int,
+                 box: SecretBox) -> None:
         self._db = db
+        self._box = box
         self._node = node
         self._retention = retention
         self._tasks: set[asyncio.Task[None]] = set()
@@ -81,9 +102,17 @@ class JobRunner:
             await db.execute(
                 update(ApiJob)
                 .where(ApiJob.uuid == job_uuid)
-                .values(state=state, result=json.dumps(body), finish_date=utcnow())
+                .values(state=state, result=self._box.seal(json.dumps(body)), finish_date=utcnow())
             )
             await db.commit()
+
+    def answer(self, job: ApiJob) -> dict[str, Any]:
+        """A finished job's answer: sealed by :meth:`_finish`, in clear when another path
+        (a restart, a dead node) wrote a bare error."""
+        stored = job.result or "{}"
+        if not stored.startswith("{"):
+            stored = self._box.open(stored)
+        return json.loads(stored)
 
     async def get(self, job_uuid: str) -> ApiJob | None:
         async with self._db() as db:

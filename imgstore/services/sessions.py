@@ -6,9 +6,17 @@ it validated for :data:`RECENT_SECONDS` (a few seconds) in memory, per database.
 live in the database because several nodes share them: a logout on *this* node drops its
 entry at once, a logout on another node is seen here within those few seconds, and an
 expiry is always checked against the session's own ``expired_date``.
+
+A session uuid is a bearer secret: the database keeps only its sha256
+(:func:`stored_id`), so a copy of the database logs nobody in. Every lookup hashes the
+uuid presented; :class:`RecentSessions` is keyed by the stored id too.
+
+Logins go through the node's :class:`~imgstore.services.login_guard.LoginGuard`: the
+password hash is checked off the event loop and failures are throttled.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -26,6 +34,7 @@ from imgstore.config import Settings
 from imgstore.dates import utcnow
 from imgstore.db.models import Account, Session
 from imgstore.errors import AUTH_FAILED, INVALID_SESSION, ApiError
+from imgstore.services.login_guard import LoginGuard
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +76,24 @@ def _generated_password(data_dir: Path) -> str:
     return plain
 
 
-async def log_in(db: AsyncSession, settings: Settings, account_name: str, password: str) -> Session:
-    """``password`` is what the client sent: the SHA-512 hex of the real password."""
+def stored_id(session_uuid: str) -> str:
+    """What the database keeps of a session uuid: its sha256, hex."""
+    return hashlib.sha256(session_uuid.encode()).hexdigest()
+
+
+async def log_in(db: AsyncSession, settings: Settings, guard: LoginGuard, address: str,
+                 account_name: str, password: str) -> tuple[Session, str]:
+    """The new session and its uuid (the row holds only :func:`stored_id` of it).
+
+    ``password`` is what the client sent: the SHA-512 hex of the real password.
+    ``address`` is the client's, for :class:`LoginGuard`'s counters.
+    """
+    guard.check(address, account_name)
     account = await db.scalar(select(Account).where(Account.name == account_name))
-    if account is None or not crypto.verify_password(password, account.password_hash):
+    if not await guard.verify(password, account.password_hash if account else None):
+        guard.failed(address, account_name)
         raise ApiError(AUTH_FAILED, "wrong account name or password")
+    assert account is not None
     await _drop_expired(db)
     live = await db.scalar(
         select(func.count()).select_from(Session).where(Session.account_uuid == account.uuid)
@@ -83,8 +105,9 @@ async def log_in(db: AsyncSession, settings: Settings, account_name: str, passwo
             f"{settings.session_max_concurrent} concurrent sessions",
         )
     now = utcnow()
+    plain = crypto.new_uuid()
     session = Session(
-        uuid=crypto.new_uuid(),
+        uuid=stored_id(plain),
         account_uuid=account.uuid,
         user_uuid=account.uuid,
         expired_date=now + timedelta(seconds=settings.session_timeout),
@@ -92,17 +115,19 @@ async def log_in(db: AsyncSession, settings: Settings, account_name: str, passwo
     )
     db.add(session)
     await db.commit()
-    return session
+    return session, plain
 
 
 async def log_out(db: AsyncSession, session_uuid: str) -> None:
-    _recent.drop(session_uuid)
-    await db.execute(delete(Session).where(Session.uuid == session_uuid))
+    key = stored_id(session_uuid)
+    _recent.drop(key)
+    await db.execute(delete(Session).where(Session.uuid == key))
     await db.commit()
 
 
 async def find_valid(db: AsyncSession, session_uuid: str) -> Session | None:
-    session = await db.get(Session, session_uuid)
+    """The live session of the uuid a client presents, or None."""
+    session = await db.get(Session, stored_id(session_uuid))
     if session is None or session.expired_date <= utcnow():
         return None
     return session
@@ -120,7 +145,7 @@ async def authenticate(db: async_sessionmaker[AsyncSession], authorization: str 
     key = key.strip()
     if scheme != "OAuth" or not key:
         raise ApiError(INVALID_SESSION, "Authorization type must be 'OAuth' followed by a session uuid")
-    session = _recent.get(db, key)
+    session = _recent.get(db, stored_id(key))
     if session is None:
         async with db() as s:
             session = await find_valid(s, key)
@@ -131,8 +156,9 @@ async def authenticate(db: async_sessionmaker[AsyncSession], authorization: str 
 
 
 class RecentSessions:
-    """Sessions validated in the last ``seconds``, by uuid, each with the database
-    (its session maker) it was found in: one process may serve several databases."""
+    """Sessions validated in the last ``seconds``, by stored id (:func:`stored_id`), each
+    with the database (its session maker) it was found in: one process may serve several
+    databases."""
 
     def __init__(self, seconds: float = RECENT_SECONDS, max_entries: int = 10_000) -> None:
         self.seconds = seconds
