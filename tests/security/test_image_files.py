@@ -13,6 +13,10 @@ A server of the module's own reads ``file://`` images from one allowed directory
 
 Each is refused (SYS.1002 with a SYS.1007 or capacity cause), quickly, and leaves no
 image row and no RBD image in the pool (``rbd ls`` with c1's admin conf).
+
+The same server caps sources of unknown length at 8 MiB (``image_max_source_bytes``: a
+chunked upload without a size that sends more is refused) and conversions at 3 s
+(``image_convert_timeout``: an 8 GiB qcow2 of zeros takes longer to read through qemu).
 """
 from __future__ import annotations
 
@@ -22,13 +26,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Api, DevCluster, Server
 
 pytestmark = pytest.mark.ceph
 
-TiB = 1 << 40
+MiB, TiB = 1 << 20, 1 << 40
+MAX_SOURCE = 8 * MiB  # the module server's image_max_source_bytes
+CONVERT_TIMEOUT = 3  # the module server's image_convert_timeout, seconds
 SECRET = b"TOPSECRET-of-the-server" * 1000
 
 
@@ -67,6 +74,8 @@ def setup(c1: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     srv.data_dir.mkdir()
     srv.env["IMGSTORE_FILE_ALLOW_DIRS"] = str(allowed)
     srv.env["IMGSTORE_IMAGE_MAX_VIRTUAL_SIZE"] = str(20 * TiB)
+    srv.env["IMGSTORE_IMAGE_MAX_SOURCE_BYTES"] = str(MAX_SOURCE)
+    srv.env["IMGSTORE_IMAGE_CONVERT_TIMEOUT"] = str(CONVERT_TIMEOUT)
     pool = c1.create_pool(f"t-{uuid.uuid4().hex[:10]}")
     try:
         api = srv.start().login()
@@ -151,3 +160,30 @@ def test_a_plain_qcow2_and_vmdk_still_go_in(setup: Setup) -> None:
         status, body, _ = setup.add(image, fmt)
         assert status == 200, body
         assert body["inventory"]["size"] == 1 << 20
+
+
+def test_an_upload_of_unknown_length_is_cut_off_at_the_cap(setup: Setup) -> None:
+    before = setup.rbd_ls()
+    body = {"params": {"name": "endless", "url": "upload://", "format": "raw",
+                       "backupStorageUuids": [setup.storage]}}
+    inv = setup.api.wait_job(setup.api.post("/images", json=body)).json()["inventory"]
+    url = inv["backupStorageRefs"][0]["uploadUrl"]
+
+    def endless() -> Iterator[bytes]:  # chunked: no Content-Length, no size header
+        for _ in range(4 * MAX_SOURCE // MiB):
+            yield b"\x5a" * MiB
+
+    r = httpx.put(url, content=endless(), timeout=60)
+    assert r.status_code >= 400, r.text
+    assert r.json()["error"]["code"] == "SYS.1007", r.text
+    assert "image_max_source_bytes" in r.text
+    [image] = [i for i in setup.images_named() if i["uuid"] == inv["uuid"]]
+    assert image["status"] == "Error"
+    assert setup.rbd_ls() == before, "the partial RBD image stays"
+
+
+def test_a_conversion_over_its_time_limit_fails_and_leaves_nothing(setup: Setup) -> None:
+    image = setup.allowed / "slow.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "8G")
+    error = assert_refused(setup, image, "qcow2", "image_convert_timeout", cause_code="SYS.1006")
+    assert f"longer than {CONVERT_TIMEOUT} s" in error["cause"]["details"]
