@@ -46,6 +46,8 @@ _CEPHX_KEY = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{38}==(?![A-Za-z0-9+/=]
 _AUTHORIZATION = re.compile(r"(?i)\b(?P<scheme>OAuth|Bearer|Basic)\s+[\w.+/=-]+")
 # a session uuid is a bearer token; ValidateSession and LogOut carry it in their path
 _SESSION_PATH = re.compile(r"(?P<path>/accounts/sessions/)[^/\s?#'\"]+")
+# a job id opens its answer to whoever polls it: the access line does not show it
+_JOB_PATH = re.compile(r"(?P<path>/api-jobs/)[^/\s?#'\"]+")
 
 _SECRET_KEY = re.compile(rf"(?i)^(?:{_SECRET_NAME}|authorization)$")
 
@@ -235,11 +237,12 @@ class RequestContext:
 
 def _log_access(scope: Any, status: int, seconds: float) -> None:
     client = scope.get("client")
+    path = _JOB_PATH.sub(lambda m: f"{m['path']}{MASK}", scope["path"])
     access_log.info(
-        "%s %s %s", scope["method"], scope["path"], status,
+        "%s %s %s", scope["method"], path, status,
         extra={
             "method": scope["method"],
-            "path": scope["path"],
+            "path": path,
             "status": status,
             "duration_ms": round(seconds * 1000, 3),
             "client": client[0] if client else None,

@@ -47,7 +47,7 @@ from imgstore.crypto import new_uuid
 from imgstore.db.models import Image
 from imgstore.errors import invalid_argument
 from imgstore.numbers import MAX_DIGITS, parse_count
-from imgstore.services import image_deletion, image_download, image_upload, images, task_progress
+from imgstore.services import image_deletion, image_download, image_export, image_upload, images, task_progress
 from imgstore.services.runtime import Runtime
 
 router = APIRouter(tags=["images"])
@@ -58,11 +58,13 @@ _Reply = InventoryReply[ImageInventory]
 
 async def image_inventories(rt: Runtime, rows: list[Image]) -> list[ImageInventory]:
     """Inventories of stored images; an upload:// image still waiting for bytes shows
-    where to send them as ``uploadUrl`` on its ref."""
+    where to send them as ``uploadUrl`` on its ref; an export URL is unsealed."""
     urls = await image_upload.upload_urls(rt, [r.uuid for r in rows if r.status == images.DOWNLOADING])
     out = []
     for row in rows:
         inv = ImageInventory.model_validate(row)
+        for ref in inv.backup_storage_refs:
+            ref.export_url = image_export.shown_url(rt, ref.export_url)
         if row.uuid in urls:
             for ref in inv.backup_storage_refs:
                 ref.upload_url = urls[row.uuid]
@@ -107,6 +109,8 @@ async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
     urls = await image_upload.upload_urls(rt, [r.uuid for r in rows if r.status == images.DOWNLOADING])
 
     def with_upload_url(row: Image, item: dict[str, Any]) -> None:  # as image_inventories does
+        for ref in item["backupStorageRefs"]:
+            ref["exportUrl"] = image_export.shown_url(rt, ref.get("exportUrl"))
         if row.uuid in urls:
             for ref in item["backupStorageRefs"]:
                 ref["uploadUrl"] = urls[row.uuid]

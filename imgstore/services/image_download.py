@@ -19,6 +19,7 @@ from sqlalchemy import select
 from imgstore.crypto import new_uuid
 from imgstore.db.models import ApiJob, Image, ImageUpload, TaskProgress
 from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, invalid_argument
+from imgstore.secret_urls import without_credentials
 from imgstore.services import image_add, image_upload, images
 from imgstore.services.image_intake import ImageIntake
 from imgstore.services.image_sources import (
@@ -51,6 +52,7 @@ async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> 
         await check_source(req.url, rt.settings.file_allow_dirs, _allowance(rt))
     except SourceRefused as e:
         raise invalid_argument(str(e)) from None
+    source_url, req.url = req.url, without_credentials(req.url)  # only the download sees user:password@
     if req.url.lower().startswith(UPLOAD) and len(set(req.backup_storage_uuids)) > 1:
         raise invalid_argument("an upload:// image is uploaded to one backup storage; "
                                f"field[backupStorageUuids] names {len(set(req.backup_storage_uuids))}")
@@ -60,7 +62,7 @@ async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> 
     if req.url.lower().startswith(UPLOAD):
         return await image_upload.open_slot(rt, req, storages, uuid, api_id, base_url, reporter)
     image = await images.create(rt, req, storages, uuid, extra=[reporter.new_row(stage="Waiting")])
-    task = asyncio.create_task(_download(rt, image, reporter), name=f"download-{uuid}")
+    task = asyncio.create_task(_download(rt, image, reporter, source_url), name=f"download-{uuid}")
     _RUNNING[uuid] = task
     try:
         return await task
@@ -88,8 +90,8 @@ def _allowance(rt: Runtime) -> Allowance:
     return Allowance.parse(rt.settings.image_url_allow)
 
 
-async def _download(rt: Runtime, image: Image, reporter: ProgressReporter) -> Image:
-    source = open_source(image.url, rt.settings.file_allow_dirs, rt.settings.image_download_timeout,
+async def _download(rt: Runtime, image: Image, reporter: ProgressReporter, source_url: str) -> Image:
+    source = open_source(source_url, rt.settings.file_allow_dirs, rt.settings.image_download_timeout,
                          _allowance(rt))
     intake: ImageIntake | None = None
     failures: dict[str, ApiError] = {}

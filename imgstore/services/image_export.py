@@ -6,10 +6,12 @@ URL and the md5 on the image's ref (zstack-api.md 4, "Export"). imgstore has no 
 it serves ``<base>/zstack/v1/exports/<pool>/<name>-<uuid>?token=<token>`` itself,
 streaming the RBD image with several reads in flight (``rbd_io.iter_image``).
 
-* The token is 256 random bits; the ref keeps only its sha256 (``export_token``) to
-  check a download against, next to ``export_url`` and ``export_md5_sum``. As in ZStack,
-  the URL shows in QueryImage's ``backupStorageRefs`` (to holders of a session only), and
-  a second export returns the same URL.
+* The token is 256 random bits; the ref keeps its sha256 (``export_token``) to check a
+  download against, the URL sealed with the node's secret key (``export_url``: it holds
+  the token, and a copy of the database must not be a set of links) and
+  ``export_md5_sum``. As in ZStack, the URL shows in QueryImage's ``backupStorageRefs``
+  (to holders of a session only, through :func:`shown_url`), and a second export
+  returns the same URL.
 * ``exportMd5Sum`` is the md5 of the bytes served. The md5 computed while the image was
   written is that only when the bytes stored are the bytes received (not converted from
   qcow2 or vmdk: then its size differs from what was received); otherwise the image is
@@ -122,7 +124,7 @@ async def export(rt: Runtime, bs_uuid: str, image_uuid: str, base_url: str,
                                          f"[{', '.join(EXPORT_FORMATS)}], but {export_format} found")
     storage, image, ref = await _ref(rt, bs_uuid, image_uuid)
     if ref.export_url and ref.export_token:
-        return Export(ref.export_url, ref.export_md5_sum or "")
+        return Export(rt.secrets.open(ref.export_url), ref.export_md5_sum or "")
     if ref.status != READY or image.status != READY:
         raise ApiError(OPERATION_ERROR, f"image[uuid: {image_uuid}] on backup storage[uuid:{bs_uuid}] is "
                                         f"{ref.status if ref.status != READY else image.status}, not Ready: "
@@ -136,12 +138,24 @@ async def export(rt: Runtime, bs_uuid: str, image_uuid: str, base_url: str,
         if row is None:
             raise _not_on_storage(image_uuid, storage)
         if row.export_url and row.export_token:  # a concurrent export got there first
-            return Export(row.export_url, row.export_md5_sum or md5)
-        row.export_url = export_url(base_url, where[0], image, token)
+            return Export(rt.secrets.open(row.export_url), row.export_md5_sum or md5)
+        url = export_url(base_url, where[0], image, token)
+        row.export_url = rt.secrets.seal(url)
         row.export_token = _hash(token)
         row.export_md5_sum = md5
         await db.commit()
-        return Export(row.export_url, md5)
+        return Export(url, md5)
+
+
+def shown_url(rt: Runtime, stored: str | None) -> str | None:
+    """A ref's ``export_url`` as inventories show it: unsealed; None when this node's key
+    cannot open it (a key changed: export again)."""
+    if not stored:
+        return None
+    try:
+        return rt.secrets.open(stored)
+    except ValueError:
+        return None
 
 
 async def revoke(rt: Runtime, bs_uuid: str, image_uuid: str) -> None:

@@ -44,6 +44,7 @@ from imgstore.ceph import rbd_io
 from imgstore.dates import zstack_date
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import ApiError
+from imgstore.secret_urls import without_credentials
 from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
 
@@ -86,7 +87,7 @@ def inventory_line(image: Image, ref: ImageBackupStorageRef) -> str:
         "size": image.size,
         "actualSize": image.actual_size,
         "md5Sum": image.md5_sum,
-        "url": image.url,
+        "url": without_credentials(image.url),  # the pool's readers get no user:password@
         "mediaType": image.media_type,
         "guestOsType": image.guest_os_type,
         "type": image.type,
@@ -431,7 +432,7 @@ def _new_image(found: Found) -> Image:
         actual_size=_int(inv, "actualSize") or found.size,
         md5_sum=_text(inv, "md5Sum", 255),
         sha512_sum=_text(inv, "sha512Sum", 128),
-        url=_text(inv, "url", 2048) or found.install_path,
+        url=without_credentials(_text(inv, "url", 2048) or found.install_path),
         media_type=_text(inv, "mediaType", 64) or "RootVolumeTemplate",
         guest_os_type=_text(inv, "guestOsType", 255),
         type=_text(inv, "type", 64) or "zstack",

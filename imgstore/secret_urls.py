@@ -1,0 +1,20 @@
+"""What of a URL may be kept: never the credentials a user put into it (issue Trust, point 7).
+
+AddImage takes ``http://user:password@host/disk.qcow2``; the download uses the user info,
+but the image's ``url`` column, its task progress and the pool's ``bs_ceph_info.json``
+(read by ZStack and by anyone with the pool) keep the URL without it.
+"""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its user info (``user:password@``); any other string unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL we can split: nothing to strip that we could find
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
