@@ -9,8 +9,10 @@ object ``bs_ceph_info.json``, one ImageInventory JSON per line (zstack-api.md 7.
   reads it from, ``bak-t-<last '-' token of poolName>`` (ZStack's quirk), and from the
   storage's own pool, where imgstore writes it. Each line whose RBD image exists becomes
   a Ready image with its name, format, sizes and md5 (an image row of that uuid is
-  revived). Without the object, the RBD images of the pool named by an image uuid are
-  adopted as raw images named by their uuid.
+  revived). Only those: an RBD image the metadata does not name (someone else's, or
+  planted) is not adopted, unless the add carried the system tag ``importImages::all``;
+  then every RBD image of the pool named by an image uuid is adopted too, as a raw image
+  named by its uuid.
 * :func:`image_ready`, :func:`image_expunged` and :func:`rewrite` keep the object in the
   storage's own pool current: a line is added when an image turns Ready on the storage,
   removed when its bits are expunged, and the whole object is rewritten on reconnect
@@ -45,6 +47,7 @@ from imgstore.dates import zstack_date
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import ApiError
 from imgstore.secret_urls import without_credentials
+from imgstore.services import tags
 from imgstore.services.locking import locked_row
 from imgstore.services.runtime import Runtime
 
@@ -54,6 +57,10 @@ METADATA_OBJECT = "bs_ceph_info.json"
 READY, DOWNLOADING = "Ready", "Downloading"
 _UUID = re.compile(r"^[0-9a-f]{32}$")
 _CEPH_SCHEME = "ceph://"
+# AddCephBackupStorage(importImages=true) with this system tag adopts, besides the images
+# the metadata names, every RBD image of the pool named by an image uuid (issue 13 point 10:
+# without it, an image someone else put in the pool is not taken for one of ours)
+IMPORT_ALL = "importImages::all"
 _TASKS: set[asyncio.Task[Any]] = set()  # imports running in the background (kept referenced)
 
 
@@ -299,17 +306,38 @@ async def import_images(rt: Runtime, bs_uuid: str) -> list[str]:
     storage, cluster = target
     pool = storage.pool_name or ""
     inventories = await _read_sources(cluster, pool)
-    if inventories:
-        found = await _found_in_metadata(cluster, pool, inventories)
-        source = METADATA_OBJECT
+    found = await _found_in_metadata(cluster, pool, inventories) if inventories else []
+    source = METADATA_OBJECT
+    if await _takes_all(rt, bs_uuid):
+        named = {f.uuid for f in found}
+        found += [f for f in await _found_by_name(cluster, pool) if f.uuid not in named]
+        source += f" and every RBD image named by an image uuid ({IMPORT_ALL})"
     else:
-        found = await _found_by_name(cluster, pool)
-        source = "RBD images named by image uuids"
+        await _log_unnamed(cluster, pool, {f.uuid for f in found})
     adopted = [f.uuid for f in found if await _adopt(rt, bs_uuid, f)]
     log.info("backup storage %s imported %d image(s) of pool %s from %s: %s",
              bs_uuid, len(adopted), pool, source, ", ".join(adopted) or "none")
     await rewrite(rt, bs_uuid)
     return adopted
+
+
+async def _takes_all(rt: Runtime, bs_uuid: str) -> bool:
+    """Was the storage added with the system tag ``IMPORT_ALL``?"""
+    async with rt.db() as db:
+        return IMPORT_ALL in await tags.tags_of(db, bs_uuid, "system")
+
+
+async def _log_unnamed(cluster: ceph.Cluster, pool: str, named: set[str]) -> None:
+    """Say which RBD images were left alone, and how to adopt them."""
+    try:
+        names = await rbd_io.list_images(cluster, pool)
+    except ceph.CephError:
+        return
+    unnamed = [n for n in names if _UUID.fullmatch(n) and n not in named]
+    if unnamed:
+        log.warning("import: %d RBD image(s) of pool %s are not named by %s and were not adopted "
+                    "(add the storage with systemTag %s to adopt them): %s",
+                    len(unnamed), pool, METADATA_OBJECT, IMPORT_ALL, ", ".join(unnamed[:20]))
 
 
 async def _read_sources(cluster: ceph.Cluster, pool: str) -> dict[str, dict[str, Any]]:

@@ -35,8 +35,10 @@ def rbd_import(cluster: DevCluster, path: Path, pool: str, name: str) -> None:
 
 
 def adopt_pool(api: Api, cluster: DevCluster, pool: str, *uuids: str) -> str:
-    """Add a storage on ``pool`` with importImages=true; wait for the images to be Ready."""
-    r = api.add_ceph("exports", [cluster.mon_url], poolName=pool, importImages=True)
+    """Add a storage on ``pool`` with importImages=true (and the system tag that adopts
+    images no metadata names); wait for the images to be Ready."""
+    params = {"name": "exports", "monUrls": [cluster.mon_url], "poolName": pool, "importImages": True}
+    r = api.post("/backup-storage/ceph", json={"params": params, "systemTags": ["importImages::all"]})
     assert r.status_code == 200, r.text
     bs = r.json()["inventory"]["uuid"]
     for u in uuids:

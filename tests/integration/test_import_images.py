@@ -21,6 +21,7 @@ from tests.integration.test_images import MiB, added, forget_images, image_data,
 pytestmark = pytest.mark.ceph
 
 METADATA = "bs_ceph_info.json"
+TAKE_ALL = "importImages::all"  # the system tag that adopts images the metadata does not name
 ZSTACK_DATE = "Jun 7, 2017 9:20:17 PM"
 
 
@@ -92,8 +93,11 @@ def make_pool(api: Api, c1: DevCluster) -> Iterator[Callable[[str], str]]:
         c1.delete_pool(name)
 
 
-def add_importing(api: Api, cluster: DevCluster, pool: str, name: str = "imported") -> str:
-    r = api.add_ceph(name, [cluster.mon_url], poolName=pool, importImages=True)
+def add_importing(api: Api, cluster: DevCluster, pool: str, name: str = "imported", take_all: bool = False) -> str:
+    """Add a storage with importImages=true; ``take_all``: with the system tag that adopts
+    the RBD images the metadata does not name too."""
+    params = {"name": name, "monUrls": [cluster.mon_url], "poolName": pool, "importImages": True}
+    r = api.post("/backup-storage/ceph", json={"params": params, "systemTags": [TAKE_ALL] if take_all else []})
     assert r.status_code == 200, r.text
     return r.json()["inventory"]["uuid"]
 
@@ -153,7 +157,7 @@ def test_a_pool_written_by_zstack_is_adopted_with_names_and_formats(
     assert httpx.get(exported.json()["imageUrl"], timeout=60).content == disk_data
 
 
-def test_a_pool_without_metadata_adopts_images_named_by_uuids(
+def test_a_pool_without_metadata_adopts_images_named_by_uuids_when_asked_to_take_all(
         api: Api, c1: DevCluster, server: Server, make_pool: Callable[[str], str], tmp_path: Path) -> None:
     token = uuid.uuid4().hex
     pool = make_pool(f"imgs-{token}")
@@ -166,7 +170,7 @@ def test_a_pool_without_metadata_adopts_images_named_by_uuids(
     rbd_create(c1, pool, uuid.uuid4().hex.upper(), 1)
     put_metadata(c1, zstack_pool, [zstack_line(first, pool, "named-by-zstack", len(data))])
 
-    bs = add_importing(api, c1, pool)
+    bs = add_importing(api, c1, pool, take_all=True)
     adopted = ready(api, first, second)
 
     assert {u: (i["name"], i["format"], i["size"], i["status"]) for u, i in adopted.items()} == {
@@ -189,14 +193,14 @@ def test_importing_again_revives_the_images_of_a_deleted_storage(
     pool = make_pool(f"t-{uuid.uuid4().hex[:10]}")
     image_uuid = uuid.uuid4().hex
     rbd_create(c1, pool, image_uuid, 1)
-    first_bs = add_importing(api, c1, pool, "first")
+    first_bs = add_importing(api, c1, pool, "first", take_all=True)
     ready(api, image_uuid)
     assert api.delete(f"/images/{image_uuid}").status_code == 200  # Delay: the bits stay
     assert api.delete(f"/backup-storage/{first_bs}").status_code == 200  # DeleteReference
     [gone] = images(api, f"uuid={image_uuid}")
     assert gone["status"] == "Deleted" and gone["backupStorageRefs"] == []
 
-    second_bs = add_importing(api, c1, pool, "second")
+    second_bs = add_importing(api, c1, pool, "second", take_all=True)
     revived = ready(api, image_uuid)[image_uuid]
     assert revived["name"] == image_uuid
     assert [r["backupStorageUuid"] for r in revived["backupStorageRefs"]] == [second_bs]

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, wait_for
 from tests.integration.test_image_upload import start_upload, url_of
-from tests.integration.test_images import MiB, image_data, images, rbd_images
+from tests.integration.test_images import MiB, forget_images, image_data, images, rbd_images
+from tests.integration.test_import_images import TAKE_ALL, add_importing, put_metadata, rbd_write, ready, zstack_line
 from tests.integration.test_images import storage  # noqa: F401 - the fixture
 from tests.security.test_handles import _pinger_or_none
 
@@ -89,3 +91,32 @@ def test_two_expunges_at_once_remove_the_image_once(
     a, b = race(expunge, expunge, 0.02)
     assert sorted([a.status_code, b.status_code]) in ([200, 200], [200, 404], [200, 409]), (a.text, b.text)
     assert not images(api, f"uuid={image}") and image not in rbd_images(c1, pool)
+
+
+# ---------------------------------------------------------------- importImages
+
+
+def test_import_adopts_only_what_the_metadata_names_unless_asked_to_take_all(
+    api: Api, c1: DevCluster, server: Server, pool: str, tmp_path
+) -> None:
+    named, planted = uuid.uuid4().hex, uuid.uuid4().hex
+    rbd_write(c1, tmp_path, pool, named, image_data(MiB, seed=2))
+    rbd_write(c1, tmp_path, pool, planted, image_data(MiB, seed=3))  # someone else's, or planted
+    try:
+        bs = add_importing(api, c1, pool, "names-only")  # first without any metadata
+        time.sleep(3)  # the import runs once, after the add answered
+        assert not images(api, f"uuid?={named},{planted}"), "no metadata names them: not ours to take"
+        assert api.delete(f"/backup-storage/{bs}").status_code == 200
+
+        put_metadata(c1, pool, [zstack_line(named, pool, "named", MiB)])
+        bs = add_importing(api, c1, pool, "names-only-2")
+        ready(api, named)
+        time.sleep(2)  # the import is one pass: the planted one had its chance
+        assert not images(api, f"uuid={planted}"), "an RBD image the metadata does not name is left alone"
+        assert f"(add the storage with systemTag {TAKE_ALL} to adopt them): {planted}" in server.log()
+        assert api.delete(f"/backup-storage/{bs}").status_code == 200
+
+        add_importing(api, c1, pool, "take-all", take_all=True)
+        ready(api, named, planted)
+    finally:
+        forget_images(api)
