@@ -129,7 +129,7 @@ def test_sources_on_the_servers_own_network_are_refused(fresh_server: Server, c1
 
 
 def test_an_allowance_covers_what_it_names_and_redirects_are_checked_at_each_hop(
-        fresh_server: Server, c1: DevCluster, pool: str, web, not_http: int) -> None:  # type: ignore[no-untyped-def]
+        fresh_server: Server, c1: DevCluster, pool: str, web) -> None:  # type: ignore[no-untyped-def]
     api = start(fresh_server, "127.0.0.1/32")
     storage = add_storage(api, c1, pool)
     allowed = web("127.0.0.1")
@@ -139,12 +139,18 @@ def test_an_allowance_covers_what_it_names_and_redirects_are_checked_at_each_hop
     assert inv["status"] == "Ready", "the allowance lets 127.0.0.1 through"
 
     error = failed(api, add_image(api, allowed.url("/go"), [storage], name="redirected"), timeout=30)
-    assert error["code"] == "SYS.1007", error
+    assert error["code"] == "SYS.1007" and "redirects to" in error["details"], error
     assert other.hits == [], "the redirect's target was never asked"
     assert images(api, "name=redirected") == []
     error = failed(api, add_image(api, other.url("/secret"), [storage], name="redirected"), timeout=30)
     assert error["code"] == "SYS.1007", "127.0.0.2 is not in 127.0.0.1/32"
+    assert other.hits == []
 
+
+def test_a_closed_port_and_a_port_that_is_not_http_look_the_same(
+        fresh_server: Server, c1: DevCluster, pool: str, not_http: int) -> None:
+    api = start(fresh_server, "127.0.0.1")
+    storage = add_storage(api, c1, pool)
     closed = free_port()
     said = []
     for port in (closed, not_http):
@@ -152,4 +158,5 @@ def test_an_allowance_covers_what_it_names_and_redirects_are_checked_at_each_hop
                        timeout=30)
         said.append(re.sub(rf"\b{port}\b", "PORT", repr(error)))
     assert said[0] == said[1], "a closed port and a non-HTTP one look the same"
+    assert "cannot download from url[http://127.0.0.1:PORT/disk.raw]" in said[0]
     assert images(api, "name=probe") == []
