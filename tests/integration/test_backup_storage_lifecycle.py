@@ -442,7 +442,7 @@ def test_permissive_keeps_a_storage_whose_key_cannot_be_removed_and_enforcing_de
     [mon] = storage["mons"]
     # the mon's SSH becomes unreachable: imgstore can no longer remove the key it made
     r = api.put(f"/backup-storage/ceph/mons/{mon['monUuid']}/actions",
-                json={"updateCephBackupStorageMon": {"sshPort": 1}})
+                json={"updateCephBackupStorageMon": {"sshPort": 1, "sshPassword": c1.env["SSH_PASSWORD"]}})
     assert r.status_code == 200, r.text
     client = f"client.imgstore.{bs}"
     try:
