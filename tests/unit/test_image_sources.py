@@ -21,6 +21,7 @@ from imgstore.services.image_sources import (
     SourceFailed,
     SourceRefused,
     allowed_file,
+    check_source,
     check_url,
     normalize_url,
 )
@@ -234,3 +235,28 @@ def test_a_broken_qcow2_is_a_convert_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConvertError, match="qemu-nbd"):
         run(read())
+
+
+def test_file_checks_and_opens_run_off_the_event_loop(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """realpath, stat and open of a file:/// source happen in a worker thread: a slow
+    file system (NFS, a stuck disk) does not stall every other request."""
+    on_loop: list[str] = []
+
+    def watched(name, real):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if threading.current_thread() is threading.main_thread():
+                on_loop.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("open", "stat", "fstat", "lstat"):
+        monkeypatch.setattr(os, name, watched(name, getattr(os, name)))
+    monkeypatch.setattr(os.path, "realpath", watched("realpath", os.path.realpath))
+    url, allowed = f"file://{tree}/allowed/disk.raw", [tree / "allowed"]
+
+    async def check_and_read() -> bytes:
+        await check_source(url, allowed, Allowance())
+        return await read_all(FileSource(url, allowed))
+
+    assert run(check_and_read()) == b"d" * 1000
+    assert on_loop == []
