@@ -1,6 +1,7 @@
 """Settings: one typed object read from the environment (``IMGSTORE_*``)."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -10,8 +11,16 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-# a host name, an IPv4/IPv6 address or a CIDR (url_guard.Allowance parses it exactly)
-_NETWORK_OR_HOST = re.compile(r"[A-Za-z0-9.:_-]+(/[0-9]{1,3})?")
+# a host name in image_url_allow (url_guard.Allowance reads the entries this lets through)
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _is_network_or_host(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry.strip("[]"), strict=False)
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(entry))
 
 
 class Settings(BaseSettings):
@@ -137,7 +146,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         for entry in value if isinstance(value, list) else []:
-            if not _NETWORK_OR_HOST.fullmatch(str(entry).strip("[]")):
+            if not _is_network_or_host(str(entry)):
                 raise ValueError(f"image_url_allow: [{entry}] is neither a host name, an address nor a CIDR")
         return value
 

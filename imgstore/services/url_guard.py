@@ -195,7 +195,7 @@ def _network(entry: str) -> Network | None:
 
 def _is_host_name(entry: str) -> bool:
     labels = _host_key(entry).split(".")
-    return all(0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+    return all(0 < len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() and label.isascii()
                for label in labels)
 
 
