@@ -33,10 +33,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.dates import utcnow
-from imgstore.db.models import CephBackupStorage, Image, ImageUpload
+from imgstore.db.models import CephBackupStorage, Image, ImageUpload, Node
 from imgstore.errors import (
     OPERATION_ERROR,
     PERMISSION_DENIED,
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 UPLOAD_PATH = "zstack/v1/images/uploads"
 WAITING, RUNNING, SUCCEEDED, FAILED = "Waiting", "Running", "Succeeded", "Failed"
 SAVE_EVERY = 1.0  # seconds between two writes of the offset during a PUT
+ORPHAN_RETRY_PAUSES = (0, 5, 10, 15, 30, 60)  # seconds before each try to end a dead node's upload
 
 
 class BodyInterrupted(Exception):
@@ -370,6 +372,46 @@ async def clean_up_interrupted(rt: Runtime) -> int:
         if not await _close_slot(rt, slot, "the server restarted during the upload; add the image again"):
             left += 1
     return left
+
+
+async def orphans(db: AsyncSession) -> list[tuple[str, str]]:
+    """(image uuid, node) of the open uploads whose node is gone (no ``node`` row: its
+    heartbeat expired). Their writer died with that node; only a survivor can end them."""
+    rows = await db.execute(select(ImageUpload.image_uuid, ImageUpload.node).where(
+        ImageUpload.state.in_((WAITING, RUNNING)),
+        ImageUpload.node.is_not(None),
+        ImageUpload.node.not_in(select(Node.id)),
+    ))
+    return [(uuid, node) for uuid, node in rows]
+
+
+async def claim_orphan(db: AsyncSession, image_uuid: str, dead: str, me: str) -> bool:
+    """Compare-and-set the upload's node from the dead one to this one (Running: a
+    clean-up that fails is retried by this node's ``clean_up_interrupted``), so only one
+    survivor ends it, and if this one dies too, it is again a dead node's."""
+    result = await db.execute(
+        update(ImageUpload)
+        .where(ImageUpload.image_uuid == image_uuid, ImageUpload.node == dead,
+               ImageUpload.state.in_((WAITING, RUNNING)))
+        .values(node=me, state=RUNNING)
+    )
+    await db.commit()
+    return bool(result.rowcount)
+
+
+async def end_orphan(rt: Runtime, image_uuid: str, dead: str) -> None:
+    """Fail an upload claimed from dead node ``dead``: the image Error with the reason
+    (the client must add it again: the bytes were in the dead node's writer), then its
+    partial image removed. The dead writer's watch holds that image until the OSDs time
+    it out (~30 s), so the removal is tried again a few times."""
+    for pause in ORPHAN_RETRY_PAUSES:
+        await asyncio.sleep(pause)
+        async with rt.db() as db:
+            slot = await db.get(ImageUpload, image_uuid, populate_existing=True)
+        if slot is None or slot.state != RUNNING or slot.node != rt.node_id:
+            return  # done, or no longer this node's to end
+        if await _close_slot(rt, slot, f"node[{dead}] receiving the upload stopped; add the image again"):
+            return
 
 
 async def _close_slot(rt: Runtime, slot: ImageUpload, reason: str) -> bool:

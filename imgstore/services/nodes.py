@@ -7,7 +7,10 @@ all, means a dead node: it may never come back, so the live nodes take over its 
 * its storage leases expire with its heartbeat and go to the survivors (services/leases.py);
 * its async jobs still ``Processing`` are failed (their tasks died with it);
 * its half-made adds are undone (the key, the pool it created, the row), as a restarted
-  node undoes its own (ceph_backup_storage.clean_up_interrupted_adds).
+  node undoes its own (ceph_backup_storage.clean_up_interrupted_adds);
+* the uploads it was receiving fail (their writer was in its memory): the partial image
+  is removed and the image turns Error, as a restarted node does with its own
+  (image_upload.clean_up_interrupted); before, they stayed Downloading for ever.
 
 Each heartbeat does it all, with compare-and-set updates so two survivors never take
 the same thing over twice. Take-over time: a lease lasts 1.5 intervals and is renewed
@@ -19,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from imgstore.db.engine import db_now
 from imgstore.db.models import ApiJob, CephBackupStorage, Node
 from imgstore.errors import INTERNAL, ApiError
-from imgstore.services import ceph_backup_storage, leases
+from imgstore.services import ceph_backup_storage, image_upload, leases
 from imgstore.services.jobs import FAILED, PROCESSING
 from imgstore.services.runtime import Runtime
 
@@ -139,9 +143,26 @@ class Membership:
         await _fail_orphan_jobs(db, now)
         for uuid, node in await _orphan_adds(db):
             if await _claim_add(db, uuid, node, self._rt.node_id):
-                task = asyncio.create_task(self._undo_add(uuid, node), name=f"undo-add-{uuid}")
-                self._undoing.add(task)
-                task.add_done_callback(self._undoing.discard)
+                self._in_background(self._undo_add(uuid, node), f"undo-add-{uuid}")
+        for uuid, node in await image_upload.orphans(db):
+            if await image_upload.claim_orphan(db, uuid, node, self._rt.node_id):
+                self._in_background(self._end_upload(uuid, node), f"end-upload-{uuid}")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Take-over work that talks to a cluster: the heartbeat must not wait on it."""
+        task = asyncio.create_task(work, name=name)
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
+
+    async def _end_upload(self, uuid: str, node: str) -> None:
+        """An upload the dead node was receiving: its writer is gone, so it fails here
+        (partial image removed). A failure is retried by this node's clean-up of
+        interrupted uploads, the slot being this node's now."""
+        log.warning("failing the upload of image %s left open by dead node %s", uuid, node)
+        try:
+            await image_upload.end_orphan(self._rt, uuid, node)
+        except Exception:
+            log.exception("failing the upload of image %s of dead node %s failed", uuid, node)
 
     async def _undo_add(self, uuid: str, node: str) -> None:
         """In the background: undoing talks to the cluster over SSH, and the heartbeat

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, wait_for
 from tests.integration.test_image_upload import start_upload, url_of
 from tests.integration.test_images import MiB, forget_images, image_data, images, rbd_images
+from tests.integration.test_multinode import INTERVAL, nodes2  # noqa: F401 - the fixture
 from tests.integration.test_import_images import TAKE_ALL, add_importing, put_metadata, rbd_write, ready, zstack_line
 from tests.integration.test_images import storage  # noqa: F401 - the fixture
 from tests.security.test_handles import _pinger_or_none
@@ -120,3 +122,38 @@ def test_import_adopts_only_what_the_metadata_names_unless_asked_to_take_all(
         ready(api, named, planted)
     finally:
         forget_images(api)
+
+
+# ---------------------------------------------------------------- uploads of a dead node
+
+
+def test_an_upload_held_by_a_dead_node_is_failed_by_a_survivor(
+    nodes2: list[Server], c1: DevCluster, pool: str
+) -> None:
+    first, second = nodes2
+    api = first.login()
+    bs = api.add_ceph("uploads", [c1.mon_url], poolName=pool).json()["inventory"]["uuid"]
+    inv = start_upload(api, [bs])
+    url = url_of(inv)
+    data = image_data(8 * MiB, seed=5)
+    r = httpx.put(url, content=data[:4 * MiB], timeout=60,
+                  headers={"Content-Range": f"bytes 0-{4 * MiB - 1}/{len(data)}"})
+    assert r.status_code == 200 and r.json()["offset"] == 4 * MiB, r.text
+    assert inv["uuid"] in rbd_images(c1, pool), "the partial image is in the pool"
+
+    first.stop(signal.SIGKILL)  # its writer, in its memory, is gone
+    survivor = second.login()
+
+    def failed() -> dict | None:
+        [image] = images(survivor, f"uuid={inv['uuid']}")
+        return image if image["status"] == "Error" else None
+
+    image = wait_for(failed, 2 * INTERVAL + 10)
+    assert "node[node-1]" in image["statusReason"] or "node-1" in str(image), image
+    # no partial image left behind, once the OSDs let the dead writer's watch go (~30 s)
+    wait_for(lambda: inv["uuid"] not in rbd_images(c1, pool), 60, every=1)
+    details = survivor.get(f"/images/upload-job/details/{inv['uuid']}").json()["existingJobDetails"]
+    assert details[0]["longJobState"] == "Failed" and details[0]["imageUploadUrl"] is None
+    again = httpx.put(url.replace(first.url, second.url), content=data[4 * MiB:], timeout=60,
+                      headers={"Content-Range": f"bytes {4 * MiB}-{len(data) - 1}/{len(data)}"})
+    assert again.status_code == 409 and "add the image again" in again.json()["error"]["details"]
