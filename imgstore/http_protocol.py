@@ -19,7 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` whose request headers must arrive within :attr:`header_timeout`."""
 
-    header_timeout: float = 10.0
+    header_timeout: float = 8.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
