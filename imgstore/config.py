@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         default=1 << 20, description="largest request body but an upload's; bigger ones get 413 unread"
     )
     header_timeout: float = Field(
-        default=10.0, description="seconds a connection may take to send a request's headers, then closed"
+        default=8.0, description="seconds a connection may take to send a request's headers, then closed"
     )
     idle_timeout: float = Field(
         default=5.0, description="seconds a kept-alive connection may stay idle between requests"
