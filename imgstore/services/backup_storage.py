@@ -123,7 +123,7 @@ async def delete(rt: Runtime, uuid: str, delete_mode: str = "Permissive") -> Non
     cleaned up too; if the key cannot be removed (no mon answers) it answers SYS.1004 and
     keeps the storage, so nothing is left behind unknown. ``Enforcing`` deletes the
     storage whatever the cluster says, and logs the key it could not remove.
-    (``release_cluster_resources`` answers ``False`` when it could not clean up.)
+    (``release_cluster_resources`` answers why when it could not clean up.)
     """
     if delete_mode not in DELETE_MODES:
         raise invalid_argument(
@@ -135,12 +135,12 @@ async def delete(rt: Runtime, uuid: str, delete_mode: str = "Permissive") -> Non
         if row is None:
             return
         if isinstance(row, CephBackupStorage):
-            released = await ceph_backup_storage.release_cluster_resources(rt, row, drop_pool=False)
-            if released is False and delete_mode != ENFORCING:
+            problem = await ceph_backup_storage.release_cluster_resources(rt, row, drop_pool=False)
+            if problem is not None and delete_mode != ENFORCING:
                 raise ApiError(
                     DELETE_RESOURCE_ERROR,
                     f"cannot delete backup storage[uuid:{uuid}]: its cephx key[{row.ceph_client}] could "
-                    "not be removed from the cluster (no mon answered; see the server log), so the "
+                    f"not be removed from the cluster (no mon answered: {problem}), so the "
                     "storage is kept. Delete it with deleteMode=Enforcing to delete it anyway",
                 )
         await tags.delete_tags_of(db, uuid)

@@ -481,11 +481,12 @@ async def undo_add(rt: Runtime, uuid: str) -> None:
         await db.commit()
 
 
-async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_pool: bool) -> bool:
+async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_pool: bool) -> str | None:
     """Delete the storage's cephx key (and its pool when asked) through any mon that
-    answers; False when no mon did (the caller decides whether that blocks a delete)."""
+    answers; None when done, else why no mon did, by host (the caller decides whether
+    that blocks a delete). The reasons name no secret (``ceph.exceptions``)."""
     if not row.ceph_client and not drop_pool:
-        return True
+        return None
     errors = []
     for mon in row.mons:
         try:
@@ -495,7 +496,7 @@ async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_po
                     await shell.delete_key(row.ceph_client)
                 if drop_pool and row.pool_name:
                     await shell.delete_pool(row.pool_name)
-            return True
+            return None
         except ceph.CephError as e:
             errors.append(f"{mon.hostname}: {e}")
     log.warning(
@@ -505,7 +506,7 @@ async def release_cluster_resources(rt: Runtime, row: CephBackupStorage, drop_po
         row.uuid,
         "; ".join(errors) or "no mon",
     )
-    return False
+    return "; ".join(errors) or "no mon"
 
 
 async def renew_key(rt: Runtime, row: CephBackupStorage) -> None:

@@ -144,6 +144,7 @@ def test_a_pinned_mon_answering_with_another_key_gets_no_password(
     # every SSH use goes through the pin: a delete must not log in to the impostor
     r = api.delete(f"/backup-storage/{uuid}")
     assert r.status_code == 503 and r.json()["error"]["code"] == "SYS.1004", r.text
+    assert real in r.text and fake_mon.fingerprint in r.text, r.text
     assert fake_mon.passwords == [] and fake_mon.usernames == []
     assert real in server.log() and fake_mon.fingerprint in server.log()
     # AddMon with the impostor's address, naming the real key: refused, both keys named
