@@ -151,3 +151,28 @@ def test_error_messages_never_contain_the_password(url: str) -> None:
 def test_monurl_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         MonUrl.parse("nonsense")
+
+
+# ------------------------------------------------------------------ imgstore's additions (issue Trust, point 1)
+
+FP = "SHA256:FFx1oWmbFsQiPyCdO3JeDB26+iYGNIouki0VEY1vjWo"
+
+
+def test_a_host_key_fingerprint_may_be_given_and_keeps_its_plus() -> None:
+    mon = MonUrl.parse(f"root:pw@10.0.0.1:22/?monPort=6789&sshHostKeyFingerprint={FP}")
+    assert (mon.host_key, mon.mon_port) == (FP, 6789)
+    assert MonUrl.parse(f"root:pw@10.0.0.1/?sshHostKeyFingerprint={FP}=").host_key == FP  # padding dropped
+    assert MonUrl.parse("root:pw@10.0.0.1").host_key is None
+
+
+@pytest.mark.parametrize("value", ["MD5:aa:bb", "SHA256:short", "SHA256:" + "a" * 44, ""])
+def test_a_malformed_fingerprint_is_refused(value: str) -> None:
+    message = parse_error(f"root:s3cret@10.0.0.1/?sshHostKeyFingerprint={value}")
+    assert "sshHostKeyFingerprint" in message and "s3cret" not in message
+
+
+@pytest.mark.parametrize("url", ["root@10.0.0.1", "root:@10.0.0.1:22/?monPort=1"])
+def test_a_password_is_optional_only_when_asked(url: str) -> None:
+    parse_error(url)
+    mon = MonUrl.parse(url, password_optional=True)
+    assert (mon.username, mon.password, mon.hostname) == ("root", "", "10.0.0.1")
