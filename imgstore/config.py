@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         default="10 per minute; 50 per hour",
         description="failed logins allowed per account name, per window, from any address; beyond: 429",
     )
+    login_throttle_delay: float = Field(
+        default=1.0, ge=0, le=10,
+        description="seconds a throttled login waits before its 429, so a guessing client slows down",
+    )
 
     # Trust point 6: image files cannot reach outside themselves or blow up
     # (imageformat.py, qemu.py, services/image_intake.py)

@@ -10,9 +10,12 @@ fifty-fold. So:
 * Failed logins are counted per source address and per account name with the ``limits``
   library (moving windows, in memory). Each setting is a list of tiers such as
   ``5 per minute; 20 per hour``: the delay grows as a later, longer tier fills. While a
-  tier is full, a login is answered at once, without hashing, with ID.1000, HTTP 429,
-  ``Retry-After`` and the seconds in its details. Counters are per node: with several
-  nodes (PostgreSQL) an attacker spreading guesses over them gets each node's allowance.
+  tier is full, a login is answered without hashing, with ID.1000, HTTP 429,
+  ``Retry-After`` and the seconds in its details, after ``login_throttle_delay`` seconds
+  (a sleeping coroutine, nothing held): a guessing client that ignores Retry-After
+  slows down instead of spinning the loop on cheap 429s. Counters are per node: with
+  several nodes (PostgreSQL) an attacker spreading guesses over them gets each node's
+  allowance.
 * An unknown account is checked against a dummy hash, so its answer and its time are a
   known account's.
 """
@@ -21,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
@@ -60,13 +66,29 @@ class LoginGuard:
             "address": parse_many(settings.login_failures_per_address),
             "account": parse_many(settings.login_failures_per_account),
         }
+        self._delay = settings.login_throttle_delay
+        self._pending: Counter[tuple[str, str]] = Counter()  # logins under way, by (kind, key)
         self._dummy_hash: str | None = None
 
-    def check(self, address: str, account: str) -> None:
-        """LoginThrottled when the address or the account has failed too often lately."""
-        wait = max(self._wait("address", address), self._wait("account", account[:_ACCOUNT_KEY_CHARS]))
+    @asynccontextmanager
+    async def attempt(self, address: str, account: str) -> AsyncIterator[None]:
+        """One login: LoginThrottled, after at most ``login_throttle_delay`` seconds, when
+        the address or the account has failed too often lately. Logins under way count
+        as failures to come, so concurrent guesses cannot overrun a limit while they hash."""
+        keys = [("address", address), ("account", account[:_ACCOUNT_KEY_CHARS])]
+        wait = max(self._wait(kind, key) for kind, key in keys)
         if wait > 0:
-            raise LoginThrottled(wait)
+            await asyncio.sleep(min(self._delay, wait))
+            raise LoginThrottled(max(1, wait - math.floor(min(self._delay, wait))))
+        for key in keys:
+            self._pending[key] += 1
+        try:
+            yield
+        finally:
+            for key in keys:
+                self._pending[key] -= 1
+                if self._pending[key] <= 0:
+                    del self._pending[key]
 
     def failed(self, address: str, account: str) -> None:
         """Count one failed login against the address and the account name."""
@@ -89,12 +111,16 @@ class LoginGuard:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _wait(self, kind: str, key: str) -> int:
-        """Seconds until the fullest tier of ``key`` lets one more failure in; 0: now."""
+        """Seconds until the fullest tier of ``key`` lets one more login in; 0: now. A
+        tier whose room is taken by logins under way says 1: they end in a moment."""
+        pending = self._pending.get((kind, key), 0)
         wait = 0.0
         for tier in self._tiers[kind]:
-            if not self._limiter.test(tier, kind, key):
-                reset = self._limiter.get_window_stats(tier, kind, key).reset_time
-                wait = max(wait, reset - time.time())
+            stats = self._limiter.get_window_stats(tier, kind, key)
+            if stats.remaining <= 0:
+                wait = max(wait, stats.reset_time - time.time(), 1)
+            elif stats.remaining <= pending:
+                wait = max(wait, 1)
         return max(1, math.ceil(wait)) if wait > 0 else 0
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]

@@ -88,11 +88,11 @@ async def log_in(db: AsyncSession, settings: Settings, guard: LoginGuard, addres
     ``password`` is what the client sent: the SHA-512 hex of the real password.
     ``address`` is the client's, for :class:`LoginGuard`'s counters.
     """
-    guard.check(address, account_name)
-    account = await db.scalar(select(Account).where(Account.name == account_name))
-    if not await guard.verify(password, account.password_hash if account else None):
-        guard.failed(address, account_name)
-        raise ApiError(AUTH_FAILED, "wrong account name or password")
+    async with guard.attempt(address, account_name):
+        account = await db.scalar(select(Account).where(Account.name == account_name))
+        if not await guard.verify(password, account.password_hash if account else None):
+            guard.failed(address, account_name)
+            raise ApiError(AUTH_FAILED, "wrong account name or password")
     assert account is not None
     await _drop_expired(db)
     live = await db.scalar(

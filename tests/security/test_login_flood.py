@@ -60,38 +60,54 @@ def retry_after(r: httpx.Response) -> int:
     return seconds
 
 
-def test_a_password_guessing_flood_does_not_slow_other_calls(fresh_server: Server) -> None:
-    fresh_server.env.update(UNLIMITED)  # every guess is hashed: the worst case for the loop
-    server = fresh_server.start()
+def flood(server: Server, clients: int = 8) -> tuple[float, float, list[int]]:
+    """Median latency of a cheap call idle and while ``clients`` threads guess passwords
+    as fast as they are answered; and the statuses the guesses got."""
     with client(server) as c:
         login(c, password=ADMIN_PASSWORD)  # warm up
         idle = statistics.median(cheap_latencies(c))
-        stop, guesses = threading.Event(), [0]
+        stop, answers = threading.Event(), []
 
         def guess() -> None:
             with client(server) as g:
                 while not stop.is_set():
-                    login(g, account=uuid.uuid4().hex[:8] if guesses[0] % 2 else "admin")
-                    guesses[0] += 1
+                    account = uuid.uuid4().hex[:8] if len(answers) % 2 else "admin"
+                    answers.append(login(g, account=account).status_code)
 
-        threads = [threading.Thread(target=guess) for _ in range(8)]
+        threads = [threading.Thread(target=guess) for _ in range(clients)]
         for t in threads:
             t.start()
         try:
             time.sleep(0.5)
-            busy = cheap_latencies(c)
+            busy = statistics.median(cheap_latencies(c))
         finally:
             stop.set()
             for t in threads:
                 t.join()
-    flood = statistics.median(busy)
-    assert guesses[0] >= 16, "the flood did run"
-    assert flood < max(5 * idle, 0.05), f"median {flood * 1000:.1f} ms during the flood, {idle * 1000:.1f} ms idle"
+    return idle, busy, answers
+
+
+def test_a_password_guessing_flood_does_not_slow_other_calls(fresh_server: Server) -> None:
+    fresh_server.env.update(UNLIMITED)  # every guess is hashed: the worst case for the loop
+    idle, busy, answers = flood(fresh_server.start())
+    assert len(answers) >= 8 and set(answers) == {401}, "the flood did run"
+    assert busy < max(5 * idle, 0.05), f"median {busy * 1000:.1f} ms during the flood, {idle * 1000:.1f} ms idle"
+
+
+def test_a_throttled_flood_is_slowed_down_and_cheap(fresh_server: Server) -> None:
+    """With the default settings, guesses beyond the first few wait a second for their 429."""
+    started = time.monotonic()
+    idle, busy, answers = flood(fresh_server.start())
+    seconds = time.monotonic() - started
+    assert answers.count(401) <= 5 and answers.count(429) >= 8, answers
+    assert len(answers) <= 5 + 8 * (seconds + 1), f"{len(answers)} answers in {seconds:.1f} s: not slowed"
+    assert busy < max(5 * idle, 0.05), f"median {busy * 1000:.1f} ms during the flood, {idle * 1000:.1f} ms idle"
 
 
 def test_failed_logins_from_one_address_are_throttled_with_growing_delays(fresh_server: Server) -> None:
     fresh_server.env.update({"IMGSTORE_LOGIN_FAILURES_PER_ADDRESS": "3 per 2 seconds; 6 per minute",
-                             "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "1000/minute"})
+                             "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "1000/minute",
+                             "IMGSTORE_LOGIN_THROTTLE_DELAY": "0"})
     server = fresh_server.start()
     with client(server, "127.0.0.2") as c:
         answers = [login(c).status_code for _ in range(3)]
@@ -112,7 +128,8 @@ def test_failed_logins_from_one_address_are_throttled_with_growing_delays(fresh_
 
 def test_failed_logins_to_one_account_are_throttled_whatever_the_address(fresh_server: Server) -> None:
     fresh_server.env.update({"IMGSTORE_LOGIN_FAILURES_PER_ADDRESS": "1000/minute",
-                             "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "4 per 3 seconds"})
+                             "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "4 per 3 seconds",
+                             "IMGSTORE_LOGIN_THROTTLE_DELAY": "0"})
     server = fresh_server.start()
     codes = []
     for i in range(5):
