@@ -10,10 +10,14 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import Api, Server
+from tests.conftest import Api, DevCluster, Server
+from tests.integration.test_image_export import adopt_pool, rbd_import
+from tests.integration.test_images import MiB, forget_images, image_data
 from tests.security.rawhttp import connect, read_reply, status_of
 
 
@@ -104,3 +108,29 @@ def test_the_statements_kept_per_fields_list_are_bounded() -> None:
         fields = tuple(names[(i >> k) % len(names)] for k in range(1 + i % 7)) + ("hostname",) * (i // 200)
         queries._statements(backup_storage.MON_QUERY, QuerySpec(fields=fields))
     assert len(queries._plain) <= queries.MAX_PLAIN_STATEMENTS
+
+
+@pytest.mark.ceph
+def test_the_host_header_does_not_choose_export_or_upload_urls(server: Server, api: Api, c1: DevCluster,
+                                                               pool: str, tmp_path: Path) -> None:
+    """The URLs handed to third parties later (QueryImage shows them to every session)."""
+    spoofed = {"Host": "evil.example:6666"}
+    path = tmp_path / "disk.raw"
+    path.write_bytes(image_data(MiB))
+    image_uuid = uuid.uuid4().hex
+    rbd_import(c1, path, pool, image_uuid)
+    bs = adopt_pool(api, c1, pool, image_uuid)
+    try:
+        r = api.put(f"/backup-storage/{bs}/actions", headers=spoofed,
+                    json={"exportImageFromBackupStorage": {"imageUuid": image_uuid}})
+        assert r.status_code == 200, r.text
+        assert r.json()["imageUrl"].startswith(f"{server.url}/zstack/v1/exports/"), r.json()["imageUrl"]
+        body = {"params": {"name": "up", "url": "upload://", "backupStorageUuids": [bs], "format": "raw"}}
+        r = api.post("/images", json=body, headers={**spoofed, "Prefer": "respond-async"})
+        assert r.status_code == 202, r.text
+        assert r.json()["location"].startswith(server.url)
+        inv = api.wait_job(r).json()["inventory"]
+        [ref] = inv["backupStorageRefs"]
+        assert ref["uploadUrl"].startswith(f"{server.url}/zstack/v1/images/uploads/"), ref["uploadUrl"]
+    finally:
+        forget_images(api)
