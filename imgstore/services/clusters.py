@@ -5,9 +5,9 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
-from types import TracebackType
 
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
@@ -82,30 +82,6 @@ class Lease:
     def release(self) -> None:
         self._release()
 
-    async def __aenter__(self) -> ceph.Cluster:
-        return self.cluster
-
-    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self.release()
-
-
-class _Leasing:
-    """``async with registry.lease(row) as cluster``: the storage's handle, held for the block."""
-
-    def __init__(self, registry: ClusterRegistry, row: CephBackupStorage) -> None:
-        self._registry, self._row = registry, row
-        self._lease: Lease | None = None
-
-    async def __aenter__(self) -> ceph.Cluster:
-        self._lease = await self._registry.take(self._row)
-        return self._lease.cluster
-
-    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        if self._lease is not None:
-            self._lease.release()
-
 
 class ClusterRegistry:
     """One connected ``ceph.Cluster`` per storage, made on first use and kept.
@@ -134,9 +110,14 @@ class ClusterRegistry:
         self._leases: Counter[ceph.Cluster] = Counter()  # handle -> leases not yet released
         self._retired: set[ceph.Cluster] = set()  # replaced handles waiting for their last lease
 
-    def lease(self, row: CephBackupStorage) -> _Leasing:
+    @asynccontextmanager
+    async def lease(self, row: CephBackupStorage) -> AsyncIterator[ceph.Cluster]:
         """The storage's handle for an ``async with`` block: not closed before it ends."""
-        return _Leasing(self, row)
+        lease = await self.take(row)
+        try:
+            yield lease.cluster
+        finally:
+            lease.release()
 
     async def take(self, row: CephBackupStorage) -> Lease:
         """A lease on the storage's handle, for a stream that outlives one block."""
@@ -147,10 +128,6 @@ class ClusterRegistry:
         the ``get``, with no await between: a replaced handle without leases closes)."""
         self._leases[cluster] += 1
         return Lease(cluster, partial(_let_go, asyncio.get_running_loop(), self._released, cluster))
-
-    def leased(self) -> int:
-        """How many handles are held by streams (kept or replaced)."""
-        return len(self._leases)
 
     def _released(self, cluster: ceph.Cluster) -> None:
         self._leases[cluster] -= 1
