@@ -15,8 +15,11 @@ It is started on first use and again after it dies (the calls it owed fail with
 when its stdin closes, that is when the node stops or dies.
 
 The cephx keys cross the pipe opened: the child has no secret box. They are never in its
-argv, environment (it inherits only ``CHILD_ENVIRONMENT``, no ``IMGSTORE_*``) or logs, and its stdout carries only the protocol. Its stderr (its log
-and librados' own prints) is read by the parent and logged there, line by line.
+argv, environment or logs, and its stdout carries only the protocol. Its environment is
+``CHILD_ENVIRONMENT`` alone: no ``IMGSTORE_*`` setting (the admin password, the secret
+key) reaches it. Its stderr (its log and librados' own prints) is read by the parent and
+logged there, line by line. A deleted storage's handle is dropped by a ``forget`` at
+once (``Tracker.drop``), not at the next round.
 """
 from __future__ import annotations
 
