@@ -68,7 +68,8 @@ class LoginGuard:
         }
         self._delay = settings.login_throttle_delay
         self._pending: Counter[tuple[str, str]] = Counter()  # logins under way, by (kind, key)
-        self._dummy_hash: str | None = None
+        # made at once in the pool: the first unknown account costs what the others do
+        self._dummy_hash = self._pool.submit(crypto.hash_password, crypto.new_uuid())
 
     @asynccontextmanager
     async def attempt(self, address: str, account: str) -> AsyncIterator[None]:
@@ -102,9 +103,8 @@ class LoginGuard:
     async def verify(self, client_digest: str, stored_hash: str | None) -> bool:
         """The password against ``stored_hash``; None (no such account) is checked against
         a dummy hash, to cost the same, and is False."""
-        if self._dummy_hash is None:
-            self._dummy_hash = await self.hash(crypto.new_uuid())
-        ok = await self._run(crypto.verify_password, client_digest, stored_hash or self._dummy_hash)
+        stored = stored_hash or await asyncio.wrap_future(self._dummy_hash)
+        ok = await self._run(crypto.verify_password, client_digest, stored)
         return ok and stored_hash is not None
 
     def close(self) -> None:
