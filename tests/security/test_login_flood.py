@@ -105,7 +105,7 @@ def test_a_throttled_flood_is_slowed_down_and_cheap(fresh_server: Server) -> Non
 
 
 def test_failed_logins_from_one_address_are_throttled_with_growing_delays(fresh_server: Server) -> None:
-    fresh_server.env.update({"IMGSTORE_LOGIN_FAILURES_PER_ADDRESS": "3 per 2 seconds; 6 per minute",
+    fresh_server.env.update({"IMGSTORE_LOGIN_FAILURES_PER_ADDRESS": "3 per 5 seconds; 6 per minute",
                              "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "1000/minute",
                              "IMGSTORE_LOGIN_THROTTLE_DELAY": "0"})
     server = fresh_server.start()
@@ -113,10 +113,10 @@ def test_failed_logins_from_one_address_are_throttled_with_growing_delays(fresh_
         answers = [login(c).status_code for _ in range(3)]
         assert answers == [401, 401, 401]
         first = retry_after(login(c))
-        assert first <= 2
-        assert retry_after(login(c, password=ADMIN_PASSWORD)) <= 2, "even the right password waits"
+        assert first <= 5
+        assert retry_after(login(c, password=ADMIN_PASSWORD)) <= 5, "even the right password waits"
         unknown = login(c, account="nobody-" + uuid.uuid4().hex[:6])
-        assert retry_after(unknown) <= 2, "an unknown account gets the same answer"
+        assert retry_after(unknown) <= 5, "an unknown account gets the same answer"
         time.sleep(first + 0.2)
         answers = [login(c).status_code for _ in range(3)]
         assert answers == [401, 401, 401]
@@ -128,7 +128,7 @@ def test_failed_logins_from_one_address_are_throttled_with_growing_delays(fresh_
 
 def test_failed_logins_to_one_account_are_throttled_whatever_the_address(fresh_server: Server) -> None:
     fresh_server.env.update({"IMGSTORE_LOGIN_FAILURES_PER_ADDRESS": "1000/minute",
-                             "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "4 per 3 seconds",
+                             "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "4 per 20 seconds",
                              "IMGSTORE_LOGIN_THROTTLE_DELAY": "0"})
     server = fresh_server.start()
     codes = []
