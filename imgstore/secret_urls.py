@@ -18,3 +18,17 @@ def without_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def masked(url: str) -> str:
+    """The URL with the password of its user info hidden: safe in an error or a log line
+    (the user name stays, so an operator can tell which credentials were used)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}" if ":" in userinfo else f"***@{host}").geturl()

@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from imgstore.secret_urls import masked
 from imgstore.services import url_guard
 from imgstore.services.url_guard import Allowance, HostRefused, HostUnresolved
 
@@ -165,7 +166,7 @@ class Source:
 
     def _check_length(self) -> None:
         if self.length is not None and self.received != self.length:
-            raise SourceFailed(f"the source [{self.url}] ended after {self.received} bytes, "
+            raise SourceFailed(f"the source [{masked(self.url)}] ended after {self.received} bytes, "
                                f"{self.length} were announced")
 
 
@@ -294,7 +295,7 @@ class FileSource(Source):
             try:
                 piece = await asyncio.to_thread(self._file.read, READ_SIZE)
             except OSError as e:
-                raise SourceFailed(f"reading [{self.url}] failed after {self.received} bytes: "
+                raise SourceFailed(f"reading [{masked(self.url)}] failed after {self.received} bytes: "
                                    f"{e.strerror}") from None
             if not piece:
                 break
@@ -331,16 +332,6 @@ def open_source(url: str, allow_dirs: Sequence[Path], read_timeout: float = 60.0
     if url.lower().startswith(FILE):
         return FileSource(url, allow_dirs)
     return HttpSource(url, read_timeout, allowance)
-
-
-def masked(url: str) -> str:
-    """The URL with the password of its user info hidden: safe in an error or a log."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{host}" if ":" in userinfo else f"***@{host}").geturl()
 
 
 def _refused(url: str, hop: httpx.URL) -> str:

@@ -1,0 +1,24 @@
+"""One policy for the credentials a user puts into an image URL (imgstore/secret_urls.py)."""
+from __future__ import annotations
+
+import pytest
+
+from imgstore.secret_urls import masked, without_credentials
+
+
+@pytest.mark.parametrize(("url", "kept", "shown"), [
+    ("http://alice:s3cret@mirror.example/d.qcow2", "http://mirror.example/d.qcow2",
+     "http://alice:***@mirror.example/d.qcow2"),
+    ("https://token@mirror.example/d", "https://mirror.example/d", "https://***@mirror.example/d"),
+    ("http://mirror.example/a@b", "http://mirror.example/a@b", "http://mirror.example/a@b"),
+    ("file:///images/d.raw", "file:///images/d.raw", "file:///images/d.raw"),
+])
+def test_a_password_is_never_kept_nor_shown(url: str, kept: str, shown: str) -> None:
+    assert without_credentials(url) == kept
+    assert masked(url) == shown
+    assert "s3cret" not in kept + shown and "token@" not in kept + shown
+
+
+def test_what_is_not_a_url_passes_unchanged() -> None:
+    assert masked("http://[::1") == "http://[::1"
+    assert without_credentials("http://[::1") == "http://[::1"
