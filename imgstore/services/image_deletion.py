@@ -79,9 +79,9 @@ async def delete(rt: Runtime, uuid: str, backup_storage_uuids: list[str] | None 
             return
         chosen = {r.backup_storage_uuid for r in refs}
         for ref in row.backup_storage_refs:
-            if ref.backup_storage_uuid in chosen:
+            if ref.backup_storage_uuid in chosen and ref.status != EXPUNGING:  # an Expunge's claim stays
                 ref.status = images.DELETED
-        if all(r.status == images.DELETED for r in row.backup_storage_refs):
+        if all(r.status in (images.DELETED, EXPUNGING) for r in row.backup_storage_refs):
             row.status = images.DELETED
             row.deleted_date = utcnow()
         await db.commit()
