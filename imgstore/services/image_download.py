@@ -21,6 +21,7 @@ from imgstore.db.models import ApiJob, Image, ImageUpload, TaskProgress
 from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, invalid_argument
 from imgstore.secret_urls import without_credentials
 from imgstore.services import image_add, image_upload, images
+from imgstore.services.clusters import Lease
 from imgstore.services.image_intake import ImageIntake
 from imgstore.services.image_sources import (
     UPLOAD,
@@ -91,6 +92,18 @@ def _allowance(rt: Runtime) -> Allowance:
 
 
 async def _download(rt: Runtime, image: Image, reporter: ProgressReporter, source_url: str) -> Image:
+    """Stream the source into every target storage; the handles the writers use are leased
+    until the image is finished or discarded, so a Reconnect cannot cut the download."""
+    leases: list[Lease] = []
+    try:
+        return await _stream(rt, image, reporter, source_url, leases)
+    finally:
+        for lease in leases:
+            lease.release()
+
+
+async def _stream(rt: Runtime, image: Image, reporter: ProgressReporter, source_url: str,
+                  leases: list[Lease]) -> Image:
     source = open_source(source_url, rt.settings.file_allow_dirs, rt.settings.image_download_timeout,
                          _allowance(rt))
     intake: ImageIntake | None = None
@@ -100,6 +113,7 @@ async def _download(rt: Runtime, image: Image, reporter: ProgressReporter, sourc
             if source.length is None and isinstance(source, HttpSource):
                 await source.open()  # HEAD did not say: the GET's Content-Length may
             targets, failures = await image_add.targets_for(rt, image, source.length)
+            leases.extend(rt.clusters.hold(t.cluster) for t in targets)
             if not targets:
                 raise image_add.all_failed(image, dict(failures))
             intake = ImageIntake(targets, image.uuid, source.length, image_add.staging_dir(rt),

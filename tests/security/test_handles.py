@@ -21,7 +21,9 @@ import psutil
 import pytest
 
 from tests.conftest import Api, DevCluster, Server, wait_for
-from tests.integration.test_images import MiB, forget_images, image_data, images
+from tests.integration.test_images import (  # noqa: F401 - files is a fixture
+    Files, MiB, add_image, add_storage, added, files, forget_images, image_data, images, rbd_bytes,
+)
 from tests.integration.test_import_images import put_metadata, rbd_write, zstack_line
 
 pytestmark = pytest.mark.ceph
@@ -184,5 +186,26 @@ def test_an_upload_resumed_after_a_reconnect_ends_on_its_handle(api: Api, c1: De
         assert rest.status_code == 200, rest.text
         ready = rest.json()["inventory"]
         assert ready["status"] == "Ready" and ready["md5Sum"] == hashlib.md5(data).hexdigest()
+    finally:
+        forget_images(api)
+
+
+def test_a_url_download_under_way_survives_a_reconnect(api: Api, c1: DevCluster, pool: str,
+                                                       files: Files) -> None:
+    """AddImage from a URL writes through the storage's handle for as long as the source
+    takes; a Reconnect in the middle must not close that handle under the writer."""
+    data = image_data(12 * MiB, seed=11)
+    url = files.add("slow-under-reconnect.raw", data, pause=0.1)
+    bs = add_storage(api, c1, pool)
+    try:
+        r = add_image(api, url, [bs], name="under-reconnect")
+        wait_for(lambda: [i for i in images(api, "name=under-reconnect") if i["status"] == "Downloading"], 30,
+                 every=0.05)
+        time.sleep(0.5)  # some pieces are written through the handle by now
+        rc = api.put(f"/backup-storage/{bs}/actions", json={"reconnectBackupStorage": {}})
+        assert rc.status_code == 200, rc.text
+        inv = added(api, r)
+        assert inv["status"] == "Ready"
+        assert rbd_bytes(c1, pool, inv["uuid"]) == data
     finally:
         forget_images(api)
