@@ -16,6 +16,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from imgstore.numbers import DIGITS  # int() of more than 4300 digits raises: a 500
+
 #: ZStack's operator table, in scan order. An operator that contains another one
 #: (``!=`` contains ``=``) must come before it.
 OPERATORS: tuple[str, ...] = (
@@ -26,7 +28,6 @@ LIST_OPERATORS = frozenset({"?=", "!?="})
 
 DEFAULT_LIMIT = 1000
 _JAVA_INT_MAX = 2**31 - 1  # ZStack binds limit/start to a Java int; larger is a 400 there
-_DIGITS = re.compile(r"[0-9]{1,19}")  # int() of more than 4300 digits raises: a 500
 
 
 class QueryError(ValueError):
@@ -119,7 +120,7 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
     if raw is None:
         return default
     text = raw.strip()
-    if not _DIGITS.fullmatch(text) or int(text) > _JAVA_INT_MAX:
+    if not DIGITS.fullmatch(text) or int(text) > _JAVA_INT_MAX:
         raise QueryError(
             f"Invalid query parameter. '{name}' must be a non-negative integer, but '{raw}' found"
         )

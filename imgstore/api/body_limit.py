@@ -14,11 +14,11 @@ import re
 from typing import Any
 
 from imgstore.errors import INVALID_ARGUMENT, ApiError, ErrorKind
+from imgstore.numbers import parse_count
 
 TOO_LARGE = ErrorKind(INVALID_ARGUMENT.code, INVALID_ARGUMENT.description, 413)
 #: the routes that stream their body (api/images.py's upload URL), under any API prefix
 STREAMED = re.compile(r"^(?:/zstack)?/v1/images/uploads/[^/]+/?$")
-_LENGTH = re.compile(rb"[0-9]{1,19}")
 
 
 class BodyLimit:
@@ -88,6 +88,5 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     """``Content-Length`` as a number; absent (or unreadable: uvicorn refuses those) is None."""
     for name, value in headers:
         if name == b"content-length":
-            text = value.strip()
-            return int(text) if _LENGTH.fullmatch(text) else None
+            return parse_count(value.decode("latin-1"))
     return None
