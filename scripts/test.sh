@@ -3,17 +3,26 @@
 #
 #   1. scripts/setup.sh (packages, .venv, ceph bindings)
 #   2. PostgreSQL on 127.0.0.1:5432 answers (started with pg_ctlcluster if down)
-#   3. dev Ceph clusters c1 (mon 16789, ssh 16022) and c2 (mon 26789, ssh 26022),
-#      started in parallel by scripts/devcluster.sh (a running cluster is reused)
-#   4. IMGSTORE_TEST_CLUSTERS=c1,c2 and IMGSTORE_DEV_DIR exported, then
-#      `.venv/bin/python -m pytest -q "$@"`: every test server on its own SQLite file
-#   5. the PostgreSQL pass: the integration tests again with IMGSTORE_TEST_DB=postgresql,
-#      every test server on a fresh PostgreSQL database of its own (tests/conftest.py).
-#      IMGSTORE_TEST_PG_PASS=auto (default) runs it when no pytest args were given;
-#      1 runs it with the same args as step 4; 0 never. It leaves out the modules that
-#      never start a server (test_ceph_layer, test_rbd_io) and test_multinode, which is
-#      on PostgreSQL in both passes.
+#   3. the dev Ceph clusters, started in parallel by scripts/devcluster.sh (a running
+#      cluster is reused): c1 (mon 16789, ssh 16022), shared by every worker (no test stops
+#      its daemons), and one "c2" per worker, the cluster fault tests stop daemons of:
+#      c2 (mon 26789, ssh 26022), then c3, c4, ... (cN: mon 10789+1000*(N-2), ssh mon-767).
+#   4. the SQLite pass: `.venv/bin/python -m pytest -q "$@"`, every test server on its own
+#      SQLite file
+#   5. the PostgreSQL pass, AT THE SAME TIME as step 4: the integration tests again with
+#      IMGSTORE_TEST_DB=postgresql, every test server on a fresh PostgreSQL database of its
+#      own (tests/conftest.py). IMGSTORE_TEST_PG_PASS=auto (default) runs it when no pytest
+#      args were given; 1 runs it with the same args as step 4; 0 never. It leaves out the
+#      modules that never start a server (test_ceph_layer, test_rbd_io) and test_multinode,
+#      which is on PostgreSQL in both passes.
+#   Each pass runs on IMGSTORE_TEST_WORKERS pytest-xdist workers (default 2 without pytest
+#   args, 1 = no xdist with them), `--dist loadfile`; worker gwN of a pass uses the lane
+#   N of IMGSTORE_TEST_CLUSTERS (`c1,c2;c1,c3`: tests/conftest.py). A pass's output goes to
+#   a file and is printed whole when the pass ends; the log ends with both passes' summaries.
 #   Exits non-zero when either pass fails (5 = "no tests collected" is a failure too).
+#
+#   `scripts/test.sh --quick`: the tests that need neither Ceph nor a browser nor fuzzing,
+#   on SQLite, no clusters started, in parallel — the inner loop; CI runs everything.
 #
 # Clusters are left running for the next run; IMGSTORE_TEST_TEARDOWN=1 purges them
 # at the end. Tests get a cluster's details with `scripts/devcluster.sh env c1`.
@@ -49,51 +58,103 @@ fi
 log "PostgreSQL answers on 127.0.0.1:5432"
 
 # ---------------------------------------------------------------- 3. Ceph clusters
-start_cluster() { # NAME MONPORT SSHPORT
-  bash "$DEVCLUSTER" start "$1" -p "$2" -s "$3" 2>&1 | sed -u "s/^/[$1] /" >&2
-}
-start_cluster c1 16789 16022 & p1=$!
-start_cluster c2 26789 26022 & p2=$!
-rc1=0; rc2=0
-wait "$p1" || rc1=$?
-wait "$p2" || rc2=$?
-if [ "$rc1" != 0 ] || [ "$rc2" != 0 ]; then
-  for c in c1 c2; do bash "$DEVCLUSTER" status "$c" >&2 || true; done
-  die "could not start the dev Ceph clusters (c1 rc=$rc1, c2 rc=$rc2); logs in $IMGSTORE_DEV_DIR/<name>/log"
-fi
-export IMGSTORE_TEST_CLUSTERS=c1,c2
-
-if [ "${IMGSTORE_TEST_TEARDOWN:-0}" = 1 ]; then
-  trap 'log "IMGSTORE_TEST_TEARDOWN=1: purging c1 and c2"; bash "$DEVCLUSTER" purge c1 || true; bash "$DEVCLUSTER" purge c2 || true' EXIT
-fi
-
-# ---------------------------------------------------------------- 4. pytest (SQLite)
-run_pytest() { # LABEL ARGS...
-  local label=$1 rc=0; shift
-  log "running pytest on $label (IMGSTORE_TEST_CLUSTERS=$IMGSTORE_TEST_CLUSTERS IMGSTORE_DEV_DIR=$IMGSTORE_DEV_DIR)"
-  "$ROOT/.venv/bin/python" -m pytest -q --durations=20 "$@" </dev/null || rc=$?
-  if [ "$rc" = 5 ]; then
-    log "FAILURE: pytest collected no tests (exit 5); a test run that runs nothing is not a pass"
-  fi
-  log "pytest on $label: exit code $rc"
-  return "$rc"
-}
-rc=0
-IMGSTORE_TEST_DB=sqlite run_pytest SQLite "$@" || rc=$?
-
-# ---------------------------------------------------------------- 5. pytest (PostgreSQL)
+QUICK=0
+if [ "${1:-}" = --quick ]; then QUICK=1; shift; fi
 pg_pass=${IMGSTORE_TEST_PG_PASS:-auto}
 if [ "$pg_pass" = auto ]; then
-  pg_pass=$([ $# = 0 ] && echo 1 || echo 0)
+  pg_pass=$([ $# = 0 ] && [ "$QUICK" = 0 ] && echo 1 || echo 0)
+fi
+workers=${IMGSTORE_TEST_WORKERS:-$([ $# = 0 ] && echo 2 || echo 1)}
+[ "$workers" -ge 1 ] 2>/dev/null || die "IMGSTORE_TEST_WORKERS must be a number >= 1"
+
+ports() { # NAME -> "MONPORT SSHPORT"
+  case "$1" in
+    c1) echo "16789 16022" ;;
+    c2) echo "26789 26022" ;;
+    *) local n=${1#c} mon; mon=$((10789 + 1000 * (n - 2))); echo "$mon $((mon - 767))" ;;
+  esac
+}
+# lanes: "c1,c2;c1,c3" for the SQLite pass, the next c's for the PostgreSQL pass
+next_c=2; CLUSTERS="c1"
+lanes() { # WORKERS -> lanes, and the clusters they need added to CLUSTERS
+  local i out=""
+  for ((i = 0; i < $1; i++)); do
+    out+="${out:+;}c1,c$next_c"; CLUSTERS+=" c$next_c"; next_c=$((next_c + 1))
+  done
+  LANES=$out
+}
+lanes "$workers"; SQLITE_LANES=$LANES
+PG_LANES=""
+if [ "$pg_pass" = 1 ]; then lanes "$workers"; PG_LANES=$LANES; fi
+[ "$next_c" -le 11 ] || die "at most 9 workers' clusters (IMGSTORE_TEST_WORKERS=$workers)"
+
+if [ "$QUICK" = 1 ]; then
+  CLUSTERS=""
+  log "--quick: no clusters; Ceph-backed tests are deselected (-m 'not ceph and not fuzz')"
+fi
+start_cluster() { # NAME
+  local p; p=$(ports "$1")
+  bash "$DEVCLUSTER" start "$1" -p "${p% *}" -s "${p#* }" 2>&1 | sed -u "s/^/[$1] /" >&2
+}
+pids=(); names=()
+for c in $CLUSTERS; do start_cluster "$c" & pids+=($!); names+=("$c"); done
+failed=""
+for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed+=" ${names[$i]}"; done
+if [ -n "$failed" ]; then
+  for c in $failed; do bash "$DEVCLUSTER" status "$c" >&2 || true; done
+  die "could not start the dev Ceph clusters:$failed; logs in $IMGSTORE_DEV_DIR/<name>/log"
+fi
+[ -z "$CLUSTERS" ] || log "clusters ready:$(printf ' %s' $CLUSTERS)"
+
+if [ "${IMGSTORE_TEST_TEARDOWN:-0}" = 1 ] && [ -n "$CLUSTERS" ]; then
+  trap 'log "IMGSTORE_TEST_TEARDOWN=1: purging $CLUSTERS"; for c in $CLUSTERS; do bash "$DEVCLUSTER" purge "$c" || true; done' EXIT
+fi
+
+# ---------------------------------------------------------------- 4./5. pytest, both passes at once
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/imgstore-test.XXXXXX")
+xdist=(); [ "$workers" = 1 ] || xdist=(-n "$workers" --dist loadfile)
+run_pytest() { # LABEL DB LANES ARGS... : the pass's output to $OUT/LABEL.log, printed when it ends
+  local label=$1 db=$2 clusters=$3 rc=0; shift 3
+  log "pytest on $label started ($([ "$workers" = 1 ] && echo "1 process" || echo "$workers workers"), IMGSTORE_TEST_CLUSTERS='$clusters'; output printed when it ends)"
+  IMGSTORE_TEST_DB=$db IMGSTORE_TEST_CLUSTERS=$clusters \
+    "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "${xdist[@]}" "$@" \
+    </dev/null >"$OUT/$label.log" 2>&1 || rc=$?
+  echo "$rc" >"$OUT/$label.rc"
+  {
+    flock 9
+    log "pytest on $label ended (exit code $rc); its output:"
+    sed "s/^/[$label] /" "$OUT/$label.log"
+    if [ "$rc" = 5 ]; then
+      log "FAILURE: pytest on $label collected no tests (exit 5); a test run that runs nothing is not a pass"
+    fi
+  } 9>"$OUT/print.lock" >&2
+  return "$rc"
+}
+passes=(SQLite)
+if [ "$QUICK" = 1 ]; then
+  [ $# -gt 0 ] || set -- tests/unit tests/integration tests/security
+  # no dev dir: the cluster fixtures skip, even where clusters run
+  IMGSTORE_DEV_DIR=$OUT/no-clusters run_pytest SQLite sqlite "" -m "not ceph and not fuzz" "$@" & p_sqlite=$!
+else
+  run_pytest SQLite sqlite "$SQLITE_LANES" "$@" & p_sqlite=$!
 fi
 if [ "$pg_pass" = 1 ]; then
+  passes+=(PostgreSQL)
   if [ $# = 0 ]; then
     set -- tests/integration --ignore=tests/integration/test_ceph_layer.py \
       --ignore=tests/integration/test_rbd_io.py --ignore=tests/integration/test_multinode.py
   fi
-  rc_pg=0
-  IMGSTORE_TEST_DB=postgresql run_pytest PostgreSQL "$@" || rc_pg=$?
-  [ "$rc" != 0 ] || rc=$rc_pg
+  run_pytest PostgreSQL postgresql "$PG_LANES" "$@" & p_pg=$!
+  wait "$p_pg" || true
 fi
+wait "$p_sqlite" || true
+
+rc=0
+for label in "${passes[@]}"; do
+  prc=$(cat "$OUT/$label.rc" 2>/dev/null || echo 1)
+  log "pytest on $label: exit code $prc: $(grep -E '^=+ .* in [0-9.]+s' "$OUT/$label.log" | tail -1 | tr -d '=' | xargs)"
+  [ "$rc" != 0 ] || rc=$prc
+done
+rm -rf "$OUT"
 log "exit code $rc"
 exit "$rc"

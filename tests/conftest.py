@@ -156,10 +156,29 @@ class DevCluster:
                        stdout=subprocess.DEVNULL)
 
 
+def _started_clusters() -> list[list[str]]:
+    """``IMGSTORE_TEST_CLUSTERS`` as lanes: ``c1,c2`` is one lane, ``c1,c2;c1,c3`` two.
+    scripts/test.sh starts these clusters; each pytest-xdist worker takes a lane of its own,
+    so a test that stops a daemon of its ``c2`` never hits another worker's tests."""
+    spec = os.environ.get("IMGSTORE_TEST_CLUSTERS", "")
+    return [[n.strip() for n in lane.split(",") if n.strip()] for lane in spec.split(";") if lane.strip()]
+
+
+def lane_cluster(role: int) -> str:
+    """The name of this worker's cluster in ``role`` (0 = the fixture ``c1``, 1 = ``c2``):
+    worker gwN takes lane N (modulo the lanes given); ``c1``/``c2`` without lanes."""
+    default = f"c{role + 1}"
+    lanes = _started_clusters()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    lane = lanes[index % len(lanes)] if lanes else []
+    return lane[role] if role < len(lane) else default
+
+
 def _unavailable(name: str, reason: str) -> None:
     """Skip a test whose cluster is not running, unless scripts/test.sh started it
     (``IMGSTORE_TEST_CLUSTERS``): then a missing cluster is a failure, never a silent skip."""
-    if name in os.environ.get("IMGSTORE_TEST_CLUSTERS", "").split(","):
+    if any(name in lane for lane in _started_clusters()):
         pytest.fail(f"dev cluster {name} was started for this run but {reason}")
     pytest.skip(reason)
 
@@ -183,12 +202,14 @@ def _cluster(name: str) -> DevCluster:
 
 @pytest.fixture(scope="session")
 def c1() -> DevCluster:
-    return _cluster("c1")
+    """This worker's first cluster: ``c1`` unless ``IMGSTORE_TEST_CLUSTERS`` names lanes."""
+    return _cluster(lane_cluster(0))
 
 
 @pytest.fixture(scope="session")
 def c2() -> DevCluster:
-    return _cluster("c2")
+    """This worker's second cluster, the one fault tests stop daemons of (one per worker)."""
+    return _cluster(lane_cluster(1))
 
 
 @pytest.fixture
@@ -226,7 +247,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self, retried: bool = False) -> "Server":
         if TEST_DB == "postgresql" and "IMGSTORE_DB_URL" not in self.env:
             self.env["IMGSTORE_DB_URL"] = create_pg_database()  # kept across restarts
         env = {
@@ -239,6 +260,7 @@ class Server:
             **self.env,
         }
         log = open(self.data_dir / "server.log", "ab")
+        logged = log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imgstore.cli", "serve", "--port", str(self.port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -246,6 +268,10 @@ class Server:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "address already in use" in self.log()[logged:].lower() and not retried:
+                    # another worker's process took the port between free_port() and bind
+                    self.port = free_port()
+                    return self.start(retried=True)
                 raise RuntimeError(f"server exited: {self.log()[-2000:]}")
             try:
                 httpx.get(f"{self.url}/zstack/v1/accounts/sessions/x/valid", timeout=1)

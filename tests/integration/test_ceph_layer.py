@@ -37,6 +37,7 @@ from imgstore.ceph import (
     SshUnreachable,
     rbd_client_caps,
 )
+from tests.conftest import lane_cluster
 
 pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
 
@@ -66,7 +67,7 @@ def _read_env(name: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def c1() -> dict[str, str]:
-    return _read_env("c1")
+    return _read_env(lane_cluster(0))
 
 
 @pytest.fixture
