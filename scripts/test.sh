@@ -90,7 +90,7 @@ if [ "$pg_pass" = 1 ]; then lanes "$workers"; PG_LANES=$LANES; fi
 
 if [ "$QUICK" = 1 ]; then
   CLUSTERS=""
-  log "--quick: no clusters; Ceph-backed tests are deselected (-m 'not ceph and not fuzz')"
+  log "--quick: no clusters; Ceph-backed, fuzz and serial tests are deselected"
 fi
 start_cluster() { # NAME
   local p; p=$(ports "$1")
@@ -112,10 +112,10 @@ fi
 
 # ---------------------------------------------------------------- 4./5. pytest, both passes at once
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/imgstore-test.XXXXXX")
-xdist=(); [ "$workers" = 1 ] || xdist=(-n "$workers" --dist loadfile)
-run_pytest() { # LABEL DB LANES ARGS... : the pass's output to $OUT/LABEL.log, printed when it ends
-  local label=$1 db=$2 clusters=$3 rc=0; shift 3
-  log "pytest on $label started ($([ "$workers" = 1 ] && echo "1 process" || echo "$workers workers"), IMGSTORE_TEST_CLUSTERS='$clusters'; output printed when it ends)"
+run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, printed when it ends
+  local label=$1 db=$2 clusters=$3 n=$4 rc=0 xdist=(); shift 4
+  [ "$n" = 1 ] || xdist=(-n "$n" --dist loadfile)
+  log "pytest on $label started ($([ "$n" = 1 ] && echo "1 process" || echo "$n workers"), IMGSTORE_TEST_CLUSTERS='$clusters'; output printed when it ends)"
   IMGSTORE_TEST_DB=$db IMGSTORE_TEST_CLUSTERS=$clusters \
     "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "${xdist[@]}" "$@" \
     </dev/null >"$OUT/$label.log" 2>&1 || rc=$?
@@ -124,35 +124,51 @@ run_pytest() { # LABEL DB LANES ARGS... : the pass's output to $OUT/LABEL.log, p
     flock 9
     log "pytest on $label ended (exit code $rc); its output:"
     sed "s/^/[$label] /" "$OUT/$label.log"
-    if [ "$rc" = 5 ]; then
-      log "FAILURE: pytest on $label collected no tests (exit 5); a test run that runs nothing is not a pass"
-    fi
   } 9>"$OUT/print.lock" >&2
   return "$rc"
 }
-passes=(SQLite)
+pg_args=("$@")
+if [ $# = 0 ]; then
+  pg_args=(tests/integration --ignore=tests/integration/test_ceph_layer.py
+           --ignore=tests/integration/test_rbd_io.py --ignore=tests/integration/test_multinode.py)
+fi
+# Without pytest args, the tests marked `serial` (timing-sensitive: throttle windows, latency
+# ratios) run after the parallel lanes, alone on the machine, one process per pass.
+split=$([ $# = 0 ] && [ "$QUICK" = 0 ] && echo 1 || echo 0)
+parallel_m=(); [ "$split" = 0 ] || parallel_m=(-m "not serial")
+runs=(SQLite)
 if [ "$QUICK" = 1 ]; then
   [ $# -gt 0 ] || set -- tests/unit tests/integration tests/security
   # no dev dir: the cluster fixtures skip, even where clusters run
-  IMGSTORE_DEV_DIR=$OUT/no-clusters run_pytest SQLite sqlite "" -m "not ceph and not fuzz" "$@" & p_sqlite=$!
+  IMGSTORE_DEV_DIR=$OUT/no-clusters run_pytest SQLite sqlite "" "$workers" -m "not ceph and not fuzz and not serial" "$@" &
 else
-  run_pytest SQLite sqlite "$SQLITE_LANES" "$@" & p_sqlite=$!
+  run_pytest SQLite sqlite "$SQLITE_LANES" "$workers" "${parallel_m[@]}" "$@" &
 fi
+p_sqlite=$!
 if [ "$pg_pass" = 1 ]; then
-  passes+=(PostgreSQL)
-  if [ $# = 0 ]; then
-    set -- tests/integration --ignore=tests/integration/test_ceph_layer.py \
-      --ignore=tests/integration/test_rbd_io.py --ignore=tests/integration/test_multinode.py
-  fi
-  run_pytest PostgreSQL postgresql "$PG_LANES" "$@" & p_pg=$!
-  wait "$p_pg" || true
+  runs+=(PostgreSQL)
+  run_pytest PostgreSQL postgresql "$PG_LANES" "$workers" "${parallel_m[@]}" "${pg_args[@]}" &
+  wait "$!" || true
 fi
 wait "$p_sqlite" || true
+if [ "$split" = 1 ]; then
+  run_pytest SQLite-serial sqlite "c1,c2" 1 -m serial || true
+  runs+=(SQLite-serial)
+  if [ "$pg_pass" = 1 ]; then
+    run_pytest PostgreSQL-serial postgresql "c1,c2" 1 -m serial "${pg_args[@]}" || true
+    runs+=(PostgreSQL-serial)
+  fi
+fi
 
 rc=0
-for label in "${passes[@]}"; do
+for label in "${runs[@]}"; do
   prc=$(cat "$OUT/$label.rc" 2>/dev/null || echo 1)
-  log "pytest on $label: exit code $prc: $(grep -E '^=+ .* in [0-9.]+s' "$OUT/$label.log" | tail -1 | tr -d '=' | xargs)"
+  if [ "$prc" = 5 ] && [[ "$label" = *-serial ]]; then
+    prc=0  # nothing marked serial in this pass's paths
+  elif [ "$prc" = 5 ]; then
+    log "FAILURE: pytest on $label collected no tests (exit 5); a test run that runs nothing is not a pass"
+  fi
+  log "pytest on $label: exit code $prc: $(grep -E ' in [0-9.]+s( \(|$| =)' "$OUT/$label.log" | tail -1 | tr -d '=' | xargs)"
   [ "$rc" != 0 ] || rc=$prc
 done
 rm -rf "$OUT"

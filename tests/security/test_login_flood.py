@@ -20,6 +20,10 @@ import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Server
 
+# throttle windows of seconds and latency ratios: scripts/test.sh runs these alone, not beside
+# the parallel lanes
+pytestmark = pytest.mark.serial
+
 LOGIN = "/zstack/v1/accounts/login"
 UNLIMITED = {"IMGSTORE_LOGIN_FAILURES_PER_ADDRESS": "1000000/second",
              "IMGSTORE_LOGIN_FAILURES_PER_ACCOUNT": "1000000/second"}
