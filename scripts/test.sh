@@ -86,7 +86,7 @@ lanes() { # WORKERS -> lanes, and the clusters they need added to CLUSTERS
 lanes "$workers"; SQLITE_LANES=$LANES
 PG_LANES=""
 if [ "$pg_pass" = 1 ]; then lanes "$workers"; PG_LANES=$LANES; fi
-[ "$next_c" -le 11 ] || die "at most 9 workers' clusters (IMGSTORE_TEST_WORKERS=$workers)"
+[ "$workers" -le 5 ] || die "at most 5 workers per pass (IMGSTORE_TEST_WORKERS=$workers): each takes 1000 ports"
 
 if [ "$QUICK" = 1 ]; then
   CLUSTERS=""
@@ -114,9 +114,12 @@ fi
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/imgstore-test.XXXXXX")
 run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, printed when it ends
   local label=$1 db=$2 clusters=$3 n=$4 rc=0 xdist=(); shift 4
+  # the test servers' ports: SQLite from 21000, PostgreSQL from 27000, 1000 per worker
+  # (tests/conftest.py free_port; 26022 and 26789.. are c2's)
+  local port_base=$([ "$db" = postgresql ] && echo 27000 || echo 21000)
   [ "$n" = 1 ] || xdist=(-n "$n" --dist loadfile)
   log "pytest on $label started ($([ "$n" = 1 ] && echo "1 process" || echo "$n workers"), IMGSTORE_TEST_CLUSTERS='$clusters'; output printed when it ends)"
-  IMGSTORE_TEST_DB=$db IMGSTORE_TEST_CLUSTERS=$clusters \
+  IMGSTORE_TEST_DB=$db IMGSTORE_TEST_CLUSTERS=$clusters IMGSTORE_TEST_PORT_BASE=$port_base \
     "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "${xdist[@]}" "$@" \
     </dev/null >"$OUT/$label.log" 2>&1 || rc=$?
   echo "$rc" >"$OUT/$label.rc"

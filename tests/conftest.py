@@ -223,15 +223,28 @@ def pool(c1: DevCluster) -> Iterator[str]:
 # ---------------------------------------------------------------- server
 
 
+def _port_range() -> range:
+    """Where this process looks for free ports. scripts/test.sh gives each pass a base
+    (``IMGSTORE_TEST_PORT_BASE``) and each xdist worker of it takes its own 1000 ports above it:
+    two processes scanning the same ports could both pick one before either binds it, and a
+    test would then talk to another test's server."""
+    base = os.environ.get("IMGSTORE_TEST_PORT_BASE")
+    if not base:
+        return range(21000 + os.getpid() % 5000, 32000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    start = int(base) + 1000 * (int(worker[2:]) if worker[2:].isdigit() else 0)
+    return range(start, start + 1000)
+
+
 def free_port() -> int:
-    for port in range(21000 + os.getpid() % 5000, 32000):
+    for port in _port_range():
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
                 return port
             except OSError:
                 continue
-    raise RuntimeError("no free port below 32768")
+    raise RuntimeError(f"no free port in {_port_range()}")
 
 
 @dataclass
@@ -269,7 +282,9 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 if "address already in use" in self.log()[logged:].lower() and not retried:
-                    # another worker's process took the port between free_port() and bind
+                    # another process took the port between free_port() and bind: forget
+                    # this attempt's log (tests read the log) and start on another port
+                    os.truncate(self.data_dir / "server.log", logged)
                     self.port = free_port()
                     return self.start(retried=True)
                 raise RuntimeError(f"server exited: {self.log()[-2000:]}")

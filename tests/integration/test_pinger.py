@@ -81,6 +81,7 @@ async def test_a_pool_error_crosses_the_pipe_as_its_own_kind(
     assert health.capacity is None and health.quorum
 
 
+@pytest.mark.serial  # a bound of timeout + 2 s on the wall clock
 async def test_unreachable_mons_are_an_api_error_within_the_timeout(pinger: Pinger, c1: DevCluster) -> None:
     # the bound is the Ceph timeout's, not the child's start (imports take seconds on a
     # busy machine): a first call on the live cluster starts the child
