@@ -75,11 +75,15 @@ ports() { # NAME -> "MONPORT SSHPORT"
   esac
 }
 # lanes: "c1,c2;c1,c3" for the SQLite pass, the next c's for the PostgreSQL pass
-next_c=2; CLUSTERS="c1"
+# IMGSTORE_TEST_CLUSTER_NAMES (default "c1 c2 c3 ..."): the shared cluster, then the
+# workers' own; another set lets a second test.sh run beside this one on the same machine.
+read -r -a names_pool <<<"${IMGSTORE_TEST_CLUSTER_NAMES:-c1 c2 c3 c4 c5 c6 c7 c8 c9 c10 c11}"
+next_c=1; CLUSTERS=${names_pool[0]}
 lanes() { # WORKERS -> lanes, and the clusters they need added to CLUSTERS
-  local i out=""
+  local i out="" c
   for ((i = 0; i < $1; i++)); do
-    out+="${out:+;}c1,c$next_c"; CLUSTERS+=" c$next_c"; next_c=$((next_c + 1))
+    c=${names_pool[$next_c]:-}; [ -n "$c" ] || die "IMGSTORE_TEST_CLUSTER_NAMES has too few names"
+    out+="${out:+;}${names_pool[0]},$c"; CLUSTERS+=" $c"; next_c=$((next_c + 1))
   done
   LANES=$out
 }
@@ -116,7 +120,8 @@ run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, prin
   local label=$1 db=$2 clusters=$3 n=$4 rc=0 xdist=(); shift 4
   # the test servers' ports: SQLite from 21000, PostgreSQL from 27000, 1000 per worker
   # (tests/conftest.py free_port; 26022 and 26789.. are c2's)
-  local port_base=$([ "$db" = postgresql ] && echo 27000 || echo 21000)
+  local bases=${IMGSTORE_TEST_PORT_BASES:-21000 27000}
+  local port_base=$([ "$db" = postgresql ] && echo "${bases#* }" || echo "${bases% *}")
   [ "$n" = 1 ] || xdist=(-n "$n" --dist loadfile)
   log "pytest on $label started ($([ "$n" = 1 ] && echo "1 process" || echo "$n workers"), IMGSTORE_TEST_CLUSTERS='$clusters'; output printed when it ends)"
   IMGSTORE_TEST_DB=$db IMGSTORE_TEST_CLUSTERS=$clusters IMGSTORE_TEST_PORT_BASE=$port_base \
@@ -155,10 +160,10 @@ if [ "$pg_pass" = 1 ]; then
 fi
 wait "$p_sqlite" || true
 if [ "$split" = 1 ]; then
-  run_pytest SQLite-serial sqlite "c1,c2" 1 -m serial || true
+  run_pytest SQLite-serial sqlite "${names_pool[0]},${names_pool[1]}" 1 -m serial || true
   runs+=(SQLite-serial)
   if [ "$pg_pass" = 1 ]; then
-    run_pytest PostgreSQL-serial postgresql "c1,c2" 1 -m serial "${pg_args[@]}" || true
+    run_pytest PostgreSQL-serial postgresql "${names_pool[0]},${names_pool[1]}" 1 -m serial "${pg_args[@]}" || true
     runs+=(PostgreSQL-serial)
   fi
 fi

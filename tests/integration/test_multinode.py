@@ -23,6 +23,8 @@ import pytest
 from tests.conftest import Api, DevCluster, Server, free_port, wait_for
 
 INTERVAL = 1.0  # IMGSTORE_PING_INTERVAL of every node here
+# take-overs within 2 intervals of 1 s: scripts/test.sh runs these alone, not beside the lanes
+pytestmark = pytest.mark.serial
 SLACK = 0.5  # the test's own polling and a heartbeat's few milliseconds of database work
 NOTICE = 20  # a ping's failure shows within one interval + the Ceph timeout; the OSD's own time
 
