@@ -156,9 +156,23 @@ p_sqlite=$!
 if [ "$pg_pass" = 1 ]; then
   runs+=(PostgreSQL)
   run_pytest PostgreSQL postgresql "$PG_LANES" "$workers" "${parallel_m[@]}" "${pg_args[@]}" &
-  wait "$!" || true
+  p_pg=$!
 fi
+progress() { # a line a minute while the passes run, so a waiting CI log is not silent
+  local label line pct
+  while sleep 60 >/dev/null 2>&1 </dev/null; do
+    line=""
+    for label in "${runs[@]}"; do
+      pct=$(grep -o '\[ *[0-9]*%\]' "$OUT/$label.log" 2>/dev/null | tail -1 | tr -d '[] ' || true)
+      line+=" $label ${pct:-0%},"
+    done
+    log "running:${line%,}"
+  done
+}
+progress & p_progress=$!
+[ -z "${p_pg:-}" ] || wait "$p_pg" || true
 wait "$p_sqlite" || true
+kill "$p_progress" 2>/dev/null || true
 if [ "$split" = 1 ]; then
   run_pytest SQLite-serial sqlite "${names_pool[0]},${names_pool[1]}" 1 -m serial || true
   runs+=(SQLite-serial)
