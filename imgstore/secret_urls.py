@@ -6,7 +6,11 @@ but the image's ``url`` column, its task progress and the pool's ``bs_ceph_info.
 """
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
+
+TOKEN_MASK = "******"
+_TOKEN = re.compile(r"(?P<name>[?&]token=)[^&#\s]+")
 
 
 def without_credentials(url: str) -> str:
@@ -32,3 +36,9 @@ def masked(url: str) -> str:
     userinfo, host = parts.netloc.rsplit("@", 1)
     user = userinfo.split(":", 1)[0]
     return parts._replace(netloc=f"{user}:***@{host}" if ":" in userinfo else f"***@{host}").geturl()
+
+
+def without_tokens(text: str) -> str:
+    """``text`` with the ``token=`` of every upload or export URL in it masked: the URL
+    keeps its shape but cannot be used (what a job poll without a session may see)."""
+    return _TOKEN.sub(lambda m: m["name"] + TOKEN_MASK, text)

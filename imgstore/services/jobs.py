@@ -26,13 +26,12 @@ from imgstore.crypto import SecretBox
 from imgstore.dates import utcnow
 from imgstore.db.models import ApiJob
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, ApiError
+from imgstore.secret_urls import without_tokens
 
 log = logging.getLogger(__name__)
 
 PROCESSING, SUCCEEDED, FAILED = "Processing", "Succeeded", "Failed"
 _JOB_UUID = re.compile(r"^[0-9a-f]{32}$")
-_TOKEN = re.compile(r"(?P<name>[?&]token=)[^&#\s]+")
-TOKEN_MASK = "******"
 
 Work = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -51,7 +50,7 @@ def mask_tokens(value: Any) -> Any:
     """``value`` (a job's answer) with the ``token=`` of every URL in it masked: what a
     poll without a session may see. The shape stays ZStack's; the URL just cannot be used."""
     if isinstance(value, str):
-        return _TOKEN.sub(lambda m: m["name"] + TOKEN_MASK, value)
+        return without_tokens(value)
     if isinstance(value, dict):
         return {k: mask_tokens(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgstore.secret_urls import masked, without_credentials
+from imgstore.secret_urls import masked, without_credentials, without_tokens
 
 
 @pytest.mark.parametrize(("url", "kept", "shown"), [
@@ -22,3 +22,8 @@ def test_a_password_is_never_kept_nor_shown(url: str, kept: str, shown: str) -> 
 def test_what_is_not_a_url_passes_unchanged() -> None:
     assert masked("http://[::1") == "http://[::1"
     assert without_credentials("http://[::1") == "http://[::1"
+
+
+def test_a_bearer_token_is_masked_where_a_url_carries_it() -> None:
+    text = "upload to http://h:8080/zstack/v1/images/uploads/u1?token=s3cret&x=1 now"
+    assert without_tokens(text) == "upload to http://h:8080/zstack/v1/images/uploads/u1?token=******&x=1 now"
