@@ -12,10 +12,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgstore import logs, metrics
-from imgstore.api import backup_storage, ceph_mons, jobs, sessions, tags, zones
-from imgstore.api import exports
-from imgstore.api import web
-from imgstore.api import images
+from imgstore.api.routes import backup_storage
+from imgstore.api.routes import ceph_mons
+from imgstore.api.routes import jobs
+from imgstore.api.routes import sessions
+from imgstore.api.routes import tags
+from imgstore.api.routes import zones
+from imgstore.api.routes import exports
+from imgstore.api.routes import web
+from imgstore.api.routes import images
 from imgstore.api import openapi
 from imgstore.api.body_limit import BodyLimit
 from imgstore.api.deps import refuse_nul, require_session
@@ -23,7 +28,7 @@ from imgstore.api.export_slots import ExportSlots
 from imgstore.api.reply_cache import ReplyCache
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
-from imgstore.services import node
+from imgstore import lifecycle as node
 
 log = logging.getLogger(__name__)
 

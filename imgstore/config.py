@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         default=2048, description="query replies kept until the database changes (api/reply_cache.py); 0: none"
     )
 
-    # logins (issue Trust, point 4: services/login_guard.py); tiers in the `limits` notation
+    # logins (issue Trust, point 4: services/node/login_guard.py); tiers in the `limits` notation
     login_hash_workers: int = Field(
         default=1, ge=1, le=8,
         description="threads that hash account passwords (scrypt); logins wait for one, off the event loop",
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     )
 
     # Trust point 6: image files cannot reach outside themselves or blow up
-    # (imageformat.py, qemu.py, services/image_intake.py)
+    # (imageformat.py, qemu.py, services/images/intake.py)
     image_max_virtual_size: int = Field(
         default=16 << 40, gt=0,
         description="bytes: an image whose virtual size (qcow2/vmdk header, or a raw source's "
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         default=2 << 30, gt=0, description="bytes of address space qemu-nbd may map (RLIMIT_AS)"
     )
 
-    # images (services/images.py, image_download.py, image_upload.py)
+    # images (services/images/manage.py, image_download.py, image_upload.py)
     file_allow_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="directories AddImage may read file:/// URLs from (separated by ':' or ','); "
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         default=60.0, description="seconds an http(s) source may stay silent before the download fails"
     )
 
-    # Trust issue, point 5 (helper D): AddImage http(s) sources (services/url_guard.py)
+    # Trust issue, point 5 (helper D): AddImage http(s) sources (services/images/url_guard.py)
     image_url_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="hosts and networks (names, addresses, CIDRs; separated by ',') AddImage may "

@@ -3,10 +3,10 @@
 Each app has its own :class:`Metrics` (its own ``CollectorRegistry``, never the global
 one), so several apps in one process do not share counters. The app binds it to the
 runtime as ``rt.metrics``; services count the image bytes they move with
-:func:`imgstore.services.metrics.count_image_bytes`.
+:func:`imgstore.services.node.metrics.count_image_bytes`.
 
 Storage and mon figures are not kept in the process: a scrape reads them from the
-database (:mod:`imgstore.services.metrics`), so every node of a cluster reports the same
+database (:mod:`imgstore.services.node.metrics`), so every node of a cluster reports the same
 truth and a storage deleted on another node disappears at once.
 
 ``/metrics`` needs no session, as Prometheus scrapes without one; it tells names,
@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from imgstore.api.deps import runtime
-from imgstore.services import metrics as figures_service
-from imgstore.services.runtime import Runtime
+from imgstore.services.node import metrics as figures_service
+from imgstore.services.node.runtime import Runtime
 
 DIRECTIONS = ("upload", "download", "export")
 STATUSES = ("Connecting", "Connected", "Disconnected")

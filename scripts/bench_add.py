@@ -61,7 +61,7 @@ def main() -> int:
     data = tempfile.mkdtemp(prefix="bench-add-")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "imgstore.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port), "--log-level", "warning"],
         env={**os.environ, "IMGSTORE_DATA_DIR": data, "IMGSTORE_ADMIN_PASSWORD": "bench"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
     )

@@ -54,9 +54,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from _bench import free_port  # noqa: E402
 
 from imgstore.config import Settings  # noqa: E402
-from imgstore.dates import utcnow  # noqa: E402
+from imgstore.wire.dates import utcnow  # noqa: E402
 from imgstore.db.models import BackupStorage, CephMon, Image, ImageBackupStorageRef  # noqa: E402
-from imgstore.services.runtime import Runtime  # noqa: E402
+from imgstore.services.node.runtime import Runtime  # noqa: E402
 
 PASSWORD = "bench"
 FLOOR_APP = """
@@ -264,7 +264,7 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
     uuids = asyncio.run(fill(Settings(), args.storages, args.images))
     print(f"\n[{label}] filled {args.storages} storages, {args.images} images in {time.perf_counter() - t0:.1f} s")
     port = free_port()
-    proc = start([sys.executable, "-m", "imgstore.cli", "serve", "--port", str(port), "--log-level", "warning"],
+    proc = start([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port), "--log-level", "warning"],
                  env, f"http://127.0.0.1:{port}/metrics")
     try:
         base = f"http://127.0.0.1:{port}"

@@ -48,7 +48,7 @@ def rss_kib(pid: int) -> int:
 
 def start_server(data: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "IMGSTORE_DATA_DIR": str(data), "IMGSTORE_ADMIN_PASSWORD": PASSWORD}
-    proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port),
                              "--log-level", "warning"], env=env, cwd=ROOT,
                             stdout=open(data / "server.log", "ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

@@ -117,7 +117,7 @@ class Server:
 
     def start(self) -> "Server":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgstore.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(self.port), "--log-level", "warning"],
             env={**os.environ, "IMGSTORE_DATA_DIR": str(self.data_dir), "IMGSTORE_ADMIN_PASSWORD": "bench",
                  "IMGSTORE_IMAGE_DELETION_POLICY": "Direct", **self.env},
             stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT,

@@ -18,7 +18,7 @@ import time
 
 from oslo_utils.imageutils import format_inspector as fi
 
-from imgstore.imageformat import HEAD_SIZE, inspect
+from imgstore.services.images.formats.inspect import HEAD_SIZE, inspect
 
 CHUNK = int(sys.argv[1]) if len(sys.argv) > 1 else 4 << 20
 N = (1 << 30) // CHUNK  # 1 GiB

@@ -7,7 +7,7 @@ database, then:
 
 1. a real server pings them every ``--interval`` seconds; the duration of a full round is
    read from ``/metrics`` (``imgstore_ping_round_seconds``) over several rounds, and the
-   CPU the server and its pinger process (services/pinger.py) use during steady rounds;
+   CPU the server and its pinger process (services/health/pinger.py) use during steady rounds;
 2. the API's p50/p99 latency (a paged query, a query by name with ``~=``, a get by uuid)
    is measured with the tracker idle (a server with the tracker off), then again while
    rounds run and cluster c2's mon is stopped (half the storages time out every round).
@@ -46,7 +46,7 @@ from imgstore.ceph import rbd_client_caps  # noqa: E402
 from imgstore.config import Settings  # noqa: E402
 from imgstore.crypto import new_uuid  # noqa: E402
 from imgstore.db.models import CephBackupStorage, CephMon  # noqa: E402
-from imgstore.services.runtime import Runtime  # noqa: E402
+from imgstore.services.node.runtime import Runtime  # noqa: E402
 
 PASSWORD = "bench"
 WARM_UP = 100  # requests of each call before measuring, on each server
@@ -84,7 +84,7 @@ async def register(settings: Settings, clusters: list[tuple[dict[str, str], str,
 class Server:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli", "serve", "--port", str(self.port),
+        self.proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(self.port),
                                       "--log-level", "warning"], env={**os.environ, **env},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         self.base = f"http://127.0.0.1:{self.port}"
@@ -100,7 +100,7 @@ class Server:
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time used so far by the server and by its pinger process (0 if none)."""
-        kids = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "imgstore.services.pinger"],
+        kids = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "imgstore.services.health.pinger"],
                               capture_output=True, text=True).stdout.split()
         return _cpu_seconds(self.proc.pid), sum(_cpu_seconds(int(k)) for k in kids)
 

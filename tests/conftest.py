@@ -275,7 +275,7 @@ class Server:
         log = open(self.data_dir / "server.log", "ab")
         logged = log.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgstore.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(self.port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         deadline = time.monotonic() + 30

@@ -14,10 +14,10 @@ import re
 from typing import Any
 
 from imgstore.errors import INVALID_ARGUMENT, ApiError, ErrorKind
-from imgstore.numbers import parse_count
+from imgstore.wire.numbers import parse_count
 
 TOO_LARGE = ErrorKind(INVALID_ARGUMENT.code, INVALID_ARGUMENT.description, 413)
-#: the routes that stream their body (api/images.py's upload URL), under any API prefix
+#: the routes that stream their body (api/routes/images.py's upload URL), under any API prefix
 STREAMED = re.compile(r"^(?:/zstack)?/v1/images/uploads/[^/]+/?$")
 
 

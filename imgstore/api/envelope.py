@@ -26,7 +26,7 @@ from pydantic_core import PydanticUndefined
 from starlette.responses import Response
 
 from imgstore.api.schemas import Inventory
-from imgstore.dates import zstack_date
+from imgstore.wire.dates import zstack_date
 
 
 def schema_of(value: Any, path: str) -> list[tuple[str, str]]:

@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgstore.api.actions import ActionTable
 from imgstore.api.schemas import ChangeStateParams, Params
-from imgstore.query import DEFAULT_LIMIT
-from imgstore.services import state
+from imgstore.wire.query import DEFAULT_LIMIT
+from imgstore.services.catalog import state_machine as state
 
 T = TypeVar("T")
 _JAVA_INT_MAX = 2**31 - 1
@@ -156,7 +156,7 @@ SESSION_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("ID.1001: no session, or an invalid or expired one"),
 }
 
-#: ZStack's query string (zstack-api.md 1.8, ``imgstore.query``).
+#: ZStack's query string (zstack-api.md 1.8, ``imgstore.wire.query``).
 QUERY_PARAMETERS: list[dict[str, Any]] = [
     {"name": "q", "in": "query", "required": False, "style": "form", "explode": True,
      "description": "a condition `<field><op><value>` (ops `!=` `>=` `<=` `!?=` `!~=` `~=` `?=` `=` `>` `<`,"

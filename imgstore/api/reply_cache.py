@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from imgstore.dates import utcnow
+from imgstore.wire.dates import utcnow
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
-from imgstore.dates import zstack_date
+from imgstore.wire.dates import zstack_date
 
 ZDate = Annotated[datetime | None, PlainSerializer(zstack_date, return_type=str | None)]
 

@@ -10,7 +10,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from imgstore.dates import utcnow
+from imgstore.wire.dates import utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

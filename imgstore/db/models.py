@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from imgstore.dates import utcnow
+from imgstore.wire.dates import utcnow
 
 
 class Base(DeclarativeBase):
@@ -314,7 +314,7 @@ class TaskProgress(Base):
 class Node(Base):
     """A running imgstore node. It renews ``expire_date`` every half ping interval; a row
     past it belongs to a dead node, whose leases, jobs and half-made adds others take over
-    (services/nodes.py)."""
+    (services/node/membership.py)."""
 
     __tablename__ = "node"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,4 +1,4 @@
-"""A :class:`~imgstore.query.QuerySpec` → SQLAlchemy selects, with ZStack's semantics.
+"""A :class:`~imgstore.wire.query.QuerySpec` → SQLAlchemy selects, with ZStack's semantics.
 
 Each resource describes itself once as a :class:`Queryable`: which inventory field is
 which SQL expression (and of what type), which fields are lists kept in another table,
@@ -21,7 +21,7 @@ Semantics, chosen to match ZStack on MySQL:
 * ordering always ends with the primary key, so paging is deterministic.
 
 Zone-less dates (``Jun 7, 2017 9:20:17 PM``, ISO without offset) are read in the server's
-local zone, which is how ``imgstore.dates`` writes them; naive ``DateTime`` columns are
+local zone, which is how ``imgstore.wire.dates`` writes them; naive ``DateTime`` columns are
 taken to hold UTC.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from sqlalchemy.sql.sqltypes import BOOLEANTYPE
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.sql import ColumnElement, Select
 
-from imgstore.query import Condition, QuerySpec
+from imgstore.wire.query import Condition, QuerySpec
 
 Clause = ColumnElement[bool]
 #: fn(rest of the dotted name, condition) -> where-clause on the owning entity.

@@ -543,7 +543,7 @@ function renderStorageChoices() {
  * Expected: `backupStorageRefs[].uploadUrl` (imgstore); also accepted: `uploadUrl` on the
  * image, `imageUploadUrl` (ZStack's upload-job details), an http(s) or absolute-path
  * `installPath` of a ref (ZStack's console reads it there), or the image `url` once the
- * server has replaced upload:// with the real target. Same order as imgstore/client.py.
+ * server has replaced upload:// with the real target. Same order as imgstore/client/http.py.
  */
 function uploadUrl(image) {
   const isTarget = (u) => typeof u === "string" && /^(https?:\/\/|\/)/.test(u);

@@ -323,8 +323,9 @@ def _serialisation_run(db_url: str | None, tmp_path, nodes: int, monkeypatch) ->
     database; answer (state read, state decided) in the order decisions were made."""
     from imgstore.config import Settings
     from imgstore.db.models import BackupStorage
-    from imgstore.services import backup_storage, state
-    from imgstore.services.runtime import Runtime
+    from imgstore.services.storage import manage as backup_storage
+    from imgstore.services.catalog import state_machine as state
+    from imgstore.services.node.runtime import Runtime
 
     seen: list[tuple[str, str]] = []
     decide = state.next_state
@@ -393,7 +394,7 @@ def pg_database() -> Iterator[str]:
 def test_changes_across_nodes_on_postgresql_are_serialised(pg_database: str, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Three nodes on one PostgreSQL, with the in-process lock switched off so only
     SELECT ... FOR UPDATE stands between them."""
-    from imgstore.services import locking
+    from imgstore.services.node import locking
 
     monkeypatch.setattr(locking, "local_lock", lambda table, key: asyncio.Lock())
     _assert_serial(_serialisation_run(pg_database, tmp_path, 3, monkeypatch))

@@ -30,7 +30,7 @@ def cli(config_home: Path) -> Cli:
     env.update(XDG_CONFIG_HOME=str(config_home), COLUMNS="200")
 
     def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imgstore.cli", *args], env=env, cwd=ROOT, input=input,
+        return subprocess.run([sys.executable, "-m", "imgstore.cli.commands", *args], env=env, cwd=ROOT, input=input,
                               capture_output=True, text=True, timeout=120)
 
     return run

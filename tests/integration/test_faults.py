@@ -158,9 +158,9 @@ def test_the_tracker_pings_a_storage_with_its_mons_as_they_are_now(
 
 
 def pinger_of(server: Server) -> int | None:
-    """The pid of the server's pinger process (services/pinger.py), if it runs."""
+    """The pid of the server's pinger process (services/health/pinger.py), if it runs."""
     assert server.proc is not None
-    out = subprocess.run(["pgrep", "-P", str(server.proc.pid), "-f", "imgstore.services.pinger"],
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid), "-f", "imgstore.services.health.pinger"],
                          capture_output=True, text=True).stdout.split()
     return int(out[0]) if out else None
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from imgstore.client import ImgstoreClient
+from imgstore.client.http import ImgstoreClient
 from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, wait_for
 from tests.integration.test_images import (
     MiB,

@@ -207,7 +207,7 @@ def test_racing_nodes_never_hold_one_lease_twice(postgres_url: str) -> None:
     from imgstore.db.engine import create_engine, db_now, migrate, sessionmaker
     from imgstore.db.models import BackupStorageLease as Lease
     from imgstore.db.models import CephBackupStorage
-    from imgstore.services import leases
+    from imgstore.services.node import leases
 
     lease = timedelta(seconds=1)
 

@@ -1,4 +1,4 @@
-"""The pinger process (services/pinger.py) against the real dev cluster c1.
+"""The pinger process (services/health/pinger.py) against the real dev cluster c1.
 
 The tracker's pings go through a child process of their own; what it answers must be
 what the node's own handle would have found, its failures must not read as a dead
@@ -21,7 +21,7 @@ from imgstore.ceph import rbd_client_caps
 from imgstore.crypto import SecretBox
 from imgstore.db.models import CephBackupStorage, CephMon
 from imgstore.errors import ApiError
-from imgstore.services.pinger import NICE, Pinger, PingerLost
+from imgstore.services.health.pinger import NICE, Pinger, PingerLost
 from tests.conftest import DevCluster, free_port
 
 pytestmark = [pytest.mark.ceph, pytest.mark.anyio]

@@ -116,9 +116,9 @@ def test_an_export_under_way_ends_whole_or_refused_when_its_storage_is_deleted(
 
 
 def pinger_of(server: Server) -> psutil.Process:
-    """The server's pinger child (services/pinger.py)."""
+    """The server's pinger child (services/health/pinger.py)."""
     for child in psutil.Process(server.proc.pid).children():  # type: ignore[union-attr]
-        if "imgstore.services.pinger" in " ".join(child.cmdline()):
+        if "imgstore.services.health.pinger" in " ".join(child.cmdline()):
             return child
     raise AssertionError("no pinger child")
 

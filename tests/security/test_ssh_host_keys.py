@@ -182,7 +182,7 @@ def test_accept_from_the_cli(api: Api, server: Server, c1: DevCluster, pool: str
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imgstore.cli", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "imgstore.cli.commands", *args], env=env, capture_output=True,
                               text=True, timeout=120)
 
     assert cli("login", "--url", server.url, "--password", ADMIN_PASSWORD).returncode == 0

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from imgstore.client import ImgstoreClient, ImgstoreError
+from imgstore.client.http import ImgstoreClient, ImgstoreError
 from tests.conftest import ADMIN_PASSWORD, ROOT, free_port
 
 
@@ -61,7 +61,7 @@ def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     data.mkdir()
     env = {**os.environ, "IMGSTORE_DATA_DIR": str(data), "IMGSTORE_ADMIN_PASSWORD": ADMIN_PASSWORD}
     log = open(tmp_path / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port),
                              "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"https://127.0.0.1:{port}"
@@ -103,7 +103,7 @@ def test_the_cli_speaks_https_with_a_ca_file(https_server: tuple[str, Path], tmp
     env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), COLUMNS="200")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imgstore.cli", *args], env=env, cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "imgstore.cli.commands", *args], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
 
     refused = cli("login", "--url", url, "--password", ADMIN_PASSWORD)

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from rich.console import Console
 
-from imgstore import apis
-from imgstore.cli import error_line, human_bytes, mask_reply, mask_text, parse_words, render, split_list
-from imgstore.client import (
+from imgstore.client import catalogue as apis
+from imgstore.cli.commands import error_line, human_bytes, mask_reply, mask_text, parse_words, render, split_list
+from imgstore.client.http import (
     ImgstoreClient, ImgstoreError, ParamError, SavedSession, build_request, coerce_params, guess_format,
     hash_password, load_session, normalize_url, poll_delays, save_session, session_file, upload_url,
 )
@@ -292,7 +292,7 @@ def mock_client(handler) -> ImgstoreClient:
 
 
 def test_an_async_call_asks_for_a_job_and_polls_it_where_it_talks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("imgstore.client.time.sleep", lambda _: None)
+    monkeypatch.setattr("imgstore.client.http.time.sleep", lambda _: None)
     seen: list[httpx.Request] = []
     polls = iter([202, 202, 200])
 

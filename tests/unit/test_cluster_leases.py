@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from imgstore.services.clusters import ClusterRegistry
+from imgstore.services.node.handles import ClusterRegistry
 
 pytestmark = pytest.mark.anyio
 

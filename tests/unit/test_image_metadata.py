@@ -6,9 +6,9 @@ from datetime import datetime
 
 import pytest
 
-from imgstore.api.exports import BadRange, parse_range
+from imgstore.api.routes.exports import BadRange, parse_range
 from imgstore.db.models import Image, ImageBackupStorageRef
-from imgstore.services.image_metadata import (
+from imgstore.services.images.metadata import (
     _zstack_date,
     inventory_line,
     parse_metadata,

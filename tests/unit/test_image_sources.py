@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from imgstore.qemu import ConvertError, RawReader
-from imgstore.services.image_intake import ImageIntake, ImageRefused, Target
-from imgstore.services.image_sources import (
+from imgstore.services.images.formats.qemu import ConvertError, RawReader
+from imgstore.services.images.intake import ImageIntake, ImageRefused, Target
+from imgstore.services.images.sources import (
     FileSource,
     HttpSource,
     SourceFailed,
@@ -25,7 +25,7 @@ from imgstore.services.image_sources import (
     check_url,
     normalize_url,
 )
-from imgstore.services.url_guard import Allowance
+from imgstore.services.images.url_guard import Allowance
 
 MiB = 1 << 20
 LOOPBACK = Allowance.parse(["127.0.0.1"])  # the test's web server is not public

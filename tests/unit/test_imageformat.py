@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from imgstore.imageformat import HEAD_SIZE, ImageInfo, inspect
+from imgstore.services.images.formats.inspect import HEAD_SIZE, ImageInfo, inspect
 
 INCOMPAT_DATA_FILE = 1 << 2
 

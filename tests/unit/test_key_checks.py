@@ -1,7 +1,7 @@
 """The tracker's key checker: whose cephx key it logs in with next."""
 from __future__ import annotations
 
-from imgstore.services.tracker import KEY_CHECK_SECONDS, next_key
+from imgstore.services.health.tracker import KEY_CHECK_SECONDS, next_key
 
 NOW = 1000.0
 

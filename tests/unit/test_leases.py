@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from imgstore.services.leases import fair_share, to_take
-from imgstore.services.nodes import beat_seconds, lease_seconds
+from imgstore.services.node.leases import fair_share, to_take
+from imgstore.services.node.membership import beat_seconds, lease_seconds
 
 
 def test_fair_share_leaves_room_for_every_storage() -> None:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgstore.app import JsonBodyByDefault
 from imgstore.metrics import UNMATCHED, Metrics, MetricsMiddleware, figures_text
-from imgstore.services.metrics import Figures, MonFigures, StorageFigures, count_image_bytes
+from imgstore.services.node.metrics import Figures, MonFigures, StorageFigures, count_image_bytes
 
 BS = "0123456789abcdef0123456789abcdef"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from imgstore.qemu import Limits, RawReader
+from imgstore.services.images.formats.qemu import Limits, RawReader
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-nbd") is None or shutil.which("prlimit") is None,
                                 reason="qemu-nbd (qemu-utils) or prlimit (util-linux) is missing")

@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from imgstore.query import Condition, QuerySpec, parse_query
+from imgstore.wire.query import Condition, QuerySpec, parse_query
 from imgstore.db.query import (
     Field,
     FieldValueError,

@@ -5,7 +5,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from imgstore.query import Condition, QueryError, QuerySpec, parse_condition, parse_query
+from imgstore.wire.query import Condition, QueryError, QuerySpec, parse_condition, parse_query
 
 
 def query(qs: str) -> QuerySpec:

@@ -1,9 +1,9 @@
-"""One policy for the credentials a user puts into an image URL (imgstore/secret_urls.py)."""
+"""One policy for the credentials a user puts into an image URL (imgstore/wire/masking.py)."""
 from __future__ import annotations
 
 import pytest
 
-from imgstore.secret_urls import masked, without_credentials, without_tokens
+from imgstore.wire.masking import masked, without_credentials, without_tokens
 
 
 @pytest.mark.parametrize(("url", "kept", "shown"), [

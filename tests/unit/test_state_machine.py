@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgstore.services.state import (
+from imgstore.services.catalog.state_machine import (
     EVENTS,
     InvalidStateEvent,
     State,

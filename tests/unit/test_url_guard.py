@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from imgstore.services.image_sources import HttpSource, SourceFailed, SourceRefused
-from imgstore.services.url_guard import Allowance, HostRefused, is_public, resolve
+from imgstore.services.images.sources import HttpSource, SourceFailed, SourceRefused
+from imgstore.services.images.url_guard import Allowance, HostRefused, is_public, resolve
 
 MiB = 1 << 20
 REAL_GETADDRINFO = socket.getaddrinfo

@@ -9,7 +9,7 @@ from imgstore.api.schemas import CephBackupStorageInventory, CephMonInventory, I
 from imgstore.api.schemas import backup_storage_inventory, backup_storage_inventory_class
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Image
 from imgstore.db.models import ImageBackupStorageRef
-from imgstore.dates import zstack_date
+from imgstore.wire.dates import zstack_date
 
 
 def test_dates_use_the_us_form_with_an_ascii_space() -> None:

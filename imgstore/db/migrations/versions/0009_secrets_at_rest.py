@@ -29,7 +29,7 @@ def _forget_secrets() -> None:
 
 
 def _without_credentials(url: str) -> str:
-    """imgstore/secret_urls.py's, as of this revision."""
+    """imgstore/wire/masking.py's, as of this revision."""
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -1,0 +1,1 @@
+"""The HTTP routes, one module per ZStack resource; thin: parse, call a service, answer."""

@@ -1,0 +1,230 @@
+"""Backup-storage routes: ZStack paths and bodies in, service calls, ZStack replies out."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse
+
+from imgstore.api.actions import ActionTable, dispatch, parse_params
+from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
+from imgstore.api.envelope import JsonReply, inventory_reply, rows_reply
+from imgstore.api.openapi import (
+    ChangeStateDoc,
+    EmptyReply,
+    ExportImageFromBackupStorageReply,
+    GetBackupStorageCapacityReply,
+    GetBackupStorageTypesReply,
+    InventoryReply,
+    action_api,
+    bool_parameter,
+    job_api,
+    list_parameter,
+    query_api,
+    sync_api,
+)
+from imgstore.api.params import bool_param, list_param
+from imgstore.api.reply_cache import cacheable
+from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
+from imgstore.api.schemas import backup_storage_inventory_class
+from imgstore.api.schemas import BackupStorageInventory, CephBackupStorageInventory
+from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
+from imgstore.api.schemas import ExportImageFromBackupStorageParams
+from imgstore.services.storage import manage as backup_storage
+from imgstore.services.storage import add_ceph as ceph_backup_storage
+from imgstore.services.health import connection as ceph_connection
+from imgstore.services.images import export as image_export
+from imgstore.services.node.runtime import Runtime
+
+router = APIRouter(tags=["backup-storage"])
+
+_Reply = InventoryReply[CephBackupStorageInventory | BackupStorageInventory]
+
+
+async def _query(request: Request, rt: Runtime, uuid: str | None, ceph_only: bool) -> JsonReply:
+    spec = query_spec(request, uuid)
+    rows, total = await backup_storage.query(rt, spec, ceph_only=ceph_only)
+    if spec.count:
+        return JsonReply({"total": total})
+    return JsonReply(rows_reply(rows, backup_storage_inventory_class, total, spec.fields))
+
+
+@router.post("/backup-storage/ceph", summary="AddCephBackupStorage", **job_api(_Reply))
+async def add_ceph_backup_storage(
+    body: AddCephBackupStorageBody, call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    p = body.params
+    system_tags, user_tags = body.tags(p)
+    request = ceph_backup_storage.NewCephStorage(
+        name=p.name,
+        mon_urls=p.monUrls,
+        pool_name=p.poolName,
+        description=p.description,
+        type=p.type,
+        url=p.url,
+        import_images=p.importImages,
+        resource_uuid=p.resourceUuid,
+        system_tags=system_tags,
+        user_tags=user_tags,
+    )
+
+    async def work() -> dict:
+        row = await ceph_backup_storage.add(call.rt, request)
+        return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+    return await call.run("AddCephBackupStorage", work)
+
+
+@cacheable
+@router.get("/backup-storage/ceph", summary="QueryCephBackupStorage", **query_api(CephBackupStorageInventory))
+async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
+    return await _query(request, rt, None, ceph_only=True)
+
+
+@cacheable
+@router.get(
+    "/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid",
+    **query_api(CephBackupStorageInventory),
+)
+async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
+    return await _query(request, rt, uuid, ceph_only=True)
+
+
+# ---------------------------------------------------------------- lifecycle: types, capacity, actions
+# Fixed paths (/types, /capacities) must stay above /backup-storage/{uuid}.
+
+
+@cacheable
+@router.get("/backup-storage/types", summary="GetBackupStorageTypes", **sync_api(GetBackupStorageTypesReply))
+async def get_backup_storage_types() -> dict:
+    return {"types": backup_storage.types()}
+
+
+@cacheable
+@router.get(
+    "/backup-storage/capacities", summary="GetBackupStorageCapacity",
+    **sync_api(GetBackupStorageCapacityReply, [
+        list_parameter("zoneUuids", "the storages attached to these zones"),
+        list_parameter("backupStorageUuids", "these storages"),
+        bool_parameter("all", "`true`: every storage"),
+    ]),
+)
+async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+    total, available = await backup_storage.capacity(
+        rt,
+        zone_uuids=list_param(request, "zoneUuids"),
+        storage_uuids=list_param(request, "backupStorageUuids"),
+        all_storages=bool_param(request, "all"),
+    )
+    return {"totalCapacity": total, "availableCapacity": available, "success": True}
+
+
+async def _update_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(UpdateBackupStorageParams, "updateBackupStorage", params)
+
+    async def work() -> dict:
+        row = await backup_storage.update(call.rt, uuid, p.name, p.description)
+        return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+    return await call.run("UpdateBackupStorage", work)
+
+
+async def _change_backup_storage_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(ChangeStateParams, "changeBackupStorageState", params)
+
+    async def work() -> dict:
+        row = await backup_storage.change_state(call.rt, uuid, p.stateEvent)
+        return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+    return await call.run("ChangeBackupStorageState", work)
+
+
+async def _reconnect_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    async def work() -> dict:
+        row = await ceph_connection.reconnect(call.rt, uuid)
+        return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+    return await call.run("ReconnectBackupStorage", work)
+
+
+async def _export_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(ExportImageFromBackupStorageParams, "exportImageFromBackupStorage", params)
+
+    async def work() -> dict:
+        exported = await image_export.export(call.rt, uuid, p.imageUuid, call.base_url, p.exportFormat)
+        return {"imageUrl": exported.image_url, "exportMd5Sum": exported.md5, "success": True}
+
+    return await call.run("ExportImageFromBackupStorage", work)
+
+
+#: ``PUT /backup-storage/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
+#: Fill an entry to serve an action; the placeholders answer SYS.1014.
+BACKUP_STORAGE_ACTIONS: ActionTable = {
+    "updateBackupStorage": _update_backup_storage,
+    "changeBackupStorageState": _change_backup_storage_state,
+    "reconnectBackupStorage": _reconnect_backup_storage,
+    "exportImageFromBackupStorage": _export_image,
+}
+
+
+@router.put(
+    "/backup-storage/{uuid}/actions",
+    summary="UpdateBackupStorage, ChangeBackupStorageState, ReconnectBackupStorage, ExportImageFromBackupStorage",
+    **action_api(
+        BACKUP_STORAGE_ACTIONS,
+        {"updateBackupStorage": UpdateBackupStorageParams, "changeBackupStorageState": ChangeStateDoc,
+         "exportImageFromBackupStorage": ExportImageFromBackupStorageParams},
+        _Reply | ExportImageFromBackupStorageReply,
+    ),
+)
+async def backup_storage_actions(
+    uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    return await dispatch(BACKUP_STORAGE_ACTIONS, call, uuid, body, request.url.path)
+
+
+# ---------------------------------------------------------------- queries by uuid (after the fixed paths)
+
+
+@cacheable
+@router.get(
+    "/backup-storage", summary="QueryBackupStorage",
+    **query_api(CephBackupStorageInventory, BackupStorageInventory),
+)
+async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
+    return await _query(request, rt, None, ceph_only=False)
+
+
+@cacheable
+@router.get(
+    "/backup-storage/{uuid}", summary="QueryBackupStorage by uuid",
+    **query_api(CephBackupStorageInventory, BackupStorageInventory),
+)
+async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
+    return await _query(request, rt, uuid, ceph_only=False)
+
+
+@router.delete("/backup-storage/{uuid}", summary="DeleteBackupStorage", **job_api(EmptyReply))
+async def delete_backup_storage(
+    uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    async def work() -> dict:
+        await backup_storage.delete(call.rt, uuid, deleteMode)
+        return {}
+
+    return await call.run("DeleteBackupStorage", work)
+
+
+@router.delete(
+    "/backup-storage/{backupStorageUuid}/exported-images/{imageUuid}",
+    summary="DeleteExportedImageFromBackupStorage",
+    **job_api(EmptyReply),
+)
+async def delete_exported_image(
+    backupStorageUuid: str, imageUuid: str, call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    async def work() -> dict:
+        await image_export.revoke(call.rt, backupStorageUuid, imageUuid)
+        return {}
+
+    return await call.run("DeleteExportedImageFromBackupStorage", work)

@@ -1,0 +1,95 @@
+"""Routes for the mons of a Ceph backup storage (ZStack's Ceph mon APIs)."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from imgstore.api.actions import ActionTable, dispatch, parse_params
+from imgstore.api.deps import ApiCall, api_call
+from imgstore.api.envelope import inventory_reply
+from imgstore.api.openapi import InventoryReply, action_api, job_api
+from imgstore.api.schemas import (
+    AcceptCephBackupStorageMonHostKeyParams,
+    AddMonToCephBackupStorageBody,
+    CephBackupStorageInventory,
+    UpdateCephBackupStorageMonParams,
+    backup_storage_inventory,
+)
+from imgstore.db.models import CephBackupStorage
+from imgstore.services.storage import mons as ceph_mons
+
+router = APIRouter(tags=["backup-storage"])
+
+_Reply = InventoryReply[CephBackupStorageInventory]
+
+
+def _reply(call: ApiCall, row: CephBackupStorage) -> dict:
+    return inventory_reply(backup_storage_inventory(row), call.with_schema)
+
+
+@router.post("/backup-storage/ceph/{uuid}/mons", summary="AddMonToCephBackupStorage", **job_api(_Reply))
+async def add_mon_to_ceph_backup_storage(
+    uuid: str, body: AddMonToCephBackupStorageBody, call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    async def work() -> dict:
+        return _reply(call, await ceph_mons.add_mons(call.rt, uuid, body.params.monUrls))
+
+    return await call.run("AddMonToCephBackupStorage", work)
+
+
+@router.delete("/backup-storage/ceph/{uuid}/mons", summary="RemoveMonFromCephBackupStorage", **job_api(_Reply))
+async def remove_mon_from_ceph_backup_storage(
+    uuid: str, monHostnames: list[str] = Query(default=[]), call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    async def work() -> dict:
+        return _reply(call, await ceph_mons.remove_mons(call.rt, uuid, monHostnames))
+
+    return await call.run("RemoveMonFromCephBackupStorage", work)
+
+
+async def _update_mon(call: ApiCall, mon_uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(UpdateCephBackupStorageMonParams, "updateCephBackupStorageMon", params)
+
+    async def work() -> dict:
+        row = await ceph_mons.update_mon(
+            call.rt, mon_uuid, hostname=p.hostname, ssh_username=p.sshUsername,
+            ssh_password=p.sshPassword, ssh_port=p.sshPort, mon_port=p.monPort,
+        )
+        return _reply(call, row)
+
+    return await call.run("UpdateCephBackupStorageMon", work)
+
+
+async def _accept_host_key(call: ApiCall, mon_uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(AcceptCephBackupStorageMonHostKeyParams, "acceptCephBackupStorageMonHostKey", params)
+
+    async def work() -> dict:
+        return _reply(call, await ceph_mons.accept_host_key(call.rt, mon_uuid, p.sshHostKeyFingerprint))
+
+    return await call.run("AcceptCephBackupStorageMonHostKey", work)
+
+
+#: ``PUT /backup-storage/ceph/mons/{monUuid}/actions``: ZStack's update, and imgstore's
+#: explicit accept of a mon's new ssh host key (issue Trust, point 1).
+MON_ACTIONS: ActionTable = {
+    "updateCephBackupStorageMon": _update_mon,
+    "acceptCephBackupStorageMonHostKey": _accept_host_key,
+}
+
+
+@router.put(
+    "/backup-storage/ceph/mons/{monUuid}/actions",
+    summary="UpdateCephBackupStorageMon, AcceptCephBackupStorageMonHostKey",
+    **action_api(
+        MON_ACTIONS,
+        {"updateCephBackupStorageMon": UpdateCephBackupStorageMonParams,
+         "acceptCephBackupStorageMonHostKey": AcceptCephBackupStorageMonHostKeyParams},
+        _Reply,
+    ),
+)
+async def ceph_backup_storage_mon_actions(
+    monUuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    return await dispatch(MON_ACTIONS, call, monUuid, body, request.url.path)

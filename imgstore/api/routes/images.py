@@ -1,0 +1,363 @@
+"""Image routes: AddImage, QueryImage, DeleteImage, the image actions, upload jobs,
+task progress, and the upload URL itself.
+
+:data:`router` sits behind the session like every API. :data:`upload_router` does not:
+the upload URL is used by plain HTTP clients (curl, a browser, ZStack's UI), and its
+unguessable token is the credential (services/images/upload.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from imgstore.api.actions import ActionTable, dispatch, parse_params
+from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
+from imgstore.api.envelope import JsonReply, dump, inventories_reply, inventory_reply, rows_reply
+from imgstore.api.openapi import (
+    ChangeStateDoc,
+    EmptyReply,
+    GetUploadImageJobDetailsReply,
+    InventoryReply,
+    QueryReply,
+    UploadStatusReply,
+    action_api,
+    bool_parameter,
+    job_api,
+    list_parameter,
+    query_api,
+    sync_api,
+)
+from imgstore.api.params import bool_param, list_param
+from imgstore.api.reply_cache import cacheable
+from imgstore.api.schemas import (
+    AddImageBody,
+    ChangeStateParams,
+    ImageBackupStorageUuidsParams,
+    ImageInventory,
+    TaskProgressInventory,
+    UpdateImageParams,
+)
+from imgstore.crypto import new_uuid
+from imgstore.db.models import Image
+from imgstore.errors import invalid_argument
+from imgstore.wire.numbers import MAX_DIGITS, parse_count
+from imgstore.services.images import deletion as image_deletion
+from imgstore.services.images import download as image_download
+from imgstore.services.images import export as image_export
+from imgstore.services.images import upload as image_upload
+from imgstore.services.images import manage as images
+from imgstore.services.node import task_progress
+from imgstore.services.node.runtime import Runtime
+
+router = APIRouter(tags=["images"])
+upload_router = APIRouter(tags=["images"])
+
+_Reply = InventoryReply[ImageInventory]
+
+
+async def image_inventories(rt: Runtime, rows: list[Image]) -> list[ImageInventory]:
+    """Inventories of stored images; an upload:// image still waiting for bytes shows
+    where to send them as ``uploadUrl`` on its ref; an export URL is unsealed."""
+    urls = await image_upload.upload_urls(rt, [r.uuid for r in rows if r.status == images.DOWNLOADING])
+    out = []
+    for row in rows:
+        inv = ImageInventory.model_validate(row)
+        for ref in inv.backup_storage_refs:
+            ref.export_url = image_export.shown_url(rt, ref.export_url)
+        if row.uuid in urls:
+            for ref in inv.backup_storage_refs:
+                ref.upload_url = urls[row.uuid]
+        out.append(inv)
+    return out
+
+
+async def _reply(call: ApiCall, row: Image) -> dict[str, Any]:
+    [inv] = await image_inventories(call.rt, [row])
+    return inventory_reply(inv, call.with_schema)
+
+
+# ---------------------------------------------------------------- AddImage, QueryImage, DeleteImage
+
+
+@router.post("/images", summary="AddImage", **job_api(_Reply))
+async def add_image(body: AddImageBody, call: ApiCall = Depends(api_call)) -> JSONResponse:
+    """Always a job (202): a download is long by nature. The job answers the Ready image;
+    for ``upload://`` it answers at once, Downloading, with the upload URL."""
+    p = body.params
+    system_tags, user_tags = body.tags(p)
+    request = images.NewImage(
+        name=p.name, url=p.url, backup_storage_uuids=p.backupStorageUuids, description=p.description,
+        media_type=p.mediaType, format=p.format, guest_os_type=p.guestOsType, platform=p.platform,
+        architecture=p.architecture, system=p.system, virtio=p.virtio, type=p.type,
+        resource_uuid=p.resourceUuid, system_tags=system_tags, user_tags=user_tags,
+    )
+    job = dataclasses.replace(call, asynchronous=True, job_uuid=call.job_uuid or new_uuid())
+    api_id = job.job_uuid or ""
+
+    async def work() -> dict[str, Any]:
+        return await _reply(call, await image_download.add(call.rt, request, api_id, call.base_url))
+
+    return await job.run("AddImage", work)
+
+
+async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
+    spec = query_spec(request, uuid)
+    rows, total = await images.query(rt, spec)
+    if spec.count:
+        return JsonReply({"total": total})
+    urls = await image_upload.upload_urls(rt, [r.uuid for r in rows if r.status == images.DOWNLOADING])
+
+    def with_upload_url(row: Image, item: dict[str, Any]) -> None:  # as image_inventories does
+        for ref in item["backupStorageRefs"]:
+            ref["exportUrl"] = image_export.shown_url(rt, ref.get("exportUrl"))
+        if row.uuid in urls:
+            for ref in item["backupStorageRefs"]:
+                ref["uploadUrl"] = urls[row.uuid]
+
+    return JsonReply(rows_reply(rows, lambda _: ImageInventory, total, spec.fields, with_upload_url))
+
+
+@cacheable
+@router.get("/images", summary="QueryImage", **query_api(ImageInventory))
+async def query_image(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
+    return await _query(request, rt, None)
+
+
+@router.get(
+    "/images/upload-job/details/{imageId}", summary="GetUploadImageJobDetails",
+    **sync_api(GetUploadImageJobDetailsReply),
+)
+async def get_upload_image_job_details(imageId: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    return {"existingJobDetails": await image_upload.job_details(rt, imageId)}
+
+
+@cacheable
+@router.get("/images/{uuid}", summary="QueryImage by uuid", **query_api(ImageInventory))
+async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
+    return await _query(request, rt, uuid)
+
+
+@router.delete(
+    "/images/{uuid}", summary="DeleteImage",
+    **job_api(EmptyReply, [
+        list_parameter("backupStorageUuids", "only from these storages (every storage when absent)"),
+        {"name": "deleteMode", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["Permissive", "Enforcing"], "default": "Permissive"}},
+    ]),
+)
+async def delete_image(uuid: str, request: Request, call: ApiCall = Depends(api_call)) -> JSONResponse:
+    storages = list_param(request, "backupStorageUuids") or None
+    mode = request.query_params.get("deleteMode") or "Permissive"
+
+    async def work() -> dict[str, Any]:
+        await image_deletion.delete(call.rt, uuid, storages, mode)
+        return {}
+
+    return await call.run("DeleteImage", work)
+
+
+# ---------------------------------------------------------------- PUT /images/{uuid}/actions
+
+
+async def _expunge_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(ImageBackupStorageUuidsParams, "expungeImage", params)
+
+    async def work() -> dict[str, Any]:
+        await image_deletion.expunge(call.rt, uuid, p.backupStorageUuids)
+        return {}
+
+    return await call.run("ExpungeImage", work)
+
+
+async def _recover_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(ImageBackupStorageUuidsParams, "recoverImage", params)
+
+    async def work() -> dict[str, Any]:
+        return await _reply(call, await image_deletion.recover(call.rt, uuid, p.backupStorageUuids))
+
+    return await call.run("RecoverImage", work)
+
+
+async def _change_image_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(ChangeStateParams, "changeImageState", params)
+
+    async def work() -> dict[str, Any]:
+        return await _reply(call, await images.change_state(call.rt, uuid, p.stateEvent))
+
+    return await call.run("ChangeImageState", work)
+
+
+async def _sync_image_size(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    async def work() -> dict[str, Any]:
+        return await _reply(call, await images.sync_size(call.rt, uuid))
+
+    return await call.run("SyncImageSize", work)
+
+
+async def _update_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(UpdateImageParams, "updateImage", params)
+    change = images.ImageUpdate(
+        name=p.name, description=p.description, guest_os_type=p.guestOsType, media_type=p.mediaType,
+        format=p.format, system=p.system, platform=p.platform, architecture=p.architecture, virtio=p.virtio,
+    )
+
+    async def work() -> dict[str, Any]:
+        return await _reply(call, await images.update(call.rt, uuid, change))
+
+    return await call.run("UpdateImage", work)
+
+
+#: ``PUT /images/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
+IMAGE_ACTIONS: ActionTable = {
+    "expungeImage": _expunge_image,
+    "recoverImage": _recover_image,
+    "changeImageState": _change_image_state,
+    "syncImageSize": _sync_image_size,
+    "updateImage": _update_image,
+}
+
+
+@router.put(
+    "/images/{uuid}/actions",
+    summary="ExpungeImage, RecoverImage, ChangeImageState, SyncImageSize, UpdateImage",
+    **action_api(
+        IMAGE_ACTIONS,
+        {"expungeImage": ImageBackupStorageUuidsParams, "recoverImage": ImageBackupStorageUuidsParams,
+         "changeImageState": ChangeStateDoc, "updateImage": UpdateImageParams},
+        _Reply | EmptyReply,  # expungeImage answers {}
+    ),
+)
+async def image_actions(
+    uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
+) -> JSONResponse:
+    return await dispatch(IMAGE_ACTIONS, call, uuid, body, request.url.path)
+
+
+# ---------------------------------------------------------------- task progress
+
+
+@router.get(
+    "/task-progresses/{apiId}", summary="GetTaskProgress",
+    **sync_api(QueryReply[TaskProgressInventory], [bool_parameter("all", "`true`: every report, not only the latest")]),
+)
+async def get_task_progress(apiId: str, request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    rows = await task_progress.progress_of(rt, apiId, bool_param(request, "all"))
+    inventories = [
+        TaskProgressInventory(
+            task_uuid=r.task_uuid, task_name=r.task_name, parent_uuid=r.parent_uuid, type=r.type,
+            content=r.content, arguments=r.arguments, opaque=task_progress.opaque_of(r), time=r.time,
+        )
+        for r in rows
+    ]
+    return inventories_reply(inventories)
+
+
+# ---------------------------------------------------------------- the upload URL (no session)
+
+_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)", re.ASCII)
+
+
+def _int_header(request: Request, *names: str) -> int | None:
+    """The first of the headers present, as at most 19 ASCII digits (imgstore/wire/numbers.py)."""
+    for name in names:
+        raw = request.headers.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        value = parse_count(raw)
+        if value is None:
+            raise invalid_argument(f"header {name}[{raw[:40]}] must be a non-negative integer of at most "
+                                   f"{MAX_DIGITS} digits")
+        return value
+    return None
+
+
+def _piece(request: Request) -> image_upload.Piece:
+    """What the PUT's headers say about its body (services/images/upload.py)."""
+    piece = image_upload.Piece(
+        offset=_int_header(request, "x-upload-offset"),
+        total=_int_header(request, "x-image-size", "x-upload-length"),
+        length=_int_header(request, "content-length"),
+        image_uuid=request.headers.get("x-image-uuid"),
+    )
+    content_range = request.headers.get("content-range")
+    if content_range:
+        m = _CONTENT_RANGE.fullmatch(content_range.strip())
+        if m is None:
+            raise invalid_argument(f"header Content-Range[{content_range[:80]}] must be "
+                                   f"'bytes <first>-<last>/<total|*>', numbers of at most {MAX_DIGITS} digits")
+        first, last = int(m.group(1)), int(m.group(2))
+        if last < first or (piece.length is not None and piece.length != last - first + 1):
+            raise invalid_argument(f"header Content-Range[{content_range}] does not match the body's length")
+        if piece.offset is not None and piece.offset != first:
+            raise invalid_argument("headers Content-Range and X-Upload-Offset disagree")
+        piece.offset = first
+        if m.group(3) != "*":
+            piece.total = int(m.group(3))
+    return piece
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise image_upload.BodyInterrupted() from None
+
+
+def _status_reply(state: image_upload.UploadStatus, inventory: ImageInventory | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"imageUuid": state.image_uuid, "state": state.state, "offset": state.offset,
+                            "size": state.size, "completed": state.completed}
+    if inventory is not None:
+        body["inventory"] = dump(inventory)
+    return JSONResponse(body, headers={"X-Upload-Offset": str(state.offset)})
+
+
+@upload_router.put(
+    "/images/uploads/{imageUuid}", summary="Send the bytes of an upload:// image",
+    responses={200: {"model": UploadStatusReply}},
+    openapi_extra={
+        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "parameters": [
+            {"name": "X-Upload-Offset", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "where this piece starts (the offset the last answer gave)"},
+            {"name": "Content-Range", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "`bytes <first>-<last>/<total|*>`, instead of X-Upload-Offset"},
+            {"name": "X-Image-Size", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "the whole image's size (or X-Upload-Length)"},
+        ],
+    },
+)
+async def put_image_bytes(imageUuid: str, request: Request, token: str = "",
+                          rt: Runtime = Depends(runtime)) -> Response:
+    try:
+        state = await image_upload.receive(rt, imageUuid, token, _piece(request), _body(request))
+    except image_upload.OffsetMismatch as e:
+        return JSONResponse(e.body(), status_code=e.status, headers={"X-Upload-Offset": str(e.offset)})
+    inventory = None
+    if state.image is not None:
+        [inventory] = await image_inventories(rt, [state.image])
+    return _status_reply(state, inventory)
+
+
+@upload_router.get(
+    "/images/uploads/{imageUuid}", summary="Where an upload stands",
+    responses={200: {"model": UploadStatusReply}},
+)
+async def get_upload(imageUuid: str, token: str = "", rt: Runtime = Depends(runtime)) -> Response:
+    return _status_reply(await image_upload.status(rt, imageUuid, token))
+
+
+@upload_router.head(
+    "/images/uploads/{imageUuid}", summary="Where an upload stands (headers only)",
+    responses={200: {"description": "no body; X-Upload-Offset says how many bytes arrived"}},
+)
+async def head_upload(imageUuid: str, token: str = "", rt: Runtime = Depends(runtime)) -> Response:
+    state = await image_upload.status(rt, imageUuid, token)
+    return Response(headers={"X-Upload-Offset": str(state.offset)})

@@ -1,0 +1,52 @@
+"""LogInByAccount, LogOut, ValidateSession: ZStack's session APIs (always synchronous)."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from imgstore.api.deps import runtime, wants_schema
+from imgstore.api.envelope import inventory_reply
+from imgstore.api.openapi import EmptyReply, ErrorReply, InventoryReply, ValidateSessionReply, sync_api
+from imgstore.api.schemas import LogInByAccountBody, SessionInventory
+from imgstore.services.node import sessions
+from imgstore.services.node.login_guard import LoginThrottled
+from imgstore.services.node.runtime import Runtime
+
+router = APIRouter(tags=["sessions"])
+
+
+@router.put(
+    "/accounts/login", summary="LogInByAccount",
+    response_model=None,
+    responses={
+        200: {"model": InventoryReply[SessionInventory]},
+        401: {"model": ErrorReply, "description": "ID.1000: wrong account name or password"},
+        429: {"model": ErrorReply, "description": "ID.1000: too many failed logins; retry after `Retry-After` seconds"},
+    },
+)
+async def log_in_by_account(
+    body: LogInByAccountBody, request: Request, rt: Runtime = Depends(runtime)
+) -> dict | JSONResponse:
+    p = body.logInByAccount
+    address = request.client.host if request.client else ""
+    try:
+        async with rt.db() as db:
+            session, uuid = await sessions.log_in(db, rt.settings, rt.login_guard, address,
+                                                  p.accountName, p.password)
+    except LoginThrottled as e:
+        return JSONResponse(e.body(), status_code=e.status, headers={"Retry-After": str(e.retry_after)})
+    inventory = SessionInventory.model_validate(session).model_copy(update={"uuid": uuid})
+    return inventory_reply(inventory, wants_schema(request))
+
+
+@router.delete("/accounts/sessions/{sessionUuid}", summary="LogOut", **sync_api(EmptyReply))
+async def log_out(sessionUuid: str, rt: Runtime = Depends(runtime)) -> dict:
+    async with rt.db() as db:
+        await sessions.log_out(db, sessionUuid)
+    return {}
+
+
+@router.get("/accounts/sessions/{sessionUuid}/valid", summary="ValidateSession", **sync_api(ValidateSessionReply))
+async def validate_session(sessionUuid: str, rt: Runtime = Depends(runtime)) -> dict:
+    async with rt.db() as db:
+        return {"valid": await sessions.find_valid(db, sessionUuid) is not None}

@@ -1,0 +1,1 @@
+"""The ``imgstore`` command line: ZStack-style words over the client."""

@@ -1,0 +1,624 @@
+"""The ``imgstore`` command: ``imgstore serve`` runs a node; every ZStack API is a command.
+
+``imgstore login`` keeps a session; then any API of :mod:`imgstore.client.catalogue` runs by its ZStack
+name with zstack-cli's ``key=value`` words (``imgstore QueryBackupStorage name~=bs%``).
+Words become parameters in :func:`parse_words` (pure), requests are made by
+:class:`imgstore.client.http.ImgstoreClient`, replies are drawn by :func:`render`.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+import typer.main
+import uvicorn
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
+
+from imgstore.client import catalogue as apis
+from imgstore.client.catalogue import Api
+from imgstore.client.http import (
+    DEFAULT_URL, INVALID_SESSION, ImgstoreClient, ImgstoreError, ParamError, SavedSession, coerce_params,
+    forget_session, guess_format, load_session, normalize_url, save_session,
+)
+
+USAGE_ERROR = 2
+API_ERROR = 1
+
+SYNTAX_HELP = """\b
+Words are key=value; a list parameter takes comma-separated values
+(systemTags=a,b; write \\, for a literal comma) or the same key again.
+\b
+Query conditions are field<op>value with ZStack's operators:
+  =  !=  >  >=  <  <=      compare
+  ?=  !?=                  in / not in a comma-separated list
+  ~=  !~=                  like / not like (% and _ are wildcards)
+  field is null            three words (or one quoted word)
+  field not null
+limit=N start=N sort=+field|-field fields=a,b count=true replyWithCount=true
+page and shape the answer. Conditions are ANDed."""
+
+HELP = f"""imgstore: VM image storage on Ceph with a ZStack-compatible API.
+
+\b
+Call any ZStack API by its name ('imgstore apis' lists them):
+  imgstore login --url http://127.0.0.1:8080
+  imgstore AddCephBackupStorage name=bs1 poolName=imgs \\
+      monUrls=root:pw@10.0.0.1:22/?monPort=6789
+  imgstore QueryBackupStorage name~=bs% limit=10 sort=-createDate
+  imgstore DeleteBackupStorage uuid=<uuid>
+  imgstore upload-image disk.qcow2 --backup-storage bs1
+
+{SYNTAX_HELP}
+
+\b
+Answers are tables; --json prints the raw reply. An error is one line
+on stderr; the exit code is 1 for an API error, 2 for a usage error."""
+
+
+# ------------------------------------------------------------------ words → parameters
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NULL_WORDS = (("is", "null"), ("not", "null"))
+
+
+def split_list(value: str) -> list[str]:
+    """``a,b`` → ``["a", "b"]``; ``\\,`` is a literal comma; empty → ``[]``."""
+    if value == "":
+        return []
+    parts, current, chars = [], [], iter(value)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            current.append(nxt if nxt == "," else ch + nxt)
+        elif ch == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def operator_of(word: str) -> str | None:
+    """The ZStack operator a condition uses: the first of the table found in it."""
+    return next((op for op in apis.OPERATORS if op in word), None)
+
+
+def parse_words(api: Api, words: Sequence[str]) -> dict[str, Any]:
+    """The parameters ``words`` give ``api``, checked and typed (ParamError if not)."""
+    raw = _query_words(words) if api.query else _param_words(api, words)
+    return coerce_params(api, raw)
+
+
+def _param_words(api: Api, words: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if not eq or not _KEY.match(key):
+            raise ParamError(f"'{mask_text(word)}' is not key=value")
+        param = api.param(key)
+        if param is None:
+            near = difflib.get_close_matches(key, [p.name for p in api.params], n=1)
+            hint = f"did you mean {near[0]}?" if near else f"it takes {_names(api) or 'none'}"
+            raise ParamError(f"{api.name} has no parameter '{key}'; {hint}")
+        if param.kind == "list":
+            params.setdefault(key, []).extend(split_list(value))
+        elif key in params:
+            raise ParamError(f"{key} is given twice")
+        else:
+            params[key] = value
+    return params
+
+
+def _query_words(words: Sequence[str]) -> dict[str, Any]:
+    conditions: list[str] = []
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        op = operator_of(word)
+        follow = tuple(w.lower() for w in words[i + 1:i + 3])
+        if op is None and follow in _NULL_WORDS:
+            conditions.append(f"{word} {follow[0]} null")
+            i += 3
+            continue
+        if op is None:
+            raise ParamError(f"'{mask_text(word)}' has no operator; use field<op>value with one of "
+                             f"{' '.join(apis.OPERATORS[:10])}, or 'field is null' / 'field not null'")
+        name = word.partition(op)[0]
+        if not name.strip():
+            raise ParamError(f"'{mask_text(word)}' has no field name before {op}")
+        if op == "=" and name in apis.QUERY_PARAMS:
+            if name in params:
+                raise ParamError(f"{name} is given twice")
+            params[name] = word.partition("=")[2]
+        else:
+            conditions.append(word)
+        i += 1
+    return {"q": conditions, **params}
+
+
+def _names(api: Api) -> str:
+    return ", ".join(p.name for p in api.params)
+
+
+# ------------------------------------------------------------------ secrets
+
+MASK = "******"
+_SECRET_KEYS = frozenset({"password", "sshPassword"}) | (apis.secret_params() - {"monUrls"})
+_TOKEN = re.compile(r"[^\s\[\](){}<>,;'\"]+")
+
+
+def mask_text(text: str) -> str:
+    """Hide the password of every ``user:password@host`` in ``text`` (monUrls, URLs)."""
+    return _TOKEN.sub(_mask_token, text)
+
+
+def _mask_token(match: re.Match[str]) -> str:
+    token = match.group(0)
+    at = token.rfind("@")
+    userinfo = token[:at]
+    scheme, sep, rest = userinfo.partition("://")
+    if not sep:
+        scheme, rest = "", userinfo
+    if at <= 0 or ":" not in rest:
+        return token
+    return f"{scheme}{sep}{rest.split(':', 1)[0]}:{MASK}{token[at:]}"
+
+
+def mask_reply(value: Any, key: str | None = None) -> Any:
+    """A copy of a reply with passwords replaced and monUrl passwords hidden."""
+    if isinstance(value, dict):
+        return {k: mask_reply(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_reply(v, key) for v in value]
+    if isinstance(value, str):
+        return MASK if key in _SECRET_KEYS and value else mask_text(value)
+    return value
+
+
+# ------------------------------------------------------------------ output
+
+_COLUMNS = ("uuid", "name", "type", "resourceType", "resourceUuid", "tag", "inherent", "state", "status",
+            "mediaType", "format", "platform", "size", "actualSize", "totalCapacity", "availableCapacity",
+            "poolName", "mons", "progress", "processType")
+_BYTE_FIELDS = frozenset({"size", "actualSize", "downloadSize", "offset"})
+_HIDDEN = frozenset({"schema", "success"})
+_PARENT_FIELDS = frozenset({"backupStorageUuid", "imageUuid", "createDate", "lastOpDate"})  # said by the parent
+
+
+def human_bytes(n: Any) -> str:
+    """``10737418240`` → ``10.0 GiB``; anything not a number as it is."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return "" if n is None else str(n)
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _is_bytes(key: str) -> bool:
+    return key in _BYTE_FIELDS or key.endswith("Capacity")
+
+
+def _brief(item: dict[str, Any]) -> str:
+    label = next((str(item[k]) for k in ("hostname", "name", "backupStorageUuid", "uuid") if item.get(k)), "")
+    return f"{label} ({item['status']})" if item.get("status") and label else label or json.dumps(item)
+
+
+def _cell(key: str, value: Any) -> Text:
+    if value is None:
+        text = ""
+    elif _is_bytes(key) and isinstance(value, (int, float)):
+        text = human_bytes(value)
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, list):
+        text = "\n".join(_brief(v) if isinstance(v, dict) else str(v) for v in value)
+    elif isinstance(value, dict):
+        text = _brief(value)
+    else:
+        text = str(value)
+    return Text(text)
+
+
+def _columns(items: list[dict[str, Any]], fields: str | None) -> list[str]:
+    if fields:
+        return [f for f in fields.split(",") if f]
+    present = {k for item in items for k in item}
+    chosen = [c for c in _COLUMNS if c in present]
+    return chosen if len(chosen) >= 2 else list(items[0])[:8]
+
+
+def _items_table(items: list[dict[str, Any]], fields: str | None = None) -> Table:
+    columns = _columns(items, fields)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for c in columns:
+        table.add_column(c, no_wrap=c.lower().endswith("uuid"), justify="right" if _is_bytes(c) else "left")
+    for item in items:
+        table.add_row(*(_cell(c, item.get(c)) for c in columns))
+    return table
+
+
+def _record_table(record: dict[str, Any]) -> Table:
+    table = Table(box=box.SIMPLE, show_header=False, show_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in record.items():
+        if key in _HIDDEN or value is None:
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            columns = dict.fromkeys(k for v in value for k in v if k not in _PARENT_FIELDS)
+            table.add_row(key, _items_table(value, ",".join(columns)))
+        else:
+            table.add_row(key, _cell(key, value))
+    return table
+
+
+def render(console: Console, api: Api, reply: dict[str, Any], as_json: bool = False,
+           fields: str | None = None) -> None:
+    """Show a reply: raw JSON, or a table for inventories, key/value for the rest."""
+    reply = mask_reply(reply)
+    if as_json:
+        _print_json(console, reply)
+        return
+    value = reply.get(api.reply_key) if api.reply_key else None
+    if api.reply_key == "inventories" and value is None and "total" in reply:
+        console.print(str(reply["total"]))  # count=true
+    elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        if not value:
+            console.print("no results" + (f" (total {reply['total']})" if "total" in reply else ""))
+            return
+        table = _items_table(value, fields)
+        if "total" in reply:
+            table.caption = f"{len(value)} of {reply['total']}"
+        console.print(table)
+    elif isinstance(value, list):
+        for v in value:
+            console.print(Text(str(v)))
+    elif isinstance(value, dict):
+        console.print(_record_table(value))
+    else:
+        rest = {k: v for k, v in reply.items() if k not in _HIDDEN}
+        console.print(_record_table(rest) if rest else "done")
+
+
+def _print_json(console: Console, value: Any) -> None:
+    if console.is_terminal:
+        console.print_json(json.dumps(value))
+    else:  # exactly the JSON, never re-wrapped
+        console.file.write(json.dumps(value, indent=2) + "\n")
+
+
+def _stdout() -> Console:
+    # Piped output is not cut to 80 columns: tables stay one line per row.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _fail(line: str, code: int) -> NoReturn:
+    sys.stderr.write(mask_text(line) + "\n")
+    raise typer.Exit(code)
+
+
+def error_line(e: ImgstoreError) -> str:
+    """``error SYS.1007: <details>`` on one line, with the cause when it adds something."""
+    line = _one_line(e.details)
+    cause = e.cause or {}
+    if cause.get("code"):
+        cause_details = _one_line(str(cause.get("details") or cause.get("description") or ""))
+        if cause_details and cause_details not in line:
+            line += f" (cause {cause['code']}: {cause_details})"
+    return f"error {e.code}: {line}"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except ParamError as e:
+        _fail(f"error: {e}", USAGE_ERROR)
+    except ImgstoreError as e:
+        if e.code == INVALID_SESSION:
+            e.details = f"{_one_line(e.details)} (run 'imgstore login')"
+        _fail(error_line(e), API_ERROR)
+    except KeyboardInterrupt:
+        _fail("error: interrupted", 130)
+
+
+def _client(need_session: bool = True) -> ImgstoreClient:
+    saved = load_session()
+    if saved is None:
+        if need_session:
+            raise ImgstoreError(INVALID_SESSION, "Invalid or expired session", "not logged in")
+        return ImgstoreClient(DEFAULT_URL)
+    return ImgstoreClient(saved.url, saved.session, ca_file=saved.ca_file)
+
+
+def _waiting(api: Api) -> Any:
+    if api.is_async and sys.stderr.isatty():
+        return _stderr().status(f"{api.name} running...")
+    return nullcontext()
+
+
+# ------------------------------------------------------------------ the API commands
+
+
+class ApiCommand(TyperCommand):
+    """One ZStack API as a command: ``imgstore <ApiName> key=value...``; help from the catalogue."""
+
+    api: Api  # set on the per-API subclass made by api_command()
+
+    def format_usage(self, ctx: Any, formatter: Any) -> None:
+        words = "[CONDITION|key=value]..." if self.api.query else "key=value..."
+        formatter.write_usage(ctx.command_path, f"{words} [--json] [--timeout SECONDS]")
+
+    def format_help_text(self, ctx: Any, formatter: Any) -> None:
+        api = self.api
+        formatter.write_paragraph()
+        formatter.write_text(f"{api.summary}.")
+        formatter.write_paragraph()
+        formatter.write_text(f"{api.method} /zstack/v1{api.path}  ({'async' if api.is_async else 'sync'})")
+        if api.query:
+            formatter.write_paragraph()
+            for line in SYNTAX_HELP.splitlines()[1:]:
+                formatter.write(f"  {line}\n" if line != "\b" else "\n")
+        if api.params:
+            rows = []
+            for p in api.params:
+                kind = p.kind + (f" ({'|'.join(p.choices)})" if p.choices else "")
+                rows.append((p.name + (" *" if p.required else ""), f"{kind}  {p.help}".rstrip()))
+            with formatter.section("Parameters (* = required)"):
+                formatter.write_dl(rows)
+
+
+def api_command(api: Api) -> Any:
+    """A Typer command for ``api``, built the way Typer builds its own commands."""
+
+    def run(
+        words: list[str] = typer.Argument(None, metavar="WORDS", show_default=False, hidden=True),
+        as_json: bool = typer.Option(False, "--json", help="Print the raw JSON reply."),
+        timeout: float = typer.Option(None, "--timeout", metavar="SECONDS",
+                                      help="How long to wait for an async job (default 3 h)."),
+    ) -> None:
+        call_api(api, words or [], as_json, timeout)
+
+    sub = typer.Typer(rich_markup_mode=None, add_completion=False)  # plain help: monUrl brackets stay
+    sub.command(api.name, help=api.summary, cls=type(f"{api.name}Command", (ApiCommand,), {"api": api}))(run)
+    return typer.main.get_command(sub)
+
+
+def call_api(api: Api, words: Sequence[str], as_json: bool, timeout: float | None) -> None:
+    with _errors():
+        params = parse_words(api, words)
+        with _client(need_session=api.session) as client, _waiting(api):
+            reply = client.call(api.name, job_timeout=timeout, **params)
+    render(_stdout(), api, reply, as_json, params.get("fields"))
+
+
+class ApiGroup(TyperGroup):
+    """The command group: its own commands, then every API of the catalogue by name."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        try:
+            return api_command(apis.get(cmd_name))
+        except apis.UnknownApi:
+            return None
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            near = apis.closest(name) or difflib.get_close_matches(name, list(self.commands), n=1)
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            _fail(f"error: unknown command or API '{name}'{hint} ('imgstore apis' lists the APIs)", USAGE_ERROR)
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=ApiGroup, help=HELP, no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """imgstore commands."""
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8080, help="port to listen on"),
+    log_level: str = typer.Option("info", help="debug, info, warning or error"),
+    ssl_certfile: Path = typer.Option(None, help="serve https with this certificate (PEM, chain first)",
+                                      envvar="IMGSTORE_SSL_CERTFILE"),
+    ssl_keyfile: Path = typer.Option(None, help="the certificate's private key (PEM)",
+                                     envvar="IMGSTORE_SSL_KEYFILE"),
+) -> None:
+    """Run the API server (settings from IMGSTORE_* variables; migrations applied on start)."""
+    from imgstore import logs, memory
+    from imgstore.app import create_app
+    from imgstore.config import Settings
+    from imgstore.http_protocol import with_header_timeout
+
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together")
+    memory.limit_arenas()
+    log_config = logs.configure(log_level)  # one masked JSON line per event, uvicorn's too
+    settings = Settings(listen_url=_listen_url("https" if ssl_certfile else "http", host, port))
+    # uvicorn writes its access line when a response starts, before a streamed body's
+    # duration is known: logs.RequestContext writes one per finished request instead
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, log_config=log_config,
+                access_log=False, proxy_headers=False, http=with_header_timeout(settings.header_timeout),
+                timeout_keep_alive=max(1, round(settings.idle_timeout)),
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+
+
+def _listen_url(scheme: str, host: str, port: int) -> str | None:
+    """The base of stored URLs when ``public_url`` is unset; None for a wildcard address,
+    where the address each connection reached stands in (api/deps.py's base_url)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return None
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
+
+
+# ------------------------------------------------------------------ sessions
+
+
+@app.command()
+def login(
+    url: str = typer.Option(None, help=f"the server (default: the last one used, else {DEFAULT_URL})",
+                            envvar="IMGSTORE_URL"),
+    account: str = typer.Option("admin", help="account name"),
+    password: str = typer.Option(None, help="the account's password (prompted for when not given)",
+                                 envvar="IMGSTORE_PASSWORD", show_envvar=True),
+    ca_file: Path = typer.Option(None, help="check an https server's certificate against this CA file "
+                                 "(kept for later commands)", envvar="IMGSTORE_CA_FILE"),
+) -> None:
+    """Log in and keep the session in $XDG_CONFIG_HOME/imgstore/session.json (mode 0600)."""
+    saved = load_session()
+    url = normalize_url(url or (saved.url if saved else DEFAULT_URL))
+    ca = str(ca_file.resolve()) if ca_file else None
+    if password is None:
+        password = typer.prompt("Password", hide_input=True)
+    with _errors(), ImgstoreClient(url, ca_file=ca) as client:
+        session = client.login(account, password)
+        path = save_session(SavedSession(url=url, session=session["uuid"], account=account, ca_file=ca))
+    expires = f", expires {session['expiredDate']}" if session.get("expiredDate") else ""
+    _stdout().print(Text(f"Logged in to {url} as {account}{expires} (session in {path})."))
+
+
+@app.command()
+def logout() -> None:
+    """End the session and forget it."""
+    saved = load_session()
+    if saved is None:
+        _stdout().print("Not logged in.")
+        return
+    try:
+        with ImgstoreClient(saved.url, saved.session, ca_file=saved.ca_file) as client:
+            client.logout()
+    except ImgstoreError as e:
+        sys.stderr.write(f"warning: {mask_text(error_line(e))}; the local session is forgotten anyway\n")
+    forget_session()
+    _stdout().print(Text(f"Logged out of {saved.url}."))
+
+
+# ------------------------------------------------------------------ the catalogue
+
+
+@app.command("apis")
+def list_apis(
+    match: str = typer.Argument("", help="show only APIs whose name or group contains this"),
+    as_json: bool = typer.Option(False, "--json", help="print the catalogue as JSON"),
+) -> None:
+    """List the ZStack APIs this CLI can call, with their method and path."""
+    found = [a for a in apis.APIS.values() if match.lower() in (a.name + " " + a.group).lower()]
+    if as_json:
+        _print_json(_stdout(), [
+            {"name": a.name, "method": a.method, "path": f"/zstack/v1{a.path}", "bodyKey": a.body_key,
+             "async": a.is_async, "query": a.query, "replyKey": a.reply_key,
+             "params": [{"name": p.name, "kind": p.kind, "required": p.required} for p in a.params]}
+            for a in found])
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("API", "group", "method", "path", "mode", "what it does"):
+        table.add_column(column, no_wrap=column in ("API", "path"))
+    for a in found:
+        table.add_row(a.name, a.group, a.method, f"/zstack/v1{a.path}", "async" if a.is_async else "sync",
+                      Text(a.summary))
+    _stdout().print(table)
+
+
+# ------------------------------------------------------------------ images
+
+
+@app.command("upload-image")
+def upload_image(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="the image file"),
+    backup_storage: str = typer.Option(..., "--backup-storage", "-b", help="name or uuid of the backup storage"),
+    name: str = typer.Option(None, help="image name (default: the file name without its extension)"),
+    format: str = typer.Option(None, "--format", help="qcow2, raw, vmdk or iso (default: from the file's bytes)"),
+    media_type: str = typer.Option(None, help="RootVolumeTemplate, ISO or DataVolumeTemplate"),
+    platform: str = typer.Option(None, help="Linux, Windows, Other, Paravirtualization or WindowsVirtio"),
+    architecture: str = typer.Option(None, help="x86_64, aarch64, mips64el or loongarch64"),
+    description: str = typer.Option(None, help="image description"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until the image is Ready"),
+    as_json: bool = typer.Option(False, "--json", help="print the image inventory as JSON"),
+) -> None:
+    """Upload a local image file to a backup storage, with a progress bar."""
+    fmt = format or guess_format(file)
+    extra = {"mediaType": media_type or ("ISO" if fmt == "iso" else None), "platform": platform,
+             "architecture": architecture, "description": description}
+    with _errors(), _client() as client:
+        coerce_params(apis.get("AddImage"), {"name": "x", "url": "upload://", "backupStorageUuids": "x",
+                                             "format": fmt, **extra})  # usage errors before any upload
+        bs_uuid = backup_storage_uuid(client, backup_storage)
+        image = send_image(client, file, bs_uuid, name or file.name.split(".")[0], fmt, extra)
+        if wait:
+            with _stderr().status("waiting for the image to be Ready..."):
+                image = client.wait_image(image["uuid"])
+    render(_stdout(), apis.get("AddImage"), {"inventory": image}, as_json)
+
+
+def backup_storage_uuid(client: ImgstoreClient, ref: str) -> str:
+    """The uuid of the backup storage named (or with the uuid) ``ref``."""
+    if re.fullmatch(r"[0-9a-fA-F]{32}", ref):
+        if client.query("QueryBackupStorage", [f"uuid={ref}"], fields="uuid")["inventories"]:
+            return ref
+    found = client.query("QueryBackupStorage", [f"name={ref}"], fields="uuid")["inventories"]
+    if not found:
+        raise ImgstoreError("SYS.1003", "A resource can not be found", f"no backup storage is named '{ref}'")
+    if len(found) > 1:
+        raise ParamError(f"{len(found)} backup storages are named '{ref}'; give the uuid")
+    return found[0]["uuid"]
+
+
+def send_image(client: ImgstoreClient, file: Path, bs_uuid: str, name: str, fmt: str,
+               extra: dict[str, Any]) -> dict[str, Any]:
+    """AddImage(upload://) then the bytes, with a rich progress bar on stderr."""
+    from rich.markup import escape
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    console = _stderr()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=console,
+                        disable=not console.is_terminal)
+    task = progress.add_task(escape(file.name), total=file.stat().st_size)
+
+    def advance(n: int) -> None:  # the bar appears once the server has said where to send
+        progress.start()
+        progress.advance(task, n)
+
+    try:
+        return client.upload_image(file, [bs_uuid], name=name, format=fmt, on_progress=advance,
+                                   **{k: v for k, v in extra.items() if v is not None})
+    finally:
+        progress.stop()
+
+if __name__ == "__main__":
+    app()

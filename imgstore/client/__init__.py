@@ -1,0 +1,1 @@
+"""The Python client of imgstore's API and its catalogue of ZStack APIs."""

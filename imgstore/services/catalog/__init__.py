@@ -1,0 +1,1 @@
+"""Every Queryable: the query runner, the Enabled/Disabled state machine, tags."""

@@ -1,0 +1,1 @@
+"""Is a storage reachable: pings, reconnects, the tracker and its pinger child."""

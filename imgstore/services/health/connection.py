@@ -1,0 +1,188 @@
+"""Is a Ceph backup storage reachable? Pings and reconnects (ZStack's tracker semantics).
+
+A ping asks the mons for their quorum (each mon gets its own status), writes and removes
+a test object in the pool (ZStack's ``UnableToCreateFile`` check) and refreshes capacity.
+The storage is Connected when the write works and at least one of its mons is in quorum.
+Everything goes through the storage's least-privilege librados handle: no SSH, so a
+ping costs a few milliseconds and a dead cluster costs at most the Ceph timeout. The
+tracker's pings use the pinger process's handle (services/health/pinger.py), a Reconnect the
+node's own.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from imgstore import ceph
+from imgstore.db.models import CephBackupStorage
+from imgstore.errors import OPERATION_ERROR, ApiError
+from imgstore.services.storage import add_ceph as ceph_backup_storage
+from imgstore.services.images import metadata as image_metadata
+from imgstore.services.storage.add_ceph import capacity_columns, load
+from imgstore.services.node.handles import ceph_error, is_ceph_error
+from imgstore.services.node.locking import local_lock
+from imgstore.services.node.runtime import Runtime
+
+if TYPE_CHECKING:
+    from imgstore.services.health.pinger import Pinger
+
+log = logging.getLogger(__name__)
+
+CONNECTED, CONNECTING, DISCONNECTED = "Connected", "Connecting", "Disconnected"
+
+# Bumped by every Reconnect: a probe that started before one must not record over it
+# (nor use the row it loaded, whose key the Reconnect may have renewed).
+_generations: dict[str, int] = {}
+
+
+def generation(uuid: str) -> int:
+    """How many Reconnects this process has run on the storage; see ``probe``."""
+    return _generations.get(uuid, 0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one probe of a storage found, to be written by :func:`record`."""
+
+    uuid: str
+    status: str
+    reason: str | None = None
+    quorum: frozenset[str] | None = None
+    capacity: ceph.Capacity | None = None
+    mons_too: bool = True  # False: a key check, which says nothing about the mons
+    generation: int = 0
+    # the mons answered but the pool did not: a handle that lived through an OSD restart
+    # may keep timing out where a fresh one works; renewing it against dead mons only
+    # spends a librados handle's threads to wait out the same timeout
+    renew_handle: bool = False
+
+
+async def probe(pinger: Pinger, row: CephBackupStorage, gen: int) -> Outcome:
+    """Ask the cluster (never the database) how the storage is: the tracker's ping,
+    through the pinger process's handle. PingerLost when that process failed."""
+    try:
+        health = await pinger.health(row)
+    except ApiError as e:
+        return Outcome(row.uuid, DISCONNECTED, e.details, generation=gen)
+    problem = _problem(row, health)
+    if problem is not None:
+        renew = health.pool_error is not None
+        return Outcome(row.uuid, DISCONNECTED, problem.details, generation=gen, renew_handle=renew)
+    return Outcome(row.uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)
+
+
+async def record(rt: Runtime, outcomes: Iterable[Outcome]) -> None:
+    """Write many outcomes in one transaction.
+
+    Only what changed is written (an unchanged row keeps its lastOpDate, so a steady
+    ping writes nothing), and an outcome older than a Reconnect of its storage is
+    dropped: the Reconnect's own result is newer."""
+    current = {o.uuid: o for o in outcomes if o.generation == generation(o.uuid)}
+    if not current:
+        return
+    async with rt.db() as db:
+        for row in await ceph_backup_storage.rows_of(db, list(current)):
+            outcome = current[row.uuid]
+            if row.status != outcome.status:
+                why = f" ({outcome.reason})" if outcome.reason else ""
+                log.info("backup storage %s: %s -> %s%s", row.uuid, row.status, outcome.status, why)
+            apply(row, outcome)
+        await db.commit()
+
+
+async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
+    """ReconnectBackupStorage: a fresh librados handle, then a full check. The fsid must
+    still be the storage's: mons that now answer for another cluster are refused."""
+    async with local_lock("backup_storage", uuid):
+        _generations[uuid] = gen = generation(uuid) + 1
+        row = await load(rt, uuid)
+        await record(rt, [Outcome(uuid, CONNECTING, mons_too=False, generation=gen)])
+        await rt.clusters.forget(uuid)
+        if rt.tracker is not None:
+            await rt.tracker.forget(uuid)  # the pings' handle too: the next ping starts afresh
+        try:
+            cluster = await _cluster_or_rekey(rt, row)
+            row = await load(rt, uuid)  # the key may have been renewed
+            fsid = await cluster.fsid()
+            if row.fsid and fsid != row.fsid:
+                raise ApiError(
+                    OPERATION_ERROR,
+                    f"the mons of backup storage[uuid:{uuid}] now belong to ceph cluster[fsid:{fsid}], "
+                    f"not to its cluster[fsid:{row.fsid}]",
+                )
+            health = await _health(rt, row)
+            problem = _problem(row, health)
+            if problem is not None:
+                raise problem
+        except ApiError as e:
+            await record(rt, [Outcome(uuid, DISCONNECTED, e.details, generation=gen)])
+            raise
+        await record(rt, [Outcome(uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)])
+    await image_metadata.rewrite(rt, uuid)  # as ZStack's reconnect does; never raises
+    return await load(rt, uuid)
+
+
+async def _cluster_or_rekey(rt: Runtime, row: CephBackupStorage) -> ceph.Cluster:
+    """The storage's handle; when its key was revoked, ask a mon for it again over SSH
+    (the operator's reconnect is the moment to repair what the tracker only reports)."""
+    try:
+        return await rt.clusters.get(row)
+    except ApiError as e:
+        if not is_ceph_error(e, ceph.CephPermissionDenied):
+            raise
+    log.warning("the cephx key of backup storage %s was refused; asking a mon for it again", row.uuid)
+    await ceph_backup_storage.renew_key(rt, row)
+    return await rt.clusters.get(await load(rt, row.uuid))
+
+
+async def _health(rt: Runtime, row: CephBackupStorage) -> ceph.Health:
+    """One trip to the cluster through the node's handle (a Reconnect's check)."""
+    return await health_of(await rt.clusters.get(row), row.pool_name, row.uuid)
+
+
+async def health_of(cluster: ceph.Cluster, pool: str, uuid: str) -> ceph.Health:
+    """The storage's health as ``cluster`` sees it; ApiError when its mons cannot be asked."""
+    try:
+        return await cluster.health(pool, f"imgstore.ping.{uuid}")
+    except ceph.CephError as e:
+        raise ceph_error(e) from None
+
+
+def _problem(row: CephBackupStorage, health: ceph.Health) -> ApiError | None:
+    """Why the storage is not well, as the mons answered; None when it is."""
+    if not any(_mon_address(m) in health.quorum for m in row.mons):
+        return ApiError(
+            OPERATION_ERROR,
+            f"none of the mons of backup storage[uuid:{row.uuid}] is in the quorum of its cluster",
+            status=503,
+        )
+    if health.pool_error is not None:
+        return ceph_error(health.pool_error)
+    return None
+
+
+def _mon_address(mon) -> str:  # type: ignore[no-untyped-def]
+    return f"{mon.mon_addr or mon.hostname}:{mon.mon_port}"
+
+
+def apply(row: CephBackupStorage, outcome: Outcome) -> bool:
+    """Set what ``outcome`` says on ``row`` (and its mons); True if anything changed."""
+    changed = _put(row, {"status": outcome.status, "status_reason": outcome.reason})
+    if outcome.capacity is not None:
+        changed |= _put(row, capacity_columns(outcome.capacity))
+    if outcome.mons_too:
+        for mon in row.mons:
+            up = outcome.quorum is not None and _mon_address(mon) in outcome.quorum
+            reason = None if up else (outcome.reason or "not in the quorum of its cluster")
+            changed |= _put(mon, {"status": CONNECTED if up else DISCONNECTED, "status_reason": reason})
+    return changed
+
+
+def _put(obj: object, values: dict[str, object]) -> bool:
+    """Set the attributes that differ; True if there were any."""
+    differ = {k: v for k, v in values.items() if getattr(obj, k) != v}
+    for k, v in differ.items():
+        setattr(obj, k, v)
+    return bool(differ)

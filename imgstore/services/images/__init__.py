@@ -1,0 +1,1 @@
+"""Images on Ceph backup storages: adding (sources, upload, intake), deleting, exporting, metadata."""

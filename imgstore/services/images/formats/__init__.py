@@ -1,0 +1,1 @@
+"""Image files: their format, their header checks, qemu-img/qemu-nbd under limits."""

@@ -1,0 +1,443 @@
+"""upload:// images: the slot AddImage opens, and the PUTs that fill it, resumable.
+
+AddImage(upload://) answers at once with the image Downloading and, on its ref,
+``uploadUrl``: ``<base>/zstack/v1/images/uploads/<image uuid>?token=<token>`` (ZStack's
+agent answers with an upload path the same way; its AddImage completes before the bytes
+arrive, and ``UploadImageTracker`` follows the upload). The token (256 random bits) is
+the credential: plain HTTP clients PUT there without a session. It sits in the query
+string, which the access log does not write; the database keeps its sha256 and a sealed
+copy of the URL (shown again by QueryImage and GetUploadImageJobDetails).
+
+A PUT sends bytes from an offset: ``Content-Range: bytes <first>-<last>/<total|*>`` or
+``X-Upload-Offset: <n>``; neither means 0. The total is the Content-Range's, else
+``X-Image-Size`` (what ZStack's clients send) or ``X-Upload-Length``, else this PUT
+carries the rest (offset + Content-Length), else (chunked, no length) the body's end is
+the image's end. A PUT whose offset is not where the upload stands is refused with 409
+and the right offset in ``X-Upload-Offset``: the client resumes from there. A client
+that disconnects mid-body loses nothing received: the upload stays open on this node
+(the writer keeps its place, its hashes and its RBD image) until the rest arrives, or
+until ``image_upload_timeout`` seconds pass without a byte. When the last byte arrives
+the PUT commits (converting a qcow2) and answers with the image Ready.
+
+A failed upload leaves no RBD image; its image turns Error with the reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imgstore.wire.dates import utcnow
+from imgstore.db.models import CephBackupStorage, Image, ImageUpload, Node
+from imgstore.errors import (
+    OPERATION_ERROR,
+    PERMISSION_DENIED,
+    RESOURCE_NOT_FOUND,
+    ApiError,
+    invalid_argument,
+)
+from imgstore.services.images import add as image_add
+from imgstore.services.images import manage as images
+from imgstore.services.node.handles import Lease
+from imgstore.services.images.intake import ImageIntake
+from imgstore.services.node.metrics import count_image_bytes
+from imgstore.services.node.runtime import Runtime
+from imgstore.services.node.task_progress import ProgressReporter
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PATH = "zstack/v1/images/uploads"
+WAITING, RUNNING, SUCCEEDED, FAILED = "Waiting", "Running", "Succeeded", "Failed"
+SAVE_EVERY = 1.0  # seconds between two writes of the offset during a PUT
+ORPHAN_RETRY_PAUSES = (0, 5, 10, 15, 30, 60)  # seconds before each try to end a dead node's upload
+
+
+class BodyInterrupted(Exception):
+    """The client went away before the end of its body (raised by the API layer)."""
+
+
+class OffsetMismatch(ApiError):
+    """The PUT does not start where the upload stands; ``offset`` is where it does."""
+
+    def __init__(self, image_uuid: str, offset: int, asked: int) -> None:
+        super().__init__(
+            OPERATION_ERROR,
+            f"the upload of image[uuid:{image_uuid}] stands at byte {offset}, the request starts at "
+            f"{asked}; send the bytes from offset {offset}",
+            status=409,
+        )
+        self.offset = offset
+
+
+@dataclass
+class Piece:
+    """What one PUT says about its body."""
+
+    offset: int | None = None  # where it starts; None: not said (0)
+    total: int | None = None  # the whole image's size; None: not said
+    length: int | None = None  # Content-Length of this body
+    image_uuid: str | None = None  # X-Image-Uuid, checked when sent
+
+
+@dataclass
+class UploadStatus:
+    image_uuid: str
+    state: str
+    offset: int
+    size: int | None
+    image: Image | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.state == SUCCEEDED
+
+
+@dataclass
+class _Session:
+    """An upload in progress on this node: its intake stays open between PUTs."""
+
+    image_uuid: str
+    reporter: ProgressReporter
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    intake: ImageIntake | None = None
+    received: int = 0
+    total: int | None = None
+    task: asyncio.Task[object] | None = None  # the PUT sending bytes now
+    saved_at: float = 0.0
+    deleted: bool = False  # DeleteImage stopped it
+    leases: list[Lease] = field(default_factory=list)  # the handles the writer uses, kept open till it ends
+
+    def release(self) -> None:
+        """The writer is done with its handles: a Reconnect's old one may close now."""
+        for lease in self.leases:
+            lease.release()
+        self.leases.clear()
+
+
+_SESSIONS: dict[str, _Session] = {}
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def upload_url(base_url: str, image_uuid: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/{UPLOAD_PATH}/{image_uuid}?token={token}"
+
+
+# ---------------------------------------------------------------- the slot
+
+
+async def open_slot(rt: Runtime, req: images.NewImage, storages: list[CephBackupStorage], uuid: str,
+                    api_id: str, base_url: str, reporter: ProgressReporter) -> Image:
+    """AddImage(upload://): the image, Downloading, with an upload slot on its storage."""
+    token = secrets.token_urlsafe(32)
+    slot = ImageUpload(
+        image_uuid=uuid, backup_storage_uuid=storages[0].uuid, api_id=api_id, token_hash=_hash(token),
+        token_sealed=rt.secrets.seal(upload_url(base_url, uuid, token)), state=WAITING, offset=0,
+    )
+    return await images.create(rt, req, storages[:1], uuid, extra=[slot, reporter.new_row(stage=WAITING)])
+
+
+async def upload_urls(rt: Runtime, image_uuids: list[str]) -> dict[str, str]:
+    """Image uuid → upload URL, for the images still waiting for (more) bytes."""
+    if not image_uuids:
+        return {}
+    async with rt.db() as db:
+        slots = list(await db.scalars(select(ImageUpload).where(
+            ImageUpload.image_uuid.in_(image_uuids), ImageUpload.state.in_((WAITING, RUNNING)))))
+    return {s.image_uuid: rt.secrets.open(s.token_sealed) for s in slots}
+
+
+async def job_details(rt: Runtime, image_uuid: str) -> list[dict[str, object]]:
+    """GetUploadImageJobDetails: ZStack's ``existingJobDetails`` of the image's upload."""
+    async with rt.db() as db:
+        slot = await db.get(ImageUpload, image_uuid)
+    if slot is None:
+        return []
+    pending = slot.state in (WAITING, RUNNING)
+    return [{
+        "longJobUuid": slot.api_id,
+        "longJobState": slot.state,
+        "imageUuid": slot.image_uuid,
+        "imageUploadUrl": rt.secrets.open(slot.token_sealed) if pending else None,
+        "offset": _live_offset(slot),
+    }]
+
+
+def _live_offset(slot: ImageUpload) -> int:
+    session = _SESSIONS.get(slot.image_uuid)
+    return session.received if session is not None else slot.offset
+
+
+async def _slot(rt: Runtime, image_uuid: str, token: str) -> ImageUpload:
+    async with rt.db() as db:
+        slot = await db.get(ImageUpload, image_uuid, populate_existing=True)
+    if slot is None:
+        raise ApiError(RESOURCE_NOT_FOUND, f"no upload of image[uuid:{image_uuid}] is open here")
+    if not token or not hmac.compare_digest(_hash(token), slot.token_hash):
+        raise ApiError(PERMISSION_DENIED, f"the token of the upload of image[uuid:{image_uuid}] is wrong")
+    return slot
+
+
+async def status(rt: Runtime, image_uuid: str, token: str) -> UploadStatus:
+    """Where the upload stands (HEAD/GET on the upload URL)."""
+    slot = await _slot(rt, image_uuid, token)
+    return UploadStatus(image_uuid, slot.state, _live_offset(slot), slot.size)
+
+
+# ---------------------------------------------------------------- receiving bytes
+
+
+async def receive(rt: Runtime, image_uuid: str, token: str, piece: Piece,
+                  body: AsyncIterator[bytes]) -> UploadStatus:
+    """One PUT: its bytes into the upload; the image Ready when they were the last."""
+    slot = await _slot(rt, image_uuid, token)
+    if piece.image_uuid is not None and piece.image_uuid != image_uuid:
+        raise invalid_argument(f"header X-Image-Uuid[{piece.image_uuid}] does not name image[uuid:{image_uuid}]")
+    if slot.state == SUCCEEDED:
+        raise ApiError(OPERATION_ERROR, f"image[uuid:{image_uuid}] is uploaded already", status=409)
+    if slot.state == FAILED:
+        image = await images.find(rt, image_uuid)
+        reason = image.status_reason if image is not None else None
+        raise ApiError(OPERATION_ERROR, f"the upload of image[uuid:{image_uuid}] failed"
+                                        f"{f': {reason}' if reason else ''}; add the image again", status=409)
+    session = _SESSIONS.get(image_uuid)
+    if session is None:
+        if slot.offset > 0 or slot.state == RUNNING:
+            where = f"node[{slot.node}]" if slot.node != rt.node_id else "this node before it restarted"
+            raise ApiError(OPERATION_ERROR, f"the upload of image[uuid:{image_uuid}] is held by {where}; "
+                                            "resume it there, or add the image again", status=409)
+        reporter = ProgressReporter(rt, slot.api_id, image_uuid, "AddImage")
+        session = _SESSIONS.setdefault(image_uuid, _Session(image_uuid, reporter))
+    if session.lock.locked():
+        raise ApiError(OPERATION_ERROR, f"another request is sending the bytes of image[uuid:{image_uuid}]",
+                       status=409)
+    async with session.lock:
+        current = session.task = asyncio.current_task()
+        try:
+            return await _receive(rt, session, piece, body)
+        except asyncio.CancelledError:
+            if not session.deleted or current is None:
+                raise
+            current.uncancel()  # cancel() stopped this PUT: answer it, then cancel() cleans up
+            raise ApiError(OPERATION_ERROR, f"image[uuid:{image_uuid}] was deleted during its upload",
+                           status=409) from None
+        finally:
+            session.task = None
+
+
+async def _receive(rt: Runtime, session: _Session, piece: Piece, body: AsyncIterator[bytes]) -> UploadStatus:
+    uuid = session.image_uuid
+    offset = piece.offset or 0
+    if offset != session.received:
+        raise OffsetMismatch(uuid, session.received, offset)
+    total = piece.total
+    if total is None and piece.length is not None:
+        total = offset + piece.length
+    if total is not None and session.total is not None and total != session.total:
+        raise invalid_argument(f"the upload of image[uuid:{uuid}] is {session.total} bytes; "
+                               f"this request says {total}")
+    if total is not None and total < session.received:
+        raise invalid_argument(f"size[{total}] is less than the {session.received} bytes received")
+    if session.intake is None:
+        session.total = total
+        session.intake = await _start(rt, session)
+    try:
+        async for data in body:
+            await session.intake.write(data)
+            session.received += len(data)
+            count_image_bytes(rt, "upload", len(data))
+            if time.monotonic() - session.saved_at >= SAVE_EVERY:
+                await _save(rt, session, RUNNING)
+    except BodyInterrupted:
+        await _save(rt, session, RUNNING)
+        return UploadStatus(uuid, RUNNING, session.received, session.total)
+    except Exception as e:
+        raise await _fail(rt, session, e) from None
+    if session.total is not None and session.received < session.total:
+        await _save(rt, session, RUNNING)
+        return UploadStatus(uuid, RUNNING, session.received, session.total)
+    return await _complete(rt, session)
+
+
+async def _start(rt: Runtime, session: _Session) -> ImageIntake:
+    """The first bytes: check the storage (capacity against the size, when known)."""
+    image = await images.load(rt, session.image_uuid)
+    targets, failures = await image_add.targets_for(rt, image, session.total)
+    # no await since each target's handle was taken: a Reconnect, a Delete or a mon change
+    # during the upload (minutes, across PUTs) replaces the handle but leaves this one open
+    session.leases = [rt.clusters.hold(t.cluster) for t in targets]
+    if not targets:
+        raise await _fail(rt, session, image_add.all_failed(image, dict(failures)))
+    reporter = session.reporter
+    intake = ImageIntake(targets, image.uuid, session.total, image_add.staging_dir(rt),
+                         image_add.progress_of(reporter, lambda: intake.detected))
+    await _save(rt, session, RUNNING)
+    return intake
+
+
+async def _complete(rt: Runtime, session: _Session) -> UploadStatus:
+    assert session.intake is not None
+    try:
+        result = await session.intake.finish()
+        image = await image_add.finish(rt, session.image_uuid, result, {}, session.reporter)
+    except Exception as e:
+        raise await _fail(rt, session, e) from None
+    finally:
+        session.release()
+    _SESSIONS.pop(session.image_uuid, None)
+    await _save(rt, session, SUCCEEDED)
+    return UploadStatus(session.image_uuid, SUCCEEDED, session.received, session.received, image)
+
+
+async def _save(rt: Runtime, session: _Session, state: str) -> None:
+    session.saved_at = time.monotonic()
+    async with rt.db() as db:
+        slot = await db.get(ImageUpload, session.image_uuid)
+        if slot is None:
+            return
+        slot.state, slot.offset, slot.size, slot.node = state, session.received, session.total, rt.node_id
+        await db.commit()
+
+
+async def _fail(rt: Runtime, session: _Session, error: Exception) -> ApiError:
+    """The upload cannot go on: nothing stays in Ceph, the image is Error with the reason."""
+    _SESSIONS.pop(session.image_uuid, None)
+    if session.intake is not None:
+        await session.intake.abort()
+    session.release()
+    api_error = image_add.as_api_error(error)
+    await image_add.mark_failed(rt, session.image_uuid, api_error.details)
+    await _save(rt, session, FAILED)
+    await session.reporter.update(session.reporter.percent, force=True, stage=FAILED, error=api_error.details)
+    return api_error
+
+
+# ---------------------------------------------------------------- ending uploads
+
+
+async def cancel(image_uuid: str) -> None:
+    """DeleteImage of an uploading image: stop the PUT under way, remove what was written."""
+    session = _SESSIONS.pop(image_uuid, None)
+    if session is None:
+        return
+    session.deleted = True
+    task = session.task
+    if task is not None and not task.done() and task is not asyncio.current_task():
+        task.cancel()
+    async with session.lock:  # the PUT has answered and let go
+        if session.intake is not None:
+            await session.intake.abort()
+        session.release()
+
+
+async def expire_idle(rt: Runtime) -> None:
+    """Uploads that got no byte for ``image_upload_timeout`` seconds fail (their partial
+    image removed): a forgotten upload must not hold an open writer for ever."""
+    cutoff = utcnow() - timedelta(seconds=rt.settings.image_upload_timeout)
+    async with rt.db() as db:
+        idle = list(await db.scalars(select(ImageUpload).where(
+            ImageUpload.state.in_((WAITING, RUNNING)), ImageUpload.last_op_date < cutoff)))
+    for slot in idle:
+        session = _SESSIONS.get(slot.image_uuid)
+        if session is not None and session.lock.locked():
+            continue  # bytes are arriving right now
+        if slot.node not in (None, rt.node_id):
+            continue  # another node's writer: that node expires it
+        reason = f"no byte of the upload arrived for {rt.settings.image_upload_timeout} seconds"
+        await cancel(slot.image_uuid)
+        await _close_slot(rt, slot, reason)
+
+
+async def clean_up_interrupted(rt: Runtime) -> int:
+    """Uploads this node was receiving that died with its process (the writer was in
+    memory): their partial images are removed and the images turn Error. Answers how
+    many are left to retry (bits still busy)."""
+    async with rt.db() as db:
+        lost = list(await db.scalars(select(ImageUpload).where(
+            ImageUpload.state == RUNNING, ImageUpload.node == rt.node_id)))
+    left = 0
+    for slot in lost:
+        if slot.image_uuid in _SESSIONS:
+            continue
+        if not await _close_slot(rt, slot, "the server restarted during the upload; add the image again"):
+            left += 1
+    return left
+
+
+async def orphans(db: AsyncSession) -> list[tuple[str, str]]:
+    """(image uuid, node) of the open uploads whose node is gone (no ``node`` row: its
+    heartbeat expired). Their writer died with that node; only a survivor can end them."""
+    rows = await db.execute(select(ImageUpload.image_uuid, ImageUpload.node).where(
+        ImageUpload.state.in_((WAITING, RUNNING)),
+        ImageUpload.node.is_not(None),
+        ImageUpload.node.not_in(select(Node.id)),
+    ))
+    return [(uuid, node) for uuid, node in rows]
+
+
+async def claim_orphan(db: AsyncSession, image_uuid: str, dead: str, me: str) -> bool:
+    """Compare-and-set the upload's node from the dead one to this one (Running: a
+    clean-up that fails is retried by this node's ``clean_up_interrupted``), so only one
+    survivor ends it, and if this one dies too, it is again a dead node's."""
+    result = await db.execute(
+        update(ImageUpload)
+        .where(ImageUpload.image_uuid == image_uuid, ImageUpload.node == dead,
+               ImageUpload.state.in_((WAITING, RUNNING)))
+        .values(node=me, state=RUNNING)
+    )
+    await db.commit()
+    return bool(result.rowcount)
+
+
+async def end_orphan(rt: Runtime, image_uuid: str, dead: str) -> None:
+    """Fail an upload claimed from dead node ``dead``: the image Error with the reason
+    (the client must add it again: the bytes were in the dead node's writer), then its
+    partial image removed. The dead writer's watch holds that image until the OSDs time
+    it out (~30 s), so the removal is tried again a few times."""
+    for pause in ORPHAN_RETRY_PAUSES:
+        await asyncio.sleep(pause)
+        async with rt.db() as db:
+            slot = await db.get(ImageUpload, image_uuid, populate_existing=True)
+        if slot is None or slot.state != RUNNING or slot.node != rt.node_id:
+            return  # done, or no longer this node's to end
+        if await _close_slot(rt, slot, f"node[{dead}] receiving the upload stopped; add the image again"):
+            return
+
+
+async def _close_slot(rt: Runtime, slot: ImageUpload, reason: str) -> bool:
+    """Fail the upload: the image Error, the slot Failed once its bits are gone (until
+    then it stays Running, so the next clean-up tries again). True when all is done."""
+    log.warning("upload of image %s failed: %s", slot.image_uuid, reason)
+    left = []
+    if slot.offset > 0 or slot.state == RUNNING:
+        left = await image_add.remove_bits(rt, slot.image_uuid, [slot.backup_storage_uuid])
+    await image_add.mark_failed(rt, slot.image_uuid, reason)
+    async with rt.db() as db:
+        row = await db.get(ImageUpload, slot.image_uuid)
+        if row is not None:
+            row.state = RUNNING if left else FAILED
+            row.node = rt.node_id
+            await db.commit()
+    return not left
+
+
+async def stop_all(rt: Runtime) -> None:
+    """The node stops: uploads it holds cannot be resumed elsewhere, so they fail now
+    (partial images removed) rather than at the next start."""
+    for image_uuid in list(_SESSIONS):
+        await cancel(image_uuid)
+        async with rt.db() as db:
+            slot = await db.get(ImageUpload, image_uuid)
+        if slot is not None:
+            await _close_slot(rt, slot, "the server stopped during the upload; add the image again")

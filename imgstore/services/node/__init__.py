@@ -1,0 +1,1 @@
+"""What one node is: runtime resources, handles, jobs, locks, leases, accounts and sessions, membership."""

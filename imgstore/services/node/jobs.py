@@ -1,0 +1,146 @@
+"""Async API jobs: stored in the database so a poll works on any node and after a restart.
+
+A job runs as a task of the node that accepted it. Its final answer (the JSON body of
+a 200, or the ErrorCode of a failure) is written to its row; a node that restarts marks
+the jobs it was running as failed, since their tasks died with it.
+
+A job's answer may hold a bearer secret (the upload URL of an AddImage(upload://), the
+export URL of ExportImageFromBackupStorage): it is stored sealed, and a poll without a
+session sees it through :func:`mask_tokens`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from imgstore.crypto import SecretBox
+from imgstore.wire.dates import utcnow
+from imgstore.db.models import ApiJob
+from imgstore.errors import INTERNAL, INVALID_ARGUMENT, ApiError
+from imgstore.wire.masking import without_tokens
+
+log = logging.getLogger(__name__)
+
+PROCESSING, SUCCEEDED, FAILED = "Processing", "Succeeded", "Failed"
+_JOB_UUID = re.compile(r"^[0-9a-f]{32}$")
+
+Work = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def check_job_uuid(value: str) -> str:
+    value = value.strip().lower()
+    if not _JOB_UUID.fullmatch(value):
+        raise ApiError(
+            INVALID_ARGUMENT,
+            f"invalid header X-Job-UUID[{value}]: a job uuid is 32 hex characters without dashes",
+        )
+    return value
+
+
+def mask_tokens(value: Any) -> Any:
+    """``value`` (a job's answer) with the ``token=`` of every URL in it masked: what a
+    poll without a session may see. The shape stays ZStack's; the URL just cannot be used."""
+    if isinstance(value, str):
+        return without_tokens(value)
+    if isinstance(value, dict):
+        return {k: mask_tokens(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_tokens(v) for v in value]
+    return value
+
+
+class JobRunner:
+    """Runs the async APIs of one node."""
+
+    def __init__(self, db: async_sessionmaker[AsyncSession], node: str, retention: int,
+                 box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+        self._node = node
+        self._retention = retention
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, job_uuid: str, api_name: str, work: Work) -> None:
+        """Record the job, then run ``work`` in the background. A reused uuid is refused."""
+        async with self._db() as db:
+            db.add(ApiJob(uuid=job_uuid, api_name=api_name, node=self._node))
+            try:
+                await db.commit()
+            except IntegrityError:
+                raise ApiError(
+                    INVALID_ARGUMENT, f"duplicate X-Job-UUID[{job_uuid}]: a job with this uuid exists"
+                ) from None
+        task = asyncio.create_task(self._run(job_uuid, api_name, work), name=f"job-{job_uuid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job_uuid: str, api_name: str, work: Work) -> None:
+        try:
+            body = await work()
+            state = SUCCEEDED
+        except ApiError as e:
+            body, state = e.body(), FAILED
+        except asyncio.CancelledError:
+            body, state = ApiError(INTERNAL, "the job was cancelled: the server stopped").body(), FAILED
+        except Exception:
+            log.exception("job %s (%s) failed unexpectedly", job_uuid, api_name)
+            body, state = ApiError(INTERNAL, f"{api_name} failed unexpectedly").body(), FAILED
+        await self._finish(job_uuid, state, body)
+
+    async def _finish(self, job_uuid: str, state: str, body: dict[str, Any]) -> None:
+        async with self._db() as db:
+            await db.execute(
+                update(ApiJob)
+                .where(ApiJob.uuid == job_uuid)
+                .values(state=state, result=self._box.seal(json.dumps(body)), finish_date=utcnow())
+            )
+            await db.commit()
+
+    def answer(self, job: ApiJob) -> dict[str, Any]:
+        """A finished job's answer: sealed by :meth:`_finish`, in clear when another path
+        (a restart, a dead node) wrote a bare error."""
+        stored = job.result or "{}"
+        if not stored.startswith("{"):
+            stored = self._box.open(stored)
+        return json.loads(stored)
+
+    async def get(self, job_uuid: str) -> ApiJob | None:
+        async with self._db() as db:
+            return await db.get(ApiJob, job_uuid)
+
+    async def recover(self) -> None:
+        """Fail the jobs this node left running, and forget expired ones."""
+        interrupted = ApiError(
+            INTERNAL, "the job was interrupted: the server restarted before it finished"
+        ).body()
+        async with self._db() as db:
+            await db.execute(
+                update(ApiJob)
+                .where(ApiJob.state == PROCESSING, ApiJob.node == self._node)
+                .values(state=FAILED, result=json.dumps(interrupted), finish_date=utcnow())
+            )
+            await db.execute(
+                delete(ApiJob).where(
+                    ApiJob.finish_date < utcnow() - timedelta(seconds=self._retention)
+                )
+            )
+            await db.commit()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """On shutdown: give running jobs a moment, then cancel them (their rows say so)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)

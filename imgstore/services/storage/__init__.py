@@ -1,0 +1,1 @@
+"""Ceph backup storages: adding, their mons, zones, updating, state, deleting."""

@@ -1,0 +1,207 @@
+"""Zones: creating, querying, changing and deleting them, and attaching backup storages.
+
+imgstore has no hosts or clusters; a zone is what ZStack clients group backup storages
+by (``attachedZoneUuids``, GetBackupStorageCapacity by ``zoneUuids``), so it keeps
+ZStack's zone API and its attach/detach rules and errors (zstack-api.md section 4).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from imgstore.crypto import new_uuid
+from imgstore.db import query as q
+from imgstore.db.models import BackupStorage, BackupStorageZoneRef, Zone
+from imgstore.errors import (
+    OPERATION_ERROR,
+    ApiError,
+    invalid_argument,
+    not_found,
+)
+from imgstore.wire.query import Condition, QuerySpec
+from imgstore.services.catalog import queries
+from imgstore.services.catalog import state_changes
+from imgstore.services.catalog import tags
+from imgstore.services.node.locking import commit_row, locked_row
+from imgstore.services.node.runtime import Runtime
+
+ZONE_TYPE = "zstack"  # ZoneVO's type in ZStack
+RESOURCE_TYPE = "ZoneVO"
+_UUID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _storage_links():  # type: ignore[no-untyped-def]
+    return select(BackupStorageZoneRef.zone_uuid, BackupStorageZoneRef.backup_storage_uuid)
+
+
+def _backup_storage(rest: str, cond: Condition):  # type: ignore[no-untyped-def]
+    """``q=backupStorage.<field>...`` on zones. Imported late: the backup-storage query
+    names zones too (``q=zone.name=...``)."""
+    from imgstore.services.storage.manage import BACKUP_STORAGE_QUERY
+
+    return q.relation(Zone.uuid, _storage_links, BACKUP_STORAGE_QUERY)(rest, cond)
+
+
+ZONE_QUERY = q.Queryable(
+    entity=Zone,
+    name="ZoneInventory",
+    fields={
+        "uuid": q.Field(Zone.uuid),
+        "name": q.Field(Zone.name),
+        "description": q.Field(Zone.description),
+        "state": q.Field(Zone.state),
+        "type": q.Field(Zone.type),
+        "createDate": q.Field(Zone.create_date, datetime),
+        "lastOpDate": q.Field(Zone.last_op_date, datetime),
+    },
+    relations={"backupStorage": _backup_storage},
+    tags=q.tag_filter(Zone.uuid, tags.tag_rows),
+    default_sort="createDate",
+)
+
+
+@dataclass
+class NewZone:
+    """What CreateZone asks for, already typed by the API layer."""
+
+    name: str
+    description: str | None = None
+    resource_uuid: str | None = None
+    system_tags: list[str] = field(default_factory=list)
+    user_tags: list[str] = field(default_factory=list)
+
+
+def _check_name(name: str | None) -> None:
+    if name is not None and not name.strip():
+        raise invalid_argument("field[name] cannot be an empty string")
+
+
+async def create(rt: Runtime, req: NewZone) -> Zone:
+    """CreateZone: an Enabled zone of type ``zstack``, with the tags given."""
+    _check_name(req.name)
+    if req.resource_uuid is not None and not _UUID.fullmatch(req.resource_uuid):
+        raise invalid_argument(
+            f"field[resourceUuid] value[{req.resource_uuid}] is not a valid uuid: "
+            "32 lowercase hex characters without dashes"
+        )
+    tags.check_tags(req.system_tags, req.user_tags)
+    uuid = req.resource_uuid or new_uuid()
+    async with rt.db() as db:
+        db.add(Zone(uuid=uuid, name=req.name, description=req.description, state="Enabled", type=ZONE_TYPE))
+        db.add_all(tags.new_tags(uuid, RESOURCE_TYPE, req.system_tags, req.user_tags))
+        try:
+            await db.commit()
+        except IntegrityError:
+            raise invalid_argument(f"field[resourceUuid]: a resource with uuid[{uuid}] already exists") from None
+    return await load(rt, uuid)
+
+
+async def query(rt: Runtime, spec: QuerySpec) -> tuple[list[Zone], int | None]:
+    """QueryZone: the page and, when asked, the total."""
+    return await queries.run(rt, ZONE_QUERY, spec)
+
+
+async def load(rt: Runtime, uuid: str, field_name: str = "uuid") -> Zone:
+    async with rt.db() as db:
+        row = await db.get(Zone, uuid)
+        if row is None:
+            raise not_found(RESOURCE_TYPE, uuid, field=field_name)
+        return row
+
+
+async def update(rt: Runtime, uuid: str, name: str | None, description: str | None) -> Zone:
+    """UpdateZone: name and description, each only when given."""
+    _check_name(name)
+    async with locked_row(rt, Zone, uuid) as (db, row):
+        if row is None:
+            raise not_found(RESOURCE_TYPE, uuid)
+        if name is not None:
+            row.name = name
+        if description is not None:
+            row.description = description
+        return await commit_row(db, row)
+
+
+async def change_state(rt: Runtime, uuid: str, state_event: str) -> Zone:
+    """ChangeZoneState: enable/disable, serialised per zone; already there is a no-op."""
+    return await state_changes.change_state(rt, Zone, uuid, state_event, RESOURCE_TYPE)
+
+
+async def delete_zone(rt: Runtime, uuid: str) -> None:
+    """DeleteZone: the zone, its attachments (the storages stay, detached) and its tags.
+    An unknown uuid is a success, as in ZStack. Both delete modes do the same: nothing
+    in imgstore can refuse the deletion of a zone."""
+    async with locked_row(rt, Zone, uuid) as (db, row):
+        if row is None:
+            return
+        await db.execute(delete(BackupStorageZoneRef).where(BackupStorageZoneRef.zone_uuid == uuid))
+        await tags.delete_tags_of(db, uuid)
+        await db.delete(row)
+        await db.commit()
+
+
+# ---------------------------------------------------------------- attachment
+
+
+async def attach_backup_storage(rt: Runtime, zone_uuid: str, storage_uuid: str) -> BackupStorage:
+    """AttachBackupStorageToZone. The storage's row is locked meanwhile, so attach and
+    detach of one storage are serialised; the unique (storage, zone) pair is the
+    backstop across anything else."""
+    async with locked_row(rt, BackupStorage, storage_uuid) as (db, storage):
+        if await db.get(Zone, zone_uuid) is None:
+            raise not_found(RESOURCE_TYPE, zone_uuid, field="zoneUuid")
+        if storage is None:
+            raise not_found("BackupStorageVO", storage_uuid, field="backupStorageUuid")
+        if zone_uuid in storage.attached_zone_uuids:
+            raise _attached(storage_uuid, zone_uuid)
+        db.add(BackupStorageZoneRef(backup_storage_uuid=storage_uuid, zone_uuid=zone_uuid))
+        try:
+            await db.commit()
+        except IntegrityError:
+            await db.rollback()
+            if await db.get(Zone, zone_uuid) is None:  # deleted meanwhile
+                raise not_found(RESOURCE_TYPE, zone_uuid, field="zoneUuid") from None
+            raise _attached(storage_uuid, zone_uuid) from None
+    return await _load_storage(rt, storage_uuid)
+
+
+async def detach_backup_storage(rt: Runtime, zone_uuid: str, storage_uuid: str) -> BackupStorage:
+    """DetachBackupStorageFromZone; a storage not attached there is SYS.1006."""
+    async with locked_row(rt, BackupStorage, storage_uuid) as (db, storage):
+        if await db.get(Zone, zone_uuid) is None:
+            raise not_found(RESOURCE_TYPE, zone_uuid, field="zoneUuid")
+        if storage is None:
+            raise not_found("BackupStorageVO", storage_uuid, field="backupStorageUuid")
+        gone = await db.execute(
+            delete(BackupStorageZoneRef).where(
+                BackupStorageZoneRef.backup_storage_uuid == storage_uuid,
+                BackupStorageZoneRef.zone_uuid == zone_uuid,
+            )
+        )
+        if gone.rowcount == 0:
+            raise ApiError(
+                OPERATION_ERROR,
+                f"backup storage[uuid:{storage_uuid}] has not been attached to zone[uuid:{zone_uuid}]",
+            )
+        await db.commit()
+    return await _load_storage(rt, storage_uuid)
+
+
+def _attached(storage_uuid: str, zone_uuid: str) -> ApiError:
+    return ApiError(
+        OPERATION_ERROR, f"backup storage[uuid:{storage_uuid}] has been attached to zone[uuid:{zone_uuid}]"
+    )
+
+
+async def _load_storage(rt: Runtime, uuid: str) -> BackupStorage:
+    async with rt.db() as db:
+        row = await db.get(BackupStorage, uuid)
+        if row is None:
+            raise not_found("BackupStorageVO", uuid, field="backupStorageUuid")
+        return row
+
+
