@@ -44,7 +44,7 @@ class Metrics:
     def __init__(self) -> None:
         # no ``*_created`` series: they double the output and no dashboard reads them
         # (a process-wide switch of prometheus_client, the same for every app)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "imgstore_http_requests", "API requests answered, by route template and HTTP status",
@@ -221,5 +221,5 @@ class MetricsMiddleware:
         path = scope["path"]
         for prefix in self.prefixes:
             if path.startswith(prefix) and regex.match(path[len(prefix):]):
-                return prefix + path_format
-        return path_format
+                return f"{prefix}{path_format}"
+        return str(path_format)

@@ -594,7 +594,8 @@ def backup_storage_uuid(client: ImgstoreClient, ref: str) -> str:
         raise ImgstoreError("SYS.1003", "A resource can not be found", f"no backup storage is named '{ref}'")
     if len(found) > 1:
         raise ParamError(f"{len(found)} backup storages are named '{ref}'; give the uuid")
-    return found[0]["uuid"]
+    uuid: str = found[0]["uuid"]
+    return uuid
 
 
 def send_image(client: ImgstoreClient, file: Path, bs_uuid: str, name: str, fmt: str,

@@ -243,8 +243,9 @@ class ImgstoreClient:
     def login(self, account: str, password: str) -> dict[str, Any]:
         """Log in with a clear-text password (sent as its SHA-512 hex); keep the session."""
         reply = self.call("LogInByAccount", accountName=account, password=hash_password(password))
-        self.session = reply["inventory"]["uuid"]
-        return reply["inventory"]
+        inventory: dict[str, Any] = reply["inventory"]
+        self.session = inventory["uuid"]
+        return inventory
 
     def logout(self) -> None:
         if self.session:
@@ -327,7 +328,7 @@ class ImgstoreClient:
         """
         reply = self.call("AddImage", job_timeout=job_timeout, name=name, url="upload://",
                           backupStorageUuids=list(backup_storage_uuids), format=format, **image_params)
-        image = reply["inventory"]
+        image: dict[str, Any] = reply["inventory"]
         target = upload_url(image) or self._upload_url_of_job(image["uuid"])
         if not target:
             raise ImgstoreError(UNIMPLEMENTED, "Not implemented or not supported",
@@ -375,7 +376,8 @@ class ImgstoreClient:
                 raise ImgstoreError("SYS.1002", "Unable to create a resource",
                                     f"image[uuid:{image_uuid}] is {image['status'] if image else 'gone'}")
             if image.get("status") == "Ready":
-                return image
+                ready: dict[str, Any] = image
+                return ready
             if time.monotonic() + delay > deadline:
                 raise ImgstoreError(POLL_TIMEOUT, "timeout of polling API result",
                                     f"image[uuid:{image_uuid}] is still {image.get('status')}")

@@ -65,7 +65,8 @@ class SqliteWatch(ChangeWatch):
         try:
             if self._conn is None:
                 self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            return self._conn.execute("PRAGMA data_version").fetchone()[0]
+            version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            return version
         except sqlite3.Error as e:
             log.warning("cannot read the SQLite data version: %s", e)
             await self.close()

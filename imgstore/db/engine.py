@@ -43,7 +43,8 @@ async def db_now(db: AsyncSession) -> datetime:
     clock is the database's."""
     bind = db.get_bind()
     if bind.dialect.name == "postgresql":
-        return await db.scalar(text("SELECT timezone('UTC', clock_timestamp())"))
+        now: datetime = await db.scalar(text("SELECT timezone('UTC', clock_timestamp())"))
+        return now
     return utcnow()
 
 

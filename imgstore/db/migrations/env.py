@@ -12,6 +12,8 @@ def run() -> None:
         from sqlalchemy import create_engine
 
         url = context.config.get_main_option("sqlalchemy.url")
+        if url is None:
+            raise RuntimeError("alembic: neither a connection nor sqlalchemy.url was given")
         url = url.replace("+aiosqlite", "").replace("+psycopg", "+psycopg")
         with create_engine(url).connect() as conn:
             _migrate(conn)
