@@ -81,13 +81,15 @@ do_install() {
   if [ -n "$missing" ]; then
     log "installing:$missing"
     # Never let a package start a system daemon (e.g. sshd on 0.0.0.0:22).
-    local tmp_policy=0
+    # The policy is ours only when we wrote it; the trap takes it away again however the
+    # install ends (a failed apt-get exits here under set -e), so the machine's packages
+    # start their daemons as usual afterwards.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; tmp_policy=1
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
-    if [ "$tmp_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   fi
   ceph --version >&2
 }
