@@ -1,8 +1,15 @@
-"""The Alembic migrations build exactly the schema the models describe."""
+"""The Alembic migrations build exactly the schema the models describe, and every downgrade
+gives back exactly the schema its upgrade started from (an operator stepping back one
+release gets the tables, columns, indexes and keys that release knew)."""
+from pathlib import Path
+from typing import Any
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
 
 from imgstore.db.engine import alembic_config
 from imgstore.db.models import Base
@@ -13,7 +20,42 @@ from imgstore.db.models import Base
 _NOCASE_INDEXES = {"ix_backup_storage_name_nocase", "ix_image_name_nocase"}
 
 
-def test_migrations_match_the_models(tmp_path) -> None:
+def schema(url: str) -> dict[str, Any]:
+    """The schema as SQLAlchemy reflects it, table by table, in a form that compares equal
+    whatever order or quoting SQLite's table rebuilds (batch migrations) wrote it in.
+    Alembic's own version table is left out: it says where we are, not what we have."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            insp = inspect(conn)
+            out = {}
+            for table in sorted(set(insp.get_table_names()) - {"alembic_version"}):
+                out[table] = {
+                    "columns": [(c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                                for c in insp.get_columns(table)],
+                    "primary key": insp.get_pk_constraint(table)["constrained_columns"],
+                    "foreign keys": sorted(
+                        (tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]),
+                         str(sorted((fk.get("options") or {}).items())))
+                        for fk in insp.get_foreign_keys(table)),
+                    "unique": sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table)),
+                    "indexes": sorted((i["name"], tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
+                                      for i in insp.get_indexes(table)),
+                }
+            # expression indexes (COLLATE NOCASE) reflect without their expression: their SQL
+            out["index sql"] = sorted(conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL").all())
+            return out
+    finally:
+        engine.dispose()
+
+
+def revisions(cfg: Config) -> list[str]:
+    """Every revision id, oldest first."""
+    return [s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions("base", "heads")][::-1]
+
+
+def test_migrations_match_the_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     command.upgrade(alembic_config(url), "head")
     with create_engine(url).connect() as conn:
@@ -23,8 +65,28 @@ def test_migrations_match_the_models(tmp_path) -> None:
     assert {name for name, sql in nocase if sql.endswith("(name COLLATE NOCASE)")} == _NOCASE_INDEXES
 
 
-def test_migrations_downgrade_to_nothing(tmp_path) -> None:
+def test_every_downgrade_gives_back_the_schema_before_its_upgrade(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = alembic_config(url)
+    before = schema(url)
+    assert before == {"index sql": []}
+    for revision in revisions(cfg):
+        command.upgrade(cfg, revision)
+        after = schema(url)
+        assert after != before, f"{revision} changes nothing"
+        command.downgrade(cfg, "-1")
+        assert schema(url) == before, f"the downgrade of {revision} does not give back the schema before it"
+        command.upgrade(cfg, revision)
+        assert schema(url) == after, f"{revision} upgrades to another schema the second time"
+        before = after
+
+
+def test_migrations_downgrade_to_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     cfg = alembic_config(url)
     command.upgrade(cfg, "head")
+    assert len(schema(url)) > 5
     command.downgrade(cfg, "base")
+    assert schema(url) == {"index sql": []}, "base is an empty database"
+    with create_engine(url).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 0
