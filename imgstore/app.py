@@ -25,6 +25,7 @@ from imgstore.api import openapi
 from imgstore.api.body_limit import BodyLimit
 from imgstore.api.deps import refuse_nul, require_session
 from imgstore.api.export_slots import ExportSlots
+from imgstore.api.refused_jobs import as_refused_job
 from imgstore.api.reply_cache import ReplyCache
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
@@ -100,12 +101,13 @@ def _include_api(app: FastAPI, prefix: str, in_schema: bool) -> None:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return await as_refused_job(request, e) or JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
-        return JSONResponse(_validation_error(e).body(), status_code=400)
+    async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        error = _validation_error(e)
+        return await as_refused_job(request, error) or JSONResponse(error.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:

@@ -73,6 +73,21 @@ class Settings(BaseSettings):
         description="seconds a throttled login waits before its 429, so a guessing client slows down",
     )
 
+    # issue 16 point 1: an async API refused before its job starts answers 202 + a failed job
+    # (api/refused_jobs.py); such jobs are bounded per source and forgotten fast
+    refused_jobs_per_address: str = Field(
+        default="60 per minute",
+        description="refused requests per source address turned into failed jobs, per window; "
+        "beyond: the refusal is answered at once (401/400), with no job",
+    )
+    refused_jobs_per_node: str = Field(
+        default="600 per minute",
+        description="refused requests turned into failed jobs by this node, from all sources, per window",
+    )
+    refused_job_retention: int = Field(
+        default=120, gt=0, description="seconds a refused request's failed job can be polled",
+    )
+
     # Trust point 6: image files cannot reach outside themselves or blow up
     # (imageformat.py, qemu.py, services/images/intake.py)
     image_max_virtual_size: int = Field(

@@ -110,8 +110,18 @@ class ApiCall:
             return JSONResponse(await work())
         job_uuid = self.job_uuid or new_uuid()
         await self.rt.jobs.submit(job_uuid, api_name, work)
-        location = f"{self.base_url.rstrip('/')}/{JOBS_PATH}/{job_uuid}"
-        return JSONResponse({"location": location, "apiTimeout": API_TIMEOUT_MS}, status_code=202)
+        return job_accepted(self.base_url, job_uuid)
+
+
+def job_accepted(base: str, job_uuid: str) -> JSONResponse:
+    """202 and where to poll the job."""
+    location = f"{base.rstrip('/')}/{JOBS_PATH}/{job_uuid}"
+    return JSONResponse({"location": location, "apiTimeout": API_TIMEOUT_MS}, status_code=202)
+
+
+def asks_for_job(job_header: str | None, prefer: str | None) -> bool:
+    """Whether a request asks to run as a job: ``X-Job-UUID`` or ``Prefer: respond-async``."""
+    return bool(job_header) or "respond-async" in (prefer or "").lower()
 
 
 async def api_call(
@@ -130,7 +140,7 @@ async def api_call(
         rt=rt,
         with_schema=_is_true(json_schema),
         job_uuid=check_job_uuid(job) if job else None,
-        asynchronous=bool(job) or "respond-async" in (prefer or "").lower(),
+        asynchronous=asks_for_job(job, prefer),
         base_url=base_url(rt, request),
     )
 

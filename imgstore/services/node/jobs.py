@@ -14,8 +14,9 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -31,6 +32,9 @@ from imgstore.wire.masking import without_tokens
 log = logging.getLogger(__name__)
 
 PROCESSING, SUCCEEDED, FAILED = "Processing", "Succeeded", "Failed"
+# a request refused before its job started (api/refused_jobs.py): polled as a failure,
+# forgotten after ``refused_retention`` seconds
+REFUSED = "Refused"
 _JOB_UUID = re.compile(r"^[0-9a-f]{32}$")
 
 Work = Callable[[], Awaitable[dict[str, Any]]]
@@ -62,26 +66,48 @@ class JobRunner:
     """Runs the async APIs of one node."""
 
     def __init__(self, db: async_sessionmaker[AsyncSession], node: str, retention: int,
-                 box: SecretBox) -> None:
+                 box: SecretBox, refused_retention: int = 120) -> None:
         self._db = db
         self._box = box
         self._node = node
         self._retention = retention
+        self._refused_retention = refused_retention
+        self._refused_pruned = 0.0  # monotonic time of the last pruning of refused jobs
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, job_uuid: str, api_name: str, work: Work) -> None:
         """Record the job, then run ``work`` in the background. A reused uuid is refused."""
+        await self._insert(ApiJob(uuid=job_uuid, api_name=api_name, node=self._node))
+        task = asyncio.create_task(self._run(job_uuid, api_name, work), name=f"job-{job_uuid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def refuse(self, job_uuid: str, api_name: str, error: ApiError) -> None:
+        """Record a job that failed before it started: one row, finished, no task. Such
+        rows are forgotten after ``refused_retention`` seconds (pruned here, at most once
+        a second, so the table holds no more than the callers' bound allows)."""
+        now = utcnow()
+        await self._insert(ApiJob(uuid=job_uuid, api_name=api_name, node=self._node, state=REFUSED,
+                                  result=json.dumps(error.body()), create_date=now, finish_date=now))
+        if time.monotonic() - self._refused_pruned >= 1.0:
+            self._refused_pruned = time.monotonic()
+            async with self._db() as db:
+                await db.execute(delete(ApiJob).where(ApiJob.state == REFUSED,
+                                                      ApiJob.finish_date < self._refused_horizon()))
+                await db.commit()
+
+    def _refused_horizon(self) -> datetime:
+        return utcnow() - timedelta(seconds=self._refused_retention)
+
+    async def _insert(self, job: ApiJob) -> None:
         async with self._db() as db:
-            db.add(ApiJob(uuid=job_uuid, api_name=api_name, node=self._node))
+            db.add(job)
             try:
                 await db.commit()
             except IntegrityError:
                 raise ApiError(
-                    INVALID_ARGUMENT, f"duplicate X-Job-UUID[{job_uuid}]: a job with this uuid exists"
+                    INVALID_ARGUMENT, f"duplicate X-Job-UUID[{job.uuid}]: a job with this uuid exists"
                 ) from None
-        task = asyncio.create_task(self._run(job_uuid, api_name, work), name=f"job-{job_uuid}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job_uuid: str, api_name: str, work: Work) -> None:
         try:
@@ -114,8 +140,12 @@ class JobRunner:
         return json.loads(stored)
 
     async def get(self, job_uuid: str) -> ApiJob | None:
+        """The job, or None when unknown or a refused job past its retention."""
         async with self._db() as db:
-            return await db.get(ApiJob, job_uuid)
+            job = await db.get(ApiJob, job_uuid)
+        if job is not None and job.state == REFUSED and job.finish_date < self._refused_horizon():
+            return None
+        return job
 
     async def recover(self) -> None:
         """Fail the jobs this node left running, and forget expired ones."""
@@ -133,6 +163,8 @@ class JobRunner:
                     ApiJob.finish_date < utcnow() - timedelta(seconds=self._retention)
                 )
             )
+            await db.execute(delete(ApiJob).where(ApiJob.state == REFUSED,
+                                                  ApiJob.finish_date < self._refused_horizon()))
             await db.commit()
 
     async def drain(self, timeout: float = 5.0) -> None:

@@ -18,6 +18,7 @@ from imgstore.db.engine import create_engine, migrate, sessionmaker
 from imgstore.services.node.handles import ClusterRegistry
 from imgstore.services.node.jobs import JobRunner
 from imgstore.services.node.login_guard import LoginGuard
+from imgstore.services.node.refusal_budget import RefusalBudget
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Runtime:
     node_id: str
     changes: ChangeWatch  # the database's version: replies kept until it moves (api/reply_cache.py)
     login_guard: LoginGuard  # password hashing off the loop, failed logins throttled
+    refusals: RefusalBudget  # how many refused requests become failed jobs (api/refused_jobs.py)
     tracker: Any = None  # services.tracker.Tracker once the node runs
     membership: Any = None  # services.nodes.Membership (heartbeat, leases) once the node runs
     metrics: Any = None  # imgstore.metrics.Metrics of the app serving this node
@@ -51,11 +53,12 @@ class Runtime:
             engine=engine,
             db=db,
             secrets=secrets,
-            jobs=JobRunner(db, node_id, settings.job_retention, secrets),
+            jobs=JobRunner(db, node_id, settings.job_retention, secrets, settings.refused_job_retention),
             clusters=ClusterRegistry(secrets.open, settings.ceph_timeout),
             node_id=node_id,
             changes=watch(engine.url),
             login_guard=LoginGuard(settings),
+            refusals=RefusalBudget(settings),
         )
         return rt
 
