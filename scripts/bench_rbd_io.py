@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of imgstore.ceph.rbd_io against the rbd CLI, on a dev cluster.
+"""Benchmark of imgstore.ceph.rbd (ImageWriter, iter_image) against the rbd CLI, on a dev cluster.
 
     .venv/bin/python scripts/bench_rbd_io.py [--cluster c1] [--repeat 3] [--window N]
                                              [--piece BYTES] [--no-tune]
@@ -46,8 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from _bench import ceph, cluster_env  # noqa: E402
 
-from imgstore.ceph import Cluster  # noqa: E402
-from imgstore.ceph.rbd_io import CHUNK_SIZE, WRITE_WINDOW, ImageWriter, iter_image, remove_image  # noqa: E402
+from imgstore.ceph import CHUNK_SIZE, WRITE_WINDOW, Cluster, ImageWriter, iter_image, remove_image  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -262,7 +261,7 @@ async def bench(args: argparse.Namespace) -> int:
             ceph(env, "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it")
             shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nrbd_io on {args.cluster}: median of {args.repeat} interleaved runs; window "
+    print(f"\nceph.rbd on {args.cluster}: median of {args.repeat} interleaved runs; window "
           f"{args.window} x {CHUNK_SIZE // MiB} MiB; pieces of {args.piece // 1024} KiB; "
           f"{os.cpu_count()} CPUs; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"tuning {'on (M_ARENA_MAX=2, rbd_cache=false)' if args.tune else 'off'}")

@@ -27,7 +27,7 @@ from imgstore.ceph.exceptions import (
     ClusterUnreachable,
     PoolNotFound,
 )
-from imgstore.ceph.rbd_io import RadosSource
+from imgstore.ceph._calls import RadosSource
 
 __all__ = ["append_object", "locked", "read_object", "remove_object", "write_object"]
 

@@ -1,6 +1,6 @@
 """Image bits on the real dev cluster c1: ImageWriter, iter_image and friends.
 
-Each test reads like a use of ``imgstore.ceph.rbd_io``: stream bytes in, read them back,
+Each test reads like a use of ``imgstore.ceph.rbd``: stream bytes in, read them back,
 and check with the admin ``rbd`` CLI what really is in the pool. The module works in a
 pool of its own, removed at the end. The handle is an ``imgstore.ceph.Cluster`` on the
 admin key of ``scripts/devcluster.sh env c1``.
@@ -20,16 +20,22 @@ from typing import Any
 
 import pytest
 
-from imgstore.ceph import Cluster, ImageBusy, ImageExists, ImageNotFound, ImageSizeMismatch, PoolNotFound, rbd_io
-from imgstore.ceph.rbd_io import (
+from imgstore.ceph import (
     CHUNK_SIZE,
+    Cluster,
+    ImageBusy,
+    ImageExists,
+    ImageNotFound,
+    ImageSizeMismatch,
     ImageWriter,
+    PoolNotFound,
     image_size,
     iter_image,
     list_images,
     read_range,
     remove_image,
 )
+from imgstore.ceph.rbd import reader
 from tests.conftest import DevCluster
 
 pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
@@ -150,13 +156,13 @@ async def test_holes_are_zeros_without_reading_objects_that_do_not_exist(
     assert await read_all(cluster, pool, name) == data
     assert await read_all(cluster, pool, name, start=5 * MiB - 7, end=41 * MiB) == data[5 * MiB - 7:41 * MiB]
     reads: list[int] = []
-    aio = rbd_io._aio
+    aio = reader.aio
 
     def counted(cluster: Any, loop: Any, method: Any, *args: Any) -> Any:
         reads.append(args[0])
         return aio(cluster, loop, method, *args)
 
-    monkeypatch.setattr(rbd_io, "_aio", counted)
+    monkeypatch.setattr(reader, "aio", counted)
     assert await read_all(cluster, pool, name) == data
     assert reads == [0, CHUNK_SIZE, 40 * MiB, 64 * MiB]  # the four objects written, no other
     await remove_image(cluster, pool, name)

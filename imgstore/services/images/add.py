@@ -15,7 +15,6 @@ from pathlib import Path
 
 from imgstore import ceph
 from imgstore.services.images.formats import qemu
-from imgstore.ceph import rbd_io
 from imgstore.db.models import Image
 from imgstore.errors import CREATE_RESOURCE_ERROR, INVALID_ARGUMENT, OPERATION_ERROR, ApiError
 from imgstore.services.images import manage as images
@@ -164,7 +163,7 @@ async def remove_bits(rt: Runtime, image_uuid: str, storage_uuids: list[str]) ->
         except ApiError:
             continue
         try:
-            await rbd_io.remove_image(await images.cluster_of(rt, storage), storage.pool_name or "",
+            await ceph.remove_image(await images.cluster_of(rt, storage), storage.pool_name or "",
                                       image_uuid, missing_ok=True)
         except (ApiError, ceph.CephError) as e:
             log.warning("could not remove image %s from backup storage %s yet: %s", image_uuid, bs, e)

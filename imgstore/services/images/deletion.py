@@ -11,7 +11,7 @@ ZStack's deletion policy (zstack-api.md 5), setting ``image_deletion_policy``:
 An image that is still Downloading (or failed) has nothing worth keeping: deleting it
 stops its download or upload and removes its bits, whatever the policy.
 
-Removing bits is ``rbd_io.remove_image``. An RBD image with clones, snapshots or
+Removing bits is ``ceph.remove_image``. An RBD image with clones, snapshots or
 watchers is not removed and the call fails with a 409 naming them: the ref stays, so the
 bits are never leaked unknown. Capacity is read again after every removal.
 """
@@ -24,7 +24,6 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from imgstore import ceph
-from imgstore.ceph import rbd_io
 from imgstore.wire.dates import utcnow
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError, invalid_argument, not_found
@@ -209,7 +208,7 @@ async def _remove_bits(rt: Runtime, ref: ImageBackupStorageRef) -> None:
                                         "are done", status=409)
     try:
         cluster = await images.cluster_of(rt, storage)
-        await rbd_io.remove_image(cluster, pool, ref.image_uuid, missing_ok=True)
+        await ceph.remove_image(cluster, pool, ref.image_uuid, missing_ok=True)
     except ceph.ImageBusy as e:
         raise ApiError(OPERATION_ERROR, f"cannot remove the bits of image[uuid:{ref.image_uuid}] from backup "
                                         f"storage[uuid:{storage.uuid}]: {e}; the image stays until they are "

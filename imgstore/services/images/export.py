@@ -4,7 +4,7 @@ ZStack's ExportImageFromBackupStorage has the Ceph agent serve the RBD image at
 ``http://<mon>:7761/ceph/export/<pool>/<name>-<uuid>?token=<token>`` and records that
 URL and the md5 on the image's ref (zstack-api.md 4, "Export"). imgstore has no agent:
 it serves ``<base>/zstack/v1/exports/<pool>/<name>-<uuid>?token=<token>`` itself,
-streaming the RBD image with several reads in flight (``rbd_io.iter_image``).
+streaming the RBD image with several reads in flight (``ceph.iter_image``).
 
 * The token is 256 random bits; the ref keeps its sha256 (``export_token``) to check a
   download against, the URL sealed with the node's secret key (``export_url``: it holds
@@ -37,7 +37,6 @@ from urllib.parse import quote
 from sqlalchemy import select
 
 from imgstore import ceph
-from imgstore.ceph import rbd_io
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import (
     INVALID_ARGUMENT,
@@ -87,7 +86,7 @@ class Download:
         """Bytes ``[start, end)`` of the image; counted in :func:`streaming` meanwhile."""
         _STREAMING[self.image_uuid] += 1
         try:
-            async for piece in rbd_io.iter_image(self.cluster, self.pool, self.name, start, end,
+            async for piece in ceph.iter_image(self.cluster, self.pool, self.name, start, end,
                                                  chunk=STREAM_CHUNK, readahead=STREAM_READ_AHEAD):
                 yield piece
         finally:
@@ -214,7 +213,7 @@ async def _compute_md5(rt: Runtime, storage: CephBackupStorage, pool: str, name:
     h = hashlib.md5()
     try:
         async with rt.clusters.lease(storage) as cluster:
-            async for piece in rbd_io.iter_image(cluster, pool, name, readahead=READ_AHEAD):
+            async for piece in ceph.iter_image(cluster, pool, name, readahead=READ_AHEAD):
                 await asyncio.to_thread(h.update, piece)  # hashlib lets go of the GIL
     except ceph.ImageNotFound:
         raise ApiError(OPERATION_ERROR, f"the RBD image {pool}/{name} of backup storage[uuid:{storage.uuid}] "
@@ -256,7 +255,7 @@ async def open_download(rt: Runtime, pool: str, segment: str, token: str | None)
     pool, name = _where(ref)
     lease = await rt.clusters.take(storage)  # the stream finishes on this handle
     try:
-        size = await rbd_io.image_size(lease.cluster, pool, name)
+        size = await ceph.image_size(lease.cluster, pool, name)
     except ceph.ImageNotFound:
         lease.release()
         raise _no_export(pool, segment) from None

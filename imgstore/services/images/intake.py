@@ -4,7 +4,7 @@
 ``imageformat.HEAD_SIZE`` bytes decide what it is (the client's ``format`` is not
 trusted):
 
-* **raw** or **iso** go straight into an ``rbd_io.ImageWriter`` per backup storage
+* **raw** or **iso** go straight into an ``ceph.ImageWriter`` per backup storage
   (fan-out: the source is read once however many storages take it). The writer keeps
   several writes in flight, skips zero chunks and computes md5 and sha512 on the way.
   A storage that fails drops out; the others go on.
@@ -40,9 +40,7 @@ from typing import Any
 
 from imgstore.services.images.formats import inspect as imageformat
 from imgstore.services.images.formats import qemu
-from imgstore.ceph import CephError
-from imgstore.ceph.exceptions import ImageSizeMismatch
-from imgstore.ceph.rbd_io import ImageWriter, RadosSource, remove_image
+from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, remove_image
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore import ceph
-from imgstore.ceph import rbd_io
 from imgstore.db import query as q
 from imgstore.db.models import (
     BackupStorage,
@@ -360,7 +359,7 @@ async def sync_size(rt: Runtime, uuid: str) -> Image:
     for ref in refs:
         try:
             storage = await storage_of(rt, ref.backup_storage_uuid)
-            size = await rbd_io.image_size(await cluster_of(rt, storage), storage.pool_name or "", uuid)
+            size = await ceph.image_size(await cluster_of(rt, storage), storage.pool_name or "", uuid)
         except ceph.CephError as e:
             errors.append(ceph_error(e))
             continue

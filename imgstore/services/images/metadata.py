@@ -42,7 +42,6 @@ from sqlalchemy import select
 
 from imgstore import ceph
 from imgstore.ceph import metadata as objects
-from imgstore.ceph import rbd_io
 from imgstore.wire.dates import zstack_date
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import ApiError
@@ -330,7 +329,7 @@ async def _takes_all(rt: Runtime, bs_uuid: str) -> bool:
 async def _log_unnamed(cluster: ceph.Cluster, pool: str, named: set[str]) -> None:
     """Say which RBD images were left alone, and how to adopt them."""
     try:
-        names = await rbd_io.list_images(cluster, pool)
+        names = await ceph.list_images(cluster, pool)
     except ceph.CephError:
         return
     unnamed = [n for n in names if _UUID.fullmatch(n) and n not in named]
@@ -391,7 +390,7 @@ async def _image_size(cluster: ceph.Cluster, install_path: str) -> int | None:
     if where is None:
         return None
     try:
-        return await rbd_io.image_size(cluster, *where)
+        return await ceph.image_size(cluster, *where)
     except ceph.ImageNotFound:
         log.info("import: %s has no RBD image: skipped", install_path)
     except (ceph.PoolNotFound, ceph.CephPermissionDenied) as e:
@@ -412,11 +411,11 @@ async def _bits_exist(cluster: ceph.Cluster, inventory: dict[str, Any], pool: st
 async def _found_by_name(cluster: ceph.Cluster, pool: str) -> list[Found]:
     """No metadata: the RBD images of the pool named by an image uuid."""
     found = []
-    for name in await rbd_io.list_images(cluster, pool):
+    for name in await ceph.list_images(cluster, pool):
         if not _UUID.fullmatch(name):
             continue
         try:
-            size = await rbd_io.image_size(cluster, pool, name)
+            size = await ceph.image_size(cluster, pool, name)
         except ceph.ImageNotFound:  # removed meanwhile
             continue
         found.append(Found(name, f"{_CEPH_SCHEME}{pool}/{name}", size))

@@ -1,0 +1,92 @@
+"""What the writer, the reader and the management calls of RBD images share: the object
+size, the shared zero block, and ``aio_*`` calls whose completions come back to the event
+loop through ``call_soon_threadsafe`` (librbd calls back in its own thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from imgstore.ceph._calls import RadosSource, host_of
+from imgstore.ceph.exceptions import ClusterUnreachable
+
+__all__ = ["CALL_TIMEOUT", "CHUNK_SIZE", "MiB", "aio", "resolve_threadsafe", "submit_quietly", "zero_block"]
+
+MiB = 1 << 20
+CHUNK_SIZE = 4 * MiB
+"""RBD object size of new images, and the unit of writes and reads."""
+CALL_TIMEOUT = 120.0  # last resort: librados' own op timeouts (cluster.py) come first
+
+
+@functools.lru_cache(maxsize=4)
+def zero_block(size: int) -> bytes:
+    return bytes(size)
+
+
+def submit_quietly(cluster: RadosSource, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` in the cluster's pool without waiting for it (nothing if the pool is gone)."""
+    try:
+        cluster.executor.submit(fn)
+    except RuntimeError:  # pool shut down: the handle is going away with everything on it
+        pass
+
+
+def _completion(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Callable[..., None]]:
+    """A future and the rbd aio callback that resolves it (called in librbd's thread).
+
+    The result is the completion's return value, or ``(return value, data)`` for an
+    ``aio_read``, whose callback also gets the bytes read (None on error).
+    """
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def callback(completion: Any, *data: Any) -> None:
+        rv = completion.get_return_value()
+        resolve_threadsafe(loop, fut, (rv, data[0] or b"") if data else rv)
+
+    return fut, callback
+
+
+def resolve_threadsafe(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any,
+                       error: BaseException | None = None) -> None:
+    """Settle ``fut`` from any thread (a no-op once it is done or the loop is closed)."""
+
+    def settle() -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+def aio(cluster: RadosSource, loop: asyncio.AbstractEventLoop, method: Callable[..., Any],
+        *args: Any) -> asyncio.Future[Any]:
+    """Start an rbd ``aio_*`` call; a future of its completion's result.
+
+    The call is made from a pool thread, not the loop: librados may block the caller
+    when its in-flight throttle is full, and librbd copies the data to write there.
+    """
+    done, callback = _completion(loop)
+    try:
+        submitted = loop.run_in_executor(cluster.executor, method, *args, callback)
+    except RuntimeError:  # the pool was shut down by Cluster.close()
+        done.set_exception(ClusterUnreachable("the cluster handle is closed", host_of(cluster)))
+        return done
+    return asyncio.ensure_future(_after_submit(submitted, done))
+
+
+async def _after_submit(submitted: asyncio.Future[Any], done: asyncio.Future[Any]) -> Any:
+    """The aio result once both the submission (in a thread) and the completion happened.
+
+    If the submission itself failed, librbd will never call back: the error is the result.
+    """
+    await submitted
+    return await done
+
