@@ -157,6 +157,7 @@ class ZoneInventory(Inventory):
     description: str | None = None
     state: str
     type: str | None = None
+    is_default: bool = False
     create_date: ZDate
     last_op_date: ZDate
 
@@ -213,6 +214,7 @@ class CreateZoneParams(Params):
     name: str = Field(max_length=255)
     description: str | None = Field(default=None, max_length=2048)
     resourceUuid: str | None = None
+    isDefault: bool | None = None
 
 
 class CreateZoneBody(CreateBody):
@@ -222,6 +224,7 @@ class CreateZoneBody(CreateBody):
 class UpdateZoneParams(Params):
     name: str | None = Field(default=None, max_length=255)
     description: str | None = Field(default=None, max_length=2048)
+    isDefault: bool | None = None
 
 
 class AttachBackupStorageToZoneBody(CreateBody):

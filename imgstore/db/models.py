@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -161,6 +162,8 @@ class Zone(Timestamps, Base):
     description: Mapped[str | None] = mapped_column(String(2048))
     state: Mapped[str] = mapped_column(String(32), default="Enabled")
     type: Mapped[str | None] = mapped_column(String(255))
+    # ZStack's ZoneVO.isDefault: at most one zone is the default (CreateZone/UpdateZone clear the others)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class BackupStorageZoneRef(Timestamps, Base):

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Api, DevCluster
 
-ZONE_FIELDS = {"uuid", "name", "description", "state", "type", "createDate", "lastOpDate"}
+ZONE_FIELDS = {"uuid", "name", "description", "state", "type", "isDefault", "createDate", "lastOpDate"}
 ZONE_CLASS = "org.zstack.header.zone.ZoneInventory"
 
 

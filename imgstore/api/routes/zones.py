@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import inventories_reply, inventory_reply
-from imgstore.api.openapi import ChangeStateDoc, EmptyReply, InventoryReply, action_api, job_api, query_api
+from imgstore.api.openapi import (
+    ChangeStateDoc, EmptyReply, InventoryReply, QueryReply, action_api, job_api, query_api, sync_api,
+)
 from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import (
     AttachBackupStorageToZoneBody,
@@ -44,6 +46,7 @@ async def create_zone(body: CreateZoneBody, call: ApiCall = Depends(api_call)) -
         name=p.name,
         description=p.description,
         resource_uuid=p.resourceUuid,
+        is_default=bool(p.isDefault),
         system_tags=system_tags,
         user_tags=user_tags,
     )
@@ -74,11 +77,17 @@ async def get_zone(uuid: str, request: Request, rt: Runtime = Depends(runtime)) 
     return await _query(request, rt, uuid)
 
 
+@router.get("/zones/{uuid}/info", summary="GetZone", **sync_api(QueryReply[ZoneInventory]))
+async def get_zone_info(uuid: str, rt: Runtime = Depends(runtime)) -> dict:
+    """GetZone: ``{"inventories": [zone]}`` (APIGetZoneReply), 404 for an unknown uuid."""
+    return inventories_reply([ZoneInventory.model_validate(await zones.load(rt, uuid))])
+
+
 async def _update_zone(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(UpdateZoneParams, "updateZone", params)
 
     async def work() -> dict:
-        return _reply(await zones.update(call.rt, uuid, p.name, p.description), call)
+        return _reply(await zones.update(call.rt, uuid, p.name, p.description, p.isDefault), call)
 
     return await call.run("UpdateZone", work)
 

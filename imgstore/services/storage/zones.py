@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy import update as update_
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.crypto import new_uuid
 from imgstore.db import query as q
@@ -55,6 +57,7 @@ ZONE_QUERY = q.Queryable(
         "description": q.Field(Zone.description),
         "state": q.Field(Zone.state),
         "type": q.Field(Zone.type),
+        "isDefault": q.Field(Zone.is_default, bool),
         "createDate": q.Field(Zone.create_date, datetime),
         "lastOpDate": q.Field(Zone.last_op_date, datetime),
     },
@@ -71,6 +74,7 @@ class NewZone:
     name: str
     description: str | None = None
     resource_uuid: str | None = None
+    is_default: bool = False
     system_tags: list[str] = field(default_factory=list)
     user_tags: list[str] = field(default_factory=list)
 
@@ -91,7 +95,10 @@ async def create(rt: Runtime, req: NewZone) -> Zone:
     tags.check_tags(req.system_tags, req.user_tags)
     uuid = req.resource_uuid or new_uuid()
     async with rt.db() as db:
-        db.add(Zone(uuid=uuid, name=req.name, description=req.description, state="Enabled", type=ZONE_TYPE))
+        if req.is_default:
+            await _clear_default(db, uuid)
+        db.add(Zone(uuid=uuid, name=req.name, description=req.description, state="Enabled", type=ZONE_TYPE,
+                    is_default=req.is_default))
         db.add_all(tags.new_tags(uuid, RESOURCE_TYPE, req.system_tags, req.user_tags))
         try:
             await db.commit()
@@ -113,8 +120,9 @@ async def load(rt: Runtime, uuid: str, field_name: str = "uuid") -> Zone:
         return row
 
 
-async def update(rt: Runtime, uuid: str, name: str | None, description: str | None) -> Zone:
-    """UpdateZone: name and description, each only when given."""
+async def update(rt: Runtime, uuid: str, name: str | None, description: str | None,
+                 is_default: bool | None = None) -> Zone:
+    """UpdateZone: name, description and isDefault, each only when given."""
     _check_name(name)
     async with locked_row(rt, Zone, uuid) as (db, row):
         if row is None:
@@ -123,7 +131,16 @@ async def update(rt: Runtime, uuid: str, name: str | None, description: str | No
             row.name = name
         if description is not None:
             row.description = description
+        if is_default is not None:
+            if is_default:
+                await _clear_default(db, uuid)
+            row.is_default = is_default
         return await commit_row(db, row)
+
+
+async def _clear_default(db: AsyncSession, but: str) -> None:
+    """One default zone at a time, as ZStack's CreateZone/UpdateZone keep it."""
+    await db.execute(update_(Zone).where(Zone.is_default.is_(True), Zone.uuid != but).values(is_default=False))
 
 
 async def change_state(rt: Runtime, uuid: str, state_event: str) -> Zone:
