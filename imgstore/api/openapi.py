@@ -88,6 +88,10 @@ class ValidateSessionReply(BaseModel):
     valid: bool
 
 
+class GetImageQgaReply(BaseModel):
+    enable: bool
+
+
 class GetBackupStorageTypesReply(BaseModel):
     types: list[str]
 

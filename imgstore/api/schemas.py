@@ -366,6 +366,31 @@ class UpdateImageParams(Params):
     virtio: bool | None = None
 
 
+class SetImageBootModeParams(Params):
+    """``setImageBootMode``: ZStack's validValues, compared exactly."""
+
+    bootMode: Literal["Legacy", "UEFI", "UEFI_WITH_CSM"]
+
+
+class SetImageSecurityLevelParams(Params):
+    securityLevel: str | None = Field(default=None, max_length=255)
+
+
+class SetImageQgaParams(Params):
+    enable: bool  # the SDK always sends it (a primitive boolean)
+
+
+class RenewSessionParams(Params):
+    """``renewSession``: seconds from now, 1 minute to 365 days (the session timeout when absent)."""
+
+    duration: int | None = Field(default=None, ge=60, le=31536000)
+
+
+class RenewSessionBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    renewSession: RenewSessionParams = Field(default_factory=RenewSessionParams)
+
+
 # ---------------------------------------------------------------- image export (ExportImageFromBackupStorage)
 
 

@@ -139,6 +139,9 @@ _APIS: tuple[Api, ...] = (
         "end a session", (_uuid("sessionUuid"),), session=False),
     Api("ValidateSession", "GET", "/accounts/sessions/{sessionUuid}/valid", None, False, "valid", "session",
         "whether a session is still valid", (_uuid("sessionUuid"),), session=False),
+    Api("RenewSession", "PUT", "/accounts/sessions/{sessionUuid}/renew", "renewSession", True, "inventory",
+        "session", "make a session last longer",
+        (_uuid("sessionUuid"), Param("duration", "int", help="seconds from now, 60 to 31536000"))),
 
     # backup storage (reference 3 and 4)
     Api("AddCephBackupStorage", "POST", "/backup-storage/ceph", "params", True, "inventory", "backup-storage",
@@ -202,12 +205,13 @@ _APIS: tuple[Api, ...] = (
 
     # zones
     Api("CreateZone", "POST", "/zones", "params", True, "inventory", "zone", "create a zone",
-        (Param("name", required=True), Param("description"), *_CREATE)),
+        (Param("name", required=True), Param("description"), Param("isDefault", "bool"), *_CREATE)),
+    Api("GetZone", "GET", "/zones/{uuid}/info", None, False, "inventories", "zone", "one zone", (_uuid(),)),
     _query("QueryZone", "/zones", "zone", "query zones"),
     Api("DeleteZone", "DELETE", "/zones/{uuid}", None, True, None, "zone", "delete a zone",
         (_uuid(), _DELETE_MODE)),
     _action("UpdateZone", "/zones/{uuid}/actions", "zone", "rename or describe a zone",
-            _uuid(), Param("name"), Param("description")),
+            _uuid(), Param("name"), Param("description"), Param("isDefault", "bool")),
     _action("ChangeZoneState", "/zones/{uuid}/actions", "zone", "enable or disable a zone", _uuid(), _STATE_EVENT),
 
     # images (reference 5)
@@ -231,6 +235,15 @@ _APIS: tuple[Api, ...] = (
     _action("ChangeImageState", "/images/{uuid}/actions", "image", "enable or disable an image",
             _uuid(), _STATE_EVENT),
     _action("SyncImageSize", "/images/{uuid}/actions", "image", "re-read an image's size from storage", _uuid()),
+    _action("SetImageBootMode", "/images/{uuid}/actions", "image", "set the firmware an image boots with",
+            _uuid(), Param("bootMode", required=True, choices=("Legacy", "UEFI", "UEFI_WITH_CSM")),
+            reply_key=None),
+    _action("SetImageSecurityLevel", "/images/{uuid}/actions", "image", "set (or, without one, clear) "
+            "an image's security level", _uuid(), Param("securityLevel"), reply_key=None),
+    _action("SetImageQga", "/images/{uuid}/actions", "image", "whether an image's VMs get the QEMU guest agent",
+            _uuid(), Param("enable", "bool", required=True), reply_key=None),
+    Api("GetImageQga", "GET", "/images/{uuid}/qga", None, False, "enable", "image",
+        "whether an image's VMs get the QEMU guest agent", (_uuid(),)),
     _action("UpdateImage", "/images/{uuid}/actions", "image", "change an image's attributes",
             _uuid(), Param("name"), Param("description"), Param("guestOsType"),
             Param("mediaType", choices=("RootVolumeTemplate", "ISO", "DataVolumeTemplate")),

@@ -22,6 +22,7 @@ from imgstore.api.envelope import JsonReply, dump, inventories_reply, inventory_
 from imgstore.api.openapi import (
     ChangeStateDoc,
     EmptyReply,
+    GetImageQgaReply,
     GetUploadImageJobDetailsReply,
     InventoryReply,
     QueryReply,
@@ -40,6 +41,9 @@ from imgstore.api.schemas import (
     ChangeStateParams,
     ImageBackupStorageUuidsParams,
     ImageInventory,
+    SetImageBootModeParams,
+    SetImageQgaParams,
+    SetImageSecurityLevelParams,
     TaskProgressInventory,
     UpdateImageParams,
 )
@@ -47,6 +51,7 @@ from imgstore.crypto import new_uuid
 from imgstore.db.models import Image
 from imgstore.errors import invalid_argument
 from imgstore.wire.numbers import MAX_DIGITS, parse_count
+from imgstore.services.images import attributes as image_attributes
 from imgstore.services.images import deletion as image_deletion
 from imgstore.services.images import download as image_download
 from imgstore.services.images import export as image_export
@@ -200,6 +205,41 @@ async def _sync_image_size(call: ApiCall, uuid: str, params: dict[str, Any]) -> 
     return await call.run("SyncImageSize", work)
 
 
+async def _set_image_boot_mode(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(SetImageBootModeParams, "setImageBootMode", params)
+
+    async def work() -> dict[str, Any]:
+        await image_attributes.set_boot_mode(call.rt, uuid, p.bootMode)
+        return {}
+
+    return await call.run("SetImageBootMode", work)
+
+
+async def _set_image_security_level(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(SetImageSecurityLevelParams, "setImageSecurityLevel", params)
+
+    async def work() -> dict[str, Any]:
+        await image_attributes.set_security_level(call.rt, uuid, p.securityLevel)
+        return {}
+
+    return await call.run("SetImageSecurityLevel", work)
+
+
+async def _set_image_qga(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    p = parse_params(SetImageQgaParams, "setImageQga", params)
+
+    async def work() -> dict[str, Any]:
+        await image_attributes.set_qga(call.rt, uuid, p.enable)
+        return {}
+
+    return await call.run("SetImageQga", work)
+
+
+@router.get("/images/{uuid}/qga", summary="GetImageQga", **sync_api(GetImageQgaReply))
+async def get_image_qga(uuid: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    return {"enable": await image_attributes.get_qga(rt, uuid)}
+
+
 async def _update_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(UpdateImageParams, "updateImage", params)
     change = images.ImageUpdate(
@@ -220,17 +260,23 @@ IMAGE_ACTIONS: ActionTable = {
     "changeImageState": _change_image_state,
     "syncImageSize": _sync_image_size,
     "updateImage": _update_image,
+    "setImageBootMode": _set_image_boot_mode,
+    "setImageSecurityLevel": _set_image_security_level,
+    "setImageQga": _set_image_qga,
 }
 
 
 @router.put(
     "/images/{uuid}/actions",
-    summary="ExpungeImage, RecoverImage, ChangeImageState, SyncImageSize, UpdateImage",
+    summary="ExpungeImage, RecoverImage, ChangeImageState, SyncImageSize, UpdateImage, SetImageBootMode, "
+            "SetImageSecurityLevel, SetImageQga",
     **action_api(
         IMAGE_ACTIONS,
         {"expungeImage": ImageBackupStorageUuidsParams, "recoverImage": ImageBackupStorageUuidsParams,
-         "changeImageState": ChangeStateDoc, "updateImage": UpdateImageParams},
-        _Reply | EmptyReply,  # expungeImage answers {}
+         "changeImageState": ChangeStateDoc, "updateImage": UpdateImageParams,
+         "setImageBootMode": SetImageBootModeParams, "setImageSecurityLevel": SetImageSecurityLevelParams,
+         "setImageQga": SetImageQgaParams},
+        _Reply | EmptyReply,  # expungeImage and the Set* answer {}
     ),
 )
 async def image_actions(

@@ -1,13 +1,16 @@
-"""LogInByAccount, LogOut, ValidateSession: ZStack's session APIs (always synchronous)."""
+"""LogInByAccount, LogOut, ValidateSession: ZStack's session APIs (synchronous), and
+RenewSession (a job API that needs a session, as in ZStack)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from imgstore.api.deps import runtime, wants_schema
+from imgstore.api.deps import ApiCall, api_call, require_session, runtime, wants_schema
 from imgstore.api.envelope import inventory_reply
-from imgstore.api.openapi import EmptyReply, ErrorReply, InventoryReply, ValidateSessionReply, sync_api
-from imgstore.api.schemas import LogInByAccountBody, SessionInventory
+from imgstore.api.openapi import (
+    EmptyReply, ErrorReply, InventoryReply, ValidateSessionReply, job_api, sync_api,
+)
+from imgstore.api.schemas import LogInByAccountBody, RenewSessionBody, SessionInventory
 from imgstore.services.node import sessions
 from imgstore.services.node.login_guard import LoginThrottled
 from imgstore.services.node.runtime import Runtime
@@ -44,6 +47,23 @@ async def log_out(sessionUuid: str, rt: Runtime = Depends(runtime)) -> dict:
     async with rt.db() as db:
         await sessions.log_out(db, sessionUuid)
     return {}
+
+
+@router.put(
+    "/accounts/sessions/{sessionUuid}/renew", summary="RenewSession",
+    dependencies=[Depends(require_session)], **job_api(InventoryReply[SessionInventory]),
+)
+async def renew_session(sessionUuid: str, body: RenewSessionBody, call: ApiCall = Depends(api_call)) -> JSONResponse:
+    """Needs a session, runs as a job when asked (the SDK's needPoll), like ZStack's."""
+    duration = body.renewSession.duration
+
+    async def work() -> dict:
+        async with call.rt.db() as db:
+            session = await sessions.renew(db, call.rt.settings, sessionUuid, duration)
+            inventory = SessionInventory.model_validate(session).model_copy(update={"uuid": sessionUuid})
+        return inventory_reply(inventory, call.with_schema)
+
+    return await call.run("RenewSession", work)
 
 
 @router.get("/accounts/sessions/{sessionUuid}/valid", summary="ValidateSession", **sync_api(ValidateSessionReply))

@@ -22,6 +22,25 @@ async def image_size(cluster: RadosSource, pool: str, name: str) -> int:
     return size
 
 
+async def image_usage(cluster: RadosSource, pool: str, name: str) -> tuple[int, int]:
+    """``(provisioned size, bytes allocated)`` of the image: what ``rbd du`` reports, the
+    allocation read by diff_iterate (the object map's fast-diff when the image has one)."""
+    ioctx, image, size = await open_read_only(cluster, pool, name)
+    used = [0]
+
+    def count(_off: int, length: int, exists: bool) -> int:
+        if exists:
+            used[0] += length
+        return 0
+
+    try:
+        await call(cluster, lambda: image.diff_iterate(0, size, None, count, include_parent=True),
+                   f"read the allocation of {pool}/{name}", pool, name, timeout=None)
+    finally:
+        await close_reader(cluster, pool, name, ioctx, image, [])
+    return size, used[0]
+
+
 async def list_images(cluster: RadosSource, pool: str) -> list[str]:
     """Names of the RBD images in the pool (not those in its trash)."""
 

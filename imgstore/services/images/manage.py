@@ -349,7 +349,8 @@ async def update(rt: Runtime, uuid: str, change: ImageUpdate) -> Image:
 
 async def sync_size(rt: Runtime, uuid: str) -> Image:
     """SyncImageSize: the image's size from its RBD image (the first Ready storage that
-    answers), as ZStack's agent ``getsize`` does."""
+    answers), as ZStack's agent ``getsize`` does, and its actual size: the bytes the RBD
+    image holds (ZStack's Ceph agent leaves it unfilled)."""
     image = await load(rt, uuid)
     refs = [r for r in image.backup_storage_refs if r.status == READY]
     if not refs:
@@ -359,7 +360,7 @@ async def sync_size(rt: Runtime, uuid: str) -> Image:
     for ref in refs:
         try:
             storage = await storage_of(rt, ref.backup_storage_uuid)
-            size = await ceph.image_size(await cluster_of(rt, storage), storage.pool_name or "", uuid)
+            size, used = await ceph.image_usage(await cluster_of(rt, storage), storage.pool_name or "", uuid)
         except ceph.CephError as e:
             errors.append(ceph_error(e))
             continue
@@ -369,7 +370,7 @@ async def sync_size(rt: Runtime, uuid: str) -> Image:
         async with locked_row(rt, Image, uuid) as (db, row):
             if row is None:
                 raise not_found(RESOURCE_TYPE, uuid)
-            row.size = size
+            row.size, row.actual_size = size, used
             await db.commit()
         return await load(rt, uuid)
     raise ApiError(OPERATION_ERROR, f"cannot read the size of image[uuid:{uuid}]: "

@@ -125,6 +125,19 @@ async def log_out(db: AsyncSession, session_uuid: str) -> None:
     await db.commit()
 
 
+async def renew(db: AsyncSession, settings: Settings, session_uuid: str, duration: int | None) -> Session:
+    """RenewSession: the live session now expires ``duration`` seconds from now (the
+    session timeout when None); an unknown or expired one is ID.1001, as ZStack's
+    ``Session.renewSession`` refuses it. Validated copies kept in memory are dropped."""
+    session = await find_valid(db, session_uuid)
+    if session is None:
+        raise ApiError(INVALID_SESSION, "the session to renew is invalid or has expired")
+    session.expired_date = utcnow() + timedelta(seconds=duration or settings.session_timeout)
+    await db.commit()
+    _recent.drop(session.uuid)
+    return session
+
+
 async def find_valid(db: AsyncSession, session_uuid: str) -> Session | None:
     """The live session of the uuid a client presents, or None."""
     session = await db.get(Session, stored_id(session_uuid))
