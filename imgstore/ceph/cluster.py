@@ -10,8 +10,8 @@ options before connecting (``client_mount_timeout``, ``rados_mon_op_timeout``,
 No ceph.conf is read: the handle is built from the mons' ``mon_host`` strings (from
 ``MonShell.facts``) and the key minted by ``MonShell.get_or_create_key``.
 
-rados exceptions and negative return codes are translated here into
-``imgstore.ceph.exceptions``; their messages never carry the key.
+Calls go through :func:`imgstore.ceph._calls.call`, which translates rados exceptions and
+negative return codes into ``imgstore.ceph.exceptions``; their messages never carry the key.
 """
 
 from __future__ import annotations
@@ -23,23 +23,16 @@ import errno
 import json
 import re
 import struct
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import rados
 
+from imgstore.ceph._calls import call, from_errno, translate
 from imgstore.ceph.capacity import Capacity, PoolLayout, compute_capacity, osds_of_rule, pool_layout
+from imgstore.ceph.exceptions import CephError, CephPermissionDenied, CephTimeout, ClusterUnreachable
 from imgstore.ceph.recent import Recent
-from imgstore.ceph.exceptions import (
-    CephCommandFailed,
-    CephError,
-    CephPermissionDenied,
-    CephTimeout,
-    ClusterUnreachable,
-    PoolNotFound,
-)
 
 __all__ = ["Cluster", "Capacity", "Health"]
 
@@ -79,6 +72,11 @@ class Cluster:
 
     def __repr__(self) -> str:  # no key here, ever
         return f"Cluster(mon_host={self._mon_host!r}, client={self._client!r})"
+
+    @property
+    def mon_host(self) -> str:
+        """The librados ``mon_host`` string the handle was made with; errors name it."""
+        return self._mon_host
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -215,7 +213,7 @@ class Cluster:
                 self._write_and_remove(pool, object_name)
                 return Health(quorum, self._capacity(pool, self._mon_json_heard), None)
             except rados.Error as e:
-                return Health(quorum, None, _translate(e, f"write test object to pool {pool}", self._mon_host, pool))
+                return Health(quorum, None, translate(e, f"write test object to pool {pool}", self, pool))
             except CephError as e:
                 return Health(quorum, None, e)
 
@@ -267,24 +265,12 @@ class Cluster:
         cmd = json.dumps({"prefix": prefix, "format": "json", **args})
         ret, out, outs = self.handle.mon_command(cmd, b"")
         if ret < 0:
-            raise _from_errno(-ret, f"ceph {prefix}: {outs.strip() or errno.errorcode.get(-ret, ret)}", self._mon_host)
+            raise from_errno(-ret, f"ceph {prefix}: {outs.strip() or errno.errorcode.get(-ret, ret)}", self)
         return json.loads(out or b"null")
 
-    async def _call(self, fn: Callable[[], T], what: str, pool: str | None = None) -> T:
-        """Run blocking ``fn`` in the pool, bounded, with rados errors translated."""
-        loop = asyncio.get_running_loop()
-        try:
-            future = loop.run_in_executor(self._executor, fn)
-        except RuntimeError:  # the pool was shut down by close()
-            raise ClusterUnreachable("the cluster handle is closed", self._mon_host) from None
-        try:
-            return await asyncio.wait_for(future, self._timeout + _GRACE)
-        except (asyncio.TimeoutError, TimeoutError):
-            raise CephTimeout(f"{what} timed out after {self._timeout:g}s", self._mon_host) from None
-        except rados.Error as e:
-            raise _translate(e, what, self._mon_host, pool) from None
-        except ValueError as e:  # undecodable JSON from a mon command
-            raise CephCommandFailed(f"{what}: unexpected output ({e})", self._mon_host) from None
+    async def _call(self, fn: Callable[[], T], what: str) -> T:
+        """Run blocking ``fn`` in the pool, bounded by the handle's timeout."""
+        return await call(self, fn, what, timeout=self._timeout, grace=_GRACE)
 
 
 def _quorum_of(status: dict[str, Any]) -> frozenset[str]:
@@ -337,29 +323,3 @@ def _is_cephx_key(key: str) -> bool:
         return False
     _type, _sec, _nsec, length = struct.unpack_from("<HIIH", raw)
     return _type != 0 and length == len(raw) - 12 and length > 0
-
-
-def _translate(e: Exception, what: str, host: str, pool: str | None) -> CephError:
-    """A rados exception as one of ours. Only the errno and what we did are shown."""
-    code = getattr(e, "errno", None)
-    if isinstance(e, rados.ObjectNotFound) and pool is not None:
-        return PoolNotFound(f"pool[{pool}] does not exist in the ceph cluster", host)
-    if code is None and isinstance(e, rados.InvalidArgumentError):
-        code = errno.EINVAL
-    return _from_errno(code if isinstance(code, int) else 0, f"{what} failed: {_describe(e)}", host)
-
-
-def _describe(e: Exception) -> str:
-    # rados messages name the call and errno ("[errno 13] RADOS permission denied
-    # (error connecting to the cluster)"); they never contain config values.
-    return str(e) or type(e).__name__
-
-
-def _from_errno(code: int, message: str, host: str) -> CephError:
-    if code in (errno.ETIMEDOUT, errno.EINTR):
-        return CephTimeout(message, host)
-    if code in (errno.EACCES, errno.EPERM):
-        return CephPermissionDenied(message, host)
-    if code in (errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNREFUSED):
-        return ClusterUnreachable(message, host)
-    return CephCommandFailed(message, host)

@@ -11,7 +11,6 @@ they are read whole.
 from __future__ import annotations
 
 import asyncio
-import errno
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,15 +18,8 @@ from typing import Any, TypeVar
 
 import rados
 
-from imgstore.ceph.exceptions import (
-    CephCommandFailed,
-    CephError,
-    CephPermissionDenied,
-    CephTimeout,
-    ClusterUnreachable,
-    PoolNotFound,
-)
-from imgstore.ceph._calls import RadosSource
+from imgstore.ceph._calls import RadosSource, call, host_of, open_ioctx
+from imgstore.ceph.exceptions import CephTimeout
 
 __all__ = ["append_object", "locked", "read_object", "remove_object", "write_object"]
 
@@ -105,7 +97,7 @@ async def locked(cluster: RadosSource, pool: str, name: str, *, duration: int = 
     deadline = loop.time() + wait
     while not await _with_ioctx(cluster, pool, try_lock, what):
         if loop.time() > deadline:
-            raise CephTimeout(f"{what}: still held by another client after {wait:g}s", _host(cluster))
+            raise CephTimeout(f"{what}: still held by another client after {wait:g}s", host_of(cluster))
         await asyncio.sleep(_LOCK_RETRY)
     try:
         yield
@@ -127,44 +119,10 @@ async def _with_ioctx(cluster: RadosSource, pool: str, fn: Callable[[Any], T], w
     """``fn(ioctx)`` on ``pool`` in the cluster's pool of threads, errors translated."""
 
     def run() -> T:
-        try:
-            ioctx = cluster.handle.open_ioctx(pool)
-        except rados.ObjectNotFound:
-            raise PoolNotFound(f"pool[{pool}] does not exist in the ceph cluster", _host(cluster)) from None
+        ioctx = open_ioctx(cluster, pool)
         try:
             return fn(ioctx)
         finally:
             ioctx.close()
 
-    loop = asyncio.get_running_loop()
-    try:
-        future = loop.run_in_executor(cluster.executor, run)
-    except RuntimeError:  # the pool of threads was shut down by Cluster.close()
-        raise ClusterUnreachable("the cluster handle is closed", _host(cluster)) from None
-    try:
-        return await asyncio.wait_for(future, _TIMEOUT)
-    except (asyncio.TimeoutError, TimeoutError):
-        raise CephTimeout(f"{what} timed out after {_TIMEOUT:g}s", _host(cluster)) from None
-    except CephError:
-        raise
-    except rados.Error as e:
-        raise _translate(e, what, cluster) from None
-
-
-def _translate(e: rados.Error, what: str, cluster: RadosSource) -> CephError:
-    code = getattr(e, "errno", None)
-    if isinstance(e, (rados.PermissionError, rados.PermissionDeniedError)):
-        code = errno.EACCES
-    message = f"{what} failed: {e or type(e).__name__}"
-    host = _host(cluster)
-    if code in (errno.EACCES, errno.EPERM):
-        return CephPermissionDenied(message, host)
-    if code in (errno.ETIMEDOUT, errno.EINTR):
-        return CephTimeout(message, host)
-    if code in (errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNREFUSED):
-        return ClusterUnreachable(message, host)
-    return CephCommandFailed(message, host)
-
-
-def _host(cluster: RadosSource) -> str | None:
-    return getattr(cluster, "mon_host", None) or getattr(cluster, "_mon_host", None)
+    return await call(cluster, run, what, timeout=_TIMEOUT)

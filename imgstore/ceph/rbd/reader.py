@@ -51,7 +51,8 @@ async def iter_image(
     try:
         if start > size:
             raise ValueError(f"range start {start} is beyond the image size {size}")
-        plan = _ReadPlan(cluster, image, start, size if end is None else min(end, size), chunk)
+        plan = _ReadPlan(cluster, pool, name, image, start, size if end is None else min(end, size),
+                         chunk)
         reads = 0  # of the pending pieces, those read from the OSDs
 
         async def fill() -> None:  # keep the window full before handing data out
@@ -76,7 +77,7 @@ async def iter_image(
                 pending.popleft()
                 reads -= 1
                 if rv < 0:
-                    raise from_errno(-rv, f"read image {pool}/{name} at {off}", cluster)
+                    raise from_errno(-rv, f"read image {pool}/{name} at {off}", cluster, pool, name)
                 if len(data) != length:
                     raise CephCommandFailed(
                         f"read image {pool}/{name} at {off}: {len(data)} of {length} bytes",
@@ -97,8 +98,10 @@ class _ReadPlan:
     fast-diff map is read in full.
     """
 
-    def __init__(self, cluster: RadosSource, image: Any, start: int, stop: int, chunk: int) -> None:
+    def __init__(self, cluster: RadosSource, pool: str, name: str, image: Any, start: int, stop: int,
+                 chunk: int) -> None:
         self._cluster = cluster
+        self._where = pool, name
         self._image = image
         self._pieces = _read_extents(start, stop, chunk)
         self._stop = stop
@@ -116,7 +119,7 @@ class _ReadPlan:
             hi = min(self._stop, max(end, self._known_to + _MAP_SPAN))
             found = await call(self._cluster, functools.partial(_allocated, self._image,
                                                                  self._known_to, hi),
-                                "map the objects of an image", timeout=None)
+                                "map the objects of an image", *self._where)
             if found is None:
                 self._mapped = False
             else:

@@ -289,7 +289,8 @@ class ImageWriter:
                     self._error = translate(r, f"write {self._what}", self._cluster,
                                              self.pool, self.name)
                 elif self._error is None and isinstance(r, int) and r < 0:
-                    self._error = from_errno(-r, f"write {self._what} at {offset}", self._cluster)
+                    self._error = from_errno(-r, f"write {self._what} at {offset}", self._cluster,
+                                             self.pool, self.name)
             if recycle is not None and self._state == "open":
                 self._spare.append(recycle)
         finally:
