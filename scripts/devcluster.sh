@@ -240,6 +240,9 @@ mon_max_pg_per_osd = 1000
 mon_data_avail_warn = 2
 mon_data_avail_crit = 1
 mgr_stats_period = 1
+# a killed client's watch on an image it wrote goes after 10 s, not 30: the tests that kill a
+# server mid-write wait for exactly that before the image can be removed
+osd_client_watch_timeout = 10
 
 # Clients (ceph/rbd CLI, librados) may run as any user (e.g. imgstore-ceph over
 # ssh): no log file, no admin socket, so nothing needs a writable path.
