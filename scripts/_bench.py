@@ -1,14 +1,19 @@
 """What every ``scripts/bench_*.py`` needs: the dev clusters' details, the ceph CLI on them,
-and a free loopback port. Not a benchmark itself."""
+and a real server on loopback with a free port (``tests/servers.py``: the same start and
+login the tests use). Not a benchmark itself."""
 from __future__ import annotations
 
-import os
 import shlex
-import socket
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import Api, Server, free_port, password_digest  # noqa: E402
+
+__all__ = ["ROOT", "Api", "Server", "ceph", "cluster_env", "free_port", "password_digest"]
 
 
 def cluster_env(name: str) -> dict[str, str]:
@@ -28,15 +33,3 @@ def ceph(env: dict[str, str], *args: str) -> str:
     """Run the admin ``ceph`` CLI against the dev cluster of ``env``; its stdout."""
     return subprocess.run(["ceph", "-c", env["CEPH_CONF"], "--connect-timeout", "10", *args],
                           capture_output=True, text=True, check=True).stdout
-
-
-def free_port() -> int:
-    """A port nobody listens on at 127.0.0.1 (below 32768, clear of ephemeral ports)."""
-    for port in range(24000 + os.getpid() % 4000, 32000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                pass
-    raise RuntimeError("no free port below 32000")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +25,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from _bench import cluster_env, free_port  # noqa: E402
+from _bench import Server, cluster_env  # noqa: E402
 
 
 async def floor_once(env: dict[str, str]) -> float:
@@ -59,24 +57,9 @@ def main() -> int:
     subprocess.run([*ceph, "osd", "pool", "create", pool, "8"], check=True, capture_output=True)
     subprocess.run([*ceph, "osd", "pool", "application", "enable", pool, "rbd"], check=True, capture_output=True)
     data = tempfile.mkdtemp(prefix="bench-add-")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, "IMGSTORE_DATA_DIR": data, "IMGSTORE_ADMIN_PASSWORD": "bench"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-    )
+    server = Server(Path(data), password="bench", log_level="warning")
     try:
-        base = f"http://127.0.0.1:{port}/zstack/v1"
-        for _ in range(100):
-            try:
-                httpx.get(f"{base}/accounts/sessions/x/valid")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        api = httpx.Client(base_url=base, timeout=60)
-        login = api.put("/accounts/login", json={"logInByAccount": {
-            "accountName": "admin", "password": hashlib.sha512(b"bench").hexdigest()}})
-        api.headers["Authorization"] = f"OAuth {login.json()['inventory']['uuid']}"
+        api = server.start().login()
         add_delete_once(api, env, pool)  # warm-up: imports, first connections
         asyncio.run(floor_once(env))
         adds, floors = [], []
@@ -91,8 +74,7 @@ def main() -> int:
         print(f"ratio add+delete / floor: {a / f:.2f}x (target <= 3x)")
         return 0
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
         subprocess.run([*ceph, "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"], capture_output=True)
         subprocess.run(["rm", "-rf", data])
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import random
 import re
@@ -51,7 +50,7 @@ from sqlalchemy import insert, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from _bench import free_port  # noqa: E402
+from _bench import Server, free_port  # noqa: E402
 
 from imgstore.config import Settings  # noqa: E402
 from imgstore.wire.dates import utcnow  # noqa: E402
@@ -106,6 +105,7 @@ async def fill(settings: Settings, storages: int, images: int) -> list[str]:
 
 
 def start(cmd: list[str], env: dict[str, str], probe: str) -> subprocess.Popen:
+    """The floor: a bare uvicorn app (imgstore's own server starts through _bench.Server)."""
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
@@ -263,14 +263,10 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
     t0 = time.perf_counter()
     uuids = asyncio.run(fill(Settings(), args.storages, args.images))
     print(f"\n[{label}] filled {args.storages} storages, {args.images} images in {time.perf_counter() - t0:.1f} s")
-    port = free_port()
-    proc = start([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port), "--log-level", "warning"],
-                 env, f"http://127.0.0.1:{port}/metrics")
+    server = Server(data, env=env, password=PASSWORD, log_level="warning").start()
     try:
-        base = f"http://127.0.0.1:{port}"
-        login = httpx.put(f"{base}/zstack/v1/accounts/login", json={"logInByAccount": {
-            "accountName": "admin", "password": hashlib.sha512(PASSWORD.encode()).hexdigest()}})
-        headers = {"Authorization": f"OAuth {login.json()['inventory']['uuid']}"}
+        base = server.url
+        headers = {"Authorization": f"OAuth {server.session()}"}
         rnd = random.Random(1)
         cases = {
             "paged query (limit=20)": lambda i: f"/zstack/v1/backup-storage?limit=20&start={rnd.randrange(args.storages - 20)}",
@@ -302,8 +298,7 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
         if shutil.which("wrk"):
             through_wrk(base, headers, floor, args, uuids)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        server.stop()
         subprocess.run(["rm", "-rf", str(data)])
 
 

@@ -33,7 +33,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from _bench import ceph, cluster_env, free_port  # noqa: E402
+from _bench import Server, ceph, cluster_env  # noqa: E402
 
 PASSWORD = "bench-hostile"
 MiB = 1 << 20
@@ -44,26 +44,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def start_server(data: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "IMGSTORE_DATA_DIR": str(data), "IMGSTORE_ADMIN_PASSWORD": PASSWORD}
-    proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port),
-                             "--log-level", "warning"], env=env, cwd=ROOT,
-                            stdout=open(data / "server.log", "ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/zstack/v1/accounts/sessions/x/valid", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError("the server did not start")
-
-
-def login(url: str, password: str = PASSWORD) -> httpx.Response:
-    return httpx.put(f"{url}/zstack/v1/accounts/login", timeout=60, json={"logInByAccount": {
-        "accountName": "admin", "password": hashlib.sha512(password.encode()).hexdigest()}})
 
 
 # ---------------------------------------------------------------- bodies
@@ -233,9 +213,9 @@ def main() -> int:
     rows: list[tuple[str, str, str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         work = Path(tmp)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(work, port)
+        server = Server(work, password=PASSWORD, log_level="warning").start(timeout=60)
+        port, url, proc = server.port, server.url, server.proc
+        assert proc is not None
         pool = None
         env: dict[str, str] = {}
         try:
@@ -243,7 +223,7 @@ def main() -> int:
                 grown, status = big_body(port, proc.pid, chunked)
                 rows.append((f"64 MiB unauthenticated body, {'chunked' if chunked else 'declared'}",
                              f"+{grown:.1f} MiB RSS (HTTP {status})", "< 8 MiB", grown < 8))
-            session = login(url).json()["inventory"]["uuid"]
+            session = server.session()
             idle, flooded, sent = login_flood(url, session)
             rows.append(("cheap call p90: idle / 8-client login flood",
                          f"{idle:.1f} / {flooded:.1f} ms ({flooded / idle:.1f}x, {sent} guesses)",

@@ -63,7 +63,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from _bench import cluster_env, free_port  # noqa: E402
+from _bench import Server, cluster_env  # noqa: E402
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -102,46 +103,6 @@ class Cli:
         if out.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(args)}: {out.stderr.strip()[-500:]}")
         return took
-
-
-@dataclass
-class Server:
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/zstack/v1"
-
-    def start(self) -> "Server":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(self.port), "--log-level", "warning"],
-            env={**os.environ, "IMGSTORE_DATA_DIR": str(self.data_dir), "IMGSTORE_ADMIN_PASSWORD": "bench",
-                 "IMGSTORE_IMAGE_DELETION_POLICY": "Direct", **self.env},
-            stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        for _ in range(300):
-            try:
-                httpx.get(f"{self.base}/accounts/sessions/x/valid", timeout=1)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not start; see " + str(self.data_dir / "server.log"))
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-    def login(self) -> httpx.Client:
-        api = httpx.Client(base_url=self.base, timeout=600)
-        r = api.put("/accounts/login", json={"logInByAccount": {
-            "accountName": "admin", "password": hashlib.sha512(b"bench").hexdigest()}})
-        r.raise_for_status()
-        api.headers["Authorization"] = f"OAuth {r.json()['inventory']['uuid']}"
-        return api
 
 
 class RssSampler:
@@ -355,8 +316,9 @@ def measure(args: argparse.Namespace) -> int:
     cli = Cli(env)
     pool = f"bench-img-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
-    server = Server(work / "server")
-    server.data_dir.mkdir()
+    # Direct deletion: an image's bits go with it, the next run starts from an empty pool
+    server = Server(work / "server", password="bench", log_level="warning",
+                    env={"IMGSTORE_IMAGE_DELETION_POLICY": "Direct"})
     if args.malloc_arena_max:
         server.env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
     cli.run("ceph", "osd", "pool", "create", pool, "32")
@@ -368,7 +330,7 @@ def measure(args: argparse.Namespace) -> int:
         files = {"random": random_file(work / "random.raw", args.random_gib * GiB),
                  "sparse": sparse_file(work / "sparse.raw", args.sparse_gib * GiB)}
         bounds = {k: hash_floor(p) for k, p in files.items()}
-        api = server.start().login()
+        api = server.start().login(timeout=600)
         can_upload = api.get("/images", params={"limit": 1}).status_code == 200
         sources: dict[str, str] = {}
         if not can_upload:  # export only: images written by rbd import, adopted by importImages

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import re
 import statistics
@@ -40,7 +39,7 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from _bench import ceph, cluster_env, free_port  # noqa: E402
+from _bench import Server, ceph, cluster_env  # noqa: E402
 
 from imgstore.ceph import rbd_client_caps  # noqa: E402
 from imgstore.config import Settings  # noqa: E402
@@ -81,22 +80,14 @@ async def register(settings: Settings, clusters: list[tuple[dict[str, str], str,
     return uuids
 
 
-class Server:
+class Tracked:
+    """A started server (``_bench.Server``) with a session, and what the tracker costs it."""
+
     def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(self.port),
-                                      "--log-level", "warning"], env={**os.environ, **env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        self.base = f"http://127.0.0.1:{self.port}"
-        for _ in range(200):
-            try:
-                httpx.get(f"{self.base}/metrics", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        login = httpx.put(f"{self.base}/zstack/v1/accounts/login", json={"logInByAccount": {
-            "accountName": "admin", "password": hashlib.sha512(PASSWORD.encode()).hexdigest()}})
-        self.headers = {"Authorization": f"OAuth {login.json()['inventory']['uuid']}"}
+        self.server = Server(Path(env["IMGSTORE_DATA_DIR"]), env=env, password=PASSWORD, log_level="warning").start()
+        self.proc = self.server.proc
+        self.base = self.server.url
+        self.headers = {"Authorization": f"OAuth {self.server.session()}"}
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time used so far by the server and by its pinger process (0 if none)."""
@@ -109,8 +100,7 @@ class Server:
         return float(m.group(1)) if m and m.group(1) != "NaN" else None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
+        self.server.stop()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -118,7 +108,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def latencies(server: Server, uuids: list[str], n: int) -> dict[str, tuple[float, float]]:
+def latencies(server: Tracked, uuids: list[str], n: int) -> dict[str, tuple[float, float]]:
     calls = {
         "paged query (limit=20)": lambda c, i: c.get("/zstack/v1/backup-storage", params={"limit": 20, "start": (i * 20) % 180}),
         "query by name (~=)": lambda c, i: c.get("/zstack/v1/backup-storage", params={"q": f"name~=bench-00{i % 10}%"}),
@@ -160,12 +150,12 @@ def main() -> int:
     os.environ.update(env)
     uuids = asyncio.run(register(Settings(), prepared, args.storages))
     try:
-        idle = Server({**env, "IMGSTORE_PING_INTERVAL": "0"})
+        idle = Tracked({**env, "IMGSTORE_PING_INTERVAL": "0"})
         try:
             lat_idle = latencies(idle, uuids, args.requests)
         finally:
             idle.stop()
-        busy = Server({**env, "IMGSTORE_PING_INTERVAL": str(args.interval)})
+        busy = Tracked({**env, "IMGSTORE_PING_INTERVAL": str(args.interval)})
         try:
             rounds = []
             deadline = time.monotonic() + 8 * args.interval + 30

@@ -10,12 +10,9 @@ dropped at the end of the run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,14 +22,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import servers
+from tests.servers import ADMIN_PASSWORD, ROOT, Api, free_port, port_range  # noqa: F401 - tests import them from here
+
 DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
-ADMIN_PASSWORD = "test-admin-password"
 TEST_DB = os.environ.get("IMGSTORE_TEST_DB", "sqlite")
 PG_ADMIN_URL = os.environ.get("IMGSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _module_rank(item: pytest.Item) -> int:
+    """How early a module should start: the long ones first (the fuzzing, the browser, the
+    Ceph-backed modules), the quick unit tests last to fill the gaps."""
+    path = item.nodeid.split("::", 1)[0]
+    if item.get_closest_marker("fuzz"):
+        return 0
+    if path.startswith("tests/e2e/"):
+        return 1
+    if item.get_closest_marker("ceph"):
+        return 2
+    return 4 if path.startswith("tests/unit/") else 3
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long modules first. scripts/test.sh's workers take the modules (the fuzzing's parts
+    one by one) in this order (``--dist loadscope --no-loadscope-reorder``) as each is free:
+    a long module started last would keep one worker busy long after the other is done.
+    A module's tests stay together and in their order (its module fixtures live once)."""
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        rank[module] = min(rank.get(module, 9), _module_rank(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])  # stable: order kept within
 
 
 @pytest.fixture
@@ -53,7 +75,7 @@ def pg_unavailable() -> str | None:
 
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
             return None
-    except Exception as e:  # noqa: BLE001 - any failure means the same: skip
+    except Exception as e:
         return f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {e}"
 
 
@@ -98,7 +120,7 @@ def _drop_test_databases() -> Iterator[None]:
     for name in list(_PG_DATABASES):
         try:
             drop_pg_database(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-        except Exception as e:  # noqa: BLE001 - report, never fail the run on cleanup
+        except Exception as e:
             print(f"could not drop test database {name}: {e}", file=sys.stderr)
 
 
@@ -161,7 +183,8 @@ class DevCluster:
     def fsid(self) -> str:
         return self.env["CEPH_FSID"]
 
-    def mon_url_with(self, password: str | None = None, ssh_port: int | None = None, mon_port: int | None = None) -> str:
+    def mon_url_with(self, password: str | None = None, ssh_port: int | None = None,
+                     mon_port: int | None = None) -> str:
         e = self.env
         return (
             f"{e['SSH_USER']}:{password or e['SSH_PASSWORD']}@127.0.0.1:"
@@ -286,127 +309,31 @@ def pool(c1: DevCluster) -> Iterator[str]:
 
 # ---------------------------------------------------------------- server
 
-
-def _port_range() -> range:
-    """Where this process looks for free ports. scripts/test.sh gives each pass a base
-    (``IMGSTORE_TEST_PORT_BASE``) and each xdist worker of it takes its own 1000 ports above it:
-    two processes scanning the same ports could both pick one before either binds it, and a
-    test would then talk to another test's server."""
-    base = os.environ.get("IMGSTORE_TEST_PORT_BASE")
-    if not base:
-        return range(21000 + os.getpid() % 5000, 32000)
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    start = int(base) + 1000 * (int(worker[2:]) if worker[2:].isdigit() else 0)
-    return range(start, start + 1000)
-
-
-def free_port() -> int:
-    for port in _port_range():
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no free port in {_port_range()}")
+#: what every test server runs with, unless the test says otherwise
+TEST_SERVER_ENV = {
+    "IMGSTORE_CEPH_TIMEOUT": "5",
+    "IMGSTORE_IMAGE_URL_ALLOW": "127.0.0.1,::1",  # tests serve images on loopback (point 5)
+    "IMGSTORE_SSH_TIMEOUT": "5",
+}
 
 
 @dataclass
-class Server:
-    """A real ``imgstore serve`` process on 127.0.0.1."""
+class Server(servers.Server):
+    """A real ``imgstore serve`` (tests/servers.py) with the tests' settings and, on the
+    PostgreSQL pass, a fresh database of its own (kept across restarts)."""
 
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, retried: bool = False) -> "Server":
+    def start(self, timeout: float = 120, retried: bool = False) -> Server:
+        self.env = {**TEST_SERVER_ENV, **self.env}
         if TEST_DB == "postgresql" and "IMGSTORE_DB_URL" not in self.env:
-            self.env["IMGSTORE_DB_URL"] = create_pg_database()  # kept across restarts
-        env = {
-            **os.environ,
-            "IMGSTORE_DATA_DIR": str(self.data_dir),
-            "IMGSTORE_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "IMGSTORE_CEPH_TIMEOUT": "5",
-            "IMGSTORE_IMAGE_URL_ALLOW": "127.0.0.1,::1",  # tests serve images on loopback (point 5)
-            "IMGSTORE_SSH_TIMEOUT": "5",
-            **self.env,
-        }
-        log = open(self.data_dir / "server.log", "ab")
-        logged = log.tell()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(self.port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                if "address already in use" in self.log()[logged:].lower() and not retried:
-                    # another process took the port between free_port() and bind: forget
-                    # this attempt's log (tests read the log) and start on another port
-                    os.truncate(self.data_dir / "server.log", logged)
-                    self.port = free_port()
-                    return self.start(retried=True)
-                raise RuntimeError(f"server exited: {self.log()[-2000:]}")
-            try:
-                httpx.get(f"{self.url}/zstack/v1/accounts/sessions/x/valid", timeout=1)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start in 30 s")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=20)
-
-    def log(self) -> str:
-        return (self.data_dir / "server.log").read_text(errors="replace")
+            self.env["IMGSTORE_DB_URL"] = create_pg_database()
+        super().start(timeout, retried)
+        return self
 
     def drop_database(self) -> None:
         """Drop the PostgreSQL database made for this server, if one was (after stop)."""
         url = self.env.get("IMGSTORE_DB_URL", "")
         if url.rsplit("/", 1)[-1] in _PG_DATABASES:
             drop_pg_database(url)
-
-    def login(self) -> "Api":
-        return Api.login(self.url)
-
-
-class Api(httpx.Client):
-    """An httpx client on ``/zstack/v1`` with a session, and ZStack's job polling."""
-
-    @classmethod
-    def login(cls, url: str, password: str = ADMIN_PASSWORD) -> "Api":
-        client = cls(base_url=f"{url}/zstack/v1", timeout=60)
-        r = client.put("/accounts/login", json={"logInByAccount": {
-            "accountName": "admin", "password": hashlib.sha512(password.encode()).hexdigest()}})
-        assert r.status_code == 200, r.text
-        client.headers["Authorization"] = f"OAuth {r.json()['inventory']['uuid']}"
-        return client
-
-    def wait_job(self, response: httpx.Response, timeout: float = 60) -> httpx.Response:
-        assert response.status_code == 202, response.text
-        location = response.json()["location"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = self.get(location, timeout=10)  # with the session, as the Java SDK polls
-            if r.status_code != 202:
-                return r
-            time.sleep(0.1)
-        raise AssertionError(f"job {location} still running after {timeout} s")
-
-    def add_ceph(self, name: str, mon_urls: list[str], **params: object) -> httpx.Response:
-        return self.post("/backup-storage/ceph", json={"params": {"name": name, "monUrls": mon_urls, **params}})
-
-    def storages(self, **query: str) -> list[dict]:
-        r = self.get("/backup-storage", params=query)
-        assert r.status_code == 200, r.text
-        return r.json()["inventories"]
 
 
 @pytest.fixture(scope="session")

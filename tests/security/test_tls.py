@@ -11,10 +11,8 @@ import datetime
 import ipaddress
 import json
 import os
-import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,14 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from imgstore.client.http import ImgstoreClient, ImgstoreError
-from tests.conftest import ADMIN_PASSWORD, ROOT, free_port
+from tests.conftest import ADMIN_PASSWORD, ROOT, Server
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and localhost, and its key (PEM files)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imgstore test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -56,30 +54,12 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """(url, certificate) of an ``imgstore serve`` speaking https only."""
     cert, key = self_signed(tmp_path)
-    port = free_port()
-    data = tmp_path / "data"
-    data.mkdir()
-    env = {**os.environ, "IMGSTORE_DATA_DIR": str(data), "IMGSTORE_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    log = open(tmp_path / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port),
-                             "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"https://127.0.0.1:{port}"
-    context = ssl.create_default_context(cafile=str(cert))
-    deadline = time.monotonic() + 30
+    server = Server(tmp_path / "data", args=["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)], ca_file=cert)
     try:
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                httpx.get(f"{url}/zstack/v1/accounts/sessions/x/valid", verify=context, timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-2000:]
-                time.sleep(0.2)
-        yield url, cert
+        yield server.start().url, cert
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        server.stop()
+        server.drop_database()
 
 
 def test_the_client_speaks_https_and_checks_the_server(https_server: tuple[str, Path]) -> None:
