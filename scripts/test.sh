@@ -16,7 +16,9 @@
 #      modules that never start a server (test_ceph_layer, test_rbd_io) and test_multinode,
 #      which is on PostgreSQL in both passes.
 #   Each pass runs on IMGSTORE_TEST_WORKERS pytest-xdist workers (default 2 without pytest
-#   args, 1 = no xdist with them), `--dist loadfile`; worker gwN of a pass uses the lane
+#   args, 1 = no xdist with them), `--dist loadscope --no-loadscope-reorder`: a worker takes
+#   a module (or a test class) at a time, long ones first (tests/conftest.py orders them);
+#   worker gwN of a pass uses the lane
 #   N of IMGSTORE_TEST_CLUSTERS (`c1,c2;c1,c3`: tests/conftest.py). A pass's output goes to
 #   a file and is printed whole when the pass ends; the log ends with both passes' summaries.
 #   Exits non-zero when either pass fails (5 = "no tests collected" is a failure too).
@@ -122,7 +124,7 @@ run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, prin
   # (tests/conftest.py free_port; 26022 and 26789.. are c2's)
   local bases=${IMGSTORE_TEST_PORT_BASES:-21000 27000}
   local port_base=$([ "$db" = postgresql ] && echo "${bases#* }" || echo "${bases% *}")
-  [ "$n" = 1 ] || xdist=(-n "$n" --dist loadfile)
+  [ "$n" = 1 ] || xdist=(-n "$n" --dist loadscope --no-loadscope-reorder)
   log "pytest on $label started ($([ "$n" = 1 ] && echo "1 process" || echo "$n workers"), IMGSTORE_TEST_CLUSTERS='$clusters'; output printed when it ends)"
   IMGSTORE_TEST_DB=$db IMGSTORE_TEST_CLUSTERS=$clusters IMGSTORE_TEST_PORT_BASE=$port_base \
     "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "${xdist[@]}" "$@" \

@@ -70,6 +70,10 @@ _SCALE = float(os.environ.get("IMGSTORE_FUZZ_SCALE", "1"))
 EXAMPLES_WITHOUT_SESSION = max(1, round(6 * _SCALE))
 EXAMPLES_POSITIVE = max(1, round(25 * _SCALE))
 EXAMPLES_NEGATIVE = max(1, round(12 * _SCALE))
+#: the fuzzing is cut in SHARDS parts (every SHARDS-th operation), each a test class of its
+#: own (TestFuzzPart1...), so scripts/test.sh's workers share it: in one piece it kept one
+#: worker busy minutes after the other had finished
+SHARDS = 4
 #: the ZStack resource type of what each query lists, for tags naming a real resource
 RESOURCE_TYPES = {"/zstack/v1/backup-storage": "BackupStorageVO", "/zstack/v1/zones": "ZoneVO",
                   "/zstack/v1/images": "ImageVO"}
@@ -140,12 +144,14 @@ def _query_paths(document: dict[str, Any]) -> list[str]:
     )
 
 
-def _operations(schema: schemathesis.BaseSchema) -> list[Any]:
+def _operations(schema: schemathesis.BaseSchema, shard: int) -> list[Any]:
+    """Part ``shard`` of the document's operations (every SHARDS-th, so each part gets
+    operations of every kind)."""
     ops = []
     for result in schema.get_all_operations():
         ops.append(result.ok())  # an operation schemathesis cannot read is a document bug
-    assert ops, "the document lists no operation"
-    return ops
+    assert len(ops) >= SHARDS, "the document lists (almost) no operation"
+    return ops[shard::SHARDS]
 
 
 @dataclass
@@ -483,7 +489,7 @@ def test_document_describes_every_api_route(document: dict[str, Any]) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_routes_answer_401_without_a_session(schema, world: World, subtests) -> None:  # type: ignore[no-untyped-def]
+def routes_answer_401_without_a_session(schema, world: World, subtests, shard: int) -> None:  # type: ignore[no-untyped-def]
     """No session, a made-up one, or a malformed header: every route behind a session
     refuses with ID.1001 and changes nothing; the public routes stay well-behaved."""
     world.seed()
@@ -491,7 +497,7 @@ def test_routes_answer_401_without_a_session(schema, world: World, subtests) -> 
         {}, {"Authorization": "OAuth 0123456789abcdef0123456789abcdef"},
         {"Authorization": "Bearer x"}, {"Authorization": "OAuth "},
     ])
-    for op in _operations(schema):
+    for op in _operations(schema, shard):
         secured = bool(op.definition.raw.get("security"))
 
         def one_case(case, data, secured=secured) -> None:  # type: ignore[no-untyped-def]
@@ -521,10 +527,10 @@ def test_routes_answer_401_without_a_session(schema, world: World, subtests) -> 
             _fuzz(op, GenerationMode.POSITIVE, EXAMPLES_WITHOUT_SESSION, one_case)
 
 
-def test_routes_survive_fuzzing_with_a_session(schema, world: World, subtests) -> None:  # type: ignore[no-untyped-def]
+def routes_survive_fuzzing_with_a_session(schema, world: World, subtests, shard: int) -> None:  # type: ignore[no-untyped-def]
     """Valid and invalid cases of every route: no 500, ErrorCode failures, no trace, no
     secret, replies as documented, and a refused call changes nothing."""
-    for op in _operations(schema):
+    for op in _operations(schema, shard):
         for mode, examples in ((GenerationMode.POSITIVE, EXAMPLES_POSITIVE),
                                (GenerationMode.NEGATIVE, EXAMPLES_NEGATIVE)):
             world.seed()
@@ -556,6 +562,40 @@ def test_routes_survive_fuzzing_with_a_session(schema, world: World, subtests) -
     assert not world.guard_log(), world.guard_log()
     for label, counts in sorted(STATUSES.items()):
         print(f"{label}: {dict(sorted(counts.items()))}")
+
+
+class FuzzPart:
+    """One part of the fuzzing: every SHARDS-th operation, from ``shard`` on. xdist's
+    ``--dist loadscope`` (scripts/test.sh) hands each ``TestFuzzPartN`` class to whichever
+    worker is free, so the parts run side by side (the module fixtures, the fuzzed server
+    among them, are made once on each worker that runs a part)."""
+
+    shard = 0
+
+    def test_routes_answer_401_without_a_session(self, schema, world: World, subtests) -> None:  # type: ignore[no-untyped-def]
+        routes_answer_401_without_a_session(schema, world, subtests, self.shard)
+
+    def test_routes_survive_fuzzing_with_a_session(self, schema, world: World, subtests) -> None:  # type: ignore[no-untyped-def]
+        routes_survive_fuzzing_with_a_session(schema, world, subtests, self.shard)
+
+
+class TestFuzzPart1(FuzzPart):
+    shard = 0
+
+
+class TestFuzzPart2(FuzzPart):
+    shard = 1
+
+
+class TestFuzzPart3(FuzzPart):
+    shard = 2
+
+
+class TestFuzzPart4(FuzzPart):
+    shard = 3
+
+
+assert len(FuzzPart.__subclasses__()) == SHARDS
 
 
 # ---------------------------------------------------------------- regressions the fuzz run found
