@@ -4,6 +4,7 @@ from __future__ import annotations
 from imgstore import memory
 from imgstore.config import Settings
 from imgstore.services.storage import add_ceph as ceph_backup_storage
+from imgstore.services.storage import trash
 from imgstore.services.node import sessions
 from imgstore.services.images import upload as image_upload
 from imgstore.services.images.deletion import Expunger
@@ -24,6 +25,7 @@ async def start(settings: Settings) -> Runtime:
     await rt.membership.join()
     await rt.jobs.recover()
     await ceph_backup_storage.clean_up_interrupted_adds(rt)
+    await trash.settle_pending(rt)  # copies this node left unfinished: their bits are trash
     rt.tracker.start()
     rt.image_expunger = Expunger(rt)  # type: ignore[attr-defined]  # also settles interrupted image adds
     rt.image_expunger.start()  # type: ignore[attr-defined]

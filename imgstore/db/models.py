@@ -275,6 +275,25 @@ class ImageBackupStorageRef(Timestamps, Base):
     image: Mapped[Image] = relationship(back_populates="backup_storage_refs")
 
 
+class BackupStorageTrash(Base):
+    """What imgstore left in a storage's pool and no longer needs (GetTrashOnBackupStorage):
+    bits whose removal failed, or a copy under way (``node`` set: the node writing it)
+    that its node's restart found unfinished. CleanUpTrashOnBackupStorage removes them."""
+
+    __tablename__ = "backup_storage_trash"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # ZStack's trashId
+    backup_storage_uuid: Mapped[str] = mapped_column(
+        ForeignKey("backup_storage.uuid", ondelete="CASCADE"), index=True
+    )
+    resource_uuid: Mapped[str | None] = mapped_column(String(32))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    trash_type: Mapped[str] = mapped_column(String(32))
+    install_path: Mapped[str] = mapped_column(String(2048))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    node: Mapped[str | None] = mapped_column(String(64))  # a copy still being written by that node
+    create_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class ImageUpload(Timestamps, Base):
     """The upload slot of an ``upload://`` image: where its bytes may be PUT, and how far
     they got (ZStack's upload long job, GetUploadImageJobDetails).
