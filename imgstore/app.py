@@ -21,6 +21,8 @@ from imgstore.api.routes import zones
 from imgstore.api.routes import exports
 from imgstore.api.routes import web
 from imgstore.api.routes import images
+from imgstore.api.routes import image_migration
+from imgstore.api.routes import trash
 from imgstore.api import openapi
 from imgstore.api.body_limit import BodyLimit
 from imgstore.api.deps import refuse_nul, require_session
@@ -89,7 +91,8 @@ def _include_api(app: FastAPI, prefix: str, in_schema: bool) -> None:
         exports.router,  # no session: the export URL's token is the credential
         images.upload_router,  # no session: the upload URL's token is the credential
     ]
-    authed = [backup_storage.router, ceph_mons.router, zones.router, tags.router, images.router]
+    # trash and image_migration hold fixed paths under /backup-storage/: before its {uuid}
+    authed = [trash.router, image_migration.router, backup_storage.router, ceph_mons.router, zones.router, tags.router, images.router]
     for router in public:
         app.include_router(router, prefix=prefix, include_in_schema=in_schema,
                            dependencies=[Depends(refuse_nul)], responses=openapi.ERROR_RESPONSES)

@@ -391,6 +391,33 @@ class RenewSessionBody(BaseModel):
     renewSession: RenewSessionParams = Field(default_factory=RenewSessionParams)
 
 
+class InstallPathRecycleInventory(Inventory):
+    """A trash entry of a backup storage (GetTrashOnBackupStorage)."""
+
+    zstack_class: ClassVar[str] = "org.zstack.header.core.trash.InstallPathRecycleInventory"
+    trash_id: int
+    resource_uuid: str | None = None
+    storage_uuid: str
+    storage_type: str = "BackupStorageVO"
+    resource_type: str
+    install_path: str
+    is_folder: bool = False
+    host_uuid: str | None = None
+    hypervisor_type: str | None = None
+    size: int | None = None
+    trash_type: str
+    create_date: ZDate
+
+
+class CleanUpTrashParams(Params):
+    trashId: int | None = None
+
+
+class BackupStorageMigrateImageParams(Params):
+    srcBackupStorageUuid: str
+    dstBackupStorageUuid: str
+
+
 # ---------------------------------------------------------------- image export (ExportImageFromBackupStorage)
 
 
