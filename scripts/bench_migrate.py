@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Benchmark: BackupStorageMigrateImage vs ``rbd export - | rbd import -`` between two clusters.
+
+One image on a storage of cluster A is copied to a storage of cluster B, by imgstore
+(librbd to librbd in its process, holes skipped, the copy read back and verified) and by
+the CLI pipe ZStack's agent runs (``rbd export pool/img - | rbd import - pool/img``, no
+verification), interleaved, median of N runs each. Two images: all data, and thin (a
+little data, the rest a hole). Target: imgstore >= 0.9x the pipe's throughput.
+
+    .venv/bin/python scripts/bench_migrate.py [--runs 3] [--size-mib 256] [--src c1] [--dst c2]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from _bench import Api, Server, ceph, cluster_env  # noqa: E402
+
+MiB = 1 << 20
+
+
+def write_image(path: Path, data_mib: int, hole_mib: int) -> None:
+    block = hashlib.sha512(b"bench").digest() * (MiB // 64)
+    with open(path, "wb") as f:
+        for i in range(data_mib):
+            f.write(hashlib.sha512(i.to_bytes(8, "big")).digest() + block[64:])
+        f.truncate((data_mib + hole_mib) * MiB)
+
+
+def pool_on(env: dict[str, str]) -> str:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    ceph(env, "osd", "pool", "create", name, "8")
+    ceph(env, "osd", "pool", "application", "enable", name, "rbd")
+    return name
+
+
+def pipe_once(src: dict[str, str], src_pool: str, dst: dict[str, str], dst_pool: str, name: str) -> float:
+    target = f"{dst_pool}/pipe-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    subprocess.run(f"rbd -c {src['CEPH_CONF']} export {src_pool}/{name} - | "
+                   f"rbd -c {dst['CEPH_CONF']} import - {target}", shell=True, check=True, capture_output=True)
+    took = time.perf_counter() - t0
+    subprocess.run(["rbd", "-c", dst["CEPH_CONF"], "rm", target], check=True, capture_output=True)
+    return took
+
+
+def migrate_once(api: Api, image: str, src: str, dst: str) -> float:
+    t0 = time.perf_counter()
+    r = api.put(f"/backup-storage/images/{image}/actions", headers={"Prefer": "respond-async"},
+                json={"backupStorageMigrateImage": {"srcBackupStorageUuid": src, "dstBackupStorageUuid": dst}})
+    done = api.wait_job(r, timeout=1800)
+    took = time.perf_counter() - t0
+    assert done.status_code == 200, done.text
+    d = api.delete(f"/images/{image}", params={"backupStorageUuids": dst})  # Direct: the copy goes
+    assert d.status_code == 200, d.text
+    return took
+
+
+def add(api: Api, path: Path, bs: str) -> str:
+    r = api.post("/images", json={"params": {"name": path.name, "url": f"file://{path}", "format": "raw",
+                                             "backupStorageUuids": [bs]}})
+    done = api.wait_job(r, timeout=1800) if r.status_code == 202 else r
+    assert done.status_code == 200, done.text
+    return done.json()["inventory"]["uuid"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--src", default="c1")
+    ap.add_argument("--dst", default="c2")
+    args = ap.parse_args()
+    src_env, dst_env = cluster_env(args.src), cluster_env(args.dst)
+    src_pool, dst_pool = pool_on(src_env), pool_on(dst_env)
+    work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
+    files = work / "files"
+    files.mkdir()
+    server = Server(work / "data", password="bench", log_level="warning",
+                    env={"IMGSTORE_FILE_ALLOW_DIRS": str(files), "IMGSTORE_IMAGE_DELETION_POLICY": "Direct"})
+    try:
+        api = server.start().login()
+        src_url = src_env["MON_URL"]
+        dst_url = dst_env["MON_URL"].replace("@127.0.0.1:", "@localhost:")  # mon hostnames are unique
+        src = api.post("/backup-storage/ceph", json={"params": {"name": "a", "monUrls": [src_url],
+                                                                "poolName": src_pool}}).json()["inventory"]["uuid"]
+        dst = api.post("/backup-storage/ceph", json={"params": {"name": "b", "monUrls": [dst_url],
+                                                                "poolName": dst_pool}}).json()["inventory"]["uuid"]
+        print(f"runs: {args.runs}, {args.src} -> {args.dst}, interleaved; MiB/s of the image's size")
+        print(f"{'image':<26}{'pipe median':>14}{'imgstore median':>18}{'ratio':>8}")
+        for label, data, hole in (("data", args.size_mib, 0), ("thin (1/16 data)", args.size_mib // 16,
+                                                                args.size_mib - args.size_mib // 16)):
+            path = files / f"{label.split()[0]}.raw"
+            write_image(path, data, hole)
+            image = add(api, path, src)
+            migrate_once(api, image, src, dst)  # warm-up: handles, first reads
+            pipes, ours = [], []
+            for _ in range(args.runs):
+                pipes.append(pipe_once(src_env, src_pool, dst_env, dst_pool, image))
+                ours.append(migrate_once(api, image, src, dst))
+            size = data + hole
+            p, o = size / statistics.median(pipes), size / statistics.median(ours)
+            print(f"{label + f' {size} MiB':<26}{p:>10.0f} MiB/s{o:>14.0f} MiB/s{o / p:>7.2f}x")
+        return 0
+    finally:
+        server.stop()
+        ceph(src_env, "osd", "pool", "rm", src_pool, src_pool, "--yes-i-really-really-mean-it")
+        ceph(dst_env, "osd", "pool", "rm", dst_pool, dst_pool, "--yes-i-really-really-mean-it")
+        subprocess.run(["rm", "-rf", str(work)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
