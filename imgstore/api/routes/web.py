@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imgstore
+
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(imgstore.__file__).resolve().parent / "web"  # the package data, wherever this module sits
 
 #: file name → media type; the only files ``/web/{name}`` serves.
 ASSETS = {

@@ -35,6 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import imgstore
 from imgstore import ceph
 from imgstore.crypto import SecretBox
 from imgstore.db.models import CephBackupStorage
@@ -166,7 +167,7 @@ class Pinger:
             return self._proc, self._waiting
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        root = str(Path(__file__).resolve().parents[2])  # where ``imgstore`` imports from
+        root = str(Path(imgstore.__file__).resolve().parents[1])  # where ``imgstore`` imports from
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "imgstore.services.health.pinger", "--timeout", str(self._timeout),
