@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # setup.sh — install everything imgstore needs to run and be tested; idempotent,
-# and fast (about a second) when everything is already there.
+# and fast (about a second) when everything is already there. `setup.sh --packages`
+# does step 1 only.
 #
 #   1. Debian packages: Ceph (mon, osd, mgr, CLI, python3-rados/rbd), openssh-server,
 #      sshpass, qemu-utils, uuid-runtime, curl, chromium + chromium-driver for the
@@ -30,6 +31,8 @@ die() { log "ERROR: $*"; exit 1; }
 # chromium + chromium-driver: the headless browser of the console tests (tests/e2e);
 # wrk: the C client scripts/bench_api.py measures the server with (Python clients cap it)
 DEVCLUSTER_EXTRA_PACKAGES="curl ca-certificates chromium chromium-driver wrk" bash "$ROOT/scripts/devcluster.sh" install 2>&1 | sed 's/^/[setup] /' >&2
+# --packages: this step only (scripts/test.sh starts the clusters while the venv is made)
+if [ "${1:-}" = --packages ]; then exit 0; fi
 
 # ---------------------------------------------------------------- 2. venv
 is_py311() { [ -x "$1" ] && "$1" -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 11) or sys.implementation.name != "cpython")' 2>/dev/null; }

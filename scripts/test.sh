@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # test.sh — the project's test command: `bash scripts/test.sh [pytest args...]`
 #
-#   1. scripts/setup.sh (packages, .venv, ceph bindings)
-#   2. PostgreSQL on 127.0.0.1:5432 answers (started with pg_ctlcluster if down)
-#   3. the dev Ceph clusters, started in parallel by scripts/devcluster.sh (a running
-#      cluster is reused): c1 (mon 16789, ssh 16022), shared by every worker (no test stops
-#      its daemons), and one "c2" per worker, the cluster fault tests stop daemons of:
-#      c2 (mon 26789, ssh 26022), then c3, c4, ... (cN: mon 10789+1000*(N-2), ssh mon-767).
+#   1. scripts/setup.sh --packages (the Debian packages), then
+#   2. the dev Ceph clusters start in parallel, in the background, by scripts/devcluster.sh
+#      (a running cluster is reused) while scripts/setup.sh makes .venv: c1 (mon 16789,
+#      ssh 16022), shared by every worker (no test stops its daemons), and one "c2" per
+#      worker, the cluster fault tests stop daemons of: c2 (mon 26789, ssh 26022), then c3,
+#      c4, ... (cN: mon 10789+1000*(N-2), ssh mon-767).
+#   3. PostgreSQL on 127.0.0.1:5432 answers (started with pg_ctlcluster if down), and the
+#      clusters are ready
 #   4. the SQLite pass: `.venv/bin/python -m pytest -q "$@"`, every test server on its own
 #      SQLite file
 #   5. the PostgreSQL pass, AT THE SAME TIME as step 4: the integration tests again with
@@ -38,28 +40,7 @@ T0=$EPOCHREALTIME
 log() { printf '[test.sh +%ss] %s\n' "$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# ---------------------------------------------------------------- 1. setup
-bash "$ROOT/scripts/setup.sh"
-
-# ---------------------------------------------------------------- 2. PostgreSQL
-pg_up() { "$ROOT/.venv/bin/python" - <<'EOF' 2>/dev/null
-import socket, sys
-s = socket.create_connection(("127.0.0.1", 5432), timeout=2)
-s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")   # SSLRequest: a live server answers 'S' or 'N'
-sys.exit(0 if s.recv(1) in (b"S", b"N") else 1)
-EOF
-}
-if ! pg_up; then
-  log "PostgreSQL on 127.0.0.1:5432 does not answer; starting it"
-  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
-  [ -n "$ver" ] || die "PostgreSQL is not installed (/etc/postgresql is empty)"
-  pg_ctlcluster --skip-systemctl-redirect "$ver" main start </dev/null || true
-  for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
-  pg_up || die "PostgreSQL on 127.0.0.1:5432 still does not answer"
-fi
-log "PostgreSQL answers on 127.0.0.1:5432"
-
-# ---------------------------------------------------------------- 3. Ceph clusters
+# ---------------------------------------------------------------- 1. what runs where
 QUICK=0
 if [ "${1:-}" = --quick ]; then QUICK=1; shift; fi
 pg_pass=${IMGSTORE_TEST_PG_PASS:-auto}
@@ -98,12 +79,35 @@ if [ "$QUICK" = 1 ]; then
   CLUSTERS=""
   log "--quick: no clusters; Ceph-backed, fuzz and serial tests are deselected"
 fi
+# ---------------------------------------------------------------- 2. packages, then the clusters start
+# while the venv is made (they need only the Debian packages)
+bash "$ROOT/scripts/setup.sh" --packages
 start_cluster() { # NAME
   local p; p=$(ports "$1")
   bash "$DEVCLUSTER" start "$1" -p "${p% *}" -s "${p#* }" 2>&1 | sed -u "s/^/[$1] /" >&2
 }
 pids=(); names=()
 for c in $CLUSTERS; do start_cluster "$c" & pids+=($!); names+=("$c"); done
+bash "$ROOT/scripts/setup.sh"
+
+# ---------------------------------------------------------------- 3. PostgreSQL, and the clusters ready
+pg_up() { "$ROOT/.venv/bin/python" - <<'EOF' 2>/dev/null
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 5432), timeout=2)
+s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")   # SSLRequest: a live server answers 'S' or 'N'
+sys.exit(0 if s.recv(1) in (b"S", b"N") else 1)
+EOF
+}
+if ! pg_up; then
+  log "PostgreSQL on 127.0.0.1:5432 does not answer; starting it"
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  [ -n "$ver" ] || die "PostgreSQL is not installed (/etc/postgresql is empty)"
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start </dev/null || true
+  for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+  pg_up || die "PostgreSQL on 127.0.0.1:5432 still does not answer"
+fi
+log "PostgreSQL answers on 127.0.0.1:5432"
+
 failed=""
 for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed+=" ${names[$i]}"; done
 if [ -n "$failed" ]; then
@@ -127,6 +131,7 @@ run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, prin
   [ "$n" = 1 ] || xdist=(-n "$n" --dist loadscope --no-loadscope-reorder)
   log "pytest on $label started ($([ "$n" = 1 ] && echo "1 process" || echo "$n workers"), IMGSTORE_TEST_CLUSTERS='$clusters'; output printed when it ends)"
   IMGSTORE_TEST_DB=$db IMGSTORE_TEST_CLUSTERS=$clusters IMGSTORE_TEST_PORT_BASE=$port_base \
+    IMGSTORE_TEST_SERIAL_LIST=$OUT/$label.serial \
     "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "${xdist[@]}" "$@" \
     </dev/null >"$OUT/$label.log" 2>&1 || rc=$?
   echo "$rc" >"$OUT/$label.rc"
@@ -175,11 +180,18 @@ progress & p_progress=$!
 [ -z "${p_pg:-}" ] || wait "$p_pg" || true
 wait "$p_sqlite" || true
 kill "$p_progress" 2>/dev/null || true
+serial_files() { # LABEL -> the files of the serial tests its lanes collected (tests/conftest.py)
+  if [ -f "$OUT/$1.serial" ]; then cat "$OUT/$1.serial"; else printf '%s\n' "${@:2}"; fi
+}
 if [ "$split" = 1 ]; then
-  run_pytest SQLite-serial sqlite "${names_pool[0]},${names_pool[1]}" 1 -m serial || true
-  runs+=(SQLite-serial)
-  if [ "$pg_pass" = 1 ]; then
-    run_pytest PostgreSQL-serial postgresql "${names_pool[0]},${names_pool[1]}" 1 -m serial "${pg_args[@]}" || true
+  mapfile -t files < <(serial_files SQLite tests)
+  if [ "${#files[@]}" -gt 0 ]; then
+    run_pytest SQLite-serial sqlite "${names_pool[0]},${names_pool[1]}" 1 -m serial "${files[@]}" || true
+    runs+=(SQLite-serial)
+  fi
+  mapfile -t files < <(serial_files PostgreSQL "${pg_args[@]}")
+  if [ "$pg_pass" = 1 ] && [ "${#files[@]}" -gt 0 ]; then
+    run_pytest PostgreSQL-serial postgresql "${names_pool[0]},${names_pool[1]}" 1 -m serial "${files[@]}" || true
     runs+=(PostgreSQL-serial)
   fi
 fi

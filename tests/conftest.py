@@ -45,11 +45,19 @@ def _module_rank(item: pytest.Item) -> int:
     return 4 if path.startswith("tests/unit/") else 3
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m "not serial"`` deselects the serial tests
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Long modules first. scripts/test.sh's workers take the modules (the fuzzing's parts
     one by one) in this order (``--dist loadscope --no-loadscope-reorder``) as each is free:
     a long module started last would keep one worker busy long after the other is done.
-    A module's tests stay together and in their order (its module fixtures live once)."""
+    A module's tests stay together and in their order (its module fixtures live once).
+
+    With ``IMGSTORE_TEST_SERIAL_LIST`` set, the files holding tests marked ``serial`` are
+    written there: scripts/test.sh's serial run afterwards collects only those files."""
+    listing = os.environ.get("IMGSTORE_TEST_SERIAL_LIST")
+    if listing and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
+        files = sorted({item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("serial")})
+        Path(listing).write_text("".join(f"{f}\n" for f in files))
     rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::", 1)[0]
