@@ -37,12 +37,11 @@ from imgstore.ceph import (
     SshUnreachable,
     rbd_client_caps,
 )
-from tests.conftest import lane_cluster
+from tests.conftest import ROOT, lane_cluster
 
 pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
 
-REPO = Path(__file__).resolve().parents[2]
-DEVCLUSTER = REPO / "scripts" / "devcluster.sh"
+DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
 TIMEOUT = 5.0
 
 
