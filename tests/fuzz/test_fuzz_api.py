@@ -106,7 +106,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def document(fuzz_server: Server) -> dict[str, Any]:
-    with httpx.Client(trust_env=False) as client:
+    with httpx.Client(trust_env=False, timeout=120) as client:  # the first document takes seconds on a busy CPU
         r = client.get(f"{fuzz_server.url}/openapi.json")
     assert r.status_code == 200, r.text
     return r.json()
@@ -620,7 +620,7 @@ def test_no_api_takes_the_nul_character(any_db_server: Server) -> None:
     """U+0000 in a path, a query or a JSON body reached PostgreSQL, which cannot store it
     in text: 500 on nearly every route. Every route refuses it with SYS.1007 now."""
     api = any_db_server.login()
-    with httpx.Client(trust_env=False) as client:
+    with httpx.Client(trust_env=False, timeout=120) as client:  # the first document takes seconds on a busy CPU
         document = client.get(f"{any_db_server.url}/openapi.json").json()
     zone = api.post("/zones", json={"params": {"name": "z"}}).json()["inventory"]["uuid"]
     before = api.get("/zones").json()["inventories"]
