@@ -6,6 +6,8 @@ nothing of HTTP or the database. Errors leave it as ``imgstore.ceph.exceptions``
 * :class:`MonUrl` parses ZStack monUrls;
 * :class:`MonShell` onboards over ssh (facts, pool, least-privilege cephx key);
 * :class:`Cluster` is the librados handle of a storage (capacity, the ping's health check);
+* :func:`read_object`, :func:`write_object`, :func:`object_lock` and the like keep small
+  RADOS objects of a pool (``bs_ceph_info.json``);
 * :class:`ImageWriter`, :func:`iter_image` and the rest of :mod:`imgstore.ceph.rbd` are
   the bits of images.
 
@@ -33,7 +35,8 @@ from imgstore.ceph.exceptions import (
     SshHostKeyMismatch,
     SshUnreachable,
 )
-from imgstore.ceph.monurl import MonUrl
+from imgstore.ceph.monurl import MonUrl, check_fingerprint
+from imgstore.ceph.objects import append_object, object_lock, read_object, remove_object, write_object
 from imgstore.ceph.rbd import (
     CHUNK_SIZE,
     READ_AHEAD,
@@ -48,44 +51,51 @@ from imgstore.ceph.rbd import (
     read_range,
     remove_image,
 )
-from imgstore.ceph.ssh import MonFacts, MonShell, offered_host_key, rbd_client_caps
+from imgstore.ceph.ssh import MonFacts, MonShell, check_pool_name, offered_host_key, rbd_client_caps
 
 __all__ = [
-    "Capacity",
-    "Cluster",
-    "Health",
-    "MonFacts",
-    "MonShell",
-    "MonUrl",
-    "offered_host_key",
-    "rbd_client_caps",
     "CHUNK_SIZE",
     "READ_AHEAD",
     "WRITE_WINDOW",
+    "Capacity",
+    "CephCommandFailed",
+    "CephError",
+    "CephPermissionDenied",
+    "CephTimeout",
+    "CephToolsMissing",
+    "Cluster",
+    "ClusterUnreachable",
+    "Health",
+    "ImageBusy",
+    "ImageExists",
+    "ImageNoSpace",
+    "ImageNotFound",
+    "ImageSizeMismatch",
     "ImageWriter",
+    "InvalidName",
+    "MonFacts",
+    "MonShell",
+    "MonUrl",
+    "MonUrlError",
+    "PoolNotFound",
     "RadosSource",
+    "SshAuthFailed",
+    "SshHostKeyMismatch",
+    "SshUnreachable",
     "WriteResult",
+    "append_object",
+    "check_fingerprint",
+    "check_pool_name",
     "image_size",
     "image_usage",
     "iter_image",
     "list_images",
+    "object_lock",
+    "offered_host_key",
+    "rbd_client_caps",
+    "read_object",
     "read_range",
     "remove_image",
-    "CephError",
-    "MonUrlError",
-    "InvalidName",
-    "SshAuthFailed",
-    "SshUnreachable",
-    "SshHostKeyMismatch",
-    "CephToolsMissing",
-    "CephTimeout",
-    "CephCommandFailed",
-    "PoolNotFound",
-    "CephPermissionDenied",
-    "ClusterUnreachable",
-    "ImageExists",
-    "ImageNotFound",
-    "ImageBusy",
-    "ImageNoSpace",
-    "ImageSizeMismatch",
+    "remove_object",
+    "write_object",
 ]

@@ -20,7 +20,7 @@ import rados
 import rbd
 
 from imgstore import ceph
-from imgstore.ceph import _calls, metadata
+from imgstore.ceph import _calls, objects
 from imgstore.ceph import cluster as cluster_module
 
 pytestmark = pytest.mark.anyio
@@ -190,10 +190,10 @@ async def test_a_full_pool_reads_the_same_from_objects_images_and_the_ping(
     bs_ceph_info.json and for the ping's write test.)"""
     full = rados.NoSpace("[errno 28] RADOS no space (error writing)", errno.ENOSPC)
     with pytest.raises(ceph.ImageNoSpace, match="the pool is full"):
-        await metadata.write_object(Source(Handle(full)), "p", "bs_ceph_info.json", b"{}")
+        await objects.write_object(Source(Handle(full)), "p", "bs_ceph_info.json", b"{}")
     quota = rados.Error("[errno 122] quota", errno.EDQUOT)
     with pytest.raises(ceph.ImageNoSpace, match="the pool is full"):
-        await metadata.append_object(Source(Handle(quota)), "p", "bs_ceph_info.json", b"{}")
+        await objects.append_object(Source(Handle(quota)), "p", "bs_ceph_info.json", b"{}")
     c = await _cluster(monkeypatch, Handle(full))
     health = await c.health("p", "imgstore-ping")
     assert isinstance(health.pool_error, ceph.ImageNoSpace)
@@ -202,7 +202,7 @@ async def test_a_full_pool_reads_the_same_from_objects_images_and_the_ping(
 
 async def test_a_missing_pool_is_pool_not_found_for_every_caller(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ceph.PoolNotFound, match=r"pool\[gone\]"):
-        await metadata.read_object(Source(Handle()), "gone", "bs_ceph_info.json")
+        await objects.read_object(Source(Handle()), "gone", "bs_ceph_info.json")
     with pytest.raises(ceph.PoolNotFound, match=r"pool\[gone\]"):
         await ceph.list_images(Source(Handle()), "gone")
     c = await _cluster(monkeypatch, Handle())
@@ -214,7 +214,7 @@ async def test_a_missing_pool_is_pool_not_found_for_every_caller(monkeypatch: py
 async def test_a_refused_key_is_permission_denied_for_every_caller(monkeypatch: pytest.MonkeyPatch) -> None:
     denied = rados.PermissionDeniedError("[errno 13] RADOS permission denied", errno.EACCES)
     with pytest.raises(ceph.CephPermissionDenied):
-        await metadata.write_object(Source(Handle(denied)), "p", "o", b"")
+        await objects.write_object(Source(Handle(denied)), "p", "o", b"")
     c = await _cluster(monkeypatch, Handle(denied))
     health = await c.health("p", "imgstore-ping")
     assert isinstance(health.pool_error, ceph.CephPermissionDenied)

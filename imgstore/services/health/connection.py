@@ -21,7 +21,7 @@ from imgstore.errors import OPERATION_ERROR, ApiError
 from imgstore.services.storage import add_ceph as ceph_backup_storage
 from imgstore.services.images import metadata as image_metadata
 from imgstore.services.storage.add_ceph import capacity_columns, load
-from imgstore.services.node.handles import ceph_error, is_ceph_error
+from imgstore.services.node.ceph_errors import ceph_error, is_ceph_error
 from imgstore.services.node.locking import local_lock
 from imgstore.services.node.runtime import Runtime
 

@@ -41,7 +41,8 @@ from imgstore.crypto import SecretBox
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError, kind_of
 from imgstore.services.health.connection import health_of
-from imgstore.services.node.handles import ClusterRegistry, ceph_error, mon_host_of, require_key
+from imgstore.services.node.ceph_errors import ceph_error
+from imgstore.services.node.handles import ClusterRegistry, mon_host_of, require_key
 
 log = logging.getLogger(__name__)
 

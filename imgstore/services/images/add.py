@@ -18,7 +18,7 @@ from imgstore.services.images.formats import qemu
 from imgstore.db.models import Image
 from imgstore.errors import CREATE_RESOURCE_ERROR, INVALID_ARGUMENT, OPERATION_ERROR, ApiError
 from imgstore.services.images import manage as images
-from imgstore.services.node.handles import ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.images.intake import (CONVERTED, CONVERTING, ImageRefused, IntakeFailed, IntakeResult,
                                             Limits, Target)
 from imgstore.services.images.sources import SourceFailed, SourceRefused

@@ -32,7 +32,7 @@ from imgstore.services.images import export as image_export
 from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
 from imgstore.services.node import task_progress
-from imgstore.services.node.handles import ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
 
@@ -210,9 +210,9 @@ async def _remove_bits(rt: Runtime, ref: ImageBackupStorageRef) -> None:
         cluster = await images.cluster_of(rt, storage)
         await ceph.remove_image(cluster, pool, ref.image_uuid, missing_ok=True)
     except ceph.ImageBusy as e:
-        raise ApiError(OPERATION_ERROR, f"cannot remove the bits of image[uuid:{ref.image_uuid}] from backup "
-                                        f"storage[uuid:{storage.uuid}]: {e}; the image stays until they are "
-                                        "gone", status=409) from None
+        raise ceph_error(e, status=409, details=f"cannot remove the bits of image[uuid:{ref.image_uuid}] from "
+                                                f"backup storage[uuid:{storage.uuid}]: {e}; the image stays "
+                                                "until they are gone") from None
     except ceph.CephError as e:
         raise ceph_error(e) from None
 

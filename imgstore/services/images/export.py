@@ -46,7 +46,8 @@ from imgstore.errors import (
     ApiError,
     not_found,
 )
-from imgstore.services.node.handles import Lease, ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
+from imgstore.services.node.handles import Lease
 from imgstore.services.images.metadata import split_install_path
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
@@ -215,9 +216,9 @@ async def _compute_md5(rt: Runtime, storage: CephBackupStorage, pool: str, name:
         async with rt.clusters.lease(storage) as cluster:
             async for piece in ceph.iter_image(cluster, pool, name, readahead=READ_AHEAD):
                 await asyncio.to_thread(h.update, piece)  # hashlib lets go of the GIL
-    except ceph.ImageNotFound:
-        raise ApiError(OPERATION_ERROR, f"the RBD image {pool}/{name} of backup storage[uuid:{storage.uuid}] "
-                                        "is missing", status=404) from None
+    except ceph.ImageNotFound as e:
+        raise ceph_error(e, status=404, details=f"the RBD image {pool}/{name} of backup storage"
+                                                f"[uuid:{storage.uuid}] is missing") from None
     except ceph.CephError as e:
         raise ceph_error(e) from None
     return h.hexdigest()

@@ -42,7 +42,7 @@ from imgstore.services.catalog import queries
 from imgstore.services.catalog import state_changes
 from imgstore.services.catalog import tags
 from imgstore.services.storage.add_ceph import apply_capacity
-from imgstore.services.node.handles import ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
 

@@ -41,7 +41,6 @@ from typing import Any
 from sqlalchemy import select
 
 from imgstore import ceph
-from imgstore.ceph import metadata as objects
 from imgstore.wire.dates import zstack_date
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import ApiError
@@ -177,15 +176,15 @@ async def image_ready(rt: Runtime, image_uuid: str, bs_uuid: str) -> None:
                 return
             line = inventory_line(image, ref)
         pool = storage.pool_name or ""
-        async with objects.locked(cluster, pool, METADATA_OBJECT):
-            current = (await objects.read_object(cluster, pool, METADATA_OBJECT)) or b""
+        async with ceph.object_lock(cluster, pool, METADATA_OBJECT):
+            current = (await ceph.read_object(cluster, pool, METADATA_OBJECT)) or b""
             lines = current.decode("utf-8", errors="replace").splitlines()
             if any(_line_names(x, image_uuid) for x in lines):
                 kept = [x for x in lines if x.strip() and not _line_names(x, image_uuid)]
-                await objects.write_object(cluster, pool, METADATA_OBJECT, _join([*kept, line]))
+                await ceph.write_object(cluster, pool, METADATA_OBJECT, _join([*kept, line]))
             else:
                 glue = b"\n" if current and not current.endswith(b"\n") else b""
-                await objects.append_object(cluster, pool, METADATA_OBJECT, glue + _join([line]))
+                await ceph.append_object(cluster, pool, METADATA_OBJECT, glue + _join([line]))
     except (ApiError, ceph.CephError) as e:
         log.warning("%s of backup storage %s not updated for image %s (Ready): %s",
                     METADATA_OBJECT, bs_uuid, image_uuid, _reason(e))
@@ -199,14 +198,14 @@ async def image_expunged(rt: Runtime, image_uuid: str, bs_uuid: str) -> None:
             return
         storage, cluster = target
         pool = storage.pool_name or ""
-        current = await objects.read_object(cluster, pool, METADATA_OBJECT)
+        current = await ceph.read_object(cluster, pool, METADATA_OBJECT)
         if not current or image_uuid.encode() not in current:
             return
-        async with objects.locked(cluster, pool, METADATA_OBJECT):
-            current = (await objects.read_object(cluster, pool, METADATA_OBJECT)) or b""
+        async with ceph.object_lock(cluster, pool, METADATA_OBJECT):
+            current = (await ceph.read_object(cluster, pool, METADATA_OBJECT)) or b""
             lines = current.decode("utf-8", errors="replace").splitlines()
             kept = [x for x in lines if x.strip() and not _line_names(x, image_uuid)]
-            await objects.write_object(cluster, pool, METADATA_OBJECT, _join(kept))
+            await ceph.write_object(cluster, pool, METADATA_OBJECT, _join(kept))
     except (ApiError, ceph.CephError) as e:
         log.warning("%s of backup storage %s not updated for image %s (expunged): %s",
                     METADATA_OBJECT, bs_uuid, image_uuid, _reason(e))
@@ -225,14 +224,14 @@ async def rewrite(rt: Runtime, bs_uuid: str) -> int | None:
             return None
         storage, cluster = target
         pool = storage.pool_name or ""
-        async with objects.locked(cluster, pool, METADATA_OBJECT):
+        async with ceph.object_lock(cluster, pool, METADATA_OBJECT):
             known, lines = await _ready_lines(rt, bs_uuid)
-            current = await objects.read_object(cluster, pool, METADATA_OBJECT)
+            current = await ceph.read_object(cluster, pool, METADATA_OBJECT)
             foreign = parse_metadata(current or b"")
             for uuid, inventory in foreign.items():
                 if uuid not in known and await _bits_exist(cluster, inventory, pool):
                     lines.append(json.dumps(inventory, separators=(",", ":"), ensure_ascii=False))
-            await objects.write_object(cluster, pool, METADATA_OBJECT, _join(lines))
+            await ceph.write_object(cluster, pool, METADATA_OBJECT, _join(lines))
         return len(lines)
     except (ApiError, ceph.CephError) as e:
         log.warning("%s of backup storage %s not rewritten: %s", METADATA_OBJECT, bs_uuid, _reason(e))
@@ -345,7 +344,7 @@ async def _read_sources(cluster: ceph.Cluster, pool: str) -> dict[str, dict[str,
     out: dict[str, dict[str, Any]] = {}
     for source in dict.fromkeys([zstack_metadata_pool(pool), pool]):
         try:
-            data = await objects.read_object(cluster, source, METADATA_OBJECT)
+            data = await ceph.read_object(cluster, source, METADATA_OBJECT)
         except ceph.PoolNotFound:
             log.info("no pool %s in the cluster: no %s to import there", source, METADATA_OBJECT)
             continue

@@ -1,4 +1,4 @@
-"""librados handles of the storages this node serves, and Ceph errors as ZStack errors."""
+"""librados handles of the storages this node serves, made once and leased by streams."""
 from __future__ import annotations
 
 import asyncio
@@ -11,39 +11,10 @@ from functools import partial
 
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
-from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError
+from imgstore.errors import OPERATION_ERROR, ApiError
+from imgstore.services.node.ceph_errors import ceph_error
 
 log = logging.getLogger(__name__)
-
-# How each Ceph failure reads to a client: (status, what it means for the operator).
-_STATUS: dict[type[ceph.CephError], int] = {
-    ceph.MonUrlError: 400,
-    ceph.InvalidName: 400,
-    ceph.SshAuthFailed: 400,
-    ceph.SshHostKeyMismatch: 409,  # the host's key changed: an operator must accept it
-    ceph.CephToolsMissing: 400,
-    ceph.PoolNotFound: 400,
-    ceph.SshUnreachable: 503,
-    ceph.CephTimeout: 503,
-    ceph.ClusterUnreachable: 503,
-    ceph.CephPermissionDenied: 503,
-    ceph.CephCommandFailed: 503,
-}
-
-
-def ceph_error(e: ceph.CephError, host: str | None = None) -> ApiError:
-    """A Ceph failure as SYS.1006 (SYS.1007 for bad input), naming the mon host."""
-    status = next((s for t, s in _STATUS.items() if isinstance(e, t)), 503)
-    where = host or getattr(e, "host", None)
-    text = f"mon[{where}]: {e}" if where else str(e)
-    kind = INVALID_ARGUMENT if isinstance(e, (ceph.MonUrlError, ceph.InvalidName)) else OPERATION_ERROR
-    return ApiError(kind, text, status=status, opaque={"cephError": type(e).__name__})
-
-
-def is_ceph_error(e: ApiError, kind: type[ceph.CephError]) -> bool:
-    """Was this ApiError made from a Ceph failure of ``kind``?"""
-    return bool(e.opaque) and e.opaque.get("cephError") == kind.__name__
-
 
 def mon_host_of(row: CephBackupStorage) -> str:
     """The librados ``mon_host`` of a storage: every known mon, connected ones first."""
@@ -51,14 +22,16 @@ def mon_host_of(row: CephBackupStorage) -> str:
     return ",".join(m.mon_host or f"v1:{m.mon_addr or m.hostname}:{m.mon_port}" for m in mons)
 
 
-def require_key(row: CephBackupStorage) -> None:
-    """409 when the storage has no cephx key to connect with (an add that did not finish)."""
+def require_key(row: CephBackupStorage) -> tuple[str, str]:
+    """The storage's cephx client and (sealed) key; 409 when it has none to connect with
+    (an add that did not finish)."""
     if not row.ceph_key or not row.ceph_client:
         raise ApiError(
             OPERATION_ERROR,
             f"backup storage[uuid:{row.uuid}] has no cephx key yet; reconnect it",
             status=409,
         )
+    return row.ceph_client, row.ceph_key
 
 
 Identity = tuple[str, str]  # (mon_host, key as stored): what a handle was made from
@@ -139,8 +112,8 @@ class ClusterRegistry:
             self._close(cluster)
 
     async def get(self, row: CephBackupStorage) -> ceph.Cluster:
-        require_key(row)
-        return await self.connected(row.uuid, mon_host_of(row), row.ceph_client, row.ceph_key)
+        client, key = require_key(row)
+        return await self.connected(row.uuid, mon_host_of(row), client, key)
 
     async def connected(self, uuid: str, mon_host: str, client: str, key: str) -> ceph.Cluster:
         """Storage ``uuid``'s handle, made from these unless the kept one already was."""

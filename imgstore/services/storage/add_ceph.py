@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore import ceph
-from imgstore.ceph.ssh import check_pool_name
+from imgstore.ceph import check_pool_name
 from imgstore.crypto import new_uuid
 from imgstore.db.models import BackupStorage, CephBackupStorage, CephMon
 from imgstore.errors import (
@@ -31,7 +31,7 @@ from imgstore.errors import (
     not_found,
 )
 from imgstore.services.catalog import tags
-from imgstore.services.node.handles import ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from imgstore import ceph
-from imgstore.ceph.monurl import check_fingerprint
+from imgstore.ceph import check_fingerprint
 from imgstore.db.models import CephBackupStorage, CephMon
 from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_found
 from imgstore.services.storage.add_ceph import (
@@ -30,7 +30,7 @@ from imgstore.services.storage.add_ceph import (
     probe_mons,
     used_hostnames,
 )
-from imgstore.services.node.handles import ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import local_lock
 from imgstore.services.node.runtime import Runtime
 

@@ -21,7 +21,7 @@ import rados
 from imgstore.ceph._calls import RadosSource, call, host_of, open_ioctx
 from imgstore.ceph.exceptions import CephTimeout
 
-__all__ = ["append_object", "locked", "read_object", "remove_object", "write_object"]
+__all__ = ["append_object", "object_lock", "read_object", "remove_object", "write_object"]
 
 T = TypeVar("T")
 _TIMEOUT = 60.0  # last resort: librados' own op timeouts (cluster.py) come first
@@ -74,7 +74,7 @@ async def remove_object(cluster: RadosSource, pool: str, name: str) -> bool:
 
 
 @asynccontextmanager
-async def locked(cluster: RadosSource, pool: str, name: str, *, duration: int = 60,
+async def object_lock(cluster: RadosSource, pool: str, name: str, *, duration: int = 60,
                  wait: float = 30.0) -> AsyncIterator[None]:
     """Hold the exclusive advisory lock of object ``pool/name`` (cls_lock) for the block.
 
