@@ -87,7 +87,8 @@ def open_ioctx(cluster: RadosSource, pool: str) -> Any:
 
 
 async def call(cluster: RadosSource, fn: Callable[[], T], what: str, pool: str | None = None,
-               name: str | None = None, timeout: float | None = None, grace: float = 0.0) -> T:
+               name: str | None = None, timeout: float | None = None,  # noqa: ASYNC109 - bounds a thread, not a coroutine
+               grace: float = 0.0) -> T:
     """Run blocking ``fn`` in the cluster's pool; whatever it raises leaves as a CephError.
 
     ``timeout`` (None: unbounded, for calls that cleanup must wait for) plus ``grace`` is
@@ -103,7 +104,7 @@ async def call(cluster: RadosSource, fn: Callable[[], T], what: str, pool: str |
         if timeout is None:
             return await future
         return await asyncio.wait_for(future, timeout + grace)
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         raise CephTimeout(f"{what} timed out after {timeout:g}s", host_of(cluster)) from None
     except CephError:
         raise
@@ -118,12 +119,13 @@ def translate(e: BaseException, what: str, cluster: RadosSource, pool: str | Non
     """A rados/rbd exception as one of ours (see the map above)."""
     if isinstance(e, CephError):
         return e
+    where = f"{pool}/{name}" if name else f"in pool {pool}"
     if isinstance(e, rbd.ImageNotFound):
-        return ImageNotFound(f"image {pool}/{name} does not exist", host_of(cluster))
+        return ImageNotFound(f"image {where} does not exist", host_of(cluster))
     if isinstance(e, rbd.ImageExists):
-        return ImageExists(f"image {pool}/{name} already exists", host_of(cluster))
+        return ImageExists(f"image {where} already exists", host_of(cluster))
     if isinstance(e, (rbd.ImageBusy, rbd.ImageHasSnapshots)):
-        return ImageBusy(f"image {pool}/{name} is in use: {e}", host_of(cluster))
+        return ImageBusy(f"image {where} is in use: {e}", host_of(cluster))
     code = getattr(e, "errno", None)
     if not isinstance(code, int) or code <= 0:
         code = next((c for kinds, c in _CLASS_ERRNO if isinstance(e, kinds)), 0)

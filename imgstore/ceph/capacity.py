@@ -25,12 +25,13 @@ Two things differ from the agent, both on purpose:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from imgstore.ceph.exceptions import CephCommandFailed, PoolNotFound
 
-__all__ = ["Capacity", "PoolLayout", "pool_layout", "osds_of_rule", "compute_capacity"]
+__all__ = ["Capacity", "PoolLayout", "compute_capacity", "osds_of_rule", "pool_layout"]
 
 POOL_TYPE_REPLICATED = 1
 POOL_TYPE_ERASURE = 3
@@ -112,7 +113,7 @@ def osds_of_rule(
     return sorted(found)
 
 
-def _descendant_osds(node: dict[str, Any], nodes: dict[int, dict[str, Any]]) -> Iterable[dict]:
+def _descendant_osds(node: dict[str, Any], nodes: dict[int, dict[str, Any]]) -> Iterable[dict[str, Any]]:
     if node.get("type") == "osd":
         yield node
         return

@@ -23,9 +23,10 @@ import errno
 import json
 import re
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import rados
 
@@ -34,7 +35,7 @@ from imgstore.ceph.capacity import Capacity, PoolLayout, compute_capacity, osds_
 from imgstore.ceph.exceptions import CephError, CephPermissionDenied, CephTimeout, ClusterUnreachable
 from imgstore.ceph.recent import Recent
 
-__all__ = ["Cluster", "Capacity", "Health"]
+__all__ = ["Capacity", "Cluster", "Health"]
 
 T = TypeVar("T")
 _WORKERS = 4
@@ -246,7 +247,8 @@ class Cluster:
 
     def _layout(self, pool: str) -> tuple[PoolLayout, Any]:
         layout = pool_layout(self._mon_json_now("osd dump"), pool)
-        osds = osds_of_rule(self._mon_json_now("osd crush rule dump"), self._mon_json_now("osd tree"), layout.crush_rule)
+        rules, tree = self._mon_json_now("osd crush rule dump"), self._mon_json_now("osd tree")
+        osds = osds_of_rule(rules, tree, layout.crush_rule)
         return layout, osds
 
     # ------------------------------------------------------------------ plumbing
@@ -298,18 +300,18 @@ def _mon_addresses(mon_host: str) -> list[tuple[str, int]]:
     return out
 
 
-async def _any_mon_listens(mon_host: str, timeout: float = 1.0) -> bool:
+async def _any_mon_listens(mon_host: str, timeout: float = 1.0) -> bool:  # noqa: ASYNC109 - per address
     """Does any mon address accept a TCP connection? (Tells a dead mon from a refused key.)"""
 
     async def listens(host: str, port: int) -> bool:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return False
         writer.close()
         return True
 
-    results = await asyncio.gather(*(listens(h, p) for h, p in _mon_addresses(mon_host)))
+    results: list[bool] = await asyncio.gather(*(listens(h, p) for h, p in _mon_addresses(mon_host)))
     return any(results)
 
 
@@ -321,5 +323,7 @@ def _is_cephx_key(key: str) -> bool:
         return False
     if len(raw) < 12:
         return False
-    _type, _sec, _nsec, length = struct.unpack_from("<HIIH", raw)
-    return _type != 0 and length == len(raw) - 12 and length > 0
+    kind: int
+    length: int
+    kind, _sec, _nsec, length = struct.unpack_from("<HIIH", raw)
+    return kind != 0 and length == len(raw) - 12 and length > 0

@@ -102,20 +102,20 @@ class ImageSizeMismatch(CephError, ValueError):
 
 
 __all__ = [
+    "CephCommandFailed",
+    "CephError",
+    "CephPermissionDenied",
+    "CephTimeout",
+    "CephToolsMissing",
+    "ClusterUnreachable",
     "ImageBusy",
     "ImageExists",
     "ImageNoSpace",
     "ImageNotFound",
     "ImageSizeMismatch",
-    "CephError",
-    "MonUrlError",
     "InvalidName",
+    "MonUrlError",
+    "PoolNotFound",
     "SshAuthFailed",
     "SshUnreachable",
-    "CephToolsMissing",
-    "CephTimeout",
-    "CephCommandFailed",
-    "PoolNotFound",
-    "CephPermissionDenied",
-    "ClusterUnreachable",
 ]

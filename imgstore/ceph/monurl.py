@@ -37,7 +37,7 @@ from urllib.parse import unquote, unquote_plus
 
 from imgstore.ceph.exceptions import MonUrlError
 
-__all__ = ["MonUrl", "MON_URL_FORMAT", "DEFAULT_SSH_PORT", "DEFAULT_MON_PORT", "check_fingerprint"]
+__all__ = ["DEFAULT_MON_PORT", "DEFAULT_SSH_PORT", "MON_URL_FORMAT", "MonUrl", "check_fingerprint"]
 
 MON_URL_FORMAT = "sshUsername:sshPassword@hostname:[sshPort]/?[monPort=]"
 DEFAULT_SSH_PORT = 22
@@ -76,7 +76,7 @@ class MonUrl:
     host_key: str | None = None  # the pinned SHA256 host key fingerprint; None: learn it
 
     @classmethod
-    def parse(cls, text: str, password_optional: bool = False) -> "MonUrl":
+    def parse(cls, text: str, password_optional: bool = False) -> MonUrl:
         """Parse ``text`` with ZStack's rules; raise MonUrlError in ZStack's words.
         ``password_optional``: the login may be by key, so no password is fine."""
         if not isinstance(text, str):

@@ -57,7 +57,12 @@ from imgstore.ceph.exceptions import (
 from imgstore.ceph.monurl import MonUrl
 
 __all__ = [
-    "MonFacts", "MonShell", "offered_host_key", "rbd_client_caps", "check_pool_name", "check_client_name",
+    "MonFacts",
+    "MonShell",
+    "check_client_name",
+    "check_pool_name",
+    "offered_host_key",
+    "rbd_client_caps",
 ]
 
 _MARK = "@@imgstore-out@@"
@@ -127,13 +132,13 @@ class _PinnedHostKey(asyncssh.SSHClient):
 _NO_KNOWN_HOSTS: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
 
 
-async def offered_host_key(host: str, port: int, timeout: float) -> str:
+async def offered_host_key(host: str, port: int, timeout: float) -> str:  # noqa: ASYNC109 - the settings' ssh timeout
     """The SHA256 fingerprint of the host key ``host:port`` offers now: a key exchange
     only, no login, so nothing secret is sent (an operator's accept of a new key)."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         key = await asyncio.wait_for(asyncssh.get_server_host_key(host, port, config=None), timeout)
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         raise CephTimeout(f"ssh to {where} timed out after {timeout:g}s", host) from None
     except (OSError, asyncssh.Error) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
@@ -161,7 +166,7 @@ class MonShell:
     def _where(self) -> str:
         return f"{self._mon.username}@{self._mon.host_for_url}:{self._mon.ssh_port}"
 
-    async def __aenter__(self) -> "MonShell":
+    async def __aenter__(self) -> MonShell:
         await self._connection()
         return self
 
@@ -174,7 +179,7 @@ class MonShell:
             conn.close()
             try:
                 await asyncio.wait_for(conn.wait_closed(), 2)
-            except (asyncio.TimeoutError, asyncssh.Error, OSError):
+            except (TimeoutError, asyncssh.Error, OSError):
                 pass
 
     # ------------------------------------------------------------------ calls
@@ -302,7 +307,7 @@ class MonShell:
                 f"ssh login to {self._where} failed: wrong user name or {how}",
                 mon.hostname,
             ) from None
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise CephTimeout(f"ssh to {self._where} timed out after {t:g}s", mon.hostname) from None
         except socket.gaierror as e:
             raise SshUnreachable(f"cannot resolve ssh host {mon.hostname}: {e.strerror}", mon.hostname) from None
@@ -326,7 +331,7 @@ class MonShell:
             result = await asyncio.wait_for(
                 conn.run(prelude + script, check=False, errors="replace"), bound
             )
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise CephTimeout(f"{what} on {self._where} timed out", self._mon.hostname) from None
         except (asyncssh.Error, OSError) as e:
             await self.close()

@@ -75,7 +75,7 @@ def aio(cluster: RadosSource, loop: asyncio.AbstractEventLoop, method: Callable[
     """
     done, callback = _completion(loop)
     try:
-        submitted = loop.run_in_executor(cluster.executor, method, *args, callback)
+        submitted = loop.run_in_executor(cluster.executor, functools.partial(method, *args, callback))
     except RuntimeError:  # the pool was shut down by Cluster.close()
         done.set_exception(ClusterUnreachable("the cluster handle is closed", host_of(cluster)))
         return done

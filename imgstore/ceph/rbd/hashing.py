@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from imgstore.ceph.exceptions import ClusterUnreachable
@@ -55,8 +55,11 @@ class HashLane:
         except RuntimeError as e:  # the pool is shut down (Cluster.close)
             self._fail_all(e)
             return
-        job.add_done_callback(lambda j: j.cancelled() and self._fail_all(
-            ClusterUnreachable("the cluster handle was closed while hashing")))
+        job.add_done_callback(self._on_done)
+
+    def _on_done(self, job: Future[None]) -> None:
+        if job.cancelled():  # Cluster.close() cancelled it before it ran
+            self._fail_all(ClusterUnreachable("the cluster handle was closed while hashing"))
 
     def _work(self) -> None:
         for _ in range(_HASH_BATCH):
@@ -68,7 +71,7 @@ class HashLane:
             error: BaseException | None = None
             try:
                 self._h.update(data)
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting future
+            except BaseException as e:
                 error = e
             del data  # the chunk may be reused once its future is resolved
             resolve_threadsafe(self._loop, fut, None, error)
