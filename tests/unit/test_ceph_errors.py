@@ -3,6 +3,9 @@ where a ``CephError`` becomes an ``ApiError``."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from imgstore import ceph
@@ -54,3 +57,15 @@ def test_a_service_may_say_what_the_failure_means_for_its_request() -> None:
     assert is_ceph_error(e, ceph.ImageBusy)
     assert ceph_error(ceph.CephTimeout("slow"), "mon1:22").details == "mon[mon1:22]: slow"
     assert ceph_error(ceph.CephTimeout("slow")).details == "slow"
+
+
+def test_services_take_ceph_error_from_its_one_module() -> None:
+    """handles.py uses ceph_error too: importing it from there would make two ways."""
+    root = Path(__file__).resolve().parents[2] / "imgstore"
+    elsewhere = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.ImportFrom) and node.module != "imgstore.services.node.ceph_errors"
+                    and {"ceph_error", "is_ceph_error"} & {a.name for a in node.names}):
+                elsewhere.append(f"{path.relative_to(root.parent)}: from {node.module}")
+    assert elsewhere == []

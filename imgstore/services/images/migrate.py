@@ -23,7 +23,7 @@ from imgstore import ceph
 from imgstore.db.models import BackupStorage, CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_found
 from imgstore.services.images import manage as images
-from imgstore.services.node.handles import ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.node.task_progress import ProgressReporter
@@ -61,9 +61,9 @@ async def migrate(rt: Runtime, image_uuid: str, src_uuid: str, dst_uuid: str, ap
             await _add_ref(rt, image_uuid, dst, path)
     except ceph.ImageExists as e:  # not ours: never removed
         await trash.release(rt, held)
-        raise ApiError(OPERATION_ERROR, f"backup storage[uuid:{dst_uuid}] already holds an RBD image at {path} "
-                                        "that no image ref names; remove it or clean up the trash first",
-                       status=409) from e
+        raise ceph_error(e, status=409, details=f"backup storage[uuid:{dst_uuid}] already holds an RBD image "
+                                                f"at {path} that no image ref names; remove it or clean up the "
+                                                "trash first") from e
     except BaseException as e:
         await _undo(rt, dst, image_uuid, held)
         await reporter.update(reporter.percent, force=True, stage="Failed",

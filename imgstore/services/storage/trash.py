@@ -24,7 +24,7 @@ from sqlalchemy import delete, select, update
 from imgstore import ceph
 from imgstore.db.models import BackupStorageTrash, CephBackupStorage, ImageBackupStorageRef
 from imgstore.errors import ApiError, invalid_argument, not_found
-from imgstore.services.node.handles import ceph_error
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.runtime import Runtime
 
 log = logging.getLogger(__name__)
