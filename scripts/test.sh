@@ -144,8 +144,8 @@ run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, prin
 }
 pg_args=("$@")
 if [ $# = 0 ]; then
-  pg_args=(tests/integration --ignore=tests/integration/test_ceph_layer.py
-           --ignore=tests/integration/test_rbd_io.py --ignore=tests/integration/test_multinode.py)
+  pg_args=(tests/integration --ignore=tests/integration/ceph/test_ceph_layer.py
+           --ignore=tests/integration/ceph/test_rbd_io.py --ignore=tests/integration/services/node/test_multinode.py)
 fi
 # Without pytest args, the tests marked `serial` (timing-sensitive: throttle windows, latency
 # ratios) run after the parallel lanes, alone on the machine, one process per pass.

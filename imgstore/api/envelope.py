@@ -8,7 +8,7 @@ Queries are the hot path of the API, so they have a way of their own:
 once per inventory class from its pydantic fields (names, aliases, dates, nested
 inventories), and :class:`JsonReply` encodes the body with orjson. It writes what
 ``Inventory.model_validate(row).model_dump(mode="json", by_alias=True)`` writes
-(tests/unit/test_wire.py holds them equal) at a tenth of the cost, and skips FastAPI's
+(tests/unit/wire/test_wire.py holds them equal) at a tenth of the cost, and skips FastAPI's
 ``jsonable_encoder`` walk over a returned dict.
 """
 from __future__ import annotations

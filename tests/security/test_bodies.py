@@ -3,7 +3,7 @@
 A JSON body over ``max_body_bytes`` (1 MiB by default) is answered 413 before it is
 buffered, whether it declares its length or comes chunked, with a session or without;
 the server's memory hardly moves. Only the upload URL streams big bodies (covered by
-tests/integration/test_image_upload.py).
+tests/integration/services/images/test_image_upload.py).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DevCluster, Server
-from tests.integration.test_images import add_image, add_storage, failed, images
+from tests.integration.services.images.test_images import add_image, add_storage, failed, images
 
 pytestmark = pytest.mark.ceph
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import Api, DevCluster, Server
-from tests.integration.test_image_export import adopt_pool, rbd_import
-from tests.integration.test_images import MiB, forget_images, image_data
+from tests.integration.services.images.test_image_export import adopt_pool, rbd_import
+from tests.integration.services.images.test_images import MiB, forget_images, image_data
 from tests.security.rawhttp import connect, read_reply, status_of
 
 

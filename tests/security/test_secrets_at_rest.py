@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_DB, Api, DevCluster, Server
-from tests.integration.test_image_export import export, exported  # noqa: F401 - fixture
-from tests.integration.test_image_upload import start_upload
-from tests.integration.test_images import added, image_data, source_port, storage  # noqa: F401
-from tests.integration.test_import_images import metadata
+from tests.integration.services.images.test_image_export import export, exported  # noqa: F401 - fixture
+from tests.integration.services.images.test_image_upload import start_upload
+from tests.integration.services.images.test_images import added, image_data, source_port, storage  # noqa: F401
+from tests.integration.services.images.test_import_images import metadata
 
 pytestmark = pytest.mark.ceph
 sqlite_only = pytest.mark.skipif(TEST_DB != "sqlite", reason="reads the SQLite file of the server")

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import Api, DevCluster, Server
-from tests.integration.test_image_export import adopt_pool, export, rbd_import
-from tests.integration.test_images import MiB, forget_images, image_data
+from tests.integration.services.images.test_image_export import adopt_pool, export, rbd_import
+from tests.integration.services.images.test_images import MiB, forget_images, image_data
 from tests.security.rawhttp import connect, read_reply, rss_kib, status_of
 
 HEADER_TIMEOUT = 2

@@ -18,11 +18,11 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, wait_for
-from tests.integration.test_image_upload import start_upload, url_of
-from tests.integration.test_images import MiB, forget_images, image_data, images, rbd_images
-from tests.integration.test_multinode import INTERVAL, nodes2  # noqa: F401 - the fixture
-from tests.integration.test_import_images import TAKE_ALL, add_importing, put_metadata, rbd_write, ready, zstack_line
-from tests.integration.test_images import storage  # noqa: F401 - the fixture
+from tests.integration.services.images.test_image_upload import start_upload, url_of
+from tests.integration.services.images.test_images import MiB, forget_images, image_data, images, rbd_images
+from tests.integration.services.node.test_multinode import INTERVAL, nodes2  # noqa: F401 - the fixture
+from tests.integration.services.images.test_import_images import TAKE_ALL, add_importing, put_metadata, rbd_write, ready, zstack_line
+from tests.integration.services.images.test_images import storage  # noqa: F401 - the fixture
 from tests.security.test_handles import _pinger_or_none
 
 pytestmark = pytest.mark.ceph

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.conftest import Api, DevCluster, Server, free_port
-from tests.integration.test_images import add_image, add_storage, added, failed, images
+from tests.integration.services.images.test_images import add_image, add_storage, added, failed, images
 
 pytestmark = pytest.mark.ceph
 

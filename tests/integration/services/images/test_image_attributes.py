@@ -7,7 +7,7 @@ import time
 import uuid
 
 from tests.conftest import Api, DevCluster, Server
-from tests.integration.test_images import (  # noqa: F401 - fixtures
+from tests.integration.services.images.test_images import (  # noqa: F401 - fixtures
     MiB, Files, action, add_image, added, files, image_data, rbd, storage,
 )
 

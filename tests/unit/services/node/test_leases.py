@@ -1,7 +1,7 @@
 """How storages spread over live nodes: fair shares, and what one heartbeat takes or gives.
 
 The database side (compare-and-set claims, expiry, take-over) is proven on PostgreSQL
-in tests/integration/test_multinode.py; here is the arithmetic each node applies.
+in tests/integration/services/node/test_multinode.py; here is the arithmetic each node applies.
 """
 from __future__ import annotations
 

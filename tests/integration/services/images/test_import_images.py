@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, DevCluster, Server, wait_for
-from tests.integration.test_images import MiB, added, forget_images, image_data, images, rbd
+from tests.integration.services.images.test_images import MiB, added, forget_images, image_data, images, rbd
 
 pytestmark = pytest.mark.ceph
 

@@ -18,7 +18,7 @@ import pytest
 
 from imgstore.client.http import ImgstoreClient
 from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, wait_for
-from tests.integration.test_images import (
+from tests.integration.services.images.test_images import (
     MiB,
     add_storage,
     added,

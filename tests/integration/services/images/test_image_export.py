@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, DevCluster, wait_for
-from tests.integration.test_images import (
+from tests.integration.services.images.test_images import (
     MiB,
     added,
     forget_images,

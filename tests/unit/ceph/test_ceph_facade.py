@@ -13,8 +13,8 @@ import pkgutil
 from pathlib import Path
 
 import imgstore.ceph
+from tests.servers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SUBMODULES = {m.name for m in pkgutil.iter_modules(imgstore.ceph.__path__)}
 
 

@@ -4,7 +4,6 @@ where a ``CephError`` becomes an ``ApiError``."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
@@ -12,6 +11,7 @@ from imgstore import ceph
 from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR
 from imgstore.services.node import ceph_errors
 from imgstore.services.node.ceph_errors import ceph_error, is_ceph_error
+from tests.servers import ROOT
 
 KINDS = [getattr(ceph, n) for n in ceph.__all__
          if isinstance(getattr(ceph, n), type) and issubclass(getattr(ceph, n), ceph.CephError)]
@@ -61,7 +61,7 @@ def test_a_service_may_say_what_the_failure_means_for_its_request() -> None:
 
 def test_services_take_ceph_error_from_its_one_module() -> None:
     """handles.py uses ceph_error too: importing it from there would make two ways."""
-    root = Path(__file__).resolve().parents[2] / "imgstore"
+    root = ROOT / "imgstore"
     elsewhere = []
     for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -1,0 +1,1 @@
+"""Tests of imgstore.ceph: the Ceph facade, its calls and parsers."""

@@ -1,0 +1,1 @@
+"""Tests of imgstore.cli: the command line."""

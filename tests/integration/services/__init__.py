@@ -1,0 +1,1 @@
+"""Tests of imgstore.services, package by package."""

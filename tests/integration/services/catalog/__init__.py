@@ -1,0 +1,1 @@
+"""Tests of imgstore.services.catalog: queries, the state machine, tags."""

@@ -1,0 +1,1 @@
+"""Tests of imgstore.services.images: adding, uploading, exporting, deleting images."""

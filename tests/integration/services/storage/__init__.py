@@ -1,0 +1,1 @@
+"""Tests of imgstore.services.storage: adding Ceph storages, mons, zones, their lifecycle."""

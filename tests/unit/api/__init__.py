@@ -1,0 +1,1 @@
+"""Tests of imgstore.api: routes, envelopes, kept replies, job answers."""

@@ -1,0 +1,1 @@
+"""Tests of imgstore.db: the schema, its migrations, queries and the database's version."""

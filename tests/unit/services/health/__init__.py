@@ -1,0 +1,1 @@
+"""Tests of imgstore.services.health: pings, the tracker, the pinger child."""

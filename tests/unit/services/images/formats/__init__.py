@@ -1,0 +1,1 @@
+"""Tests of imgstore.services.images.formats: image headers and qemu under limits."""

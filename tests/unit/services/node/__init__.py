@@ -1,0 +1,1 @@
+"""Tests of imgstore.services.node: runtime, handles, leases, sessions, membership."""

@@ -1,0 +1,1 @@
+"""Tests of imgstore.wire: ZStack's vocabulary (dates, the query grammar, masking)."""
