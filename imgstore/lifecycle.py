@@ -1,16 +1,24 @@
-"""Starting and stopping a node: what runs once at start, and the background work."""
+"""Starting and stopping a node: what runs once at start, and the background work.
+
+The one place that wires the service packages together: the packages above ``storage``
+(``health``, ``images``) listen to its events here (services/node/events.py), and the
+node's membership learns here how to finish each kind of work a dead node leaves
+(``Leftover``); no package registers itself into another when imported.
+"""
 from __future__ import annotations
+
+from functools import partial
 
 from imgstore import memory
 from imgstore.config import Settings
-from imgstore.services.storage import add_ceph as ceph_backup_storage
-from imgstore.services.storage import trash
-from imgstore.services.node import sessions
+from imgstore.services.health.tracker import Tracker
+from imgstore.services.images import metadata as image_metadata
 from imgstore.services.images import upload as image_upload
 from imgstore.services.images.deletion import Expunger
-from imgstore.services.node.membership import Membership
+from imgstore.services.node import sessions
+from imgstore.services.node.membership import Leftover, Membership
 from imgstore.services.node.runtime import Runtime
-from imgstore.services.health.tracker import Tracker
+from imgstore.services.storage import add_ceph, trash
 
 
 async def start(settings: Settings) -> Runtime:
@@ -21,10 +29,11 @@ async def start(settings: Settings) -> Runtime:
     async with rt.db() as db:
         await sessions.ensure_admin(db, settings)
     rt.tracker = Tracker(rt)
-    rt.membership = Membership(rt, on_taken=rt.tracker.wake)
+    wire(rt)
+    rt.membership = Membership(rt, on_taken=rt.tracker.wake, leftovers=leftovers(rt))
     await rt.membership.join()
     await rt.jobs.recover()
-    await ceph_backup_storage.clean_up_interrupted_adds(rt)
+    await add_ceph.clean_up_interrupted_adds(rt)
     await trash.settle_pending(rt)  # copies this node left unfinished: their bits are trash
     rt.tracker.start()
     rt.image_expunger = Expunger(rt)  # type: ignore[attr-defined]  # also settles interrupted image adds
@@ -32,6 +41,26 @@ async def start(settings: Settings) -> Runtime:
     rt.membership.start()
     memory.tune_garbage_collector()
     return rt
+
+
+def wire(rt: Runtime) -> None:
+    """The storage events' listeners: a storage's ``bs_ceph_info.json`` follows its add
+    (importImages) and its Reconnect; a deleted storage's pinger handle goes at once."""
+    events = rt.events
+    events.added.append(partial(image_metadata.on_storage_added, rt))
+    events.reconnected.append(partial(image_metadata.on_storage_reconnected, rt))
+    if rt.tracker is not None:
+        events.deleted.append(rt.tracker.drop)
+
+
+def leftovers(rt: Runtime) -> tuple[Leftover, ...]:
+    """What a dead node leaves, and how a survivor finishes it (services/node/membership.py)."""
+    return (
+        Leftover("undo-add", add_ceph.orphan_adds, add_ceph.claim_orphan_add,
+                 lambda uuid, _node: add_ceph.undo_add(rt, uuid)),
+        Leftover("end-upload", image_upload.orphans, image_upload.claim_orphan,
+                 partial(image_upload.end_orphan, rt)),
+    )
 
 
 async def stop(rt: Runtime) -> None:

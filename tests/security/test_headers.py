@@ -101,13 +101,13 @@ def test_the_statements_kept_per_fields_list_are_bounded() -> None:
     """Each ``fields=`` list (any order, any repetition) was a statement kept for ever
     (services/catalog/queries.py): a client could grow the server by sending new lists."""
     from imgstore.wire.query import QuerySpec
-    from imgstore.services.storage import manage as backup_storage
     from imgstore.services.catalog import queries
+    from imgstore.services.storage.queryables import MON_QUERY
 
     names = ["monUuid", "hostname", "monAddr", "monPort", "sshPort", "status"]
     for i in range(queries.MAX_PLAIN_STATEMENTS + 300):
         fields = tuple(names[(i >> k) % len(names)] for k in range(1 + i % 7)) + ("hostname",) * (i // 200)
-        queries._statements(backup_storage.MON_QUERY, QuerySpec(fields=fields))
+        queries._statements(MON_QUERY, QuerySpec(fields=fields))
     assert len(queries._plain) <= queries.MAX_PLAIN_STATEMENTS
 
 

@@ -19,9 +19,9 @@ from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError
 from imgstore.services.storage import add_ceph as ceph_backup_storage
-from imgstore.services.images import metadata as image_metadata
 from imgstore.services.storage.add_ceph import capacity_columns, load
-from imgstore.services.node.ceph_errors import ceph_error, is_ceph_error
+from imgstore.services.health.checks import health_of, mon_address, problem
+from imgstore.services.node.ceph_errors import is_ceph_error
 from imgstore.services.node.locking import local_lock
 from imgstore.services.node.runtime import Runtime
 
@@ -66,10 +66,10 @@ async def probe(pinger: Pinger, row: CephBackupStorage, gen: int) -> Outcome:
         health = await pinger.health(row)
     except ApiError as e:
         return Outcome(row.uuid, DISCONNECTED, e.details, generation=gen)
-    problem = _problem(row, health)
-    if problem is not None:
+    trouble = problem(row, health)
+    if trouble is not None:
         renew = health.pool_error is not None
-        return Outcome(row.uuid, DISCONNECTED, problem.details, generation=gen, renew_handle=renew)
+        return Outcome(row.uuid, DISCONNECTED, trouble.details, generation=gen, renew_handle=renew)
     return Outcome(row.uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)
 
 
@@ -113,14 +113,14 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
                     f"not to its cluster[fsid:{row.fsid}]",
                 )
             health = await _health(rt, row)
-            problem = _problem(row, health)
-            if problem is not None:
-                raise problem
+            trouble = problem(row, health)
+            if trouble is not None:
+                raise trouble
         except ApiError as e:
             await record(rt, [Outcome(uuid, DISCONNECTED, e.details, generation=gen)])
             raise
         await record(rt, [Outcome(uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)])
-    await image_metadata.rewrite(rt, uuid)  # as ZStack's reconnect does; never raises
+    await rt.events.tell_reconnected(uuid)  # bs_ceph_info.json rewritten, as ZStack's reconnect does
     return await load(rt, uuid)
 
 
@@ -142,31 +142,6 @@ async def _health(rt: Runtime, row: CephBackupStorage) -> ceph.Health:
     return await health_of(await rt.clusters.get(row), row.pool_name, row.uuid)
 
 
-async def health_of(cluster: ceph.Cluster, pool: str, uuid: str) -> ceph.Health:
-    """The storage's health as ``cluster`` sees it; ApiError when its mons cannot be asked."""
-    try:
-        return await cluster.health(pool, f"imgstore.ping.{uuid}")
-    except ceph.CephError as e:
-        raise ceph_error(e) from None
-
-
-def _problem(row: CephBackupStorage, health: ceph.Health) -> ApiError | None:
-    """Why the storage is not well, as the mons answered; None when it is."""
-    if not any(_mon_address(m) in health.quorum for m in row.mons):
-        return ApiError(
-            OPERATION_ERROR,
-            f"none of the mons of backup storage[uuid:{row.uuid}] is in the quorum of its cluster",
-            status=503,
-        )
-    if health.pool_error is not None:
-        return ceph_error(health.pool_error)
-    return None
-
-
-def _mon_address(mon) -> str:  # type: ignore[no-untyped-def]
-    return f"{mon.mon_addr or mon.hostname}:{mon.mon_port}"
-
-
 def apply(row: CephBackupStorage, outcome: Outcome) -> bool:
     """Set what ``outcome`` says on ``row`` (and its mons); True if anything changed."""
     changed = _put(row, {"status": outcome.status, "status_reason": outcome.reason})
@@ -174,7 +149,7 @@ def apply(row: CephBackupStorage, outcome: Outcome) -> bool:
         changed |= _put(row, capacity_columns(outcome.capacity))
     if outcome.mons_too:
         for mon in row.mons:
-            up = outcome.quorum is not None and _mon_address(mon) in outcome.quorum
+            up = outcome.quorum is not None and mon_address(mon) in outcome.quorum
             reason = None if up else (outcome.reason or "not in the quorum of its cluster")
             changed |= _put(mon, {"status": CONNECTED if up else DISCONNECTED, "status_reason": reason})
     return changed

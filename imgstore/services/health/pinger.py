@@ -1,4 +1,5 @@
-"""The tracker's Ceph calls, in a process of their own at a lower CPU priority.
+"""The tracker's Ceph calls, in a process of their own at a lower CPU priority: the
+parent's side (the child is ``pinger_child.py``).
 
 Why a process: with 200 storages pinged every interval (``scripts/bench_tracker.py``),
 the pings' librados threads, their pool threads' Python and their replies on the event
@@ -23,7 +24,6 @@ once (``Tracker.drop``), not at the next round.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -31,7 +31,6 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,9 @@ import imgstore
 from imgstore import ceph
 from imgstore.crypto import SecretBox
 from imgstore.db.models import CephBackupStorage
-from imgstore.errors import OPERATION_ERROR, ApiError, kind_of
-from imgstore.services.health.connection import health_of
-from imgstore.services.node.ceph_errors import ceph_error
-from imgstore.services.node.handles import ClusterRegistry, mon_host_of, require_key
+from imgstore.errors import ApiError, kind_of
+from imgstore.services.health.pinger_child import NICE, ceph_error_from
+from imgstore.services.node.handles import mon_host_of, require_key
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,6 @@ log = logging.getLogger(__name__)
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV",
                      "CEPH_CONF")
 CHILD_ENVIRONMENT_PREFIXES = ("LC_",)
-NICE = 19  # the lowest priority: the API first, whenever both want a core
 _STOP_SECONDS = 2.0  # how long close() waits for the child to exit before killing it
 
 _Calls = dict[int, "asyncio.Future[dict[str, Any]]"]  # a child's calls awaiting their replies, by id
@@ -86,14 +83,14 @@ class Pinger:
         return self._proc.pid if self._proc and self._proc.returncode is None else None
 
     async def health(self, row: CephBackupStorage) -> ceph.Health:
-        """``ceph_connection.health_of`` through the child's handle of the storage.
+        """``checks.health_of`` through the child's handle of the storage.
         ApiError when its mons cannot be asked (or it has no key)."""
         reply = await self._ask({"op": "health", **self._target(row), "pool": row.pool_name})
         pool_error = reply["pool_error"]
         return ceph.Health(
             frozenset(reply["quorum"]),
             ceph.Capacity(**reply["capacity"]) if reply["capacity"] else None,
-            _ceph_error_from(pool_error) if pool_error else None,
+            ceph_error_from(pool_error) if pool_error else None,
         )
 
     async def refused_key(self, row: CephBackupStorage) -> str | None:
@@ -171,7 +168,7 @@ class Pinger:
         root = str(Path(imgstore.__file__).resolve().parents[1])  # where ``imgstore`` imports from
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "imgstore.services.health.pinger", "--timeout", str(self._timeout),
+            sys.executable, "-m", "imgstore.services.health.pinger_child", "--timeout", str(self._timeout),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**child_environment(os.environ), "PYTHONPATH": path},
         )
@@ -216,93 +213,4 @@ async def _relay(proc: asyncio.subprocess.Process) -> None:
             log.warning("pinger process %d: %s", proc.pid, text)
 
 
-# ---------------------------------------------------------------- the child
-
-
-async def serve(timeout: float) -> None:
-    """Answer requests from stdin, each concurrently, until it closes."""
-    loop = asyncio.get_running_loop()
-    requests = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(requests), sys.stdin)
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing else may write the protocol's pipe
-    handles = ClusterRegistry(str, timeout)  # keys arrive opened
-    pending: set[asyncio.Task[None]] = set()  # held, so no answer is collected half-way
-
-    async def answer(request: dict[str, Any]) -> None:
-        reply = await _answer(handles, request)
-        out.write(json.dumps({"id": request.get("id"), **reply}).encode() + b"\n")
-
-    while line := await requests.readline():
-        task = asyncio.create_task(answer(json.loads(line)))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-
-async def _answer(handles: ClusterRegistry, request: dict[str, Any]) -> dict[str, Any]:
-    """One request's reply: its result, or the ApiError it raised."""
-    try:
-        op = request["op"]
-        if op == "forget":
-            await handles.forget(request["storage"])
-            return {}
-        if op == "health":
-            health = await health_of(await _handle(handles, request), request["pool"], request["storage"])
-            return {
-                "quorum": sorted(health.quorum),
-                "capacity": asdict(health.capacity) if health.capacity else None,
-                "pool_error": _ceph_error_to(health.pool_error) if health.pool_error else None,
-            }
-        if op == "check_key":
-            return {"refused": await _refused(handles, request)}
-        raise ApiError(OPERATION_ERROR, f"the pinger has no operation {op!r}")
-    except ApiError as e:
-        return {"error": {"code": e.kind.code, "details": e.details, "status": e.status, "opaque": e.opaque}}
-    except Exception as e:  # noqa: BLE001 - the parent gets a reply whatever happens; never the request (a key)
-        log.exception("pinger: %s failed", request.get("op"))
-        return {"error": {"code": OPERATION_ERROR.code, "details": f"the pinger failed: {type(e).__name__}",
-                          "status": 503, "opaque": None}}
-
-
-async def _handle(handles: ClusterRegistry, request: dict[str, Any]) -> ceph.Cluster:
-    return await handles.connected(request["storage"], request["mon_host"], request["client"], request["key"])
-
-
-async def _refused(handles: ClusterRegistry, request: dict[str, Any]) -> str | None:
-    """Why a fresh login with the storage's key was refused, or None. A refused login
-    looks like a timeout, so mons that do not answer are not a refusal (nor is a handle
-    that cannot connect): that, like any other failure, is the ping's to report."""
-    try:
-        await (await _handle(handles, request)).check_key()
-    except ceph.CephPermissionDenied as e:
-        return ceph_error(e).details
-    except (ceph.CephError, ApiError):
-        return None
-    return None
-
-
-def _ceph_error_to(e: ceph.CephError) -> dict[str, Any]:
-    return {"kind": type(e).__name__, "message": str(e), "host": e.host}
-
-
-def _ceph_error_from(wire: dict[str, Any]) -> ceph.CephError:
-    kind = getattr(ceph, wire["kind"], None)
-    if not (isinstance(kind, type) and issubclass(kind, ceph.CephError)):
-        kind = ceph.CephError
-    return kind(wire["message"], wire["host"])
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m imgstore.services.health.pinger", description=__doc__)
-    parser.add_argument("--timeout", type=float, required=True, help="the Ceph timeout, in seconds")
-    args = parser.parse_args(argv)
-    os.nice(NICE)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.timeout))
-    # no goodbye to the mons: a dead cluster's handle would hold the exit for a Ceph
-    # timeout, and the sockets close with the process
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    main()
+__all__ = ["CHILD_ENVIRONMENT", "NICE", "Pinger", "PingerLost", "child_environment"]

@@ -18,6 +18,7 @@ from imgstore.services.images.formats import qemu
 from imgstore.db.models import Image
 from imgstore.errors import CREATE_RESOURCE_ERROR, INVALID_ARGUMENT, OPERATION_ERROR, ApiError
 from imgstore.services.images import manage as images
+from imgstore.services.images import metadata
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.images.intake import (CONVERTED, CONVERTING, ImageRefused, IntakeFailed, IntakeResult,
                                             Limits, Target)
@@ -144,7 +145,7 @@ async def finish(rt: Runtime, image_uuid: str, result: IntakeResult,
     for bs in [*result.stored, *result.failures, *failures]:
         await images.refresh_capacity(rt, bs)
     for bs in result.stored:
-        await images.run_hooks(rt, images.READY_HOOKS, image_uuid, bs)
+        await metadata.image_ready(rt, image_uuid, bs)  # its line in bs_ceph_info.json; never raises
     await reporter.update(100, force=True, stage="Done", bytes=result.actual_size)
     return await images.load(rt, image_uuid)
 

@@ -31,6 +31,7 @@ from imgstore.services.images import download as image_download
 from imgstore.services.images import export as image_export
 from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
+from imgstore.services.images import metadata
 from imgstore.services.node import task_progress
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
@@ -186,7 +187,7 @@ async def _remove(rt: Runtime, uuid: str, storage_uuids: list[str] | None) -> No
             await db.commit()
     for bs in removed:
         await images.refresh_capacity(rt, bs)
-        await images.run_hooks(rt, images.EXPUNGED_HOOKS, uuid, bs)
+        await metadata.image_expunged(rt, uuid, bs)  # its line leaves bs_ceph_info.json; never raises
     if errors:
         if len(errors) == 1:
             raise errors[0]

@@ -5,14 +5,13 @@ An image is an RBD format-2 image named by the image uuid in each storage's pool
 install path ``ceph://<pool>/<uuid>`` (DESIGN.md decision 6). Adding one is in
 ``image_download`` (http, file) and ``image_upload`` (upload://); deleting, expunging
 and recovering in ``image_deletion``. This module holds what they share: the AddImage
-checks in ZStack's words (zstack-api.md 5), the rows, the capacity refresh, and the
-hooks other parts use to follow images (the storage's metadata object).
+checks in ZStack's words (zstack-api.md 5), the rows and the capacity refresh. The
+storage's metadata object follows images by direct calls (``images.metadata``).
 """
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +41,7 @@ from imgstore.services.catalog import queries
 from imgstore.services.catalog import state_changes
 from imgstore.services.catalog import tags
 from imgstore.services.storage.add_ceph import apply_capacity
+from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
@@ -60,14 +60,6 @@ IMAGE_TYPE = "zstack"
 DOWNLOADING, READY, ERROR, DELETED = "Downloading", "Ready", "Error", "Deleted"
 ENABLED = "Enabled"
 _UUID = re.compile(r"^[0-9a-f]{32}$")
-
-#: ``hook(rt, image_uuid, backup_storage_uuid)`` after an image turns Ready on a storage,
-#: and after its bits left a storage (expunged or directly deleted). The storage's
-#: metadata object (bs_ceph_info.json) follows images through these. A hook's failure is
-#: logged, never the API's.
-ImageHook = Callable[[Runtime, str, str], Awaitable[None]]
-READY_HOOKS: list[ImageHook] = []
-EXPUNGED_HOOKS: list[ImageHook] = []
 
 
 @dataclass
@@ -224,15 +216,6 @@ async def refresh_capacity(rt: Runtime, backup_storage_uuid: str) -> None:
             await db.commit()
 
 
-async def run_hooks(rt: Runtime, hooks: list[ImageHook], image_uuid: str, bs_uuid: str) -> None:
-    for hook in hooks:
-        try:
-            await hook(rt, image_uuid, bs_uuid)
-        except Exception:
-            log.exception("image hook %s failed for image %s on backup storage %s",
-                          getattr(hook, "__name__", hook), image_uuid, bs_uuid)
-
-
 # ---------------------------------------------------------------- queries
 
 
@@ -258,9 +241,7 @@ REF_QUERY = q.Queryable(
 
 
 def _backup_storage(rest: str, cond: Condition):  # type: ignore[no-untyped-def]
-    """``q=backupStorage.<field>...``: imported late, as zones do."""
-    from imgstore.services.storage.manage import BACKUP_STORAGE_QUERY
-
+    """``q=backupStorage.<field>...``: the image's storages, through its refs."""
     link = lambda: select(ImageBackupStorageRef.image_uuid, ImageBackupStorageRef.backup_storage_uuid)  # noqa: E731
     return q.relation(Image.uuid, link, BACKUP_STORAGE_QUERY)(rest, cond)
 

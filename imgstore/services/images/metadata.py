@@ -286,6 +286,17 @@ def import_in_background(rt: Runtime, bs_uuid: str) -> asyncio.Task[list[str]]:
     return task
 
 
+async def on_storage_added(rt: Runtime, bs_uuid: str, import_images: bool) -> None:
+    """A storage was added (services/node/events.py): adopt its pool's images when asked."""
+    if import_images:
+        import_in_background(rt, bs_uuid)
+
+
+async def on_storage_reconnected(rt: Runtime, bs_uuid: str) -> None:
+    """A Reconnect succeeded: write the object afresh, as ZStack's reconnect does."""
+    await rewrite(rt, bs_uuid)
+
+
 async def _import_logged(rt: Runtime, bs_uuid: str) -> list[str]:
     try:
         return await import_images(rt, bs_uuid)
@@ -514,26 +525,15 @@ def _reason(e: Exception) -> str:
     return e.details if isinstance(e, ApiError) else str(e)
 
 
-def follow_images() -> None:
-    """Keep the object current as images come and go: register :func:`image_ready` and
-    :func:`image_expunged` as the image hooks of ``services.images`` (once)."""
-    from imgstore.services.images import manage as images
-
-    for hooks, hook in ((images.READY_HOOKS, image_ready), (images.EXPUNGED_HOOKS, image_expunged)):
-        if hook not in hooks:
-            hooks.append(hook)
-
-
-follow_images()
-
 __all__ = [
     "METADATA_OBJECT",
-    "follow_images",
     "image_expunged",
     "image_ready",
     "import_images",
     "import_in_background",
     "inventory_line",
+    "on_storage_added",
+    "on_storage_reconnected",
     "parse_metadata",
     "rewrite",
     "zstack_metadata_pool",

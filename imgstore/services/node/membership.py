@@ -6,11 +6,12 @@ all, means a dead node: it may never come back, so the live nodes take over its 
 
 * its storage leases expire with its heartbeat and go to the survivors (services/node/leases.py);
 * its async jobs still ``Processing`` are failed (their tasks died with it);
-* its half-made adds are undone (the key, the pool it created, the row), as a restarted
-  node undoes its own (ceph_backup_storage.clean_up_interrupted_adds);
-* the uploads it was receiving fail (their writer was in its memory): the partial image
-  is removed and the image turns Error, as a restarted node does with its own
-  (image_upload.clean_up_interrupted); before, they stayed Downloading for ever.
+* its leftovers (:class:`Leftover`) are finished: its half-made adds are undone (the key,
+  the pool it created, the row), as a restarted node undoes its own
+  (storage/add_ceph.clean_up_interrupted_adds); the uploads it was receiving fail (their
+  writer was in its memory): the partial image is removed and the image turns Error, as a
+  restarted node does with its own (images/upload.clean_up_interrupted). The packages
+  that own that work give its steps (lifecycle.py wires them): this one knows none of them.
 
 Each heartbeat does it all, with compare-and-set updates so two survivors never take
 the same thing over twice. Take-over time: a lease lasts 1.5 intervals and is renewed
@@ -22,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,10 +33,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.db.engine import db_now
-from imgstore.db.models import ApiJob, CephBackupStorage, Node
+from imgstore.db.models import ApiJob, Node
 from imgstore.errors import INTERNAL, ApiError
-from imgstore.services.storage import add_ceph as ceph_backup_storage
-from imgstore.services.images import upload as image_upload
 from imgstore.services.node import leases
 from imgstore.services.node.jobs import FAILED, PROCESSING
 from imgstore.services.node.runtime import Runtime
@@ -58,11 +58,29 @@ def _base(ping_interval: float) -> float:
     return ping_interval if ping_interval > 0 else IDLE_INTERVAL
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """One kind of work a dead node leaves behind, in the steps of the package that owns it.
+
+    ``orphans(db)`` lists ``(uuid, dead node)``; ``claim(db, uuid, dead, me)`` moves one to
+    this node by compare-and-set (only one survivor wins it, and if this node dies too it is
+    again a dead node's); ``finish(uuid, dead)`` does the work, in the background: it talks
+    to a cluster, and the heartbeat must not wait on it.
+    """
+
+    what: str  # names the background task and the log lines: "undo-add", "end-upload"
+    orphans: Callable[[AsyncSession], Awaitable[list[tuple[str, str]]]]
+    claim: Callable[[AsyncSession, str, str, str], Awaitable[bool]]
+    finish: Callable[[str, str], Awaitable[None]]
+
+
 class Membership:
     """This node's heartbeat: its row in ``node``, its leases, and dead nodes' leftovers."""
 
-    def __init__(self, rt: Runtime, on_taken: Callable[[], None] | None = None) -> None:
+    def __init__(self, rt: Runtime, on_taken: Callable[[], None] | None = None,
+                 leftovers: tuple[Leftover, ...] = ()) -> None:
         self._rt = rt
+        self._leftovers = leftovers
         self._claims = rt.settings.ping_interval > 0  # a node that does not ping holds nothing
         self._beat = beat_seconds(rt.settings.ping_interval)
         self._lease = timedelta(seconds=lease_seconds(rt.settings.ping_interval))
@@ -143,12 +161,10 @@ class Membership:
             if gone.rowcount:
                 log.warning("nodes %s stopped beating; taking over their work", ", ".join(dead))
         await _fail_orphan_jobs(db, now)
-        for uuid, node in await _orphan_adds(db):
-            if await _claim_add(db, uuid, node, self._rt.node_id):
-                self._in_background(self._undo_add(uuid, node), f"undo-add-{uuid}")
-        for uuid, node in await image_upload.orphans(db):
-            if await image_upload.claim_orphan(db, uuid, node, self._rt.node_id):
-                self._in_background(self._end_upload(uuid, node), f"end-upload-{uuid}")
+        for leftover in self._leftovers:
+            for uuid, node in await leftover.orphans(db):
+                if await leftover.claim(db, uuid, node, self._rt.node_id):
+                    self._in_background(self._finish(leftover, uuid, node), f"{leftover.what}-{uuid}")
 
     def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Take-over work that talks to a cluster: the heartbeat must not wait on it."""
@@ -156,25 +172,14 @@ class Membership:
         self._undoing.add(task)
         task.add_done_callback(self._undoing.discard)
 
-    async def _end_upload(self, uuid: str, node: str) -> None:
-        """An upload the dead node was receiving: its writer is gone, so it fails here
-        (partial image removed). A failure is retried by this node's clean-up of
-        interrupted uploads, the slot being this node's now."""
-        log.warning("failing the upload of image %s left open by dead node %s", uuid, node)
+    async def _finish(self, leftover: Leftover, uuid: str, node: str) -> None:
+        """Cancelled here (a stop), the leftover stays marked with this node's id and is
+        finished by its next start, or by a survivor if it dies."""
+        log.warning("%s %s: taking over from dead node %s", leftover.what, uuid, node)
         try:
-            await image_upload.end_orphan(self._rt, uuid, node)
+            await leftover.finish(uuid, node)
         except Exception:
-            log.exception("failing the upload of image %s of dead node %s failed", uuid, node)
-
-    async def _undo_add(self, uuid: str, node: str) -> None:
-        """In the background: undoing talks to the cluster over SSH, and the heartbeat
-        must not wait on it. Cancelled here, the add stays marked with this node's id and
-        is undone by its next start, or by a survivor if it dies."""
-        log.warning("undoing the add of backup storage %s left half-made by dead node %s", uuid, node)
-        try:
-            await ceph_backup_storage.undo_add(self._rt, uuid)
-        except Exception:
-            log.exception("undoing the add of backup storage %s failed", uuid)
+            log.exception("%s %s (left by dead node %s) failed", leftover.what, uuid, node)
 
 
 async def _upsert(db: AsyncSession, node: str, now: datetime, until: datetime, starting: bool = False) -> bool:
@@ -209,26 +214,4 @@ async def _fail_orphan_jobs(db: AsyncSession, now: datetime) -> None:
         log.warning("failed %d jobs of dead nodes", result.rowcount)
 
 
-async def _orphan_adds(db: AsyncSession) -> list[tuple[str, str]]:
-    rows = await db.execute(
-        select(CephBackupStorage.uuid, CephBackupStorage.adding_node).where(
-            CephBackupStorage.adding_node.is_not(None),
-            CephBackupStorage.adding_node.not_in(select(Node.id)),
-        )
-    )
-    return [(uuid, node) for uuid, node in rows]
-
-
-async def _claim_add(db: AsyncSession, uuid: str, dead: str, me: str) -> bool:
-    """Compare-and-set the add's node from the dead one to this one: only one survivor
-    undoes it, and if this one dies too, the add is again a dead node's."""
-    result = await db.execute(
-        update(CephBackupStorage)
-        .where(CephBackupStorage.uuid == uuid, CephBackupStorage.adding_node == dead)
-        .values(adding_node=me)
-    )
-    await db.commit()
-    return bool(result.rowcount)
-
-
-__all__ = ["Membership", "beat_seconds", "lease_seconds"]
+__all__ = ["Leftover", "Membership", "beat_seconds", "lease_seconds"]

@@ -5,7 +5,7 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from imgstore.config import Settings
 from imgstore.crypto import SecretBox
 from imgstore.db.changes import ChangeWatch, watch
 from imgstore.db.engine import create_engine, migrate, sessionmaker
+from imgstore.services.node.events import StorageEvents
 from imgstore.services.node.handles import ClusterRegistry
 from imgstore.services.node.jobs import JobRunner
 from imgstore.services.node.login_guard import LoginGuard
@@ -38,6 +39,7 @@ class Runtime:
     tracker: Any = None  # services.tracker.Tracker once the node runs
     membership: Any = None  # services.nodes.Membership (heartbeat, leases) once the node runs
     metrics: Any = None  # imgstore.metrics.Metrics of the app serving this node
+    events: StorageEvents = field(default_factory=StorageEvents)  # wired by lifecycle.start
 
     @classmethod
     async def open(cls, settings: Settings) -> "Runtime":

@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore import ceph
 from imgstore.ceph import check_pool_name
 from imgstore.crypto import new_uuid
-from imgstore.db.models import BackupStorage, CephBackupStorage, CephMon
+from imgstore.db.models import BackupStorage, CephBackupStorage, CephMon, Node
 from imgstore.errors import (
     CREATE_RESOURCE_ERROR,
     OPERATION_ERROR,
@@ -164,12 +164,9 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     except BaseException:
         await asyncio.shield(undo_add(rt, uuid))
         raise
-    if req.import_images:
-        # in the background once the add answered, as in ZStack: its failure is not the
-        # add's. Imported here, not at the top: services.images imports this module.
-        from imgstore.services.images import metadata as image_metadata
-
-        image_metadata.import_in_background(rt, uuid)
+    # importImages runs in the background once the add answered, as in ZStack: its
+    # failure is not the add's (the images package listens: services/node/events.py)
+    await rt.events.tell_added(uuid, req.import_images)
     return await load(rt, uuid)
 
 
@@ -544,6 +541,29 @@ async def clean_up_interrupted_adds(rt: Runtime) -> None:
     for uuid in stale:
         log.warning("undoing the add of backup storage %s interrupted by a restart", uuid)
         await undo_add(rt, uuid)
+
+
+async def orphan_adds(db: AsyncSession) -> list[tuple[str, str]]:
+    """Adds whose node is gone from the ``node`` table: ``(uuid, that node)``."""
+    rows = await db.execute(
+        select(CephBackupStorage.uuid, CephBackupStorage.adding_node).where(
+            CephBackupStorage.adding_node.is_not(None),
+            CephBackupStorage.adding_node.not_in(select(Node.id)),
+        )
+    )
+    return [(uuid, node) for uuid, node in rows]
+
+
+async def claim_orphan_add(db: AsyncSession, uuid: str, dead: str, me: str) -> bool:
+    """Compare-and-set the add's node from the dead one to this one: only one survivor
+    undoes it, and if this one dies too, the add is again a dead node's."""
+    result = await db.execute(
+        update(CephBackupStorage)
+        .where(CephBackupStorage.uuid == uuid, CephBackupStorage.adding_node == dead)
+        .values(adding_node=me)
+    )
+    await db.commit()
+    return bool(result.rowcount)
 
 
 async def load_many(rt: Runtime, uuids: list[str]) -> list[CephBackupStorage]:

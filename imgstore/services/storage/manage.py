@@ -3,14 +3,12 @@ measuring and deleting them."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.wire.query import QuerySpec
-from imgstore.db import query as q
-from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Tag, Zone
+from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, Zone
 from imgstore.errors import (
     CHANGE_RESOURCE_STATE_ERROR,
     DELETE_RESOURCE_ERROR,
@@ -22,88 +20,11 @@ from imgstore.services.storage import add_ceph as ceph_backup_storage
 from imgstore.services.catalog import queries
 from imgstore.services.catalog import state_changes
 from imgstore.services.catalog import tags
-from imgstore.services.storage import zones
 from imgstore.services.node.locking import commit_row, locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY, CEPH_BACKUP_STORAGE_QUERY
 
 log = logging.getLogger(__name__)
-
-_TAG_KINDS = {"systemTag": tags.SYSTEM, "userTag": tags.USER}
-
-
-def _tag_rows(kind: str):  # type: ignore[no-untyped-def]
-    return select(Tag.resource_uuid, Tag.tag).where(Tag.kind == _TAG_KINDS[kind])
-
-
-ZONE_LINKS = lambda: select(BackupStorageZoneRef.backup_storage_uuid, BackupStorageZoneRef.zone_uuid)  # noqa: E731
-
-MON_QUERY = q.Queryable(
-    entity=CephMon,
-    name="CephBackupStorageMonInventory",
-    fields={
-        "monUuid": q.Field(CephMon.uuid),
-        "hostname": q.Field(CephMon.hostname),
-        "monAddr": q.Field(CephMon.mon_addr),
-        "monPort": q.Field(CephMon.mon_port, int),
-        "sshPort": q.Field(CephMon.ssh_port, int),
-        "sshUsername": q.Field(CephMon.ssh_username),
-        "sshHostKeyFingerprint": q.Field(CephMon.ssh_host_key_fingerprint),
-        "status": q.Field(CephMon.status),
-        "backupStorageUuid": q.Field(CephMon.backup_storage_uuid),
-        "createDate": q.Field(CephMon.create_date, datetime),
-        "lastOpDate": q.Field(CephMon.last_op_date, datetime),
-    },
-)
-
-_BASE_FIELDS: dict[str, q.Field | q.ListField] = {
-    "uuid": q.Field(BackupStorage.uuid),
-    "name": q.Field(BackupStorage.name),
-    "url": q.Field(BackupStorage.url),
-    "description": q.Field(BackupStorage.description),
-    "totalCapacity": q.Field(BackupStorage.total_capacity, int),
-    "availableCapacity": q.Field(BackupStorage.available_capacity, int),
-    "type": q.Field(BackupStorage.type),
-    "state": q.Field(BackupStorage.state),
-    "status": q.Field(BackupStorage.status),
-    "createDate": q.Field(BackupStorage.create_date, datetime),
-    "lastOpDate": q.Field(BackupStorage.last_op_date, datetime),
-    "attachedZoneUuids": q.ListField(ZONE_LINKS),
-}
-
-_CEPH_FIELDS: dict[str, q.Field | q.ListField] = {
-    "fsid": q.Field(CephBackupStorage.fsid),
-    "poolName": q.Field(CephBackupStorage.pool_name),
-    "poolAvailableCapacity": q.Field(CephBackupStorage.pool_available_capacity, int),
-    "poolUsedCapacity": q.Field(CephBackupStorage.pool_used_capacity, int),
-    "poolReplicatedSize": q.Field(CephBackupStorage.pool_replicated_size, int),
-    "poolDiskUtilization": q.Field(CephBackupStorage.pool_disk_utilization, float),
-    "poolSecurityPolicy": q.Field(CephBackupStorage.pool_security_policy),
-}
-
-
-def _queryable(entity: type, name: str, fields: dict[str, q.Field | q.ListField]) -> q.Queryable:
-    relations: dict[str, q.Relation] = {
-        "zone": q.relation(BackupStorage.uuid, ZONE_LINKS, zones.ZONE_QUERY),
-    }
-    if entity is CephBackupStorage:
-        relations["mons"] = q.relation(
-            BackupStorage.uuid, lambda: select(CephMon.backup_storage_uuid, CephMon.uuid), MON_QUERY
-        )
-    return q.Queryable(
-        entity=entity,
-        name=name,
-        fields=fields,
-        relations=relations,
-        tags=q.tag_filter(BackupStorage.uuid, _tag_rows),
-        default_sort="createDate",
-    )
-
-
-BACKUP_STORAGE_QUERY = _queryable(BackupStorage, "BackupStorageInventory", _BASE_FIELDS)
-CEPH_BACKUP_STORAGE_QUERY = _queryable(
-    CephBackupStorage, "CephBackupStorageInventory", {**_BASE_FIELDS, **_CEPH_FIELDS}
-)
-
 
 async def query(rt: Runtime, spec: QuerySpec, ceph_only: bool = False) -> tuple[list[BackupStorage], int | None]:
     """QueryBackupStorage / QueryCephBackupStorage: the page and, when asked, the total."""
@@ -151,8 +72,7 @@ async def delete(rt: Runtime, uuid: str, delete_mode: str = "Permissive") -> Non
         await db.delete(row)
         await db.commit()
     await rt.clusters.forget(uuid)  # one a call made meanwhile; streams finish on theirs (leases)
-    if rt.tracker is not None:
-        await rt.tracker.drop(uuid)  # the pinger child's handle too, now (issue 13 point 9)
+    await rt.events.tell_deleted(uuid)  # the pinger child's handle goes too, now (issue 13 point 9)
 
 
 # ---------------------------------------------------------------- lifecycle

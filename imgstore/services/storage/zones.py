@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy import update as update_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.crypto import new_uuid
-from imgstore.db import query as q
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, Zone
 from imgstore.errors import (
     OPERATION_ERROR,
@@ -24,47 +22,17 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
-from imgstore.wire.query import Condition, QuerySpec
+from imgstore.wire.query import QuerySpec
 from imgstore.services.catalog import queries
 from imgstore.services.catalog import state_changes
 from imgstore.services.catalog import tags
 from imgstore.services.node.locking import commit_row, locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage.queryables import ZONE_QUERY
 
 ZONE_TYPE = "zstack"  # ZoneVO's type in ZStack
 RESOURCE_TYPE = "ZoneVO"
 _UUID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _storage_links():  # type: ignore[no-untyped-def]
-    return select(BackupStorageZoneRef.zone_uuid, BackupStorageZoneRef.backup_storage_uuid)
-
-
-def _backup_storage(rest: str, cond: Condition):  # type: ignore[no-untyped-def]
-    """``q=backupStorage.<field>...`` on zones. Imported late: the backup-storage query
-    names zones too (``q=zone.name=...``)."""
-    from imgstore.services.storage.manage import BACKUP_STORAGE_QUERY
-
-    return q.relation(Zone.uuid, _storage_links, BACKUP_STORAGE_QUERY)(rest, cond)
-
-
-ZONE_QUERY = q.Queryable(
-    entity=Zone,
-    name="ZoneInventory",
-    fields={
-        "uuid": q.Field(Zone.uuid),
-        "name": q.Field(Zone.name),
-        "description": q.Field(Zone.description),
-        "state": q.Field(Zone.state),
-        "type": q.Field(Zone.type),
-        "isDefault": q.Field(Zone.is_default, bool),
-        "createDate": q.Field(Zone.create_date, datetime),
-        "lastOpDate": q.Field(Zone.last_op_date, datetime),
-    },
-    relations={"backupStorage": _backup_storage},
-    tags=q.tag_filter(Zone.uuid, tags.tag_rows),
-    default_sort="createDate",
-)
 
 
 @dataclass
