@@ -121,6 +121,7 @@ if [ "${IMGSTORE_TEST_TEARDOWN:-0}" = 1 ] && [ -n "$CLUSTERS" ]; then
 fi
 
 # ---------------------------------------------------------------- 4./5. pytest, both passes at once
+"$ROOT/.venv/bin/lint-imports" --no-cache --no-logo >&2 || die "lint-imports: an import breaks the layers or makes a cycle ([tool.importlinter] in pyproject.toml)"
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/imgstore-test.XXXXXX")
 run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, printed when it ends
   local label=$1 db=$2 clusters=$3 n=$4 rc=0 xdist=(); shift 4

@@ -1,0 +1,81 @@
+"""How imgstore's modules import each other, beyond what `lint-imports` checks.
+
+The contracts in pyproject.toml hold the layers and forbid cycles; these tests hold the
+two rules a contract cannot say: no module imports imgstore inside a function (such an
+import is how a cycle hides: it runs late, so nothing fails at start), and the pinger
+child loads only what asking Ceph takes.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import imgstore
+
+PACKAGE = Path(imgstore.__file__).parent
+
+# (module path, function): why the import waits for the call. Never to break a cycle.
+LATE_IMPORTS_ALLOWED = {
+    ("cli/commands.py", "serve"): "`imgstore <command>` talks to a server over HTTP and must start "
+    "without loading one (fastapi, SQLAlchemy); only `imgstore serve` loads the app",
+}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports_imgstore(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").split(".")[0] == "imgstore"
+    return any(alias.name.split(".")[0] == "imgstore" for alias in node.names)
+
+
+def late_imports(source: str) -> list[tuple[str, int, str]]:
+    """``(function, line, statement)`` of each import of imgstore inside a function,
+    except under ``if TYPE_CHECKING:``."""
+    found: list[tuple[str, int, str]] = []
+
+    def walk(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for orelse in child.orelse:
+                    walk(orelse, function)
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                walk(child, getattr(child, "name", "<lambda>") if function is None else function)
+                continue
+            if function is not None and isinstance(child, (ast.Import, ast.ImportFrom)) and _imports_imgstore(child):
+                found.append((function, child.lineno, ast.unparse(child)))
+            walk(child, function)
+
+    walk(ast.parse(source), None)
+    return found
+
+
+def test_no_module_imports_imgstore_inside_a_function() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE).as_posix()
+        for function, line, statement in late_imports(path.read_text()):
+            if (where, function) not in LATE_IMPORTS_ALLOWED:
+                offenders.append(f"imgstore/{where}:{line} in {function}(): {statement}")
+    assert not offenders, "imports of imgstore inside functions (move them to the top; a cycle " \
+        "they hid is broken by moving code, not by importing late):\n" + "\n".join(offenders)
+
+
+def test_the_checker_sees_late_imports_and_spares_type_checking_ones() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from imgstore.db import models\n"
+        "def f():\n    from imgstore.services.images import metadata\n"
+        "async def g():\n    import json\n    def h():\n        from . import sibling\n"
+    )
+    assert late_imports(source) == [
+        ("f", 5, "from imgstore.services.images import metadata"),
+        ("g", 9, "from . import sibling"),
+    ]
+
