@@ -28,29 +28,29 @@ async def start(settings: Settings) -> Runtime:
     rt = await Runtime.open(settings)
     async with rt.db() as db:
         await sessions.ensure_admin(db, settings)
-    rt.tracker = Tracker(rt)
-    wire(rt)
-    rt.membership = Membership(rt, on_taken=rt.tracker.wake, leftovers=leftovers(rt))
-    await rt.membership.join()
+    node = rt.node
+    node.tracker = tracker = Tracker(rt)
+    wire(rt, tracker)
+    node.membership = membership = Membership(rt, on_taken=tracker.wake, leftovers=leftovers(rt))
+    await membership.join()
     await rt.jobs.recover()
     await add_ceph.clean_up_interrupted_adds(rt)
     await trash.settle_pending(rt)  # copies this node left unfinished: their bits are trash
-    rt.tracker.start()
-    rt.image_expunger = Expunger(rt)  # type: ignore[attr-defined]  # also settles interrupted image adds
-    rt.image_expunger.start()  # type: ignore[attr-defined]
-    rt.membership.start()
+    tracker.start()
+    node.expunger = Expunger(rt)  # also settles interrupted image adds
+    node.expunger.start()
+    membership.start()
     memory.tune_garbage_collector()
     return rt
 
 
-def wire(rt: Runtime) -> None:
+def wire(rt: Runtime, tracker: Tracker) -> None:
     """The storage events' listeners: a storage's ``bs_ceph_info.json`` follows its add
     (importImages) and its Reconnect; a deleted storage's pinger handle goes at once."""
     events = rt.events
     events.added.append(partial(image_metadata.on_storage_added, rt))
     events.reconnected.append(partial(image_metadata.on_storage_reconnected, rt))
-    if rt.tracker is not None:
-        events.deleted.append(rt.tracker.drop)
+    events.deleted.append(tracker.drop)
 
 
 def leftovers(rt: Runtime) -> tuple[Leftover, ...]:
@@ -66,15 +66,15 @@ def leftovers(rt: Runtime) -> tuple[Leftover, ...]:
 async def stop(rt: Runtime) -> None:
     """Stop pinging, hand the leases over, let the jobs finish, then leave: the node's
     row goes last, so no survivor takes over jobs this node is still finishing."""
-    if rt.tracker:
-        await rt.tracker.stop()
-    expunger = getattr(rt, "image_expunger", None)
-    if expunger is not None:
-        await expunger.stop()
+    node = rt.node
+    if node.tracker:
+        await node.tracker.stop()
+    if node.expunger is not None:
+        await node.expunger.stop()
     await image_upload.stop_all(rt)
-    if rt.membership:
-        await rt.membership.hand_over()
+    if node.membership:
+        await node.membership.hand_over()
     await rt.jobs.drain()
-    if rt.membership:
-        await rt.membership.leave()
+    if node.membership:
+        await node.membership.leave()
     await rt.close()

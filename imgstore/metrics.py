@@ -158,7 +158,7 @@ async def scrape(request: Request, rt: Runtime = Depends(runtime)) -> Response:
     figures = await figures_service.figures(rt)
     gzipped = "gzip" in request.headers.get("accept-encoding", "")  # Prometheus asks for it
     # formatting thousands of storages is CPU work: off the event loop serving the API
-    body = await asyncio.to_thread(_body, rt.metrics, figures, getattr(rt.tracker, "last_round_seconds", None),
+    body = await asyncio.to_thread(_body, rt.metrics, figures, getattr(rt.node.tracker, "last_round_seconds", None),
                                    gzipped)
     headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gzipped else {"Vary": "Accept-Encoding"}
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4, headers=headers)

@@ -32,14 +32,12 @@ log = logging.getLogger(__name__)
 
 CONNECTED, CONNECTING, DISCONNECTED = "Connected", "Connecting", "Disconnected"
 
-# Bumped by every Reconnect: a probe that started before one must not record over it
-# (nor use the row it loaded, whose key the Reconnect may have renewed).
-_generations: dict[str, int] = {}
 
-
-def generation(uuid: str) -> int:
-    """How many Reconnects this process has run on the storage; see ``probe``."""
-    return _generations.get(uuid, 0)
+def generation(rt: Runtime, uuid: str) -> int:
+    """How many Reconnects this node has run on the storage (``Node.reconnects``): a probe
+    that started before one must not record over it (nor use the row it loaded, whose key
+    the Reconnect may have renewed)."""
+    return rt.node.reconnects[uuid]
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ async def record(rt: Runtime, outcomes: Iterable[Outcome]) -> None:
     Only what changed is written (an unchanged row keeps its lastOpDate, so a steady
     ping writes nothing), and an outcome older than a Reconnect of its storage is
     dropped: the Reconnect's own result is newer."""
-    current = {o.uuid: o for o in outcomes if o.generation == generation(o.uuid)}
+    current = {o.uuid: o for o in outcomes if o.generation == generation(rt, o.uuid)}
     if not current:
         return
     async with rt.db() as db:
@@ -95,13 +93,14 @@ async def record(rt: Runtime, outcomes: Iterable[Outcome]) -> None:
 async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
     """ReconnectBackupStorage: a fresh librados handle, then a full check. The fsid must
     still be the storage's: mons that now answer for another cluster are refused."""
-    async with local_lock("backup_storage", uuid):
-        _generations[uuid] = gen = generation(uuid) + 1
+    async with local_lock(rt, "backup_storage", uuid):
+        rt.node.reconnects[uuid] += 1
+        gen = generation(rt, uuid)
         row = await load(rt, uuid)
         await record(rt, [Outcome(uuid, CONNECTING, mons_too=False, generation=gen)])
         await rt.clusters.forget(uuid)
-        if rt.tracker is not None:
-            await rt.tracker.forget(uuid)  # the pings' handle too: the next ping starts afresh
+        if rt.node.tracker is not None:
+            await rt.node.tracker.forget(uuid)  # the pings' handle too: the next ping starts afresh
         try:
             cluster = await _cluster_or_rekey(rt, row)
             row = await load(rt, uuid)  # the key may have been renewed

@@ -148,7 +148,7 @@ class Tracker:
         if not due:
             return
         due.sort(key=lambda u: self._backoff[u].failures > 0)  # the live ones first
-        generations = {u: ceph_connection.generation(u) for u in due}
+        generations = {u: ceph_connection.generation(self._rt, u) for u in due}
         news: list[Outcome] = []
 
         async def ping(row: CephBackupStorage) -> None:
@@ -228,7 +228,7 @@ class Tracker:
     async def _check_key(self, row: CephBackupStorage) -> None:
         """Log in afresh with the storage's key; record a refusal at once, and let a key
         that works again bring its storage back at the next round."""
-        gen = ceph_connection.generation(row.uuid)
+        gen = ceph_connection.generation(self._rt, row.uuid)
         self._key_checked[row.uuid] = time.monotonic()  # before: a check that raises is not retried every tick
         try:
             refused = await self._pinger.refused_key(row)
@@ -240,7 +240,7 @@ class Tracker:
             return
         self._refused[row.uuid] = (gen, refused)
         outcome = Outcome(row.uuid, ceph_connection.DISCONNECTED, refused, mons_too=False, generation=gen)
-        if ceph_connection.generation(row.uuid) == gen and ceph_connection.apply(row, outcome):
+        if ceph_connection.generation(self._rt, row.uuid) == gen and ceph_connection.apply(row, outcome):
             await self._record([outcome])
 
     def _verdict(self, outcome: Outcome) -> Outcome:
@@ -250,7 +250,7 @@ class Tracker:
         if outcome.status != ceph_connection.CONNECTED or refused is None:
             return outcome
         gen, why = refused
-        if gen != ceph_connection.generation(outcome.uuid):
+        if gen != ceph_connection.generation(self._rt, outcome.uuid):
             del self._refused[outcome.uuid]  # a Reconnect has renewed or proven the key since
             return outcome
         return replace(outcome, status=ceph_connection.DISCONNECTED, reason=why, capacity=None)
@@ -268,7 +268,7 @@ class Tracker:
                     await self._pinger.forget(row.uuid)
                 if row.uuid in self._deleted:
                     return None  # deleted since the round began: its handle stays closed
-                if ceph_connection.generation(row.uuid) != generation:
+                if ceph_connection.generation(self._rt, row.uuid) != generation:
                     return None  # a Reconnect ran meanwhile: its result stands, and the row is stale
                 outcome = await ceph_connection.probe(self._pinger, row, generation)
             except PingerLost as e:

@@ -70,7 +70,7 @@ async def delete(rt: Runtime, uuid: str, backup_storage_uuids: list[str] | None 
     if image is None:
         return
     if image.status in (images.DOWNLOADING, images.ERROR):
-        await image_download.cancel(uuid)
+        await image_download.cancel(rt, uuid)
         await image_upload.cancel(uuid)
         await _remove(rt, uuid, None)
         return
@@ -202,7 +202,7 @@ async def _remove_bits(rt: Runtime, ref: ImageBackupStorageRef) -> None:
     if storage is None:
         return
     pool = storage.pool_name or ""
-    readers = image_export.streaming(ref.image_uuid)
+    readers = image_export.streaming(rt, ref.image_uuid)
     if readers:  # read-only opens hold no watch: librbd would let the image go under them
         raise ApiError(OPERATION_ERROR, f"cannot remove the bits of image[uuid:{ref.image_uuid}]: this server "
                                         f"is streaming it to {readers} export download(s); try again when they "

@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "AddImage"
 
-# the downloads running on this node, by image uuid (uuids never repeat, so a
-# module-level table is safe even with several apps in one process)
-_RUNNING: dict[str, asyncio.Task[Image]] = {}
-
 
 async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> Image:
     """AddImage: the Ready image (http, file), or the Downloading one with its upload URL."""
@@ -65,8 +61,8 @@ async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> 
     if req.url.lower().startswith(UPLOAD):
         return await image_upload.open_slot(rt, req, storages, uuid, api_id, base_url, reporter)
     image = await images.create(rt, req, storages, uuid, extra=[reporter.new_row(stage="Waiting")])
-    task = asyncio.create_task(_download(rt, image, reporter, source_url), name=f"download-{uuid}")
-    _RUNNING[uuid] = task
+    # on the node's registry, so a DeleteImage can find it and cancel it
+    task = rt.node.downloads.start(uuid, _download(rt, image, reporter, source_url), f"download-{uuid}")
     try:
         return await task
     except asyncio.CancelledError:
@@ -75,13 +71,11 @@ async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> 
             raise  # the server is stopping: the job says so
         raise ApiError(OPERATION_ERROR, f"the download of image[uuid:{uuid}] was cancelled: "
                                         "the image was deleted", status=409) from None
-    finally:
-        _RUNNING.pop(uuid, None)
 
 
-async def cancel(image_uuid: str) -> None:
+async def cancel(rt: Runtime, image_uuid: str) -> None:
     """Stop this node's download of the image, if any, and wait until its bits are gone."""
-    task = _RUNNING.get(image_uuid)
+    task = rt.node.downloads.get(image_uuid)
     if task is None or task.done():
         return
     task.cancel()
@@ -166,7 +160,7 @@ async def clean_up_interrupted(rt: Runtime) -> int:
     live = {image_uuid for image_uuid, _, job_state in rows if job_state == "Processing"}
     left = 0
     for image_uuid in dict.fromkeys(u for u, _, _ in rows):
-        if image_uuid in _RUNNING or image_uuid in live:
+        if image_uuid in rt.node.downloads or image_uuid in live:
             continue
         image = await images.find(rt, image_uuid)
         if image is None:

@@ -61,7 +61,6 @@ READ_AHEAD = 8  # 4 MiB reads in flight per download (holes are not read): 32 Mi
 # 1 MiB reads, 4 in flight, are ~5 MiB per download yet still keep the OSDs busy
 STREAM_CHUNK, STREAM_READ_AHEAD = 1 << 20, 4
 _UUID = re.compile(r"^[0-9a-f]{32}$")
-_STREAMING: Counter[str] = Counter()  # image uuid -> downloads this node is serving
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,12 @@ class Download:
     size: int
     filename: str
     md5: str | None
+    streams: Counter[str]  # the node's downloads being served, by image (``Node.streams``)
     lease: Lease | None = None  # keeps ``cluster`` open until the stream ends (a Reconnect may replace it)
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``[start, end)`` of the image; counted in :func:`streaming` meanwhile."""
-        _STREAMING[self.image_uuid] += 1
+        self.streams[self.image_uuid] += 1
         try:
             async for piece in ceph.iter_image(self.cluster, self.pool, self.name, start, end,
                                                  chunk=STREAM_CHUNK, readahead=STREAM_READ_AHEAD):
@@ -93,14 +93,14 @@ class Download:
         finally:
             if self.lease is not None:
                 self.lease.release()
-            _STREAMING[self.image_uuid] -= 1
-            if _STREAMING[self.image_uuid] <= 0:
-                del _STREAMING[self.image_uuid]
+            self.streams[self.image_uuid] -= 1
+            if self.streams[self.image_uuid] <= 0:
+                del self.streams[self.image_uuid]
 
 
-def streaming(image_uuid: str) -> int:
+def streaming(rt: Runtime, image_uuid: str) -> int:
     """How many downloads of the image this node is serving now."""
-    return _STREAMING.get(image_uuid, 0)
+    return rt.node.streams.get(image_uuid, 0)
 
 
 def _hash(token: str) -> str:
@@ -263,7 +263,7 @@ async def open_download(rt: Runtime, pool: str, segment: str, token: str | None)
     except ceph.CephError as e:
         lease.release()
         raise ceph_error(e) from None
-    return Download(lease.cluster, pool, name, image_uuid, size, filename, md5, lease)
+    return Download(lease.cluster, pool, name, image_uuid, size, filename, md5, rt.node.streams, lease)
 
 
 def _no_export(pool: str, segment: str) -> ApiError:

@@ -59,7 +59,6 @@ _CEPH_SCHEME = "ceph://"
 # the metadata names, every RBD image of the pool named by an image uuid (issue 13 point 10:
 # without it, an image someone else put in the pool is not taken for one of ours)
 IMPORT_ALL = "importImages::all"
-_TASKS: set[asyncio.Task[Any]] = set()  # imports running in the background (kept referenced)
 
 
 def zstack_metadata_pool(pool_name: str) -> str:
@@ -280,10 +279,7 @@ class Found:
 def import_in_background(rt: Runtime, bs_uuid: str) -> asyncio.Task[list[str]]:
     """Start :func:`import_images` without waiting for it (AddCephBackupStorage has
     answered by then, as in ZStack); its failure is logged, never the add's."""
-    task = asyncio.get_running_loop().create_task(_import_logged(rt, bs_uuid), name=f"import-images-{bs_uuid}")
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
-    return task
+    return rt.node.imports.start(bs_uuid, _import_logged(rt, bs_uuid), f"import-images-{bs_uuid}")
 
 
 async def on_storage_added(rt: Runtime, bs_uuid: str, import_images: bool) -> None:

@@ -18,26 +18,36 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imgstore.services.node.runtime import Runtime
+if TYPE_CHECKING:  # the Runtime holds a RowLocks: it imports this module
+    from imgstore.services.node.runtime import Runtime
 
 T = TypeVar("T")
 
-# weak values: a lock lives as long as someone holds or waits for it
-_LOCKS: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+class RowLocks:
+    """This node's ``asyncio.Lock`` per row, made on first use (``Runtime.locks``)."""
+
+    def __init__(self) -> None:
+        # weak values: a lock lives as long as someone holds or waits for it
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def of(self, table: str, key: str) -> asyncio.Lock:
+        """The lock of one row of ``table``."""
+        lock = self._locks.get((table, key))
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[(table, key)] = lock
+        return lock
 
 
-def local_lock(table: str, key: str) -> asyncio.Lock:
-    """The process-wide lock of one row."""
-    lock = _LOCKS.get((table, key))
-    if lock is None:
-        lock = asyncio.Lock()
-        _LOCKS[(table, key)] = lock
-    return lock
+def local_lock(rt: Runtime, table: str, key: str) -> asyncio.Lock:
+    """This node's lock of one row."""
+    return rt.locks.of(table, key)
 
 
 @asynccontextmanager
@@ -45,7 +55,7 @@ async def locked_row(rt: Runtime, entity: type[T], key: str) -> AsyncIterator[tu
     """A session whose transaction holds ``entity``'s row ``key`` locked, and the row
     (``None`` when there is none). Commit inside; leaving without commit rolls back."""
     mapper: Any = inspect(entity)
-    lock = local_lock(mapper.local_table.name, key)
+    lock = local_lock(rt, mapper.local_table.name, key)
     async with lock:
         async with rt.db() as db:
             [pk] = mapper.primary_key

@@ -1,13 +1,20 @@
-"""Everything a node holds while it runs: settings, database, secrets, jobs, clusters."""
+"""Everything a node holds while it runs: the resources (``Runtime``: settings, database,
+secrets, jobs, clusters, row locks, storage events) and what it runs and keeps in memory
+(``Node``: its workers and the registries of the work in flight).
+
+Nothing of a node's state is a module global: two runtimes in one process (a bench, a
+test) share nothing but the code.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -18,10 +25,32 @@ from imgstore.db.engine import create_engine, migrate, sessionmaker
 from imgstore.services.node.events import StorageEvents
 from imgstore.services.node.handles import ClusterRegistry
 from imgstore.services.node.jobs import JobRunner
+from imgstore.services.node.locking import RowLocks
 from imgstore.services.node.login_guard import LoginGuard
 from imgstore.services.node.refusal_budget import RefusalBudget
+from imgstore.services.node.tasks import Tasks
+
+if TYPE_CHECKING:  # the workers are of the packages above this one; lifecycle.start makes them
+    from imgstore.db.models import Image
+    from imgstore.services.health.tracker import Tracker
+    from imgstore.services.images.deletion import Expunger
+    from imgstore.services.node.membership import Membership
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """What this node runs (its workers, set by ``lifecycle.start``) and the registries of
+    the work it has in flight, each used by one module only (named beside it)."""
+
+    tracker: Tracker | None = None  # health/tracker: pings every storage it holds a lease on
+    membership: Membership | None = None  # node/membership: heartbeat, leases, dead nodes' leftovers
+    expunger: Expunger | None = None  # images/deletion: expunges and settles interrupted adds
+    downloads: Tasks[Image] = field(default_factory=Tasks)  # images/download: AddImage downloads, by image
+    imports: Tasks[list[str]] = field(default_factory=Tasks)  # images/metadata: importImages, by storage
+    streams: Counter[str] = field(default_factory=Counter)  # images/export: downloads served now, by image
+    reconnects: Counter[str] = field(default_factory=Counter)  # health/connection: Reconnects, by storage
 
 
 @dataclass
@@ -36,10 +65,10 @@ class Runtime:
     changes: ChangeWatch  # the database's version: replies kept until it moves (api/reply_cache.py)
     login_guard: LoginGuard  # password hashing off the loop, failed logins throttled
     refusals: RefusalBudget  # how many refused requests become failed jobs (api/refused_jobs.py)
-    tracker: Any = None  # services.tracker.Tracker once the node runs
-    membership: Any = None  # services.nodes.Membership (heartbeat, leases) once the node runs
     metrics: Any = None  # imgstore.metrics.Metrics of the app serving this node
     events: StorageEvents = field(default_factory=StorageEvents)  # wired by lifecycle.start
+    locks: RowLocks = field(default_factory=RowLocks)  # this node's lock per row (node/locking.py)
+    node: Node = field(default_factory=Node)
 
     @classmethod
     async def open(cls, settings: Settings) -> "Runtime":

@@ -54,7 +54,7 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
     urls = parse_mon_urls(mon_urls, rt.settings.ssh_private_key is not None)
     if used := await used_hostnames(rt, urls):
         raise invalid_argument(f"Adding the same Mon node is not allowed: mon[hostnames:{used}] already in use")
-    async with local_lock("backup_storage", uuid):
+    async with local_lock(rt, "backup_storage", uuid):
         rows = new_mon_rows(rt, urls)
         async with rt.db() as db:
             for r in rows:
@@ -109,7 +109,7 @@ async def remove_mons(rt: Runtime, uuid: str, hostnames: list[str]) -> CephBacku
     if not hostnames:
         raise invalid_argument("field[monHostnames] must be a non-empty list")
     storage = await _ceph_storage(rt, uuid)
-    async with local_lock("backup_storage", uuid):
+    async with local_lock(rt, "backup_storage", uuid):
         remaining = [m for m in storage.mons if m.hostname not in hostnames]
         if not remaining:
             raise invalid_argument(
@@ -142,7 +142,7 @@ async def update_mon(
         if mon is None:
             raise not_found("CephBackupStorageMonVO", mon_uuid, field="monUuid")
         storage_uuid = mon.backup_storage_uuid
-    async with local_lock("backup_storage", storage_uuid):
+    async with local_lock(rt, "backup_storage", storage_uuid):
         async with rt.db() as db:
             mon = await db.get(CephMon, mon_uuid)
             if mon is None:
@@ -202,7 +202,7 @@ async def accept_host_key(rt: Runtime, mon_uuid: str, fingerprint: str | None = 
             fingerprint = await ceph.offered_host_key(host, port, rt.settings.ssh_timeout)
         except ceph.CephError as e:
             raise ceph_error(e, f"{host}:{port}") from None
-    async with local_lock("backup_storage", storage_uuid):
+    async with local_lock(rt, "backup_storage", storage_uuid):
         async with rt.db() as db:
             mon = await db.get(CephMon, mon_uuid)
             if mon is None:

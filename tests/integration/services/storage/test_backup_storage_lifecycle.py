@@ -396,7 +396,7 @@ def test_changes_across_nodes_on_postgresql_are_serialised(pg_database: str, tmp
     SELECT ... FOR UPDATE stands between them."""
     from imgstore.services.node import locking
 
-    monkeypatch.setattr(locking, "local_lock", lambda table, key: asyncio.Lock())
+    monkeypatch.setattr(locking, "local_lock", lambda rt, table, key: asyncio.Lock())
     _assert_serial(_serialisation_run(pg_database, tmp_path, 3, monkeypatch))
 
 
