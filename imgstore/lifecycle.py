@@ -18,7 +18,8 @@ from imgstore.services.images.deletion import Expunger
 from imgstore.services.node import sessions
 from imgstore.services.node.membership import Leftover, Membership
 from imgstore.services.node.runtime import Runtime
-from imgstore.services.storage import add_ceph, trash
+from imgstore.services.storage import trash
+from imgstore.services.storage import undo as storage_undo
 
 
 async def start(settings: Settings) -> Runtime:
@@ -34,7 +35,7 @@ async def start(settings: Settings) -> Runtime:
     node.membership = membership = Membership(rt, on_taken=tracker.wake, leftovers=leftovers(rt))
     await membership.join()
     await rt.jobs.recover()
-    await add_ceph.clean_up_interrupted_adds(rt)
+    await storage_undo.clean_up_interrupted_adds(rt)
     await trash.settle_pending(rt)  # copies this node left unfinished: their bits are trash
     tracker.start()
     node.expunger = Expunger(rt)  # also settles interrupted image adds
@@ -56,8 +57,8 @@ def wire(rt: Runtime, tracker: Tracker) -> None:
 def leftovers(rt: Runtime) -> tuple[Leftover, ...]:
     """What a dead node leaves, and how a survivor finishes it (services/node/membership.py)."""
     return (
-        Leftover("undo-add", add_ceph.orphan_adds, add_ceph.claim_orphan_add,
-                 lambda uuid, _node: add_ceph.undo_add(rt, uuid)),
+        Leftover("undo-add", storage_undo.orphan_adds, storage_undo.claim_orphan_add,
+                 lambda uuid, _node: storage_undo.undo_add(rt, uuid)),
         Leftover("end-upload", image_upload.orphans, image_upload.claim_orphan,
                  partial(image_upload.end_orphan, rt)),
     )

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError
-from imgstore.services.storage import add_ceph as ceph_backup_storage
-from imgstore.services.storage.add_ceph import capacity_columns, load
+from imgstore.wire.enums import StorageStatus
+from imgstore.services.storage.cephx import renew_key
+from imgstore.services.storage.rows import capacity_columns, load, rows_of
 from imgstore.services.health.checks import health_of, mon_address, problem
 from imgstore.services.node.ceph_errors import is_ceph_error
 from imgstore.services.node.locking import local_lock
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONNECTED, CONNECTING, DISCONNECTED = "Connected", "Connecting", "Disconnected"
+CONNECTED, CONNECTING, DISCONNECTED = StorageStatus.CONNECTED, StorageStatus.CONNECTING, StorageStatus.DISCONNECTED
 
 
 def generation(rt: Runtime, uuid: str) -> int:
@@ -81,7 +82,7 @@ async def record(rt: Runtime, outcomes: Iterable[Outcome]) -> None:
     if not current:
         return
     async with rt.db() as db:
-        for row in await ceph_backup_storage.rows_of(db, list(current)):
+        for row in await rows_of(db, list(current)):
             outcome = current[row.uuid]
             if row.status != outcome.status:
                 why = f" ({outcome.reason})" if outcome.reason else ""
@@ -132,7 +133,7 @@ async def _cluster_or_rekey(rt: Runtime, row: CephBackupStorage) -> ceph.Cluster
         if not is_ceph_error(e, ceph.CephPermissionDenied):
             raise
     log.warning("the cephx key of backup storage %s was refused; asking a mon for it again", row.uuid)
-    await ceph_backup_storage.renew_key(rt, row)
+    await renew_key(rt, row)
     return await rt.clusters.get(await load(rt, row.uuid))
 
 

@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from imgstore.db.models import CephBackupStorage
-from imgstore.services.storage import add_ceph as ceph_backup_storage
+from imgstore.services.storage import rows as storage_rows
 from imgstore.services.health import connection as ceph_connection
 from imgstore.services.node import leases
 from imgstore.services.health.connection import Outcome
@@ -190,13 +190,13 @@ class Tracker:
         (someone changed it or its mons, or a ping wrote news): a steady round builds no
         ORM rows, whose loading held the event loop a few ms per slice, every round. The
         changed ones are read a slice at a time, so no single step holds it for long."""
-        versions = await ceph_backup_storage.versions_of(self._rt, due)
+        versions = await storage_rows.versions_of(self._rt, due)
         for gone in set(due) - set(versions):
             self._rows.pop(gone, None)
         due = [u for u in due if u in versions]
         stale = [u for u in due if self._rows.get(u, (None,))[0] != versions[u]]
         for i in range(0, len(stale), LOAD_SLICE):
-            for row in await ceph_backup_storage.load_many(self._rt, stale[i : i + LOAD_SLICE]):
+            for row in await storage_rows.load_many(self._rt, stale[i : i + LOAD_SLICE]):
                 self._rows[row.uuid] = (versions[row.uuid], row)
         for uuid in due:
             if uuid in self._rows:

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from imgstore import ceph
 from imgstore.wire.dates import utcnow
+from imgstore.wire.enums import DeleteMode, DeletionPolicy, ImageStatus
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError, invalid_argument, not_found
 from imgstore.services.images import download as image_download
@@ -39,10 +40,10 @@ from imgstore.services.node.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-DELAY, DIRECT = "Delay", "Direct"
-DELETE_MODES = ("Permissive", "Enforcing")
+DELAY, DIRECT = DeletionPolicy.DELAY, DeletionPolicy.DIRECT
+DELETE_MODES = tuple(DeleteMode)
 RETRY_PAUSES = (0, 5, 10, 15, 30, 60)  # seconds before each clean-up pass after a start
-EXPUNGING = "Expunging"  # a ref whose bits an Expunge is removing now (see expunge)
+EXPUNGING = ImageStatus.EXPUNGING  # a ref whose bits an Expunge is removing now (see expunge)
 STALE_CLAIM = timedelta(minutes=10)  # an Expunging ref untouched this long was left by a dead call
 
 

@@ -51,10 +51,11 @@ from imgstore.services.node.handles import Lease
 from imgstore.services.images.metadata import split_install_path
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.enums import ImageStatus
 
 EXPORT_PATH = "zstack/v1/exports"
 EXPORT_FORMATS = ("raw", "qcow2")  # ZStack's valid values; Ceph ignores it and exports raw
-READY = "Ready"
+READY = ImageStatus.READY
 NOT_CALCULATED = "not calculated"  # ZStack's md5Sum of an image added to Ceph
 READ_AHEAD = 8  # 4 MiB reads in flight per download (holes are not read): 32 MiB
 # a download's reader may be slow and there may be many (api/export_slots.py caps them):

@@ -36,11 +36,12 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
+from imgstore.wire.enums import ImageStatus, MediaType, State, StorageStatus
 from imgstore.wire.query import Condition, QuerySpec
 from imgstore.services.catalog import queries
 from imgstore.services.catalog import state_changes
 from imgstore.services.catalog import tags
-from imgstore.services.storage.add_ceph import apply_capacity
+from imgstore.services.storage.rows import apply_capacity
 from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
@@ -49,16 +50,17 @@ from imgstore.services.node.runtime import Runtime
 log = logging.getLogger(__name__)
 
 RESOURCE_TYPE = "ImageVO"
-MEDIA_TYPES = ("RootVolumeTemplate", "ISO", "DataVolumeTemplate")
-ISO_MEDIA = "ISO"
+MEDIA_TYPES = tuple(MediaType)
+ISO_MEDIA = MediaType.ISO
 FORMATS = ("qcow2", "raw", "vmdk", "iso")
 PLATFORMS = ("Linux", "Windows", "Other", "Paravirtualization", "WindowsVirtio")
 ARCHITECTURES = ("x86_64", "aarch64", "mips64el", "loongarch64")
 IMAGE_TYPE = "zstack"
 
 # image and ref statuses (ZStack's ImageStatus)
-DOWNLOADING, READY, ERROR, DELETED = "Downloading", "Ready", "Error", "Deleted"
-ENABLED = "Enabled"
+DOWNLOADING, READY, ERROR, DELETED = (ImageStatus.DOWNLOADING, ImageStatus.READY, ImageStatus.ERROR,
+                                      ImageStatus.DELETED)
+ENABLED = State.ENABLED
 _UUID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -133,7 +135,7 @@ async def usable_storages(rt: Runtime, uuids: list[str]) -> list[CephBackupStora
             raise not_found("BackupStorageVO", u, field="backupStorageUuids")
     usable = [rows[u] for u in wanted
               if isinstance(rows[u], CephBackupStorage) and rows[u].state == ENABLED
-              and rows[u].status == "Connected" and rows[u].available_capacity > 0]
+              and rows[u].status == StorageStatus.CONNECTED and rows[u].available_capacity > 0]
     if not usable:
         raise ApiError(
             OPERATION_ERROR,

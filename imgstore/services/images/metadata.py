@@ -44,6 +44,7 @@ from imgstore import ceph
 from imgstore.wire.dates import zstack_date
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import ApiError
+from imgstore.wire.enums import ImageStatus, MediaType, State
 from imgstore.wire.masking import without_credentials
 from imgstore.services.catalog import tags
 from imgstore.services.node.locking import locked_row
@@ -52,7 +53,7 @@ from imgstore.services.node.runtime import Runtime
 log = logging.getLogger(__name__)
 
 METADATA_OBJECT = "bs_ceph_info.json"
-READY, DOWNLOADING = "Ready", "Downloading"
+READY, DOWNLOADING = ImageStatus.READY, ImageStatus.DOWNLOADING
 _UUID = re.compile(r"^[0-9a-f]{32}$")
 _CEPH_SCHEME = "ceph://"
 # AddCephBackupStorage(importImages=true) with this system tag adopts, besides the images
@@ -459,14 +460,14 @@ def _new_image(found: Found) -> Image:
         uuid=found.uuid,
         name=_text(inv, "name", 255) or found.uuid,
         description=_text(inv, "description", 2048),
-        state=inv.get("state") if inv.get("state") in ("Enabled", "Disabled") else "Enabled",
+        state=inv.get("state") if inv.get("state") in tuple(State) else State.ENABLED,
         status=READY,
         size=found.size,
         actual_size=_int(inv, "actualSize") or found.size,
         md5_sum=_text(inv, "md5Sum", 255),
         sha512_sum=_text(inv, "sha512Sum", 128),
         url=without_credentials(_text(inv, "url", 2048) or found.install_path),
-        media_type=_text(inv, "mediaType", 64) or "RootVolumeTemplate",
+        media_type=_text(inv, "mediaType", 64) or MediaType.ROOT_VOLUME_TEMPLATE,
         guest_os_type=_text(inv, "guestOsType", 255),
         type=_text(inv, "type", 64) or "zstack",
         platform=_text(inv, "platform", 64),

@@ -28,13 +28,14 @@ from imgstore.wire.dates import utcnow
 from imgstore.db.models import ApiJob
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, ApiError
 from imgstore.wire.masking import without_tokens
+from imgstore.wire.enums import JobState
 
 log = logging.getLogger(__name__)
 
-PROCESSING, SUCCEEDED, FAILED = "Processing", "Succeeded", "Failed"
+PROCESSING, SUCCEEDED, FAILED = JobState.PROCESSING, JobState.SUCCEEDED, JobState.FAILED
 # a request refused before its job started (api/refused_jobs.py): polled as a failure,
 # forgotten after ``refused_retention`` seconds
-REFUSED = "Refused"
+REFUSED = JobState.REFUSED
 _JOB_UUID = re.compile(r"^[0-9a-f]{32}$")
 
 Work = Callable[[], Awaitable[dict[str, Any]]]

@@ -8,7 +8,7 @@ all, means a dead node: it may never come back, so the live nodes take over its 
 * its async jobs still ``Processing`` are failed (their tasks died with it);
 * its leftovers (:class:`Leftover`) are finished: its half-made adds are undone (the key,
   the pool it created, the row), as a restarted node undoes its own
-  (storage/add_ceph.clean_up_interrupted_adds); the uploads it was receiving fail (their
+  (storage/undo.clean_up_interrupted_adds); the uploads it was receiving fail (their
   writer was in its memory): the partial image is removed and the image turns Error, as a
   restarted node does with its own (images/upload.clean_up_interrupted). The packages
   that own that work give its steps (lifecycle.py wires them): this one knows none of them.

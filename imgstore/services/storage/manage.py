@@ -7,6 +7,7 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imgstore.wire.enums import DeleteMode
 from imgstore.wire.query import QuerySpec
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, Zone
 from imgstore.errors import (
@@ -16,12 +17,13 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
-from imgstore.services.storage import add_ceph as ceph_backup_storage
 from imgstore.services.catalog import queries
 from imgstore.services.catalog import state_changes
 from imgstore.services.catalog import tags
 from imgstore.services.node.locking import commit_row, locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage.add_ceph import CEPH
+from imgstore.services.storage.cephx import release_cluster_resources
 from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY, CEPH_BACKUP_STORAGE_QUERY
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ async def delete(rt: Runtime, uuid: str, delete_mode: str = "Permissive") -> Non
         if row is None:
             return
         if isinstance(row, CephBackupStorage):
-            problem = await ceph_backup_storage.release_cluster_resources(rt, row, drop_pool=False)
+            problem = await release_cluster_resources(rt, row, drop_pool=False)
             if problem is not None and delete_mode != ENFORCING:
                 raise ApiError(
                     DELETE_RESOURCE_ERROR,
@@ -78,13 +80,13 @@ async def delete(rt: Runtime, uuid: str, delete_mode: str = "Permissive") -> Non
 # ---------------------------------------------------------------- lifecycle
 
 
-PERMISSIVE, ENFORCING = "Permissive", "Enforcing"
-DELETE_MODES = (PERMISSIVE, ENFORCING)
+PERMISSIVE, ENFORCING = DeleteMode.PERMISSIVE, DeleteMode.ENFORCING
+DELETE_MODES = tuple(DeleteMode)
 
 
 def types() -> list[str]:
     """GetBackupStorageTypes: every type imgstore can add."""
-    return [ceph_backup_storage.CEPH]
+    return [CEPH]
 
 
 async def load(rt: Runtime, uuid: str) -> BackupStorage:

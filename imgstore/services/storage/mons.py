@@ -21,9 +21,9 @@ from imgstore import ceph
 from imgstore.ceph import check_fingerprint
 from imgstore.db.models import CephBackupStorage, CephMon
 from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_found
-from imgstore.services.storage.add_ceph import (
+from imgstore.services.storage.rows import load
+from imgstore.services.storage.mon_hosts import (
     MonProbe,
-    load,
     mons_failed,
     new_mon_rows,
     parse_mon_urls,
@@ -33,6 +33,7 @@ from imgstore.services.storage.add_ceph import (
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import local_lock
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.enums import StorageStatus
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
             for probe in probes:
                 mon = await db.get(CephMon, probe.row.uuid)
                 assert mon is not None and probe.facts is not None
-                mon.status, mon.mon_addr, mon.mon_host = "Connected", probe.facts.mon_addr, probe.facts.mon_host
+                mon.status, mon.mon_addr, mon.mon_host = StorageStatus.CONNECTED, probe.facts.mon_addr, probe.facts.mon_host
                 mon.ssh_host_key_fingerprint = probe.host_key
             await db.commit()
     return await load(rt, uuid)

@@ -22,6 +22,7 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
+from imgstore.wire.enums import State
 from imgstore.wire.query import QuerySpec
 from imgstore.services.catalog import queries
 from imgstore.services.catalog import state_changes
@@ -65,7 +66,7 @@ async def create(rt: Runtime, req: NewZone) -> Zone:
     async with rt.db() as db:
         if req.is_default:
             await _clear_default(db, uuid)
-        db.add(Zone(uuid=uuid, name=req.name, description=req.description, state="Enabled", type=ZONE_TYPE,
+        db.add(Zone(uuid=uuid, name=req.name, description=req.description, state=State.ENABLED, type=ZONE_TYPE,
                     is_default=req.is_default))
         db.add_all(tags.new_tags(uuid, RESOURCE_TYPE, req.system_tags, req.user_tags))
         try:
