@@ -9,12 +9,12 @@ import pytest
 from imgstore.api.routes.exports import BadRange, parse_range
 from imgstore.db.models import Image, ImageBackupStorageRef
 from imgstore.services.images.metadata import (
-    _zstack_date,
     inventory_line,
     parse_metadata,
     split_install_path,
     zstack_metadata_pool,
 )
+from imgstore.services.images.metadata.adopt import _zstack_date
 
 UUID = "0123456789abcdef0123456789abcdef"
 
