@@ -5,11 +5,13 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from imgstore import logs, metrics
 from imgstore.api.routes import backup_storage
@@ -114,14 +116,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        headers = dict(e.headers or {})
         if e.status_code == 404:
             details = f"no api mapping to {request.method} {request.url.path}"
         elif e.status_code == 405:
             details = f"method {request.method} is not served on {request.url.path}"
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         else:
             details = str(e.detail)
         kind = ErrorKind(UNKNOWN_MESSAGE.code, UNKNOWN_MESSAGE.description, e.status_code)
-        return JSONResponse(ApiError(kind, details).body(), status_code=e.status_code)
+        return JSONResponse(ApiError(kind, details).body(), status_code=e.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
@@ -130,6 +134,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=500)
 
 
+def allowed_methods(app: FastAPI, scope: dict[str, Any]) -> list[str]:
+    """Every method some route serves at the scope's path: a 405's ``Allow`` (RFC 9110).
+    Starlette's own 405 carries none here (FastAPI's included routers answer it), and
+    one path (``/backup-storage/{uuid}``) is served by several routes. Asked only on a 405."""
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 _SECRET_WORDS = ("password", "monurl", "key", "secret", "token")
 
 

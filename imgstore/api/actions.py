@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from imgstore.api.deps import ApiCall
 from imgstore.errors import INVALID_ARGUMENT, UNIMPLEMENTED, ApiError
+from imgstore.services.catalog.tags import check_tags
 
 ActionHandler = Callable[[ApiCall, str, dict[str, Any]], Awaitable[JSONResponse]]
 ActionTable = dict[str, ActionHandler]
@@ -48,7 +49,23 @@ async def dispatch(
         params = {}
     if not isinstance(params, dict):
         raise ApiError(INVALID_ARGUMENT, f"field[{action}] must be a JSON object")
+    _check_tags(body, params)
     return await table[action](call, uuid, params)
+
+
+def _check_tags(body: dict[str, Any], params: dict[str, Any]) -> None:
+    """Tags beside an action, at the top or in its params, are checked as a create's are
+    (the document says so of every body), though no action applies them."""
+    found: dict[str, list[str]] = {"systemTags": [], "userTags": []}
+    for where in (body, params):
+        for key in found:
+            tags = where.get(key)
+            if tags is None:
+                continue
+            if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+                raise ApiError(INVALID_ARGUMENT, f"field[{key}] must be a list of strings")
+            found[key] += tags
+    check_tags(found["systemTags"], found["userTags"])
 
 
 def parse_params(model: type[M], action: str, params: dict[str, Any]) -> M:

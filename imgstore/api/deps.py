@@ -139,7 +139,7 @@ async def api_call(
     return ApiCall(
         rt=rt,
         with_schema=_is_true(json_schema),
-        job_uuid=check_job_uuid(job) if job else None,
+        job_uuid=check_job_uuid(job) if job is not None else None,  # an empty one is 400, as in ZStack
         asynchronous=asks_for_job(job, prefer),
         base_url=base_url(rt, request),
     )

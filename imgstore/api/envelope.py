@@ -3,13 +3,14 @@
 ZStack's SDKs decode inventories by the Java class names in ``schema``, parents before
 children (zstack-sdk-wire.md 6.3); without it a Java client loses every Ceph field.
 
-Queries are the hot path of the API, so they have a way of their own:
-:func:`rows_reply` reads stored rows straight into the reply's dicts by a plan taken
-once per inventory class from its pydantic fields (names, aliases, dates, nested
-inventories), and :class:`JsonReply` encodes the body with orjson. It writes what
+Every query (every Query* API, GetTaskProgress) answers one way: :func:`rows_reply` reads
+stored rows straight into the reply's dicts by a plan taken once per inventory class
+from its pydantic fields (names, aliases, dates, nested inventories), and
+:class:`JsonReply` encodes the body with orjson. It writes what
 ``Inventory.model_validate(row).model_dump(mode="json", by_alias=True)`` writes
 (tests/unit/wire/test_wire.py holds them equal) at a tenth of the cost, and skips FastAPI's
-``jsonable_encoder`` walk over a returned dict.
+``jsonable_encoder`` walk over a returned dict. A query reply always carries ``schema``
+(ZStack sends it on every query).
 """
 from __future__ import annotations
 
@@ -55,18 +56,6 @@ def inventory_reply(inventory: Inventory, with_schema: bool, **extra: Any) -> di
     body: dict[str, Any] = {"inventory": dump(inventory), **extra}
     if with_schema:
         body["schema"] = dict(schema_of(inventory, "inventory"))
-    return body
-
-
-def inventories_reply(
-    inventories: Iterable[Inventory], total: int | None = None, fields: Sequence[str] = ()
-) -> dict[str, Any]:
-    """A query reply: always with ``schema`` (ZStack sends it on every query)."""
-    items = list(inventories)
-    body: dict[str, Any] = {"inventories": [dump(i, fields) for i in items]}
-    if total is not None:
-        body["total"] = total
-    body["schema"] = _projected(dict(schema_of(items, "inventories")), fields)
     return body
 
 
@@ -167,8 +156,8 @@ def rows_reply(
     fields: Sequence[str] = (),
     amend: Callable[[Any, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """The reply of a query from stored rows: what :func:`inventories_reply` answers for
-    ``[inventory_class(r).model_validate(r) for r in rows]``. ``amend(row, dict)`` may
+    """The reply of a query from stored rows, as the inventory models of
+    ``[inventory_class(r).model_validate(r) for r in rows]`` would write it. ``amend(row, dict)`` may
     change a row's dict before ``fields`` projects it."""
     schema: list[tuple[str, str]] = []
     items = []
@@ -184,3 +173,11 @@ def rows_reply(
         body["total"] = total
     body["schema"] = _projected(dict(schema), fields)
     return body
+
+
+def inventories_reply(
+    inventories: Iterable[Inventory], total: int | None = None, fields: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The reply of an API that builds its inventories itself (GetZone, GetTrash...): the
+    same :func:`rows_reply`, reading the models' attributes as it reads a row's."""
+    return rows_reply(inventories, type, total, fields)

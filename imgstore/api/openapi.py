@@ -23,7 +23,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from imgstore.api.actions import ActionTable
-from imgstore.api.schemas import ChangeStateParams, Params
+from imgstore.api.schemas import TAG, ChangeStateParams, Params
+from imgstore.db import query as q
+from imgstore.db.query import Queryable
 from imgstore.wire.query import DEFAULT_LIMIT
 from imgstore.services.catalog import state_machine as state
 
@@ -196,14 +198,31 @@ def bool_parameter(name: str, description: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- decorator keyword arguments
 
 
-def query_api(*inventories: type) -> dict[str, Any]:
-    """A Query* route (``GET /<resources>``, ``GET /<resources>/{uuid}``)."""
+def query_api(queryable: Queryable, *inventories: type) -> dict[str, Any]:
+    """A Query* route (``GET /<resources>``, ``GET /<resources>/{uuid}``) of ``queryable``:
+    its conditions, ``sort`` and ``fields`` are spelled out as patterns of the names and
+    values the server accepts (``db.query``), so that a generated client never sends a
+    query the server refuses."""
     item: Any = inventories[0] if len(inventories) == 1 else inventories[0] | inventories[1]
     return {
         "response_model": None,
         "responses": {200: {"model": QueryReply[item]}},
-        "openapi_extra": {"parameters": QUERY_PARAMETERS},
+        "openapi_extra": {"parameters": query_parameters(queryable)},
     }
+
+
+def query_parameters(queryable: Queryable) -> list[dict[str, Any]]:
+    """:data:`QUERY_PARAMETERS` with the patterns of ``queryable``."""
+    patterns = {"sort": q.sort_pattern(queryable), "fields": q.fields_pattern(queryable)}
+    out = []
+    for param in QUERY_PARAMETERS:
+        param = {**param, "schema": dict(param["schema"])}
+        if param["name"] == "q":
+            param["schema"]["items"] = {"type": "string", "pattern": q.condition_pattern(queryable)}
+        elif param["name"] in patterns:
+            param["schema"]["pattern"] = patterns[param["name"]]
+        out.append(param)
+    return out
 
 
 def sync_api(reply: Any, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -235,13 +254,16 @@ def _action_schema(action: str, model: type[BaseModel]) -> dict[str, Any]:
     params = model.model_json_schema(ref_template="#/components/schemas/{model}")
     if "$defs" in params:
         raise ValueError(f"{model.__name__}: nested models cannot be inlined in an action body")
-    tags = {"type": "array", "items": {"type": "string"}}
+    if not params.get("required"):  # ``{"<action>": null}`` is ``{}`` (actions.dispatch)
+        params = {"anyOf": [params, {"type": "null"}]}
+    tags = {"anyOf": [{"type": "array", "items": TAG}, {"type": "null"}]}
+    # other keys are ignored, as ZStack ignores them; a body naming two actions matches
+    # two choices, which oneOf refuses, as dispatch does
     return {
         "title": action,
         "type": "object",
         "properties": {action: params, "systemTags": tags, "userTags": tags},
         "required": [action],
-        "additionalProperties": False,
     }
 
 
@@ -257,9 +279,75 @@ def install(app: FastAPI) -> None:
         doc = generate()  # FastAPI's, cached on the app: completed once, when first made
         if fresh:
             _document_jobs(doc)
+            _no_null_parameters(doc)
+            _projected_inventories(doc)
+            _no_nul(doc)
         return doc
 
     app.openapi = document  # type: ignore[method-assign]
+
+
+NO_NUL = "^[^\\x00]*$"
+
+
+def _no_nul(doc: dict[str, Any]) -> None:
+    """No string and no key holds U+0000 (``deps.refuse_nul`` refuses it everywhere): said
+    on every string and object of the document that says nothing stricter."""
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(node):
+            node["pattern"] = NO_NUL
+        if node.get("type") == "object" and node.get("additionalProperties") is not False:
+            node.setdefault("propertyNames", {"pattern": NO_NUL})
+        for key, value in node.items():
+            if key not in ("properties", "example", "examples", "default"):
+                walk(value)
+            elif key == "properties":
+                for prop in value.values():
+                    walk(prop)
+
+    walk(doc.get("paths", {}))
+    walk(doc.get("components", {}).get("schemas", {}))
+
+
+def _projected_inventories(doc: dict[str, Any]) -> None:
+    """With ``fields=``, a query's inventories hold only the named keys: each
+    ``QueryReply`` item may also be its inventory with no key required."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in [n for n in schemas if n.startswith("QueryReply_")]:
+        for branch in schemas[name]["properties"]["inventories"].get("anyOf", []):
+            if branch.get("type") != "array":
+                continue
+            items = branch["items"]
+            refs = [r["$ref"] for r in items.get("anyOf", [items]) if "$ref" in r]
+            partial = []
+            for ref in refs:
+                full = ref.rsplit("/", 1)[1]
+                schemas.setdefault(f"{full}Fields", {
+                    **{k: v for k, v in schemas[full].items() if k != "required"},
+                    "title": f"{full}Fields", "description": f"{full} with `fields=`: only the named keys"})
+                partial.append({"$ref": f"#/components/schemas/{full}Fields"})
+            branch["items"] = {"anyOf": [*items.get("anyOf", [items]), *partial]}
+
+
+def _no_null_parameters(doc: dict[str, Any]) -> None:
+    """A header or a query parameter is a string or absent, never JSON's null: FastAPI
+    writes ``anyOf [T, null]`` for an optional one, which tells a client that the text
+    ``null`` is a valid value."""
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                schema = param.get("schema", {})
+                kept = [s for s in schema.get("anyOf", []) if s != {"type": "null"}]
+                if "anyOf" in schema and len(kept) == 1:
+                    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+                    param["schema"] = {**kept[0], **rest}
 
 
 def _document_jobs(doc: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ def list_param(request: Request, name: str) -> list[str]:
 
 def bool_param(request: Request, name: str, default: bool = False) -> bool:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     text = raw.strip().lower()
     if text not in ("true", "false"):

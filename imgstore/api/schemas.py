@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 from imgstore.wire.dates import zstack_date
+from imgstore.services.catalog.tags import MAX_TAG_LENGTH, RESOURCE_TYPES
+from imgstore.services.images.export import EXPORT_FORMATS
+from imgstore.services.images.manage import ARCHITECTURES, FORMATS, ISO_MEDIA, MEDIA_TYPES, PLATFORMS
 
 ZDate = Annotated[datetime | None, PlainSerializer(zstack_date, return_type=str | None)]
 
@@ -90,13 +93,50 @@ def backup_storage_inventory(row: Any) -> BackupStorageInventory:
 # ---------------------------------------------------------------- request bodies
 
 
+# ---------------------------------------------------------------- what the document adds to a field
+# The services check these in ZStack's words; the document says them too (as patterns,
+# enums, bounds), so that a client generated from /openapi.json sends what is accepted.
+
+
+def doc(**schema: Any) -> Any:
+    """An optional field (None by default) and what the document says of it, beyond what
+    pydantic checks."""
+    return Field(default=None, json_schema_extra=schema)
+
+
+NON_BLANK = r"^[^\x00]*\S[^\x00]*$"  # a name or a tag: stripped, it must not be empty
+UUID_PATTERN = "^[0-9a-f]{32}$"
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$"  # services/storage/mons.py
+# user:password@host[:sshPort][/?monPort=N] (imgstore/ceph/monurl.py; a subset: no escapes)
+_MON_URL = (r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}:[A-Za-z0-9._~!$&'()*+,;=-]{1,64}@"
+            r"[a-z][a-z0-9-]{0,30}(?:\.[a-z][a-z0-9-]{0,30})*"
+            r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}))?(?:/(?:\?monPort=(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}))?)?$")
+_POOL_NAME = r"^[^\s\"'`,;=/@\\\x00-\x1f\x7f-][^\s\"'`,;=/@\\\x00-\x1f\x7f]{0,254}$"
+TAG = {"type": "string", "pattern": NON_BLANK, "maxLength": MAX_TAG_LENGTH}
+_TAGS = {"items": TAG}
+_FINGERPRINT = r"^SHA256:[A-Za-z0-9+/]{43}=?$"
+#: what AddImage takes (services/images/sources.py): http(s) with a host, or upload:// (to
+#: one storage); file:/// only where the operator allows a directory, so not here
+_IMAGE_URL = r"^(?:https?://[A-Za-z0-9.-]+(?::[1-9][0-9]{0,3})?(?:[/?#][^\x00\s]*)?|upload://[^\x00]*)$"
+_ENUM = {  # a nullable string field that takes one of these
+    "mediaType": list(MEDIA_TYPES), "format": list(FORMATS), "platform": list(PLATFORMS),
+    "architecture": list(ARCHITECTURES), "exportFormat": list(EXPORT_FORMATS),
+}
+
+
+def one_of(name: str) -> Any:
+    return doc(enum=[*_ENUM[name], None])
+
+
 class Params(BaseModel):
     """Fields of a ZStack API message. Unknown keys (``requestIp``...) are ignored, as
     ZStack does; strings are trimmed as ZStack's param validator does."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
-    systemTags: list[str] | None = None
-    userTags: list[str] | None = None
+    systemTags: list[str] | None = doc(**_TAGS)
+    userTags: list[str] | None = doc(**_TAGS)
 
 
 class CreateBody(BaseModel):
@@ -104,8 +144,8 @@ class CreateBody(BaseModel):
     top level (ZStack's server reads them there) or inside ``params`` (the SDKs)."""
 
     model_config = ConfigDict(extra="ignore")
-    systemTags: list[str] | None = None
-    userTags: list[str] | None = None
+    systemTags: list[str] | None = doc(**_TAGS)
+    userTags: list[str] | None = doc(**_TAGS)
 
     def tags(self, params: Params) -> tuple[list[str], list[str]]:
         return (
@@ -115,14 +155,18 @@ class CreateBody(BaseModel):
 
 
 class AddCephBackupStorageParams(Params):
-    monUrls: list[str]
-    poolName: str | None = Field(default=None, max_length=255)
+    model_config = ConfigDict(json_schema_extra={  # importImages needs a pool to import from
+        "if": {"properties": {"importImages": {"const": True}}, "required": ["importImages"]},
+        "then": {"properties": {"poolName": {"type": "string"}}, "required": ["poolName"]}})
+    monUrls: list[str] = Field(json_schema_extra={"minItems": 1, "uniqueItems": True,
+                                                  "items": {"type": "string", "pattern": _MON_URL}})
+    poolName: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": _POOL_NAME})
     url: str | None = Field(default=None, max_length=2048)
-    name: str = Field(max_length=255)
+    name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
-    type: str | None = None
+    type: str | None = doc(enum=["Ceph", None])
     importImages: bool = False
-    resourceUuid: str | None = None
+    resourceUuid: str | None = doc(pattern=UUID_PATTERN)
 
 
 class AddCephBackupStorageBody(CreateBody):
@@ -185,18 +229,21 @@ class UserTagInventory(Inventory):
     last_op_date: ZDate
 
 
+def tag_inventory_class(row: Any) -> type[SystemTagInventory] | type[UserTagInventory]:
+    """The inventory class of a stored tag, by its kind."""
+    return SystemTagInventory if row.kind == "system" else UserTagInventory
+
+
 def tag_inventory(row: Any) -> SystemTagInventory | UserTagInventory:
     """The inventory of a stored tag, by its kind."""
-    if row.kind == "system":
-        return SystemTagInventory.model_validate(row)
-    return UserTagInventory.model_validate(row)
+    return tag_inventory_class(row).model_validate(row)
 
 
 # ---------------------------------------------------------------- backup-storage actions
 
 
 class UpdateBackupStorageParams(Params):
-    name: str | None = Field(default=None, max_length=255)
+    name: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
 
 
@@ -211,9 +258,9 @@ class ChangeStateParams(Params):
 
 
 class CreateZoneParams(Params):
-    name: str = Field(max_length=255)
+    name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
-    resourceUuid: str | None = None
+    resourceUuid: str | None = doc(pattern=UUID_PATTERN)
     isDefault: bool | None = None
 
 
@@ -222,7 +269,7 @@ class CreateZoneBody(CreateBody):
 
 
 class UpdateZoneParams(Params):
-    name: str | None = Field(default=None, max_length=255)
+    name: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
     isDefault: bool | None = None
 
@@ -237,9 +284,9 @@ class AttachBackupStorageToZoneBody(CreateBody):
 
 
 class CreateTagParams(Params):
-    resourceType: str = Field(max_length=64)
+    resourceType: str = Field(max_length=64, json_schema_extra={"enum": list(RESOURCE_TYPES)})
     resourceUuid: str = Field(max_length=32)
-    tag: str = Field(max_length=2048)
+    tag: str = Field(max_length=MAX_TAG_LENGTH, json_schema_extra={"pattern": NON_BLANK})
 
 
 class CreateTagBody(CreateBody):
@@ -247,11 +294,12 @@ class CreateTagBody(CreateBody):
 
 
 class UpdateSystemTagParams(Params):
-    tag: str = Field(max_length=2048)
+    tag: str = Field(max_length=MAX_TAG_LENGTH, json_schema_extra={"pattern": NON_BLANK})
 
 
 class AddMonToCephBackupStorageParams(Params):
-    monUrls: list[str]
+    monUrls: list[str] = Field(json_schema_extra={"minItems": 1, "uniqueItems": True,
+                                                  "items": {"type": "string", "pattern": _MON_URL}})
 
 
 class AddMonToCephBackupStorageBody(CreateBody):
@@ -259,17 +307,17 @@ class AddMonToCephBackupStorageBody(CreateBody):
 
 
 class UpdateCephBackupStorageMonParams(Params):
-    hostname: str | None = Field(default=None, max_length=255)
+    hostname: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": _HOSTNAME})
     sshUsername: str | None = Field(default=None, max_length=255)
     sshPassword: str | None = Field(default=None, max_length=255)
-    sshPort: int | None = None
-    monPort: int | None = None
+    sshPort: int | None = doc(**_PORT)
+    monPort: int | None = doc(**_PORT)
 
 
 class AcceptCephBackupStorageMonHostKeyParams(Params):
     """imgstore's: pin a mon's new ssh host key; without a fingerprint, the one it offers now."""
 
-    sshHostKeyFingerprint: str | None = Field(default=None, max_length=128)
+    sshHostKeyFingerprint: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": _FINGERPRINT})
 
 
 # ---------------------------------------------------------------- images (AddImage, QueryImage, image actions)
@@ -329,19 +377,26 @@ class TaskProgressInventory(Inventory):
 
 
 class AddImageParams(Params):
-    name: str = Field(max_length=255)
-    url: str = Field(max_length=1024)
-    backupStorageUuids: list[str]
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"if": {"not": {"properties": {"mediaType": {"const": ISO_MEDIA}}, "required": ["mediaType"]}},
+         "then": {"properties": {"format": {"type": "string"}}, "required": ["format"]}},  # unless an ISO
+        {"if": {"properties": {"url": {"pattern": "^upload://"}}},
+         "then": {"properties": {"backupStorageUuids": {"maxItems": 1}}}},
+    ]})
+    name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
+    url: str = Field(max_length=1024, json_schema_extra={"pattern": _IMAGE_URL})
+    backupStorageUuids: list[str] = Field(
+        json_schema_extra={"minItems": 1, "items": {"type": "string", "minLength": 1}})
     description: str | None = Field(default=None, max_length=2048)
-    mediaType: str | None = None
-    format: str | None = None
+    mediaType: str | None = one_of("mediaType")
+    format: str | None = one_of("format")
     guestOsType: str | None = Field(default=None, max_length=255)
-    platform: str | None = None
-    architecture: str | None = None
+    platform: str | None = one_of("platform")
+    architecture: str | None = one_of("architecture")
     system: bool = False
     virtio: bool = True
     type: str | None = None
-    resourceUuid: str | None = None
+    resourceUuid: str | None = doc(pattern=UUID_PATTERN)
 
 
 class AddImageBody(CreateBody):
@@ -355,14 +410,14 @@ class ImageBackupStorageUuidsParams(Params):
 
 
 class UpdateImageParams(Params):
-    name: str | None = Field(default=None, max_length=255)
+    name: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
     guestOsType: str | None = Field(default=None, max_length=255)
-    mediaType: str | None = None
-    format: str | None = None
+    mediaType: str | None = one_of("mediaType")
+    format: str | None = one_of("format")
     system: bool | None = None
-    platform: str | None = None
-    architecture: str | None = None
+    platform: str | None = one_of("platform")
+    architecture: str | None = one_of("architecture")
     virtio: bool | None = None
 
 
@@ -426,4 +481,4 @@ class ExportImageFromBackupStorageParams(Params):
     in ZStack for Ceph, ignored: the export is the RBD image as stored."""
 
     imageUuid: str = Field(max_length=32)
-    exportFormat: str | None = None
+    exportFormat: str | None = one_of("exportFormat")

@@ -44,6 +44,7 @@ from sqlalchemy.sql.sqltypes import BOOLEANTYPE
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.sql import ColumnElement, Select
 
+from imgstore.wire.dates import parse_us_date
 from imgstore.wire.query import Condition, QuerySpec
 
 Clause = ColumnElement[bool]
@@ -263,6 +264,7 @@ def relation(owner_key: Any, link: Callable[[], Select[Any]], target: Queryable)
         owner, target_key = list(sub.c)[:2]
         return owner_key.in_(select(owner).where(target_key.in_(matched)))
 
+    clause.target = target  # type: ignore[attr-defined]  # read by condition_pattern, for the document
     return clause
 
 
@@ -304,37 +306,13 @@ def parse_datetime(text: str) -> datetime | None:
             return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc)
         except (OverflowError, OSError, ValueError):
             return None
-    parsed = _parse_us_date(text) or _parse_iso(text)
+    parsed = parse_us_date(text) or _parse_iso(text)
     if parsed is None:
         return None
     return parsed if parsed.tzinfo else parsed.astimezone()
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
-# "Jun 7, 2017 9:20:17 PM", also with JDK 9+'s comma after the year and its narrow space.
-_US_DATE = re.compile(
-    r"([A-Za-z]{3}) ([0-9]{1,2}), ([0-9]{4}),? ([0-9]{1,2}):([0-9]{2}):([0-9]{2})\s?([AaPp][Mm])"
-)
-
-
-def _parse_us_date(text: str) -> datetime | None:
-    """Gson's default US format, parsed by hand so the process locale cannot matter."""
-    m = _US_DATE.fullmatch(text)
-    if m is None or m.group(1).lower() not in _MONTHS:
-        return None
-    month, day, year = _MONTHS[m.group(1).lower()], int(m.group(2)), int(m.group(3))
-    hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
-    if not 1 <= hour <= 12:
-        return None
-    hour = hour % 12 + (12 if m.group(7).lower() == "pm" else 0)
-    try:
-        return datetime(year, month, day, hour, minute, second)
-    except ValueError:
-        return None
-
 
 def _parse_iso(text: str) -> datetime | None:
     try:
@@ -438,3 +416,73 @@ def _unknown(q: Queryable, name: str) -> UnknownFieldError:
         f"field[{name}] is not a queryable field of {q.label};"
         f" valid fields are [{', '.join(valid)}]"
     )
+
+
+
+# --- what a query accepts, as JSON Schema patterns (for /openapi.json) -------------------
+# Each pattern accepts exactly the texts build_select accepts for the queryable (minus
+# extreme values: 19-digit integers, dates before 1000), so that a client generated from
+# the document never sends a query the server refuses.
+
+_NOT_OP = r"[^=<>\x00]*"  # a value holding none of the operators' characters cannot move the split
+_SYMBOL_OPS = r"(?:!=|>=|<=|=|>|<)"
+_LIST_OPS = r"(?:!\?=|\?=)"
+_LIKE_OPS = r"(?:!~=|~=)"
+_MONTH = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_YEAR, _DAY = "(?:1[0-9]|20)[0-9]{2}", "(?:[1-9]|1[0-9]|2[0-8])"
+_ISO = (rf"{_YEAR}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+        r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9])?)?")
+_VALUES: dict[type, str] = {
+    int: r"[+-]?[0-9]{1,18}",
+    float: r"[+-]?(?:[0-9]{1,15}(?:\.[0-9]{0,15})?|\.[0-9]{1,15})(?:[eE][+-]?[0-9]{1,2})?",
+    bool: "(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])",
+    datetime: (rf"(?:-?[0-9]{{1,12}}|{_ISO}|{_MONTH} {_DAY}, {_YEAR},?"
+               r" (?:[1-9]|1[0-2]):[0-5][0-9]:[0-5][0-9] ?(?:AM|PM|am|pm))"),
+}
+#: members of a ``?=`` list are split at commas, which ZStack's US date form holds
+_MEMBERS = {**_VALUES, datetime: rf"(?:-?[0-9]{{1,12}}|{_ISO})"}
+
+
+def _operations(kind: type) -> str:
+    """What may follow a field's name: a null test, or an operator and a value of ``kind``."""
+    nulls = rf"\s*(?:is null|not null){_NOT_OP}"
+    if kind is str:
+        return rf"{nulls}|\s*(?:{_LIKE_OPS}|{_LIST_OPS}|{_SYMBOL_OPS}){_NOT_OP}"
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        value = "(?:" + "|".join(re.escape(str(m.value)) for m in kind) + ")"
+    else:
+        value = _VALUES[kind]
+    one, member = rf"\s*{value}\s*", rf"\s*{_MEMBERS.get(kind, value)}\s*"
+    return rf"{nulls}|\s*{_LIKE_OPS}{_NOT_OP}|\s*{_LIST_OPS}{member}(?:,{member})*|\s*{_SYMBOL_OPS}{one}"
+
+
+def _field_conditions(q: Queryable, prefix: str = "") -> list[str]:
+    out = []
+    for name, target in q.fields.items():
+        out.append(rf"{re.escape(prefix + name)}(?:{_operations(target.kind)})")
+    return out
+
+
+def condition_pattern(q: Queryable) -> str:
+    """The pattern of one ``q=`` condition on ``q``: its fields, its tags, and the plain
+    fields of the resources its relations lead to."""
+    alternatives = _field_conditions(q)
+    if q.tags is not None:
+        alternatives += [rf"{name}(?:{_operations(str)})" for name in TAG_NAMES]
+    for rel, clause in q.relations.items():
+        target = getattr(clause, "target", None)
+        if target is not None:
+            alternatives += _field_conditions(target, f"{rel}.")
+    return rf"^\s*(?:{'|'.join(alternatives)})$"
+
+
+def sort_pattern(q: Queryable) -> str:
+    """``sort``: ``+field``, ``-field`` or ``field``, a field that is not a list."""
+    names = "|".join(re.escape(n) for n, f in q.fields.items() if isinstance(f, Field))
+    return rf"^\s*[+-]?(?:{names})\s*$"
+
+
+def fields_pattern(q: Queryable) -> str:
+    """``fields``: comma-separated field names, blanks allowed, at least one name."""
+    names = "(?:" + "|".join(re.escape(n) for n in q.fields) + ")"
+    return rf"^[\s,]*{names}(?:\s*,[\s,]*(?:{names})?)*\s*$"

@@ -5,6 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
@@ -37,6 +38,17 @@ from imgstore.services.images import export as image_export
 from imgstore.services.node.runtime import Runtime
 
 router = APIRouter(tags=["backup-storage"])
+
+
+class _StorageUuid(StringConvertor):
+    """A storage uuid in a path, never one of the fixed paths beside it: as in ZStack, an
+    exact path wins, so ``DELETE /backup-storage/types`` is 405, not a DeleteBackupStorage
+    of the storage "types" (``app.allowed_methods`` then lists GET only)."""
+
+    regex = "(?!(?:ceph|types|capacities)$)[^/]+"
+
+
+register_url_convertor("storage_uuid", _StorageUuid())  # before the routes below compile their paths
 
 _Reply = InventoryReply[CephBackupStorageInventory | BackupStorageInventory]
 
@@ -76,7 +88,10 @@ async def add_ceph_backup_storage(
 
 
 @cacheable
-@router.get("/backup-storage/ceph", summary="QueryCephBackupStorage", **query_api(CephBackupStorageInventory))
+@router.get(
+    "/backup-storage/ceph", summary="QueryCephBackupStorage",
+    **query_api(backup_storage.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
+)
 async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, ceph_only=True)
 
@@ -84,7 +99,7 @@ async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runt
 @cacheable
 @router.get(
     "/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid",
-    **query_api(CephBackupStorageInventory),
+    **query_api(backup_storage.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
 )
 async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, ceph_only=True)
@@ -100,14 +115,33 @@ async def get_backup_storage_types() -> dict:
     return {"types": backup_storage.types()}
 
 
+#: ``zoneUuids``, ``backupStorageUuids``, ``all``: one object parameter (its properties are
+#: the query keys), because at least one of them must be given, which only an object's
+#: schema can say
+_CAPACITY_OF = {
+    "name": "capacityOf", "in": "query", "required": True, "style": "form", "explode": True,
+    "description": "`zoneUuids` (the storages attached to these zones), `backupStorageUuids` "
+                   "(these storages) or `all=true` (every storage); at least one",
+    "schema": {
+        "type": "object",
+        "properties": {
+            "zoneUuids": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "backupStorageUuids": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "all": {"type": "boolean"},
+        },
+        "anyOf": [
+            {"properties": {"zoneUuids": {"minItems": 1}}, "required": ["zoneUuids"]},
+            {"properties": {"backupStorageUuids": {"minItems": 1}}, "required": ["backupStorageUuids"]},
+            {"properties": {"all": {"const": True}}, "required": ["all"]},
+        ],
+    },
+}
+
+
 @cacheable
 @router.get(
     "/backup-storage/capacities", summary="GetBackupStorageCapacity",
-    **sync_api(GetBackupStorageCapacityReply, [
-        list_parameter("zoneUuids", "the storages attached to these zones"),
-        list_parameter("backupStorageUuids", "these storages"),
-        bool_parameter("all", "`true`: every storage"),
-    ]),
+    **sync_api(GetBackupStorageCapacityReply, [_CAPACITY_OF]),
 )
 async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(runtime)) -> dict:
     total, available = await backup_storage.capacity(
@@ -189,7 +223,7 @@ async def backup_storage_actions(
 @cacheable
 @router.get(
     "/backup-storage", summary="QueryBackupStorage",
-    **query_api(CephBackupStorageInventory, BackupStorageInventory),
+    **query_api(backup_storage.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
 )
 async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, ceph_only=False)
@@ -198,13 +232,13 @@ async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime))
 @cacheable
 @router.get(
     "/backup-storage/{uuid}", summary="QueryBackupStorage by uuid",
-    **query_api(CephBackupStorageInventory, BackupStorageInventory),
+    **query_api(backup_storage.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
 )
 async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, ceph_only=False)
 
 
-@router.delete("/backup-storage/{uuid}", summary="DeleteBackupStorage", **job_api(EmptyReply))
+@router.delete("/backup-storage/{uuid:storage_uuid}", summary="DeleteBackupStorage", **job_api(EmptyReply))
 async def delete_backup_storage(
     uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
 ) -> JSONResponse:

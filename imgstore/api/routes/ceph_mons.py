@@ -41,7 +41,8 @@ async def add_mon_to_ceph_backup_storage(
 
 @router.delete("/backup-storage/ceph/{uuid}/mons", summary="RemoveMonFromCephBackupStorage", **job_api(_Reply))
 async def remove_mon_from_ceph_backup_storage(
-    uuid: str, monHostnames: list[str] = Query(default=[]), call: ApiCall = Depends(api_call)
+    uuid: str, monHostnames: list[str] = Query(json_schema_extra={"minItems": 1}),
+    call: ApiCall = Depends(api_call),
 ) -> JSONResponse:
     async def work() -> dict:
         return _reply(call, await ceph_mons.remove_mons(call.rt, uuid, monHostnames))

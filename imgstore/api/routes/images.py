@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
-from imgstore.api.envelope import JsonReply, dump, inventories_reply, inventory_reply, rows_reply
+from imgstore.api.envelope import JsonReply, dump, inventory_reply, rows_reply
 from imgstore.api.openapi import (
     ChangeStateDoc,
     EmptyReply,
@@ -129,7 +129,7 @@ async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
 
 
 @cacheable
-@router.get("/images", summary="QueryImage", **query_api(ImageInventory))
+@router.get("/images", summary="QueryImage", **query_api(images.IMAGE_QUERY, ImageInventory))
 async def query_image(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None)
 
@@ -143,7 +143,7 @@ async def get_upload_image_job_details(imageId: str, rt: Runtime = Depends(runti
 
 
 @cacheable
-@router.get("/images/{uuid}", summary="QueryImage by uuid", **query_api(ImageInventory))
+@router.get("/images/{uuid}", summary="QueryImage by uuid", **query_api(images.IMAGE_QUERY, ImageInventory))
 async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid)
 
@@ -158,7 +158,7 @@ async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime))
 )
 async def delete_image(uuid: str, request: Request, call: ApiCall = Depends(api_call)) -> JSONResponse:
     storages = list_param(request, "backupStorageUuids") or None
-    mode = request.query_params.get("deleteMode") or "Permissive"
+    mode = request.query_params.get("deleteMode", "Permissive")  # an empty one is invalid
 
     async def work() -> dict[str, Any]:
         await image_deletion.delete(call.rt, uuid, storages, mode)
@@ -292,16 +292,13 @@ async def image_actions(
     "/task-progresses/{apiId}", summary="GetTaskProgress",
     **sync_api(QueryReply[TaskProgressInventory], [bool_parameter("all", "`true`: every report, not only the latest")]),
 )
-async def get_task_progress(apiId: str, request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+async def get_task_progress(apiId: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     rows = await task_progress.progress_of(rt, apiId, bool_param(request, "all"))
-    inventories = [
-        TaskProgressInventory(
-            task_uuid=r.task_uuid, task_name=r.task_name, parent_uuid=r.parent_uuid, type=r.type,
-            content=r.content, arguments=r.arguments, opaque=task_progress.opaque_of(r), time=r.time,
-        )
-        for r in rows
-    ]
-    return inventories_reply(inventories)
+
+    def with_opaque(row: Any, item: dict[str, Any]) -> None:  # stored as JSON text
+        item["opaque"] = task_progress.opaque_of(row)
+
+    return JsonReply(rows_reply(rows, lambda _: TaskProgressInventory, amend=with_opaque))
 
 
 # ---------------------------------------------------------------- the upload URL (no session)
@@ -365,17 +362,21 @@ def _status_reply(state: image_upload.UploadStatus, inventory: ImageInventory | 
     return JSONResponse(body, headers={"X-Upload-Offset": str(state.offset)})
 
 
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 10**MAX_DIGITS - 1}  # wire/numbers.parse_count
+
+
 @upload_router.put(
     "/images/uploads/{imageUuid}", summary="Send the bytes of an upload:// image",
     responses={200: {"model": UploadStatusReply}},
     openapi_extra={
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         "parameters": [
-            {"name": "X-Upload-Offset", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+            {"name": "X-Upload-Offset", "in": "header", "required": False, "schema": _COUNT,
              "description": "where this piece starts (the offset the last answer gave)"},
-            {"name": "Content-Range", "in": "header", "required": False, "schema": {"type": "string"},
+            {"name": "Content-Range", "in": "header", "required": False,
+             "schema": {"type": "string", "pattern": rf"^\s*{_CONTENT_RANGE.pattern}\s*$"},
              "description": "`bytes <first>-<last>/<total|*>`, instead of X-Upload-Offset"},
-            {"name": "X-Image-Size", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+            {"name": "X-Image-Size", "in": "header", "required": False, "schema": _COUNT,
              "description": "the whole image's size (or X-Upload-Length)"},
         ],
     },

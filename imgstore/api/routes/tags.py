@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse
 
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
-from imgstore.api.envelope import inventories_reply, inventory_reply
+from imgstore.api.envelope import JsonReply, inventory_reply, rows_reply
 from imgstore.api.openapi import EmptyReply, InventoryReply, action_api, job_api, query_api
 from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import CreateTagBody, DeleteMode, UpdateSystemTagParams, tag_inventory
+from imgstore.api.schemas import tag_inventory_class
 from imgstore.api.schemas import SystemTagInventory, UserTagInventory
 from imgstore.services.catalog import tags
 from imgstore.services.node.runtime import Runtime
@@ -20,35 +21,37 @@ from imgstore.services.node.runtime import Runtime
 router = APIRouter(tags=["tags"])
 
 
-async def _query(request: Request, rt: Runtime, uuid: str | None, kind: str) -> dict:
+async def _query(request: Request, rt: Runtime, uuid: str | None, kind: str) -> JsonReply:
     spec = query_spec(request, uuid)
     rows, total = await tags.query(rt, spec, kind)
     if spec.count:
-        return {"total": total}
-    return inventories_reply([tag_inventory(r) for r in rows], total, spec.fields)
+        return JsonReply({"total": total})
+    return JsonReply(rows_reply(rows, tag_inventory_class, total, spec.fields))
 
 
 @cacheable
-@router.get("/system-tags", summary="QuerySystemTag", **query_api(SystemTagInventory))
-async def query_system_tag(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+@router.get("/system-tags", summary="QuerySystemTag", **query_api(tags.SYSTEM_TAG_QUERY, SystemTagInventory))
+async def query_system_tag(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, tags.SYSTEM)
 
 
 @cacheable
-@router.get("/system-tags/{uuid}", summary="QuerySystemTag by uuid", **query_api(SystemTagInventory))
-async def get_system_tag(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
+@router.get(
+    "/system-tags/{uuid}", summary="QuerySystemTag by uuid", **query_api(tags.SYSTEM_TAG_QUERY, SystemTagInventory)
+)
+async def get_system_tag(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, tags.SYSTEM)
 
 
 @cacheable
-@router.get("/user-tags", summary="QueryUserTag", **query_api(UserTagInventory))
-async def query_user_tag(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+@router.get("/user-tags", summary="QueryUserTag", **query_api(tags.USER_TAG_QUERY, UserTagInventory))
+async def query_user_tag(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, tags.USER)
 
 
 @cacheable
-@router.get("/user-tags/{uuid}", summary="QueryUserTag by uuid", **query_api(UserTagInventory))
-async def get_user_tag(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
+@router.get("/user-tags/{uuid}", summary="QueryUserTag by uuid", **query_api(tags.USER_TAG_QUERY, UserTagInventory))
+async def get_user_tag(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, tags.USER)
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
-from imgstore.api.envelope import inventories_reply, inventory_reply
+from imgstore.api.envelope import JsonReply, inventories_reply, inventory_reply, rows_reply
 from imgstore.api.openapi import (
     ChangeStateDoc, EmptyReply, InventoryReply, QueryReply, action_api, job_api, query_api, sync_api,
 )
@@ -57,23 +57,23 @@ async def create_zone(body: CreateZoneBody, call: ApiCall = Depends(api_call)) -
     return await call.run("CreateZone", work)
 
 
-async def _query(request: Request, rt: Runtime, uuid: str | None) -> dict:
+async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
     spec = query_spec(request, uuid)
     rows, total = await zones.query(rt, spec)
     if spec.count:
-        return {"total": total}
-    return inventories_reply([ZoneInventory.model_validate(r) for r in rows], total, spec.fields)
+        return JsonReply({"total": total})
+    return JsonReply(rows_reply(rows, lambda _: ZoneInventory, total, spec.fields))
 
 
 @cacheable
-@router.get("/zones", summary="QueryZone", **query_api(ZoneInventory))
-async def query_zone(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+@router.get("/zones", summary="QueryZone", **query_api(zones.ZONE_QUERY, ZoneInventory))
+async def query_zone(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None)
 
 
 @cacheable
-@router.get("/zones/{uuid}", summary="QueryZone by uuid", **query_api(ZoneInventory))
-async def get_zone(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> dict:
+@router.get("/zones/{uuid}", summary="QueryZone by uuid", **query_api(zones.ZONE_QUERY, ZoneInventory))
+async def get_zone(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid)
 
 

@@ -447,5 +447,9 @@ def test_tags_are_unknown_where_the_resource_has_none() -> None:
         build_select(ZONE, QuerySpec(conditions=(Condition("__systemTag__", "=", "x"),)))
 
 
-def test_fields_are_validated_and_kept_for_projection() -> None:
-    assert build_select(STORAGE, spec(fields="uuid,attachedZoneUuids"))[0] is not None
+def test_fields_are_validated_and_kept_for_projection(db: Session) -> None:
+    """``fields`` names known fields (lists too) and leaves the page alone: the reply, not
+    the select, projects (api/envelope.py)."""
+    assert uuids(db, fields="uuid,attachedZoneUuids", sort="-name") == uuids(db, sort="-name")
+    with pytest.raises(UnknownFieldError, match=r"field\[nope\] is not a queryable field"):
+        build_select(STORAGE, spec(fields="uuid,nope"))

@@ -1,33 +1,73 @@
 """Wire details the ZStack SDKs depend on: dates, the schema map, secrets."""
-from datetime import datetime, timezone
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from types import SimpleNamespace
+
+import pytest
 
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from imgstore import crypto
-from imgstore.api.envelope import JsonReply, inventories_reply, inventory_reply, rows_reply
+from imgstore.api.envelope import JsonReply, dump, inventory_reply, rows_reply, schema_of
 from imgstore.api.schemas import CephBackupStorageInventory, CephMonInventory, ImageInventory
-from imgstore.api.schemas import backup_storage_inventory, backup_storage_inventory_class
+from imgstore.api.schemas import backup_storage_inventory, backup_storage_inventory_class, tag_inventory_class
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Image
-from imgstore.db.models import ImageBackupStorageRef
-from imgstore.wire.dates import zstack_date
+from imgstore.db.models import Base, ImageBackupStorageRef, SystemTag, UserTag
+from imgstore.services.catalog import queries
+from imgstore.services.catalog.tags import SYSTEM_TAG_QUERY, USER_TAG_QUERY
+from imgstore.services.images.manage import IMAGE_QUERY
+from imgstore.services.storage.manage import BACKUP_STORAGE_QUERY, CEPH_BACKUP_STORAGE_QUERY
+from imgstore.wire.query import QuerySpec, parse_query
+from imgstore.wire.dates import parse_zstack_date, zstack_date
 
 
-def test_dates_use_the_us_form_with_an_ascii_space() -> None:
-    utc = datetime(2017, 6, 7, 21, 20, 17)
-    text = zstack_date(utc)
-    local = utc.replace(tzinfo=timezone.utc).astimezone()
-    assert text is not None and text.endswith(" PM" if local.hour >= 12 else " AM")
-    assert "\u202f" not in text
-    assert text.startswith(("Jun 7, 2017", "Jun 8, 2017", "Jun 6, 2017"))
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Set the server's local zone (dates are written in it), whatever the machine's."""
+
+    def use(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield use
+    monkeypatch.undo()
+    time.tzset()
 
 
-def test_midnight_and_noon_are_twelve() -> None:
-    now = datetime.now(timezone.utc).astimezone()
-    offset = now.utcoffset()
-    for hour, suffix in ((0, "12:05:00 AM"), (12, "12:05:00 PM")):
-        local = datetime(2020, 1, 2, hour, 5, 0)
-        utc = local - offset
-        assert zstack_date(utc).endswith(suffix)
+def test_dates_use_the_us_form_with_an_ascii_space(local_zone: Callable[[str], None]) -> None:
+    local_zone("UTC")
+    assert zstack_date(datetime(2017, 6, 7, 21, 20, 17)) == "Jun 7, 2017 9:20:17 PM"
+    local_zone("Asia/Shanghai")  # UTC+8: the next day, in the morning
+    assert zstack_date(datetime(2017, 6, 7, 21, 20, 17)) == "Jun 8, 2017 5:20:17 AM"
+
+
+def test_dates_are_in_the_offset_of_their_own_day(local_zone: Callable[[str], None]) -> None:
+    """New York is UTC-5 in January and UTC-4 in July: each date gets its own offset,
+    not the offset of the day the server runs."""
+    local_zone("America/New_York")
+    assert zstack_date(datetime(2020, 1, 2, 5, 5)) == "Jan 2, 2020 12:05:00 AM"
+    assert zstack_date(datetime(2020, 7, 2, 16, 5)) == "Jul 2, 2020 12:05:00 PM"
+
+
+def test_midnight_and_noon_are_twelve(local_zone: Callable[[str], None]) -> None:
+    local_zone("UTC")
+    assert zstack_date(datetime(2020, 1, 2, 0, 5)) == "Jan 2, 2020 12:05:00 AM"
+    assert zstack_date(datetime(2020, 1, 2, 12, 5)) == "Jan 2, 2020 12:05:00 PM"
+
+
+def test_dates_read_back_as_written_whatever_the_locale(local_zone: Callable[[str], None]) -> None:
+    """ZStack's form is parsed by hand (wire/dates.py): a German locale cannot matter."""
+    local_zone("Asia/Shanghai")
+    stored = datetime(2017, 6, 7, 13, 20, 17)
+    text = zstack_date(stored)
+    assert text == "Jun 7, 2017 9:20:17 PM"
+    assert parse_zstack_date(text) == stored
+    assert parse_zstack_date("Jun 7, 2017, 9:20:17\u202fPM") == stored  # JDK 9+'s form
+    assert parse_zstack_date("Jun 31, 2017 9:20:17 PM") is None
+    assert parse_zstack_date(None) is None
 
 
 def _ceph_inventory() -> CephBackupStorageInventory:
@@ -57,9 +97,23 @@ def test_inventory_keys_are_camel_case_and_carry_no_password() -> None:
     assert not any("password" in k.lower() for k in inv["mons"][0])
 
 
+def inventories_reply(items: list, total: int | None = None, fields: tuple[str, ...] = ()) -> dict:
+    """The reference of a query reply, from the inventory models (pydantic's own dump):
+    what rows_reply must write."""
+    body: dict = {"inventories": [dump(i, fields) for i in items]}
+    if total is not None:
+        body["total"] = total
+    schema = dict(schema_of(items, "inventories"))
+    if fields:
+        schema = {p: c for p, c in schema.items() if p.count(".") == 0 or p.split(".")[1].split("[")[0] in fields}
+    body["schema"] = schema
+    return body
+
+
 def test_query_reply_always_has_a_schema_and_projects_fields() -> None:
-    body = inventories_reply([_ceph_inventory()], total=1, fields=("uuid", "name"))
-    assert body["inventories"] == [{"uuid": "b" * 32, "name": "bs"}]
+    body = rows_reply([_stored_ceph_storage()], backup_storage_inventory_class, 1, ("uuid", "name"))
+    assert body == inventories_reply([backup_storage_inventory(_stored_ceph_storage())], 1, ("uuid", "name"))
+    assert body["inventories"] == [{"uuid": "c" * 32, "name": "bs-é"}]
     assert body["total"] == 1
     assert body["schema"] == {"inventories[0]": "org.zstack.storage.ceph.backup.CephBackupStorageInventory"}
 
@@ -133,6 +187,41 @@ def test_an_image_query_read_from_rows_can_amend_each_inventory() -> None:
 
     assert rows_reply(rows, lambda _: ImageInventory, None, (), amend) == inventories_reply(models)
     assert "exportToken" not in str(rows_reply(rows, lambda _: ImageInventory))
+
+
+@pytest.mark.anyio
+async def test_a_page_read_without_the_orm_answers_what_the_mapped_objects_answer() -> None:
+    """services/catalog/queries.py reads plain rows into records: the reply is the one the
+    mapped objects give, for every kind of row (a base-class query returns Ceph rows whole;
+    a SystemTag query never returns user tags), pages and conditions alike."""
+    engine = create_async_engine("sqlite+aiosqlite://")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    db = async_sessionmaker(engine, expire_on_commit=False)
+    when = datetime(2021, 3, 4, 5, 6, 7)
+    plain = BackupStorage(uuid="d" * 32, name="other", url="u", type="BackupStorage", total_capacity=0,
+                          available_capacity=0, state="Disabled", status="Connected", create_date=when,
+                          last_op_date=when)
+    tags = [kind(uuid=f"{i}" * 32, resource_uuid="c" * 32, resource_type="BackupStorageVO", tag=f"t{i}",
+                 create_date=when, last_op_date=when) for i, kind in enumerate((SystemTag, UserTag, SystemTag))]
+    async with db() as session:
+        session.add_all([_stored_ceph_storage(), plain, _stored_image("a", 2), _stored_image("b", 0), *tags])
+        await session.commit()
+    rt = SimpleNamespace(db=db)
+    cases = [(BACKUP_STORAGE_QUERY, backup_storage_inventory_class), (CEPH_BACKUP_STORAGE_QUERY,
+             backup_storage_inventory_class), (IMAGE_QUERY, lambda _: ImageInventory),
+             (SYSTEM_TAG_QUERY, tag_inventory_class), (USER_TAG_QUERY, tag_inventory_class)]
+    for queryable, inventory_class in cases:
+        for spec in (QuerySpec(), parse_query([("q", "uuid!=x"), ("limit", "5")])):
+            records, _ = await queries.run(rt, queryable, spec)  # type: ignore[arg-type]
+            async with db() as session:
+                key = queryable.entity.uuid
+                objects = (await session.scalars(select(queryable.entity).order_by(key))).all()
+                expected = inventories_reply([inventory_class(o).model_validate(o) for o in objects])
+            assert sorted(r.uuid for r in records) == [o.uuid for o in objects]
+            records.sort(key=lambda r: r.uuid)
+            assert rows_reply(records, inventory_class) == expected, queryable.label
+    await engine.dispose()
 
 
 def test_json_reply_writes_the_bytes_fastapi_would() -> None:
