@@ -282,9 +282,21 @@ def install(app: FastAPI) -> None:
             _no_null_parameters(doc)
             _projected_inventories(doc)
             _no_nul(doc)
+            _document_sessions(doc)
         return doc
 
     app.openapi = document  # type: ignore[method-assign]
+
+
+def _document_sessions(doc: dict[str, Any]) -> None:
+    """Every route that needs a session may answer 401 ID.1001, wherever its session check
+    is declared (on its router, or on the route itself: RenewSession)."""
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            if op.get("security") and "401" not in op.get("responses", {}):
+                op["responses"]["401"] = {
+                    "description": SESSION_ERRORS[401]["description"],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}}
 
 
 NO_NUL = "^[^\\x00]*$"
