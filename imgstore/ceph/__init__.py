@@ -14,6 +14,9 @@ nothing of HTTP or the database. Errors leave it as ``imgstore.ceph.exceptions``
 Code outside this package imports these names from here, never a submodule.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from imgstore.ceph.capacity import Capacity
 from imgstore.ceph.cluster import Cluster, Health
 from imgstore.ceph.exceptions import (
@@ -51,7 +54,21 @@ from imgstore.ceph.rbd import (
     read_range,
     remove_image,
 )
-from imgstore.ceph.ssh import MonFacts, MonShell, check_pool_name, offered_host_key, rbd_client_caps
+
+if TYPE_CHECKING:
+    from imgstore.ceph.ssh import MonFacts, MonShell, check_pool_name, offered_host_key, rbd_client_caps
+
+# The SSH side (onboarding, mons) loads asyncssh; a process that only asks Ceph over
+# librados (the pinger child, tests/unit/test_import_rules.py) never needs it, so these
+# names load ``imgstore.ceph.ssh`` on first use (PEP 562), not when the package loads.
+_SSH_NAMES = frozenset({"MonFacts", "MonShell", "check_pool_name", "offered_host_key", "rbd_client_caps"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _SSH_NAMES:
+        return getattr(importlib.import_module("imgstore.ceph.ssh"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CHUNK_SIZE",

@@ -8,6 +8,9 @@ child loads only what asking Ceph takes.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import imgstore
@@ -79,3 +82,18 @@ def test_the_checker_sees_late_imports_and_spares_type_checking_ones() -> None:
         ("g", 9, "from . import sibling"),
     ]
 
+
+
+# What the pinger child must not load: it asks Ceph over librados only. The database
+# (SQLAlchemy, Alembic) and SSH (asyncssh) cost it start time and memory, in a process
+# started again whenever it dies, and give it code it has no use for.
+NOT_IN_THE_PINGER_CHILD = ("sqlalchemy", "alembic", "asyncssh", "fastapi", "starlette", "uvicorn")
+
+
+def test_the_pinger_child_loads_neither_the_database_nor_ssh() -> None:
+    probe = ("import json, sys\nimport imgstore.services.health.pinger_child\n"
+             "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout
+    loaded = {name.split(".")[0] for name in json.loads(out)}
+    assert not loaded & set(NOT_IN_THE_PINGER_CHILD), sorted(loaded & set(NOT_IN_THE_PINGER_CHILD))

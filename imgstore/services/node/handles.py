@@ -8,11 +8,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 from imgstore import ceph
-from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError
 from imgstore.services.node.ceph_errors import ceph_error
+
+if TYPE_CHECKING:  # rows are read, never made here: the pinger child uses this without a database
+    from imgstore.db.models import CephBackupStorage
 
 log = logging.getLogger(__name__)
 
