@@ -125,7 +125,7 @@ def figures_text(figures: figures_service.Figures, ping_round_seconds: float | N
         for v in _one_hot(STATUSES, m.status):
             mon.append(f'imgstore_ceph_mon_status{{{ids},status="{_escape(v)}"}} {int(v == m.status)}')
     out: list[str] = []
-    for (name, help_text), samples in zip(_FAMILIES, lines):
+    for (name, help_text), samples in zip(_FAMILIES, lines, strict=True):
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
     if ping_round_seconds is not None:
         name = "imgstore_ping_round_seconds"

@@ -134,7 +134,7 @@ def row_dict(
     plan = _plan(cls, type(row))
     if schema is not None and plan.zstack_class:
         schema.append((path, plan.zstack_class))
-    out = dict(zip(plan.read_keys, plan.read(row)))
+    out = dict(zip(plan.read_keys, plan.read(row), strict=True))
     if plan.others:
         for key, attr, default in plan.others:
             out[key] = getattr(row, attr) if default is PydanticUndefined else getattr(row, attr, default)

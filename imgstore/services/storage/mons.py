@@ -65,7 +65,7 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
                 await db.commit()
             except IntegrityError:
                 raise invalid_argument("Adding the same Mon node is not allowed: a hostname is already in use") from None
-        probes = [MonProbe(url=u, row=r) for u, r in zip(urls, rows)]
+        probes = [MonProbe(url=u, row=r) for u, r in zip(urls, rows, strict=True)]
         try:
             async with AsyncExitStack() as stack:
                 await probe_mons(rt, stack, probes)
