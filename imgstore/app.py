@@ -94,7 +94,8 @@ def _include_api(app: FastAPI, prefix: str, in_schema: bool) -> None:
         images.upload_router,  # no session: the upload URL's token is the credential
     ]
     # trash and image_migration hold fixed paths under /backup-storage/: before its {uuid}
-    authed = [trash.router, image_migration.router, backup_storage.router, ceph_mons.router, zones.router, tags.router, images.router]
+    authed = [trash.router, image_migration.router, backup_storage.router, ceph_mons.router, zones.router,
+              tags.router, images.router]
     for router in public:
         app.include_router(router, prefix=prefix, include_in_schema=in_schema,
                            dependencies=[Depends(refuse_nul)], responses=openapi.ERROR_RESPONSES)

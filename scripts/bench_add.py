@@ -39,11 +39,17 @@ async def floor_once(env: dict[str, str]) -> float:
 
 def add_delete_once(api: httpx.Client, env: dict[str, str], pool: str) -> float:
     t0 = time.perf_counter()
-    r = api.post("/backup-storage/ceph", json={"params": {"name": "bench", "monUrls": [env["MON_URL"]], "poolName": pool}})
+    params = {"name": "bench", "monUrls": [env["MON_URL"]], "poolName": pool}
+    r = api.post("/backup-storage/ceph", json={"params": params})
     assert r.status_code == 200, r.text
     d = api.delete(f"/backup-storage/{r.json()['inventory']['uuid']}")
     assert d.status_code == 200, d.text
     return time.perf_counter() - t0
+
+
+def row(label: str, median: float, samples: list[float]) -> None:
+    """One table row: the median, then the fastest and slowest run, in ms."""
+    print(f"{label:<44}{median * 1000:>8.0f}ms{min(samples) * 1000:>8.0f}ms{max(samples) * 1000:>8.0f}ms")
 
 
 def main() -> int:
@@ -69,8 +75,8 @@ def main() -> int:
         f, a = statistics.median(floors), statistics.median(adds)
         print(f"runs: {args.runs} on cluster {args.cluster} (mon {env['CEPH_MON_HOST']}, ssh {env['SSH_PORT']})")
         print(f"{'measure':<44}{'median':>10}{'min':>10}{'max':>10}")
-        print(f"{'floor: ssh login + ceph fsid':<44}{f*1000:>8.0f}ms{min(floors)*1000:>8.0f}ms{max(floors)*1000:>8.0f}ms")
-        print(f"{'imgstore: AddCephBackupStorage + Delete':<44}{a*1000:>8.0f}ms{min(adds)*1000:>8.0f}ms{max(adds)*1000:>8.0f}ms")
+        row("floor: ssh login + ceph fsid", f, floors)
+        row("imgstore: AddCephBackupStorage + Delete", a, adds)
         print(f"ratio add+delete / floor: {a / f:.2f}x (target <= 3x)")
         return 0
     finally:

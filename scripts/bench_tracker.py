@@ -110,7 +110,8 @@ def _cpu_seconds(pid: int) -> float:
 
 def latencies(server: Tracked, uuids: list[str], n: int) -> dict[str, tuple[float, float]]:
     calls = {
-        "paged query (limit=20)": lambda c, i: c.get("/zstack/v1/backup-storage", params={"limit": 20, "start": (i * 20) % 180}),
+        "paged query (limit=20)": lambda c, i: c.get("/zstack/v1/backup-storage",
+                                                      params={"limit": 20, "start": (i * 20) % 180}),
         "query by name (~=)": lambda c, i: c.get("/zstack/v1/backup-storage", params={"q": f"name~=bench-00{i % 10}%"}),
         "get by uuid": lambda c, i: c.get(f"/zstack/v1/backup-storage/{uuids[i % len(uuids)]}"),
     }
@@ -189,7 +190,7 @@ def main() -> int:
             print("ping round: no round finished within the wait")
         if len(rounds) >= 3:
             span = cpu_until - cpu_since
-            server, pinger = ((b - a) / span * 100 for a, b in zip(cpu_from, cpu_to))
+            server, pinger = ((b - a) / span * 100 for a, b in zip(cpu_from, cpu_to, strict=True))
             print(f"CPU during steady rounds: server {server:.0f} % of a core, its pinger process "
                   f"{pinger:.0f} % (at nice 19)")
         if down_round is not None:

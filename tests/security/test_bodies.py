@@ -57,9 +57,9 @@ def test_a_big_unauthenticated_body_is_refused_unread(server: Server, send) -> N
 def test_a_big_body_with_a_session_is_refused_too(server: Server) -> None:
     api = Api.login(server.url)
     auth = f"Authorization: {api.headers['Authorization']}\r\n"
-    reply, sent, _ = _declared(server.port, "/zstack/v1/backup-storage/ceph", auth)
+    reply, _sent, _ = _declared(server.port, "/zstack/v1/backup-storage/ceph", auth)
     assert status_of(reply) == 413, reply[:300]
-    reply, sent, _ = _chunked(server.port, "/zstack/v1/images", auth)
+    reply, _sent, _ = _chunked(server.port, "/zstack/v1/images", auth)
     assert status_of(reply) == 413, reply[:300]
 
 

@@ -51,6 +51,7 @@ CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIB
                      "CEPH_CONF")
 CHILD_ENVIRONMENT_PREFIXES = ("LC_",)
 _STOP_SECONDS = 2.0  # how long close() waits for the child to exit before killing it
+_IMPORT_ROOT = str(Path(imgstore.__file__).resolve().parents[1])  # the child imports imgstore from here too
 
 _Calls = dict[int, "asyncio.Future[dict[str, Any]]"]  # a child's calls awaiting their replies, by id
 
@@ -145,7 +146,7 @@ class Pinger:
         except (ConnectionError, RuntimeError) as e:  # the pipe broke under us
             raise PingerLost(f"the pinger process is gone ({type(e).__name__})") from None
         except TimeoutError:
-            self._lose(proc, "did not answer within %.0f s" % self._answer_within)
+            self._lose(proc, f"did not answer within {self._answer_within:.0f} s")
             raise PingerLost("the pinger process did not answer") from None
         finally:
             waiting.pop(ident, None)
@@ -165,7 +166,7 @@ class Pinger:
             return self._proc, self._waiting
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        root = str(Path(imgstore.__file__).resolve().parents[1])  # where ``imgstore`` imports from
+        root = _IMPORT_ROOT
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "imgstore.services.health.pinger_child", "--timeout", str(self._timeout),

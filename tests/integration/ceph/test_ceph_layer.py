@@ -208,7 +208,7 @@ async def test_key_has_exactly_the_rbd_caps_of_its_pool(
     entry = admin(c1, "auth", "get", f"client.{client}")[0]
     assert entry["key"] == key
     caps = rbd_client_caps(pool)
-    assert entry["caps"] == dict(zip(caps[::2], caps[1::2]))
+    assert entry["caps"] == dict(zip(caps[::2], caps[1::2], strict=True))
     assert entry["caps"]["osd"] == f'profile rbd pool="{pool}"'
     assert await shell.get_or_create_key(client, pool) == key  # idempotent
 

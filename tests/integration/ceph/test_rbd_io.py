@@ -253,7 +253,7 @@ async def test_two_uploads_at_once_on_one_handle(cluster: Cluster, pool: str) ->
     blobs = {new_name(): os.urandom(9 * MiB + i) for i in range(2)}
     results = await asyncio.gather(*(write_image(cluster, pool, n, d, len(d), piece=65536)
                                      for n, d in blobs.items()))
-    for (name, data), result in zip(blobs.items(), results):
+    for (name, data), result in zip(blobs.items(), results, strict=True):
         assert result.sha512 == hashlib.sha512(data).hexdigest()
         assert await read_all(cluster, pool, name) == data
         await remove_image(cluster, pool, name)

@@ -2,7 +2,7 @@
 
 Real ``imgstore serve`` processes share a fresh PostgreSQL database with one secret key,
 pinging every second, so a lease lasts 1.5 s and is renewed every 0.5 s: a killed node's
-storages must have a live owner again within 2 × the interval, and that owner must be
+storages must have a live owner again within 2 x the interval, and that owner must be
 the one pinging them (a stopped OSD shows, and so does its return). Skipped, with the
 reason, when PostgreSQL is not reachable.
 """

@@ -69,7 +69,7 @@ def test_the_reply_carries_a_schema_when_asked(api: Api, c1: DevCluster, pool: s
     r = api.post("/backup-storage/ceph", json={"params": {"name": "s2", "monUrls": [c1.mon_url], "poolName": pool}},
                  headers={"X-JSON-Schema": "true"})
     schema = r.json()["schema"]
-    assert list(schema)[0] == "inventory"
+    assert next(iter(schema)) == "inventory"
     assert schema["inventory.mons[0]"].endswith("CephBackupStorageMonInventory")
 
 

@@ -125,7 +125,7 @@ def test_capacity_by_storage_by_zone_and_all(api: Api, storage: dict) -> None:
             {"zoneUuids": other["uuid"], "backupStorageUuids": bs},  # storages win, as in ZStack
         ]
         for params in cases:
-            wait_for(lambda: capacity_matches(api, params, [bs]), 10)
+            wait_for(lambda params=params: capacity_matches(api, params, [bs]), 10)
         r = api.get("/backup-storage/capacities", params={"zoneUuids": other["uuid"]})
         assert r.json() == {"totalCapacity": 0, "availableCapacity": 0, "success": True}
     finally:

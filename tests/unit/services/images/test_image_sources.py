@@ -171,7 +171,7 @@ def test_an_http_source_streams_and_counts(web: str) -> None:
 
 
 def test_an_http_source_cut_short_fails(web: str) -> None:
-    with pytest.raises(SourceFailed, match="broke after|ended after"):
+    with pytest.raises(SourceFailed, match=r"broke after|ended after"):
         run(read_all(HttpSource(f"{web}/short", allowance=LOOPBACK)))
 
 
