@@ -1,4 +1,4 @@
-"""Secrets at rest and account passwords (DESIGN.md decision 8).
+"""Secrets at rest and account passwords (README, Design notes).
 
 SSH passwords and cephx keys are encrypted with one Fernet key: the setting
 ``IMGSTORE_SECRET_KEY`` (shared by all nodes of a PostgreSQL deployment) or a key file

@@ -2,7 +2,7 @@
 
 Every failure leaves imgstore as ZStack's ErrorCode body
 (``{"error": {code, description, details, elaboration, opaque, cause}}``); the HTTP
-status says what kind of failure it was (DESIGN.md decision 3).
+status says what kind of failure it was (README, Design notes).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """ZStack reply bodies: ``inventory``/``inventories`` and the ``schema`` map.
 
 ZStack's SDKs decode inventories by the Java class names in ``schema``, parents before
-children (zstack-sdk-wire.md 6.3); without it a Java client loses every Ceph field.
+children; without it a Java client loses every Ceph field.
 
 Every query (every Query* API, GetTaskProgress) answers one way: :func:`rows_reply` reads
 stored rows straight into the reply's dicts by a plan taken once per inventory class

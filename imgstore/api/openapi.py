@@ -162,7 +162,7 @@ SESSION_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("ID.1001: no session, or an invalid or expired one"),
 }
 
-#: ZStack's query string (zstack-api.md 1.8, ``imgstore.wire.query``).
+#: ZStack's query string.
 QUERY_PARAMETERS: list[dict[str, Any]] = [
     {"name": "q", "in": "query", "required": False, "style": "form", "explode": True,
      "description": "a condition `<field><op><value>` (ops `!=` `>=` `<=` `!?=` `!~=` `~=` `?=` `=` `>` `<`,"

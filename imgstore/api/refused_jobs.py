@@ -4,7 +4,7 @@ ZStack's RestServer accepts a job API (202 + location) once the request names a 
 job uuid; the session and the message are checked by the job, so an expired session is
 ``ID.1001`` on the poll (503), not a 401. The Java SDK depends on that: a 4xx on the first
 request becomes its opaque ``sdk.1000`` (re-login code keyed on ID.1001 never fires), and
-``call(Completion)`` never calls back (zstack-sdk-wire.md 4.2, 5). So when a request that
+``call(Completion)`` never calls back. So when a request that
 asked for a job (``X-Job-UUID`` or ``Prefer: respond-async``) to a route that runs as one
 (it depends on :func:`deps.api_call`) is refused before the job exists, the refusal is
 recorded as a finished job instead. Not turned into jobs, as in ZStack: a malformed or

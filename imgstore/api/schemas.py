@@ -1,7 +1,7 @@
 """Wire models: ZStack's request bodies and inventories.
 
 Inventories carry ``zstack_class``, the Java class name ZStack's SDKs look up in the
-reply's ``schema`` map to decode the object (zstack-sdk-wire.md 6.3). Dates serialise in
+reply's ``schema`` map to decode the object. Dates serialise in
 ZStack's US format. Secrets are not fields here, so they cannot leak into a reply.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Capacity of a pool, computed the way ZStack's Ceph agent does (zstack-api.md 6.3, 7.4).
+"""Capacity of a pool, computed the way ZStack's Ceph agent does.
 
 Pure functions over the parsed JSON of ``osd dump``, ``osd crush rule dump``,
 ``osd tree``, ``osd df`` and ``df``, so the rules can be unit-tested with recorded

@@ -1,7 +1,7 @@
 """Small RADOS objects of a pool: read, write, append, remove, and an advisory lock.
 
 ZStack keeps the inventories of a Ceph backup storage's images in the RADOS object
-``bs_ceph_info.json`` (zstack-api.md 7.5); imgstore reads and keeps it with these. The
+``bs_ceph_info.json``; imgstore reads and keeps it with these. The
 calls take the storage's handle (:class:`imgstore.ceph.Cluster`, or anything with its
 ``handle`` and ``executor``), run in its bounded thread pool, and raise
 ``imgstore.ceph.exceptions`` only. Objects are expected to be small (a few MiB at most):

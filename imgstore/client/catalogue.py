@@ -6,8 +6,7 @@ action name for ``.../actions``), whether ZStack runs it as a job, where the ans
 in the reply, and its parameters with the kinds a client must encode differently (lists
 repeat in query strings and are JSON arrays in bodies; booleans are ``true``/``false``).
 
-Facts are ZStack's (``reference/zstack-api.md`` sections 1.3, 4 and 5, the SDK's
-``RestInfo``): the CLI learns every path from here and from nowhere else.
+Facts are ZStack's: the CLI learns every path from here and from nowhere else.
 """
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ from typing import Literal
 
 Kind = Literal["str", "list", "bool", "int"]
 
-#: The query-string parameters of every Query* API besides its ``q`` conditions
-#: (reference 1.8); ``groupBy``/``filterName`` are passed through as ZStack does.
+#: The query-string parameters of every Query* API besides its ``q`` conditions;
+#: ``groupBy``/``filterName`` are passed through as ZStack does.
 QUERY_PARAMS: dict[str, Kind] = {
     "limit": "int",
     "start": "int",
@@ -130,7 +129,7 @@ def _action(name: str, path: str, group: str, summary: str, *params: Param,
 # ------------------------------------------------------------------ the catalogue
 
 _APIS: tuple[Api, ...] = (
-    # sessions (reference 1.3): no Authorization header, always synchronous
+    # sessions: no Authorization header, always synchronous
     Api("LogInByAccount", "PUT", "/accounts/login", "logInByAccount", False, "inventory", "session",
         "log in; the password is the SHA-512 hex digest of the account's password",
         (Param("accountName", required=True), Param("password", required=True, secret=True),
@@ -143,7 +142,7 @@ _APIS: tuple[Api, ...] = (
         "session", "make a session last longer",
         (_uuid("sessionUuid"), Param("duration", "int", help="seconds from now, 60 to 31536000"))),
 
-    # backup storage (reference 3 and 4)
+    # backup storage
     Api("AddCephBackupStorage", "POST", "/backup-storage/ceph", "params", True, "inventory", "backup-storage",
         "add a Ceph backup storage (image storage)",
         (Param("name", required=True), _MON_URLS,
@@ -180,7 +179,7 @@ _APIS: tuple[Api, ...] = (
     _action("CleanUpTrashOnBackupStorage", "/backup-storage/{uuid}/trash/actions", "backup-storage",
             "empty a backup storage's trash", _uuid(), Param("trashId", "int"), reply_key=None),
 
-    # Ceph mons (reference 4)
+    # Ceph mons
     Api("AddMonToCephBackupStorage", "POST", "/backup-storage/ceph/{uuid}/mons", "params", True, "inventory",
         "ceph", "add mons to a Ceph backup storage", (_uuid(), _MON_URLS, *_TAGS)),
     Api("RemoveMonFromCephBackupStorage", "DELETE", "/backup-storage/ceph/{uuid}/mons", None, True, "inventory",
@@ -194,7 +193,7 @@ _APIS: tuple[Api, ...] = (
             "pin a mon's new SSH host key (imgstore's; without a fingerprint: the key it offers now)",
             _uuid("monUuid"), Param("sshHostKeyFingerprint", help="SHA256:... as ssh-keygen -lf prints it")),
 
-    # export (reference 4)
+    # export
     _action("ExportImageFromBackupStorage", "/backup-storage/{backupStorageUuid}/actions", "export",
             "publish an image as a download URL",
             _uuid("backupStorageUuid"), _uuid("imageUuid"), Param("exportFormat", choices=("raw", "qcow2")),
@@ -214,7 +213,7 @@ _APIS: tuple[Api, ...] = (
             _uuid(), Param("name"), Param("description"), Param("isDefault", "bool")),
     _action("ChangeZoneState", "/zones/{uuid}/actions", "zone", "enable or disable a zone", _uuid(), _STATE_EVENT),
 
-    # images (reference 5)
+    # images
     Api("AddImage", "POST", "/images", "params", True, "inventory", "image",
         "add an image from a URL (http(s), ftp, sftp, file:///, or upload:// to send the bytes)",
         (Param("name", required=True), Param("url", required=True),

@@ -100,7 +100,7 @@ def test_capacity_and_status_of_a_storage_and_its_mons(server: Server, api: Api,
 
 
 # librados' C code writes a few level -1 lines (auth, msgr) straight to stderr whatever its
-# log settings say (ceph-notes); they are Ceph's, not imgstore's log, and carry no secret
+# log settings say; they are Ceph's, not imgstore's log, and carry no secret
 _LIBRADOS_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+ [0-9a-f]+ +-1 ")
 
 

@@ -1,4 +1,4 @@
-"""The Enabled/Disabled state machine of backup storages and zones (zstack-api.md 6.1).
+"""The Enabled/Disabled state machine of backup storages and zones.
 
 State is what an operator decides (``enable``/``disable``); status (Connecting,
 Connected, Disconnected) is what imgstore observes, and is not changed here.

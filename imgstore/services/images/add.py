@@ -1,7 +1,7 @@
 """What downloads and uploads share once the bytes flow: the storages to write to,
 the progress, and the rows at the end (Ready, or the image failed).
 
-ZStack's rules (zstack-api.md 5): a storage that cannot take the image drops out (its
+ZStack's rules: a storage that cannot take the image drops out (its
 ref is removed); the image is Ready with the storages that have it; when every storage
 failed the add fails with SYS.1002 "Failed to download image[name:%s] on all backup
 storage%s." and, for a download, the image is removed. Capacity is read again from the

@@ -1,6 +1,6 @@
 """DeleteImage, ExpungeImage, RecoverImage, and the loop that expunges in time.
 
-ZStack's deletion policy (zstack-api.md 5), setting ``image_deletion_policy``:
+ZStack's deletion policy, setting ``image_deletion_policy``:
 
 * **Delay** (the default): DeleteImage marks the refs Deleted, and the image once no
   ref is left that is not; the bits stay, RecoverImage brings it back, and the

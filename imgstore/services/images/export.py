@@ -2,7 +2,7 @@
 
 ZStack's ExportImageFromBackupStorage has the Ceph agent serve the RBD image at
 ``http://<mon>:7761/ceph/export/<pool>/<name>-<uuid>?token=<token>`` and records that
-URL and the md5 on the image's ref (zstack-api.md 4, "Export"). imgstore has no agent:
+URL and the md5 on the image's ref. imgstore has no agent:
 it serves ``<base>/zstack/v1/exports/<pool>/<name>-<uuid>?token=<token>`` itself,
 streaming the RBD image with several reads in flight (``ceph.iter_image``).
 

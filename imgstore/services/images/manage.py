@@ -2,10 +2,10 @@
 image APIs (ChangeImageState, UpdateImage, SyncImageSize).
 
 An image is an RBD format-2 image named by the image uuid in each storage's pool,
-install path ``ceph://<pool>/<uuid>`` (DESIGN.md decision 6). Adding one is in
+install path ``ceph://<pool>/<uuid>`` (README, Design notes). Adding one is in
 ``image_download`` (http, file) and ``image_upload`` (upload://); deleting, expunging
 and recovering in ``image_deletion``. This module holds what they share: the AddImage
-checks in ZStack's words (zstack-api.md 5), the rows and the capacity refresh. The
+checks in ZStack's words, the rows and the capacity refresh. The
 storage's metadata object follows images by direct calls (``images.metadata``).
 """
 from __future__ import annotations

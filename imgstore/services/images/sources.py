@@ -1,8 +1,8 @@
 """Where AddImage reads an image from: ``http(s)://`` URLs and ``file:///`` paths.
 
 ZStack accepts ``http://``, ``https://``, ``file:///``, ``upload://``, ``zstore://``,
-``ftp://`` and ``sftp://`` and rewrites a URL starting with ``/`` to ``file://``
-(zstack-api.md 5). imgstore serves the first four; the others are refused by name.
+``ftp://`` and ``sftp://`` and rewrites a URL starting with ``/`` to ``file://``.
+imgstore serves the first four; the others are refused by name.
 
 A source is read once, front to back, as a stream (no staging copy): ``length`` is the
 size it announced (``None`` when it did not), ``chunks()`` the bytes. The stream is

@@ -1,6 +1,6 @@
 """Adding a Ceph backup storage (AddCephBackupStorage).
 
-Onboarding is agentless (DESIGN.md decision 4): SSH to every mon once to read the
+Onboarding is agentless (README, Design notes): SSH to every mon once to read the
 cluster's fsid and mon map, make the pool if imgstore owns it, and get a cephx key
 limited to that pool; from then on imgstore talks to the cluster with librados only.
 Every step that leaves something in the cluster is recorded on the row first, so a

@@ -2,7 +2,7 @@
 
 imgstore has no hosts or clusters; a zone is what ZStack clients group backup storages
 by (``attachedZoneUuids``, GetBackupStorageCapacity by ``zoneUuids``), so it keeps
-ZStack's zone API and its attach/detach rules and errors (zstack-api.md section 4).
+ZStack's zone API and its attach/detach rules and errors.
 """
 from __future__ import annotations
 

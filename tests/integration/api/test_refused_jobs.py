@@ -2,7 +2,7 @@
 
 ZStack's RestServer answers a job API with 202 once the request names a usable job uuid;
 the session and the body are checked by the job, so a refusal is a 503 on the poll with
-the ErrorCode (zstack-sdk-wire.md 4-5). That is the only path on which the Java SDK hands
+the ErrorCode. That is the only path on which the Java SDK hands
 its caller a parsed ErrorCode (``ID.1001`` makes re-login code fire) and on which
 ``call(Completion)`` calls back at all. A malformed or reused X-Job-UUID stays an
 immediate 400, as in ZStack.

@@ -1,4 +1,4 @@
-"""Capacity follows ZStack's per-OSD rule (zstack-api.md 6.3, 7.4).
+"""Capacity follows ZStack's per-OSD rule.
 
 The first fixtures are recorded from a real Ceph 16.2.15 single-node cluster (one
 10 GiB BlueStore OSD) holding a replicated pool of size 2 (``rp1``, 32 MiB written),

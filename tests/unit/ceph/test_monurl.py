@@ -1,4 +1,4 @@
-"""MonUrl follows ZStack's MonUri rules and texts (zstack-api.md 3.2), and hides passwords."""
+"""MonUrl follows ZStack's MonUri rules and texts, and hides passwords."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def test_repeated_q_adds_conditions_in_order() -> None:
 
 
 def test_sdk_captured_query_string() -> None:
-    # Captured from ZStack's Java SDK (zstack-sdk-wire.md 3.4).
+    # Captured from ZStack's Java SDK.
     spec = query(
         "q=name%3Dfoo&q=state%3F%3DEnabled%2CDisabled&q=totalCapacity%3E100"
         "&q=description%7E%3D%25ce%20ph%25&q=url%21%3Da%2Bb%26c&limit=10&start=0"

@@ -1,7 +1,7 @@
 """ZStack's image metadata object ``bs_ceph_info.json``: adopt a pool's images, keep it current.
 
 ZStack writes the inventory of every Ready image of a Ceph backup storage into the RADOS
-object ``bs_ceph_info.json``, one ImageInventory JSON per line (zstack-api.md 7.5), and
+object ``bs_ceph_info.json``, one ImageInventory JSON per line, and
 ``importImages`` on AddCephBackupStorage adopts a pool from it (3.4). imgstore does both:
 
 * :func:`import_images` (run by AddCephBackupStorage with ``importImages=true``, in the

@@ -1,4 +1,4 @@
-"""The Enabled/Disabled state machine of backup storages and zones (zstack-api.md 6.1)."""
+"""The Enabled/Disabled state machine of backup storages and zones."""
 from __future__ import annotations
 
 import pytest
