@@ -27,13 +27,9 @@ OPERATION_ERROR = ErrorKind("SYS.1006", "An operation failed", 409)
 INVALID_ARGUMENT = ErrorKind("SYS.1007", "One or more API argument is invalid", 400)
 UNKNOWN_MESSAGE = ErrorKind("SYS.1008", "Unknown message, no service can deal with the message", 404)
 UNIMPLEMENTED = ErrorKind("SYS.1014", "Not implemented or not supported", 501)
-IO_ERROR = ErrorKind("SYS.1016", "IO error", 503)
 AUTH_FAILED = ErrorKind("ID.1000", "Authentication failed", 401)
 INVALID_SESSION = ErrorKind("ID.1001", "Invalid or expired session", 401)
 PERMISSION_DENIED = ErrorKind("ID.1002", "Permission denied", 403)
-BS_CONNECT_FAILED = ErrorKind("BS.1500", "Failed to connect the backup storage", 503)
-BS_ATTACH_ERROR = ErrorKind("BS.1001", "Failed to attach the backup storage to the zone", 409)
-BS_DETACH_ERROR = ErrorKind("BS.1002", "Failed to detach the backup storage from the zone", 409)
 
 _KINDS = {k.code: k for k in list(globals().values()) if isinstance(k, ErrorKind)}
 

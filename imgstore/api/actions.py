@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from imgstore.api.deps import ApiCall
-from imgstore.errors import INVALID_ARGUMENT, UNIMPLEMENTED, ApiError
+from imgstore.errors import INVALID_ARGUMENT, ApiError
 from imgstore.services.catalog.tags import check_tags
 
 ActionHandler = Callable[[ApiCall, str, dict[str, Any]], Awaitable[JSONResponse]]
@@ -75,11 +75,3 @@ def parse_params(model: type[M], action: str, params: dict[str, Any]) -> M:
         errors = [{**err, "loc": ("body", action, *err["loc"])} for err in e.errors()]
         raise RequestValidationError(errors) from None
 
-
-def not_implemented(api_name: str) -> ActionHandler:
-    """A placeholder entry for an action that has a name but no handler yet."""
-
-    async def handler(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-        raise ApiError(UNIMPLEMENTED, f"{api_name} is not implemented yet")
-
-    return handler
