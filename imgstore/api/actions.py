@@ -3,7 +3,8 @@
 ZStack's RestServer picks the API whose action name (``APIChangeBackupStorageStateMsg``
 → ``changeBackupStorageState``) is a key of the JSON body, and answers 400 "the body
 doesn't contain action mapping to the URL[...]" when no key names one. A resource's
-actions are an :data:`ActionTable`: action name → handler taking ``(call, uuid, params)``. Adding an action is adding an entry.
+actions are an :data:`ActionTable`: action name → handler taking ``(call, uuid, params)``.
+Adding an action is adding an entry.
 """
 from __future__ import annotations
 
