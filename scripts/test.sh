@@ -122,7 +122,11 @@ fi
 
 # ---------------------------------------------------------------- 4./5. pytest, both passes at once
 "$ROOT/.venv/bin/lint-imports" --no-cache --no-logo >&2 || die "lint-imports: an import breaks the layers or makes a cycle ([tool.importlinter] in pyproject.toml)"
+"$ROOT/.venv/bin/ruff" check --no-cache imgstore tests scripts >&2 || die "ruff: lint or import order ([tool.ruff] in pyproject.toml)"
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/imgstore-test.XXXXXX")
+# mypy --strict ([tool.mypy] in pyproject.toml) beside the tests: a minute of one core
+( "$ROOT/.venv/bin/mypy" --no-incremental >"$OUT/mypy.log" 2>&1; echo $? >"$OUT/mypy.rc" ) &
+mypy_pid=$!
 run_pytest() { # LABEL DB LANES WORKERS ARGS... : output to $OUT/LABEL.log, printed when it ends
   local label=$1 db=$2 clusters=$3 n=$4 rc=0 xdist=(); shift 4
   # the test servers' ports: SQLite from 21000, PostgreSQL from 27000, 1000 per worker
@@ -198,6 +202,12 @@ if [ "$split" = 1 ]; then
 fi
 
 rc=0
+wait "$mypy_pid" || true
+if [ "$(cat "$OUT/mypy.rc" 2>/dev/null || echo 1)" != 0 ]; then
+  cat "$OUT/mypy.log" >&2; log "FAILURE: mypy --strict"; rc=1
+else
+  log "mypy: $(tail -1 "$OUT/mypy.log")"
+fi
 for label in "${runs[@]}"; do
   prc=$(cat "$OUT/$label.rc" 2>/dev/null || echo 1)
   if [ "$prc" = 5 ] && [[ "$label" = *-serial ]]; then
