@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 from starlette.routing import Match
 
 from imgstore import logs, metrics
@@ -135,7 +136,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=500)
 
 
-def allowed_methods(app: FastAPI, scope: dict[str, Any]) -> list[str]:
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route serves at the scope's path: a 405's ``Allow`` (RFC 9110).
     Starlette's own 405 carries none here (FastAPI's included routers answer it), and
     one path (``/backup-storage/{uuid}``) is served by several routes. Asked only on a 405."""

@@ -27,7 +27,8 @@ API_TIMEOUT_MS = 3 * 3600 * 1000
 
 
 async def runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+    rt: Runtime = request.app.state.runtime
+    return rt
 
 
 async def refuse_nul(request: Request) -> None:

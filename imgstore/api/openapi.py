@@ -136,7 +136,7 @@ class UploadStatusReply(BaseModel):
 class ChangeStateDoc(ChangeStateParams):
     """``stateEvent`` as the document shows it; ``services.state`` checks it, in ZStack's words."""
 
-    stateEvent: Literal["enable", "disable"]  # type: ignore[assignment]
+    stateEvent: Literal["enable", "disable"]
 
 
 assert set(get_args(ChangeStateDoc.model_fields["stateEvent"].annotation)) == set(state.EVENTS)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from imgstore.wire.dates import utcnow
@@ -73,3 +74,9 @@ async def migrate(engine: AsyncEngine) -> None:
 
 
 __all__ = ["create_engine", "sessionmaker", "migrate", "alembic_config", "db_now"]
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed. ``AsyncSession.execute`` is typed as
+    returning a plain ``Result``; for a DML statement it is a ``CursorResult``."""
+    return cast(CursorResult[Any], result).rowcount

@@ -32,6 +32,7 @@ from imgstore.api.schemas import BackupStorageInventory, CephBackupStorageInvent
 from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
 from imgstore.api.schemas import ExportImageFromBackupStorageParams
 from imgstore.services.storage import manage as backup_storage
+from imgstore.services.storage import queryables
 from imgstore.services.storage import add_ceph as ceph_backup_storage
 from imgstore.services.health import connection as ceph_connection
 from imgstore.services.images import export as image_export
@@ -80,7 +81,7 @@ async def add_ceph_backup_storage(
         user_tags=user_tags,
     )
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await ceph_backup_storage.add(call.rt, request)
         return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
@@ -90,7 +91,7 @@ async def add_ceph_backup_storage(
 @cacheable
 @router.get(
     "/backup-storage/ceph", summary="QueryCephBackupStorage",
-    **query_api(backup_storage.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
+    **query_api(queryables.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
 )
 async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, ceph_only=True)
@@ -99,7 +100,7 @@ async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runt
 @cacheable
 @router.get(
     "/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid",
-    **query_api(backup_storage.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
+    **query_api(queryables.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
 )
 async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, ceph_only=True)
@@ -111,7 +112,7 @@ async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Dep
 
 @cacheable
 @router.get("/backup-storage/types", summary="GetBackupStorageTypes", **sync_api(GetBackupStorageTypesReply))
-async def get_backup_storage_types() -> dict:
+async def get_backup_storage_types() -> dict[str, Any]:
     return {"types": backup_storage.types()}
 
 
@@ -143,7 +144,7 @@ _CAPACITY_OF = {
     "/backup-storage/capacities", summary="GetBackupStorageCapacity",
     **sync_api(GetBackupStorageCapacityReply, [_CAPACITY_OF]),
 )
-async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(runtime)) -> dict:
+async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     total, available = await backup_storage.capacity(
         rt,
         zone_uuids=list_param(request, "zoneUuids"),
@@ -156,7 +157,7 @@ async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(ru
 async def _update_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(UpdateBackupStorageParams, "updateBackupStorage", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await backup_storage.update(call.rt, uuid, p.name, p.description)
         return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
@@ -166,7 +167,7 @@ async def _update_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any
 async def _change_backup_storage_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(ChangeStateParams, "changeBackupStorageState", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await backup_storage.change_state(call.rt, uuid, p.stateEvent)
         return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
@@ -174,7 +175,7 @@ async def _change_backup_storage_state(call: ApiCall, uuid: str, params: dict[st
 
 
 async def _reconnect_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await ceph_connection.reconnect(call.rt, uuid)
         return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
@@ -184,7 +185,7 @@ async def _reconnect_backup_storage(call: ApiCall, uuid: str, params: dict[str, 
 async def _export_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(ExportImageFromBackupStorageParams, "exportImageFromBackupStorage", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         exported = await image_export.export(call.rt, uuid, p.imageUuid, call.base_url, p.exportFormat)
         return {"imageUrl": exported.image_url, "exportMd5Sum": exported.md5, "success": True}
 
@@ -223,7 +224,7 @@ async def backup_storage_actions(
 @cacheable
 @router.get(
     "/backup-storage", summary="QueryBackupStorage",
-    **query_api(backup_storage.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
+    **query_api(queryables.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
 )
 async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None, ceph_only=False)
@@ -232,7 +233,7 @@ async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime))
 @cacheable
 @router.get(
     "/backup-storage/{uuid}", summary="QueryBackupStorage by uuid",
-    **query_api(backup_storage.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
+    **query_api(queryables.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
 )
 async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid, ceph_only=False)
@@ -242,7 +243,7 @@ async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(
 async def delete_backup_storage(
     uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         await backup_storage.delete(call.rt, uuid, deleteMode)
         return {}
 
@@ -257,7 +258,7 @@ async def delete_backup_storage(
 async def delete_exported_image(
     backupStorageUuid: str, imageUuid: str, call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         await image_export.revoke(call.rt, backupStorageUuid, imageUuid)
         return {}
 

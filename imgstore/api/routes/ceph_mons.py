@@ -25,7 +25,7 @@ router = APIRouter(tags=["backup-storage"])
 _Reply = InventoryReply[CephBackupStorageInventory]
 
 
-def _reply(call: ApiCall, row: CephBackupStorage) -> dict:
+def _reply(call: ApiCall, row: CephBackupStorage) -> dict[str, Any]:
     return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
 
@@ -33,7 +33,7 @@ def _reply(call: ApiCall, row: CephBackupStorage) -> dict:
 async def add_mon_to_ceph_backup_storage(
     uuid: str, body: AddMonToCephBackupStorageBody, call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         return _reply(call, await ceph_mons.add_mons(call.rt, uuid, body.params.monUrls))
 
     return await call.run("AddMonToCephBackupStorage", work)
@@ -44,7 +44,7 @@ async def remove_mon_from_ceph_backup_storage(
     uuid: str, monHostnames: list[str] = Query(json_schema_extra={"minItems": 1}),
     call: ApiCall = Depends(api_call),
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         return _reply(call, await ceph_mons.remove_mons(call.rt, uuid, monHostnames))
 
     return await call.run("RemoveMonFromCephBackupStorage", work)
@@ -53,7 +53,7 @@ async def remove_mon_from_ceph_backup_storage(
 async def _update_mon(call: ApiCall, mon_uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(UpdateCephBackupStorageMonParams, "updateCephBackupStorageMon", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await ceph_mons.update_mon(
             call.rt, mon_uuid, hostname=p.hostname, ssh_username=p.sshUsername,
             ssh_password=p.sshPassword, ssh_port=p.sshPort, mon_port=p.monPort,
@@ -66,7 +66,7 @@ async def _update_mon(call: ApiCall, mon_uuid: str, params: dict[str, Any]) -> J
 async def _accept_host_key(call: ApiCall, mon_uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(AcceptCephBackupStorageMonHostKeyParams, "acceptCephBackupStorageMonHostKey", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         return _reply(call, await ceph_mons.accept_host_key(call.rt, mon_uuid, p.sshHostKeyFingerprint))
 
     return await call.run("AcceptCephBackupStorageMonHostKey", work)

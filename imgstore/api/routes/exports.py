@@ -9,6 +9,7 @@ interrupted downloads resume; ``HEAD`` answers the headers alone.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -63,7 +64,7 @@ def _disposition(filename: str) -> str:
 
 _PATH = "/exports/{pool}/{segment:path}"  # image_export.EXPORT_PATH under the API prefixes
 _IMAGE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-_RESPONSES: dict[int | str, dict] = {
+_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the image", "content": _IMAGE},
     206: {"description": "the Range asked for", "content": _IMAGE},
     416: {"model": ErrorReply, "description": "a Range outside the image, or more than one"},

@@ -2,6 +2,8 @@
 RenewSession (a job API that needs a session, as in ZStack)."""
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
@@ -29,7 +31,7 @@ router = APIRouter(tags=["sessions"])
 )
 async def log_in_by_account(
     body: LogInByAccountBody, request: Request, rt: Runtime = Depends(runtime)
-) -> dict | JSONResponse:
+) -> dict[str, Any] | JSONResponse:
     p = body.logInByAccount
     address = request.client.host if request.client else ""
     try:
@@ -43,7 +45,7 @@ async def log_in_by_account(
 
 
 @router.delete("/accounts/sessions/{sessionUuid}", summary="LogOut", **sync_api(EmptyReply))
-async def log_out(sessionUuid: str, rt: Runtime = Depends(runtime)) -> dict:
+async def log_out(sessionUuid: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     async with rt.db() as db:
         await sessions.log_out(db, sessionUuid)
     return {}
@@ -57,7 +59,7 @@ async def renew_session(sessionUuid: str, body: RenewSessionBody, call: ApiCall 
     """Needs a session, runs as a job when asked (the SDK's needPoll), like ZStack's."""
     duration = body.renewSession.duration
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         async with call.rt.db() as db:
             session = await sessions.renew(db, call.rt.settings, sessionUuid, duration)
             inventory = SessionInventory.model_validate(session).model_copy(update={"uuid": sessionUuid})
@@ -67,6 +69,6 @@ async def renew_session(sessionUuid: str, body: RenewSessionBody, call: ApiCall 
 
 
 @router.get("/accounts/sessions/{sessionUuid}/valid", summary="ValidateSession", **sync_api(ValidateSessionReply))
-async def validate_session(sessionUuid: str, rt: Runtime = Depends(runtime)) -> dict:
+async def validate_session(sessionUuid: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     async with rt.db() as db:
         return {"valid": await sessions.find_valid(db, sessionUuid) is not None}

@@ -58,7 +58,7 @@ async def get_user_tag(uuid: str, request: Request, rt: Runtime = Depends(runtim
 async def _create(kind: str, api_name: str, body: CreateTagBody, call: ApiCall) -> JSONResponse:
     p = body.params
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await tags.create(call.rt, kind, p.resourceType, p.resourceUuid, p.tag)
         return inventory_reply(tag_inventory(row), call.with_schema)
 
@@ -78,7 +78,7 @@ async def create_user_tag(body: CreateTagBody, call: ApiCall = Depends(api_call)
 async def _update_system_tag(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(UpdateSystemTagParams, "updateSystemTag", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await tags.update_system_tag(call.rt, uuid, p.tag)
         return inventory_reply(tag_inventory(row), call.with_schema)
 
@@ -104,7 +104,7 @@ async def system_tag_actions(
 async def delete_tag(
     uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         await tags.delete_tag(call.rt, uuid)
         return {}
 

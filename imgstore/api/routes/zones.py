@@ -25,7 +25,7 @@ from imgstore.api.schemas import (
     ZoneInventory,
     backup_storage_inventory,
 )
-from imgstore.services.storage import zones
+from imgstore.services.storage import queryables, zones
 from imgstore.services.node.runtime import Runtime
 
 router = APIRouter(tags=["zones"])
@@ -34,7 +34,7 @@ _Reply = InventoryReply[ZoneInventory]
 _StorageReply = InventoryReply[CephBackupStorageInventory | BackupStorageInventory]
 
 
-def _reply(row: Any, call: ApiCall) -> dict:
+def _reply(row: Any, call: ApiCall) -> dict[str, Any]:
     return inventory_reply(ZoneInventory.model_validate(row), call.with_schema)
 
 
@@ -51,7 +51,7 @@ async def create_zone(body: CreateZoneBody, call: ApiCall = Depends(api_call)) -
         user_tags=user_tags,
     )
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         return _reply(await zones.create(call.rt, request), call)
 
     return await call.run("CreateZone", work)
@@ -66,19 +66,19 @@ async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
 
 
 @cacheable
-@router.get("/zones", summary="QueryZone", **query_api(zones.ZONE_QUERY, ZoneInventory))
+@router.get("/zones", summary="QueryZone", **query_api(queryables.ZONE_QUERY, ZoneInventory))
 async def query_zone(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, None)
 
 
 @cacheable
-@router.get("/zones/{uuid}", summary="QueryZone by uuid", **query_api(zones.ZONE_QUERY, ZoneInventory))
+@router.get("/zones/{uuid}", summary="QueryZone by uuid", **query_api(queryables.ZONE_QUERY, ZoneInventory))
 async def get_zone(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
     return await _query(request, rt, uuid)
 
 
 @router.get("/zones/{uuid}/info", summary="GetZone", **sync_api(QueryReply[ZoneInventory]))
-async def get_zone_info(uuid: str, rt: Runtime = Depends(runtime)) -> dict:
+async def get_zone_info(uuid: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """GetZone: ``{"inventories": [zone]}`` (APIGetZoneReply), 404 for an unknown uuid."""
     return inventories_reply([ZoneInventory.model_validate(await zones.load(rt, uuid))])
 
@@ -86,7 +86,7 @@ async def get_zone_info(uuid: str, rt: Runtime = Depends(runtime)) -> dict:
 async def _update_zone(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(UpdateZoneParams, "updateZone", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         return _reply(await zones.update(call.rt, uuid, p.name, p.description, p.isDefault), call)
 
     return await call.run("UpdateZone", work)
@@ -95,7 +95,7 @@ async def _update_zone(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSON
 async def _change_zone_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
     p = parse_params(ChangeStateParams, "changeZoneState", params)
 
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         return _reply(await zones.change_state(call.rt, uuid, p.stateEvent), call)
 
     return await call.run("ChangeZoneState", work)
@@ -122,7 +122,7 @@ async def zone_actions(
 async def delete_zone(
     uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         await zones.delete_zone(call.rt, uuid)
         return {}
 
@@ -139,7 +139,7 @@ async def attach_backup_storage_to_zone(
     body: AttachBackupStorageToZoneBody | None = None,
     call: ApiCall = Depends(api_call),
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await zones.attach_backup_storage(call.rt, zoneUuid, backupStorageUuid)
         return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
@@ -153,7 +153,7 @@ async def attach_backup_storage_to_zone(
 async def detach_backup_storage_from_zone(
     zoneUuid: str, backupStorageUuid: str, call: ApiCall = Depends(api_call)
 ) -> JSONResponse:
-    async def work() -> dict:
+    async def work() -> dict[str, Any]:
         row = await zones.detach_backup_storage(call.rt, zoneUuid, backupStorageUuid)
         return inventory_reply(backup_storage_inventory(row), call.with_schema)
 

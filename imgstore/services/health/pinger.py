@@ -96,7 +96,8 @@ class Pinger:
 
     async def refused_key(self, row: CephBackupStorage) -> str | None:
         """Log in afresh with the storage's key (in the child): why it was refused, or None."""
-        return (await self._ask({"op": "check_key", **self._target(row)}))["refused"]
+        refused: str | None = (await self._ask({"op": "check_key", **self._target(row)}))["refused"]
+        return refused
 
     async def forget(self, uuid: str) -> None:
         """Drop the child's handle of the storage; the next call makes a new one."""
@@ -124,9 +125,9 @@ class Pinger:
                 await task
 
     def _target(self, row: CephBackupStorage) -> dict[str, str]:
-        require_key(row)
-        return {"storage": row.uuid, "mon_host": mon_host_of(row), "client": row.ceph_client,
-                "key": self._opened(row.uuid, row.ceph_key)}
+        client, sealed = require_key(row)
+        return {"storage": row.uuid, "mon_host": mon_host_of(row), "client": client,
+                "key": self._opened(row.uuid, sealed)}
 
     def _opened(self, uuid: str, sealed: str) -> str:
         known = self._keys.get(uuid)
@@ -151,9 +152,10 @@ class Pinger:
         finally:
             waiting.pop(ident, None)
         if "error" in reply:
-            e = reply["error"]
-            raise ApiError(kind_of(e["code"]), e["details"], status=e["status"], opaque=e["opaque"])
-        return reply
+            err = reply["error"]
+            raise ApiError(kind_of(err["code"]), err["details"], status=err["status"], opaque=err["opaque"])
+        answered: dict[str, Any] = reply
+        return answered
 
     async def _running(self) -> tuple[asyncio.subprocess.Process, _Calls]:
         """The running child and its calls; a new child has calls of its own, so the

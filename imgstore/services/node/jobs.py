@@ -138,13 +138,15 @@ class JobRunner:
         stored = job.result or "{}"
         if not stored.startswith("{"):
             stored = self._box.open(stored)
-        return json.loads(stored)
+        answer: dict[str, Any] = json.loads(stored)
+        return answer
 
     async def get(self, job_uuid: str) -> ApiJob | None:
         """The job, or None when unknown or a refused job past its retention."""
         async with self._db() as db:
             job = await db.get(ApiJob, job_uuid)
-        if job is not None and job.state == REFUSED and job.finish_date < self._refused_horizon():
+        if (job is not None and job.state == REFUSED and job.finish_date is not None
+                and job.finish_date < self._refused_horizon()):
             return None
         return job
 

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.db.engine import db_now
+from imgstore.db.engine import rows_changed
 from imgstore.db.models import BackupStorageLease as Lease
 from imgstore.db.models import CephBackupStorage
 from imgstore.services.node.runtime import Runtime
@@ -119,7 +120,7 @@ async def _take(db: AsyncSession, node: str, now: datetime, until: datetime, cou
         .values(owner_node=node, expire_date=until)
     )
     await db.commit()
-    return result.rowcount
+    return rows_changed(result)
 
 
 async def _give_back(db: AsyncSession, node: str, count: int) -> int:
@@ -137,7 +138,7 @@ async def _give_back(db: AsyncSession, node: str, count: int) -> int:
         .values(owner_node=None, expire_date=None)
     )
     await db.commit()
-    return result.rowcount
+    return rows_changed(result)
 
 
 async def _create_missing(db: AsyncSession) -> None:

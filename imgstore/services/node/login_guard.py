@@ -25,9 +25,10 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
@@ -36,6 +37,8 @@ from limits.strategies import MovingWindowRateLimiter
 from imgstore import crypto
 from imgstore.config import Settings
 from imgstore.errors import AUTH_FAILED, ApiError
+
+T = TypeVar("T")
 
 TOO_MANY = 429
 _ACCOUNT_KEY_CHARS = 255  # an account name is at most this long; longer keys are cut
@@ -103,7 +106,7 @@ class LoginGuard:
     async def verify(self, client_digest: str, stored_hash: str | None) -> bool:
         """The password against ``stored_hash``; None (no such account) is checked against
         a dummy hash, to cost the same, and is False."""
-        stored = stored_hash or await asyncio.wrap_future(self._dummy_hash)
+        stored = stored_hash if stored_hash is not None else await asyncio.wrap_future(self._dummy_hash)
         ok = await self._run(crypto.verify_password, client_digest, stored)
         return ok and stored_hash is not None
 
@@ -123,5 +126,5 @@ class LoginGuard:
                 wait = max(wait, 1)
         return max(1, math.ceil(wait)) if wait > 0 else 0
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.db.engine import db_now
+from imgstore.db.engine import rows_changed
 from imgstore.db.models import ApiJob, Node
 from imgstore.errors import INTERNAL, ApiError
 from imgstore.services.node import leases
@@ -158,7 +159,7 @@ class Membership:
             # whoever deletes a row reports it; its leftovers below are found by absence
             gone = await db.execute(delete(Node).where(Node.id.in_(dead), Node.expire_date <= now))
             await db.commit()
-            if gone.rowcount:
+            if rows_changed(gone):
                 log.warning("nodes %s stopped beating; taking over their work", ", ".join(dead))
         await _fail_orphan_jobs(db, now)
         for leftover in self._leftovers:
@@ -188,7 +189,7 @@ async def _upsert(db: AsyncSession, node: str, now: datetime, until: datetime, s
     if starting:
         values["start_date"] = now
     result = await db.execute(update(Node).where(Node.id == node).values(**values))
-    if result.rowcount:
+    if rows_changed(result):
         await db.commit()
         return True
     db.add(Node(id=node, start_date=now, heartbeat_date=now, expire_date=until))
@@ -210,8 +211,8 @@ async def _fail_orphan_jobs(db: AsyncSession, now: datetime) -> None:
         .values(state=FAILED, result=json.dumps(body), finish_date=now)
     )
     await db.commit()
-    if result.rowcount:
-        log.warning("failed %d jobs of dead nodes", result.rowcount)
+    if rows_changed(result):
+        log.warning("failed %d jobs of dead nodes", rows_changed(result))
 
 
 __all__ = ["Leftover", "Membership", "beat_seconds", "lease_seconds"]

@@ -97,7 +97,7 @@ async def log_in(db: AsyncSession, settings: Settings, guard: LoginGuard, addres
     await _drop_expired(db)
     live = await db.scalar(
         select(func.count()).select_from(Session).where(Session.account_uuid == account.uuid)
-    )
+    ) or 0
     if live >= settings.session_max_concurrent:
         raise ApiError(
             AUTH_FAILED,

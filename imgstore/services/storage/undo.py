@@ -12,6 +12,7 @@ import logging
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imgstore.db.engine import rows_changed
 from imgstore.db.models import CephBackupStorage, Node
 from imgstore.services.catalog import tags
 from imgstore.services.node.runtime import Runtime
@@ -67,4 +68,4 @@ async def claim_orphan_add(db: AsyncSession, uuid: str, dead: str, me: str) -> b
         .values(adding_node=me)
     )
     await db.commit()
-    return bool(result.rowcount)
+    return bool(rows_changed(result))

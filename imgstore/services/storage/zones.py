@@ -14,6 +14,7 @@ from sqlalchemy import update as update_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imgstore.db.engine import rows_changed
 from imgstore.crypto import new_uuid
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, Zone
 from imgstore.errors import (
@@ -168,7 +169,7 @@ async def detach_backup_storage(rt: Runtime, zone_uuid: str, storage_uuid: str) 
                 BackupStorageZoneRef.zone_uuid == zone_uuid,
             )
         )
-        if gone.rowcount == 0:
+        if rows_changed(gone) == 0:
             raise ApiError(
                 OPERATION_ERROR,
                 f"backup storage[uuid:{storage_uuid}] has not been attached to zone[uuid:{zone_uuid}]",
