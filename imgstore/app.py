@@ -5,36 +5,37 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Scope
 from starlette.routing import Match
+from starlette.types import Scope
 
+from imgstore import lifecycle as node
 from imgstore import logs, metrics
-from imgstore.api.routes import backup_storage
-from imgstore.api.routes import ceph_mons
-from imgstore.api.routes import jobs
-from imgstore.api.routes import sessions
-from imgstore.api.routes import tags
-from imgstore.api.routes import zones
-from imgstore.api.routes import exports
-from imgstore.api.routes import web
-from imgstore.api.routes import images
-from imgstore.api.routes import image_migration
-from imgstore.api.routes import trash
 from imgstore.api import openapi
 from imgstore.api.body_limit import BodyLimit
 from imgstore.api.deps import refuse_nul, require_session
 from imgstore.api.export_slots import ExportSlots
 from imgstore.api.refused_jobs import as_refused_job
 from imgstore.api.reply_cache import ReplyCache
+from imgstore.api.routes import (
+    backup_storage,
+    ceph_mons,
+    exports,
+    image_migration,
+    images,
+    jobs,
+    sessions,
+    tags,
+    trash,
+    web,
+    zones,
+)
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
-from imgstore import lifecycle as node
 
 log = logging.getLogger(__name__)
 

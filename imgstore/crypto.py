@@ -26,7 +26,7 @@ class SecretBox:
         self._fernet = Fernet(key)
 
     @classmethod
-    def from_settings(cls, key: str | None, data_dir: Path) -> "SecretBox":
+    def from_settings(cls, key: str | None, data_dir: Path) -> SecretBox:
         if key:
             return cls(key)
         return cls(_key_file(data_dir / "secret.key"))

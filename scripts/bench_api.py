@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from _bench import Server, free_port  # noqa: E402
 
 from imgstore.config import Settings  # noqa: E402
-from imgstore.wire.dates import utcnow  # noqa: E402
 from imgstore.db.models import BackupStorage, CephMon, Image, ImageBackupStorageRef  # noqa: E402
 from imgstore.services.node.runtime import Runtime  # noqa: E402
+from imgstore.wire.dates import utcnow  # noqa: E402
 
 PASSWORD = "bench"
 FLOOR_APP = """
@@ -168,11 +168,11 @@ def wrk(url: str, headers: dict[str, str], concurrency: int, seconds: int = 6,
         out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
-        value = next(l.split()[-1] for l in out.splitlines() if l.strip().startswith(label))
+        value = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith(label))
         unit = re.search(r"[a-z]+$", value).group()  # type: ignore[union-attr]
         return float(value[: -len(unit)]) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    rps = float(next(l.split()[-1] for l in out.splitlines() if "Requests/sec" in l))
+    rps = float(next(line.split()[-1] for line in out.splitlines() if "Requests/sec" in line))
     return ms("50%"), ms("99%"), rps
 
 
@@ -189,7 +189,7 @@ class KeptShare:
         found = dict(re.findall(r'^imgstore_reply_cache_requests_total\{result="(\w+)"\} (\S+)$', text, re.M))
         return float(found.get("hit", 0)), float(found.get("miss", 0))
 
-    def __enter__(self) -> "KeptShare":
+    def __enter__(self) -> KeptShare:
         self.before = self.counts()
         return self
 
@@ -240,7 +240,7 @@ def pg_database() -> str | None:
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True, connect_timeout=3) as c:
             c.execute(f"CREATE DATABASE {name}")
         return name
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         print(f"PostgreSQL: skipped ({e})")
         return None
 
@@ -271,7 +271,8 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
         api.close()
         rnd = random.Random(1)
         cases = {
-            "paged query (limit=20)": lambda i: f"/zstack/v1/backup-storage?limit=20&start={rnd.randrange(args.storages - 20)}",
+            "paged query (limit=20)":
+                lambda i: f"/zstack/v1/backup-storage?limit=20&start={rnd.randrange(args.storages - 20)}",
             "query by name (~=)": lambda i: f"/zstack/v1/backup-storage?q=name~=bs-0{rnd.randrange(1000):03d}%25",
             "get by uuid": lambda i: f"/zstack/v1/backup-storage/{uuids[rnd.randrange(len(uuids))]}",
             "paged image query": lambda i: f"/zstack/v1/images?limit=20&start={rnd.randrange(args.images - 20)}",
@@ -293,9 +294,10 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
         f50, f99, frps = floor_load(args.requests, args.concurrency)
         alone, _, _ = floor_load(args.alone, 1)
         print(f"{'call':<26}{'p50':>9}{'p99':>9}{'req/s':>9}{'floor':>7}{'of floor':>10}{'p50 alone':>11}{'kept':>6}")
-        for name, p50, p99, rps, frps, alone, share in [
+        for name, p50, p99, rps, floor_rps, p50_alone, share in [
                 ("floor: constant route", f50, f99, frps, frps, alone, None), *rows]:
-            print(f"{name:<26}{p50:>7.1f}ms{p99:>7.1f}ms{rps:>9.0f}{frps:>7.0f}{rps / frps:>10.0%}{alone:>9.1f}ms"
+            print(f"{name:<26}{p50:>7.1f}ms{p99:>7.1f}ms{rps:>9.0f}{floor_rps:>7.0f}{rps / floor_rps:>10.0%}"
+                  f"{p50_alone:>9.1f}ms"
                   f"{'' if share is None else f'{share:>6.0%}'}")
         if shutil.which("wrk"):
             through_wrk(base, headers, floor, args, uuids)
@@ -318,12 +320,14 @@ def main() -> int:
     floor = start([sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(port), "--log-level", "warning",
                    "--no-access-log"], {"PYTHONPATH": str(floor_dir)}, f"http://127.0.0.1:{port}/zstack/v1/constant")
     try:
-        print(f"concurrency {args.concurrency}, {args.requests} requests per call, client and server on loopback, 2 cores")
+        print(f"concurrency {args.concurrency}, {args.requests} requests per call, "
+              "client and server on loopback, 2 cores")
         run("SQLite", None, args, (f"http://127.0.0.1:{port}", {}))
         name = pg_database()
         if name:
             try:
-                run("PostgreSQL", f"postgresql://postgres@127.0.0.1:5432/{name}", args, (f"http://127.0.0.1:{port}", {}))
+                pg_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+                run("PostgreSQL", pg_url, args, (f"http://127.0.0.1:{port}", {}))
             finally:
                 drop_pg(name)
         print("\ntargets: paged query p50 <= 10 ms; >= 40 % of the floor's requests per second"

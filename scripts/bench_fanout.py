@@ -31,7 +31,7 @@ GETS = [0]
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         GETS[0] += 1
         super().do_GET()
 

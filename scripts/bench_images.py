@@ -124,7 +124,7 @@ class RssSampler:
         while not self._stop.wait(0.05):
             self.peak_kib = max(self.peak_kib, self.status("VmRSS"))
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         try:  # reset VmHWM to the current RSS (Linux >= 4.0)
             Path(f"/proc/{self.pid}/clear_refs").write_text("5")
         except OSError:
@@ -229,7 +229,7 @@ def hash_floor(path: Path) -> dict[str, float | str]:
 
     def run(*names: str) -> tuple[float, list[str]]:
         hashes = [hashlib.new(n) for n in names]
-        def feed(h: "hashlib._Hash") -> None:
+        def feed(h: hashlib._Hash) -> None:
             buf = bytearray(4 * MiB)
             with open(path, "rb", buffering=0) as f:
                 while n := f.readinto(buf):

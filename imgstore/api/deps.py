@@ -7,16 +7,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, Header, Request, Security
-from fastapi.security import APIKeyHeader
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 
-from imgstore.wire.query import Condition, QueryError, QuerySpec, parse_query
 from imgstore.crypto import new_uuid
 from imgstore.db.models import Session
 from imgstore.errors import INVALID_ARGUMENT, ApiError
 from imgstore.services.node import sessions
 from imgstore.services.node.jobs import check_job_uuid
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.query import Condition, QueryError, QuerySpec, parse_query
 
 JOBS_PATH = "zstack/v1/api-jobs"
 API_TIMEOUT_MS = 3 * 3600 * 1000

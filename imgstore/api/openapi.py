@@ -26,8 +26,8 @@ from imgstore.api.actions import ActionTable
 from imgstore.api.schemas import TAG, ChangeStateParams, Params
 from imgstore.db import query as q
 from imgstore.db.query import Queryable
-from imgstore.wire.query import DEFAULT_LIMIT
 from imgstore.services.catalog import state_machine as state
+from imgstore.wire.query import DEFAULT_LIMIT
 
 T = TypeVar("T")
 _JAVA_INT_MAX = 2**31 - 1

@@ -12,10 +12,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
-from imgstore.wire.dates import zstack_date
 from imgstore.services.catalog.tags import MAX_TAG_LENGTH, RESOURCE_TYPES
 from imgstore.services.images.export import EXPORT_FORMATS
 from imgstore.services.images.manage import ARCHITECTURES, FORMATS, ISO_MEDIA, MEDIA_TYPES, PLATFORMS
+from imgstore.wire.dates import zstack_date
 
 ZDate = Annotated[datetime | None, PlainSerializer(zstack_date, return_type=str | None)]
 

@@ -87,7 +87,7 @@ def open_ioctx(cluster: RadosSource, pool: str) -> Any:
 
 
 async def call(cluster: RadosSource, fn: Callable[[], T], what: str, pool: str | None = None,
-               name: str | None = None, timeout: float | None = None,  # noqa: ASYNC109 - bounds a thread, not a coroutine
+               name: str | None = None, timeout: float | None = None,
                grace: float = 0.0) -> T:
     """Run blocking ``fn`` in the cluster's pool; whatever it raises leaves as a CephError.
 

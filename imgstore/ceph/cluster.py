@@ -300,7 +300,7 @@ def _mon_addresses(mon_host: str) -> list[tuple[str, int]]:
     return out
 
 
-async def _any_mon_listens(mon_host: str, timeout: float = 1.0) -> bool:  # noqa: ASYNC109 - per address
+async def _any_mon_listens(mon_host: str, timeout: float = 1.0) -> bool:
     """Does any mon address accept a TCP connection? (Tells a dead mon from a refused key.)"""
 
     async def listens(host: str, port: int) -> bool:

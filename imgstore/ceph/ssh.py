@@ -132,7 +132,7 @@ class _PinnedHostKey(asyncssh.SSHClient):
 _NO_KNOWN_HOSTS: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
 
 
-async def offered_host_key(host: str, port: int, timeout: float) -> str:  # noqa: ASYNC109 - the settings' ssh timeout
+async def offered_host_key(host: str, port: int, timeout: float) -> str:
     """The SHA256 fingerprint of the host key ``host:port`` offers now: a key exchange
     only, no login, so nothing secret is sent (an operator's accept of a new key)."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -28,8 +28,18 @@ from typer.core import TyperCommand, TyperGroup
 from imgstore.client import catalogue as apis
 from imgstore.client.catalogue import Api
 from imgstore.client.http import (
-    DEFAULT_URL, INVALID_SESSION, ImgstoreClient, ImgstoreError, ParamError, SavedSession, coerce_params,
-    forget_session, guess_format, load_session, normalize_url, save_session,
+    DEFAULT_URL,
+    INVALID_SESSION,
+    ImgstoreClient,
+    ImgstoreError,
+    ParamError,
+    SavedSession,
+    coerce_params,
+    forget_session,
+    guess_format,
+    load_session,
+    normalize_url,
+    save_session,
 )
 
 USAGE_ERROR = 2
@@ -602,8 +612,7 @@ def send_image(client: ImgstoreClient, file: Path, bs_uuid: str, name: str, fmt:
                extra: dict[str, Any]) -> dict[str, Any]:
     """AddImage(upload://) then the bytes, with a rich progress bar on stderr."""
     from rich.markup import escape
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     console = _stderr()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),

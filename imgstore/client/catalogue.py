@@ -318,5 +318,18 @@ def secret_params() -> frozenset[str]:
     return frozenset(p.name for api in _APIS for p in api.params if p.secret)
 
 
-__all__ = ["APIS", "Api", "Param", "Kind", "OPERATORS", "QUERY_PARAMS", "UnknownApi", "action_key",
-           "closest", "get", "groups", "path_vars", "secret_params"]
+__all__ = [
+    "APIS",
+    "OPERATORS",
+    "QUERY_PARAMS",
+    "Api",
+    "Kind",
+    "Param",
+    "UnknownApi",
+    "action_key",
+    "closest",
+    "get",
+    "groups",
+    "path_vars",
+    "secret_params",
+]

@@ -56,7 +56,7 @@ class ImgstoreError(Exception):
         super().__init__(f"{code}: {self.details}")
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> "ImgstoreError":
+    def from_response(cls, response: httpx.Response) -> ImgstoreError:
         try:
             error = response.json().get("error")
         except (ValueError, AttributeError):
@@ -229,7 +229,7 @@ class ImgstoreClient:
         self.session = session
         self._http = httpx.Client(timeout=timeout, transport=transport, verify=tls_context(ca_file))
 
-    def __enter__(self) -> "ImgstoreClient":
+    def __enter__(self) -> ImgstoreClient:
         return self
 
     def __exit__(self, *_: object) -> None:

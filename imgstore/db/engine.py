@@ -73,7 +73,7 @@ async def migrate(engine: AsyncEngine) -> None:
 
 
 
-__all__ = ["create_engine", "sessionmaker", "migrate", "alembic_config", "db_now"]
+__all__ = ["alembic_config", "create_engine", "db_now", "migrate", "sessionmaker"]
 
 
 def rows_changed(result: Result[Any]) -> int:

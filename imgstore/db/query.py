@@ -33,16 +33,16 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from dataclasses import field as _dc_field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, String, cast, func, inspect, literal, select
+from sqlalchemy import DateTime, String, cast, func, inspect, literal, select
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import joinedload
+from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.sql.sqltypes import BOOLEANTYPE
 from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.sql import ColumnElement, Select
 
 from imgstore.wire.dates import parse_us_date
 from imgstore.wire.query import Condition, QuerySpec
@@ -303,7 +303,7 @@ def parse_datetime(text: str) -> datetime | None:
     """
     if re.fullmatch(r"-?[0-9]+", text):
         try:
-            return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc)
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
         except (OverflowError, OSError, ValueError):
             return None
     parsed = parse_us_date(text) or _parse_iso(text)
@@ -325,7 +325,7 @@ def _for_column(value: datetime, column: Any) -> datetime:
     """Naive UTC for naive ``DateTime`` columns (what imgstore stores), aware otherwise."""
     col_type = getattr(column, "type", None)
     if isinstance(col_type, DateTime) and not col_type.timezone:
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
     return value
 
 

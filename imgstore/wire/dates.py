@@ -9,7 +9,7 @@ accepting what JDK 9+ writes (a comma after the year, U+202F before AM/PM).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -17,14 +17,14 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 def utcnow() -> datetime:
     """Naive UTC now: what the database stores."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def zstack_date(value: datetime | None) -> str | None:
     """Format a stored (naive UTC) time as ZStack does, in the server's local zone."""
     if value is None:
         return None
-    local = value.replace(tzinfo=timezone.utc).astimezone()
+    local = value.replace(tzinfo=UTC).astimezone()
     hour = local.hour % 12 or 12
     half = "AM" if local.hour < 12 else "PM"
     return (
@@ -61,4 +61,4 @@ def parse_zstack_date(value: Any) -> datetime | None:
     local = parse_us_date(value) if isinstance(value, str) else None
     if local is None:
         return None
-    return local.astimezone(timezone.utc).replace(tzinfo=None)
+    return local.astimezone(UTC).replace(tzinfo=None)

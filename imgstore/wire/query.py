@@ -12,7 +12,6 @@ exists, and whether a value fits its type, is decided by ``imgstore.db.query``.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 

@@ -40,8 +40,8 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
@@ -454,7 +454,7 @@ def _holds_nul(case: Any) -> bool:
 def _describe(case: Any) -> str:
     try:
         return case.as_curl_command()
-    except Exception:  # noqa: BLE001 - the description must never hide the failure
+    except Exception:
         return f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r}"
 
 

@@ -22,7 +22,16 @@ import pytest
 
 from tests.conftest import Api, DevCluster, Server, wait_for
 from tests.integration.services.images.test_images import (  # noqa: F401 - files is a fixture
-    Files, MiB, add_image, add_storage, added, files, forget_images, image_data, images, rbd_bytes,
+    Files,
+    MiB,
+    add_image,
+    add_storage,
+    added,
+    files,
+    forget_images,
+    image_data,
+    images,
+    rbd_bytes,
 )
 from tests.integration.services.images.test_import_images import put_metadata, rbd_write, zstack_line
 

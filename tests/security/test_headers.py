@@ -100,9 +100,9 @@ def test_a_5000_digit_condition_value_is_400(server: Server) -> None:
 def test_the_statements_kept_per_fields_list_are_bounded() -> None:
     """Each ``fields=`` list (any order, any repetition) was a statement kept for ever
     (services/catalog/queries.py): a client could grow the server by sending new lists."""
-    from imgstore.wire.query import QuerySpec
     from imgstore.services.catalog import queries
     from imgstore.services.storage.queryables import MON_QUERY
+    from imgstore.wire.query import QuerySpec
 
     names = ["monUuid", "hostname", "monAddr", "monPort", "sshPort", "status"]
     for i in range(queries.MAX_PLAIN_STATEMENTS + 300):

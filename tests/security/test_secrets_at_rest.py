@@ -22,7 +22,6 @@ import pytest
 
 from tests.conftest import TEST_DB, Api, DevCluster, Server
 from tests.integration.services.images.test_image_export import export, exported  # noqa: F401 - fixture
-from tests.integration.services.images.test_image_upload import start_upload
 from tests.integration.services.images.test_images import added, image_data, source_port, storage  # noqa: F401
 from tests.integration.services.images.test_import_images import metadata
 
@@ -50,7 +49,7 @@ def session_of(api: Api) -> str:
     return api.headers["Authorization"].split()[1]
 
 
-def test_an_upload_job_shows_its_token_only_to_a_session(api: Api, storage: str, server: Server) -> None:  # noqa: F811
+def test_an_upload_job_shows_its_token_only_to_a_session(api: Api, storage: str, server: Server) -> None:
     job = uuid.uuid4().hex
     body = {"params": {"name": "up", "url": "upload://", "backupStorageUuids": [storage], "format": "raw"}}
     r = api.post("/images", json=body, headers={"X-Job-UUID": job})
@@ -73,7 +72,7 @@ def test_an_upload_job_shows_its_token_only_to_a_session(api: Api, storage: str,
     assert not any(job in line for line in access), "job ids are masked in the access log"
 
 
-def test_an_export_job_shows_its_url_only_to_a_session(api: Api, exported: tuple[str, str, bytes],  # noqa: F811
+def test_an_export_job_shows_its_url_only_to_a_session(api: Api, exported: tuple[str, str, bytes],
                                                        server: Server) -> None:
     bs, image_uuid, _ = exported
     r = api.put(f"/backup-storage/{bs}/actions", headers={"X-Job-UUID": uuid.uuid4().hex},
@@ -134,10 +133,10 @@ def guarded_source() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._answer(body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._answer(body=True)
 
         def _answer(self, body: bool) -> None:
@@ -155,8 +154,8 @@ def guarded_source() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_a_source_url_is_stored_without_its_credentials(api: Api, c1: DevCluster, pool: str,  # noqa: F811
-                                                        storage: str, guarded_source: str,  # noqa: F811
+def test_a_source_url_is_stored_without_its_credentials(api: Api, c1: DevCluster, pool: str,
+                                                        storage: str, guarded_source: str,
                                                         server: Server) -> None:
     with_password = guarded_source.replace("http://", "http://reader:s3cret-pw@")
     job = api.post("/images", headers={"X-Job-UUID": uuid.uuid4().hex},

@@ -19,10 +19,23 @@ import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, wait_for
 from tests.integration.services.images.test_image_upload import start_upload, url_of
-from tests.integration.services.images.test_images import MiB, forget_images, image_data, images, rbd_images
+from tests.integration.services.images.test_images import (
+    MiB,
+    forget_images,
+    image_data,
+    images,
+    rbd_images,
+    storage,  # noqa: F401 - the fixture
+)
+from tests.integration.services.images.test_import_images import (
+    TAKE_ALL,
+    add_importing,
+    put_metadata,
+    rbd_write,
+    ready,
+    zstack_line,
+)
 from tests.integration.services.node.test_multinode import INTERVAL, nodes2  # noqa: F401 - the fixture
-from tests.integration.services.images.test_import_images import TAKE_ALL, add_importing, put_metadata, rbd_write, ready, zstack_line
-from tests.integration.services.images.test_images import storage  # noqa: F401 - the fixture
 from tests.security.test_handles import _pinger_or_none
 
 pytestmark = pytest.mark.ceph
@@ -61,7 +74,7 @@ def race(first, second, delay: float) -> tuple[httpx.Response, httpx.Response]: 
 
 
 def test_a_recover_racing_an_expunge_never_leaves_a_ready_image_without_bits(
-    api: Api, c1: DevCluster, pool: str, storage: str  # noqa: F811 - the fixture
+    api: Api, c1: DevCluster, pool: str, storage: str
 ) -> None:
     for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
         image = uploaded(api, storage, 48 * MiB)
@@ -85,7 +98,7 @@ def test_a_recover_racing_an_expunge_never_leaves_a_ready_image_without_bits(
 
 
 def test_two_expunges_at_once_remove_the_image_once(
-    api: Api, c1: DevCluster, pool: str, storage: str  # noqa: F811 - the fixture
+    api: Api, c1: DevCluster, pool: str, storage: str
 ) -> None:
     image = uploaded(api, storage, 48 * MiB)
     assert api.delete(f"/images/{image}").status_code == 200

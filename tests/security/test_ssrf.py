@@ -63,10 +63,10 @@ def web() -> Iterator[callable]:
                 if body:
                     self.wfile.write(SECRET)
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self._answer(False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._answer(True)
 
         httpd = http.server.ThreadingHTTPServer((host, 0), Handler)

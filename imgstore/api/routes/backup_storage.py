@@ -18,25 +18,29 @@ from imgstore.api.openapi import (
     GetBackupStorageTypesReply,
     InventoryReply,
     action_api,
-    bool_parameter,
     job_api,
-    list_parameter,
     query_api,
     sync_api,
 )
 from imgstore.api.params import bool_param, list_param
 from imgstore.api.reply_cache import cacheable
-from imgstore.api.schemas import AddCephBackupStorageBody, DeleteMode, backup_storage_inventory
-from imgstore.api.schemas import backup_storage_inventory_class
-from imgstore.api.schemas import BackupStorageInventory, CephBackupStorageInventory
-from imgstore.api.schemas import ChangeStateParams, UpdateBackupStorageParams
-from imgstore.api.schemas import ExportImageFromBackupStorageParams
-from imgstore.services.storage import manage as backup_storage
-from imgstore.services.storage import queryables
-from imgstore.services.storage import add_ceph as ceph_backup_storage
+from imgstore.api.schemas import (
+    AddCephBackupStorageBody,
+    BackupStorageInventory,
+    CephBackupStorageInventory,
+    ChangeStateParams,
+    DeleteMode,
+    ExportImageFromBackupStorageParams,
+    UpdateBackupStorageParams,
+    backup_storage_inventory,
+    backup_storage_inventory_class,
+)
 from imgstore.services.health import connection as ceph_connection
 from imgstore.services.images import export as image_export
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage import add_ceph as ceph_backup_storage
+from imgstore.services.storage import manage as backup_storage
+from imgstore.services.storage import queryables
 
 router = APIRouter(tags=["backup-storage"])
 

@@ -12,11 +12,14 @@ from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, runtime
 from imgstore.api.envelope import inventories_reply, inventory_reply
 from imgstore.api.openapi import InventoryReply, QueryReply, action_api, sync_api
+from imgstore.api.routes.images import image_inventories
 from imgstore.api.schemas import (
-    BackupStorageInventory, BackupStorageMigrateImageParams, CephBackupStorageInventory, ImageInventory,
+    BackupStorageInventory,
+    BackupStorageMigrateImageParams,
+    CephBackupStorageInventory,
+    ImageInventory,
     backup_storage_inventory,
 )
-from imgstore.api.routes.images import image_inventories
 from imgstore.crypto import new_uuid
 from imgstore.services.images import migrate
 from imgstore.services.node.runtime import Runtime

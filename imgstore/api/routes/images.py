@@ -50,15 +50,15 @@ from imgstore.api.schemas import (
 from imgstore.crypto import new_uuid
 from imgstore.db.models import Image
 from imgstore.errors import invalid_argument
-from imgstore.wire.numbers import MAX_DIGITS, parse_count
 from imgstore.services.images import attributes as image_attributes
 from imgstore.services.images import deletion as image_deletion
 from imgstore.services.images import download as image_download
 from imgstore.services.images import export as image_export
-from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
+from imgstore.services.images import upload as image_upload
 from imgstore.services.node import task_progress
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.numbers import MAX_DIGITS, parse_count
 
 router = APIRouter(tags=["images"])
 upload_router = APIRouter(tags=["images"])

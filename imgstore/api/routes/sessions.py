@@ -10,7 +10,12 @@ from fastapi.responses import JSONResponse
 from imgstore.api.deps import ApiCall, api_call, require_session, runtime, wants_schema
 from imgstore.api.envelope import inventory_reply
 from imgstore.api.openapi import (
-    EmptyReply, ErrorReply, InventoryReply, ValidateSessionReply, job_api, sync_api,
+    EmptyReply,
+    ErrorReply,
+    InventoryReply,
+    ValidateSessionReply,
+    job_api,
+    sync_api,
 )
 from imgstore.api.schemas import LogInByAccountBody, RenewSessionBody, SessionInventory
 from imgstore.services.node import sessions

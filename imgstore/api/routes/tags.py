@@ -12,9 +12,15 @@ from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import JsonReply, inventory_reply, rows_reply
 from imgstore.api.openapi import EmptyReply, InventoryReply, action_api, job_api, query_api
 from imgstore.api.reply_cache import cacheable
-from imgstore.api.schemas import CreateTagBody, DeleteMode, UpdateSystemTagParams, tag_inventory
-from imgstore.api.schemas import tag_inventory_class
-from imgstore.api.schemas import SystemTagInventory, UserTagInventory
+from imgstore.api.schemas import (
+    CreateTagBody,
+    DeleteMode,
+    SystemTagInventory,
+    UpdateSystemTagParams,
+    UserTagInventory,
+    tag_inventory,
+    tag_inventory_class,
+)
 from imgstore.services.catalog import tags
 from imgstore.services.node.runtime import Runtime
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import imgstore
-
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
+
+import imgstore
 
 WEB_DIR = Path(imgstore.__file__).resolve().parent / "web"  # the package data, wherever this module sits
 

@@ -11,7 +11,14 @@ from imgstore.api.actions import ActionTable, dispatch, parse_params
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import JsonReply, inventories_reply, inventory_reply, rows_reply
 from imgstore.api.openapi import (
-    ChangeStateDoc, EmptyReply, InventoryReply, QueryReply, action_api, job_api, query_api, sync_api,
+    ChangeStateDoc,
+    EmptyReply,
+    InventoryReply,
+    QueryReply,
+    action_api,
+    job_api,
+    query_api,
+    sync_api,
 )
 from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import (
@@ -25,8 +32,8 @@ from imgstore.api.schemas import (
     ZoneInventory,
     backup_storage_inventory,
 )
-from imgstore.services.storage import queryables, zones
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage import queryables, zones
 
 router = APIRouter(tags=["zones"])
 

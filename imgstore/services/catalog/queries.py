@@ -21,8 +21,8 @@ from sqlalchemy.sql import Select
 
 from imgstore.db import query as q
 from imgstore.errors import INVALID_ARGUMENT, ApiError
-from imgstore.wire.query import QuerySpec
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.query import QuerySpec
 
 # Paging with no condition (``?limit=20&start=N``, what consoles and SDK listings send)
 # reuses one statement per resource, sort and shape, with the page's bounds as
@@ -99,7 +99,7 @@ class _Shape:
         out = []
         for row in rows:
             record = self.record()
-            for key, value in zip(self.keys, row):
+            for key, value in zip(self.keys, row, strict=True):
                 setattr(record, key, value)
             out.append(record)
         return out

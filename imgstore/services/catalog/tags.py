@@ -11,10 +11,10 @@ from imgstore.crypto import new_uuid
 from imgstore.db import query as q
 from imgstore.db.models import BackupStorage, CephBackupStorage, SystemTag, Tag, UserTag, Zone
 from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_found
-from imgstore.wire.query import QuerySpec
-from imgstore.services.node.locking import locked_row
 from imgstore.services.catalog import queries
+from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.query import QuerySpec
 
 SYSTEM, USER = "system", "user"
 DATA_NETWORK_CIDR = "backupStorage::data::network::cidr::"

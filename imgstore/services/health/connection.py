@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 from imgstore import ceph
 from imgstore.db.models import CephBackupStorage
 from imgstore.errors import OPERATION_ERROR, ApiError
-from imgstore.wire.enums import StorageStatus
-from imgstore.services.storage.cephx import renew_key
-from imgstore.services.storage.rows import capacity_columns, load, rows_of
 from imgstore.services.health.checks import health_of, mon_address, problem
 from imgstore.services.node.ceph_errors import is_ceph_error
 from imgstore.services.node.locking import local_lock
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage.cephx import renew_key
+from imgstore.services.storage.rows import capacity_columns, load, rows_of
+from imgstore.wire.enums import StorageStatus
 
 if TYPE_CHECKING:
     from imgstore.services.health.pinger import Pinger

@@ -67,7 +67,7 @@ async def _answer(handles: ClusterRegistry, request: dict[str, Any]) -> dict[str
         raise ApiError(OPERATION_ERROR, f"the pinger has no operation {op!r}")
     except ApiError as e:
         return {"error": {"code": e.kind.code, "details": e.details, "status": e.status, "opaque": e.opaque}}
-    except Exception as e:  # noqa: BLE001 - the parent gets a reply whatever happens; never the request (a key)
+    except Exception as e:
         log.exception("pinger: %s failed", request.get("op"))
         return {"error": {"code": OPERATION_ERROR.code, "details": f"the pinger failed: {type(e).__name__}",
                           "status": 503, "opaque": None}}

@@ -45,12 +45,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from imgstore.db.models import CephBackupStorage
-from imgstore.services.storage import rows as storage_rows
 from imgstore.services.health import connection as ceph_connection
-from imgstore.services.node import leases
 from imgstore.services.health.connection import Outcome
 from imgstore.services.health.pinger import Pinger, PingerLost
+from imgstore.services.node import leases
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage import rows as storage_rows
 
 log = logging.getLogger(__name__)
 

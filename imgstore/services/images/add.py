@@ -14,15 +14,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from imgstore import ceph
-from imgstore.services.images.formats import qemu
 from imgstore.db.models import Image
 from imgstore.errors import CREATE_RESOURCE_ERROR, INVALID_ARGUMENT, OPERATION_ERROR, ApiError
 from imgstore.services.images import manage as images
 from imgstore.services.images import metadata
-from imgstore.services.node.ceph_errors import ceph_error
-from imgstore.services.images.intake import (CONVERTED, CONVERTING, ImageRefused, IntakeFailed, IntakeResult,
-                                            Limits, Target)
+from imgstore.services.images.formats import qemu
+from imgstore.services.images.intake import (
+    CONVERTED,
+    CONVERTING,
+    ImageRefused,
+    IntakeFailed,
+    IntakeResult,
+    Limits,
+    Target,
+)
 from imgstore.services.images.sources import SourceFailed, SourceRefused
+from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.node.task_progress import ProgressReporter
@@ -72,7 +79,8 @@ async def targets_for(rt: Runtime, image: Image, length: int | None) -> tuple[li
     return targets, failures
 
 
-def progress_of(reporter: ProgressReporter, intake_format: Callable[[], str | None]) -> Callable[[str, int, int | None], Awaitable[None]]:
+def progress_of(reporter: ProgressReporter,
+                intake_format: Callable[[], str | None]) -> Callable[[str, int, int | None], Awaitable[None]]:
     """The intake's progress as a percentage: the transfer, then (qcow2) the conversion.
 
     Without conversion the transfer is 0-99 %; with one it is 0-49 % and the conversion

@@ -24,19 +24,19 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from imgstore import ceph
-from imgstore.wire.dates import utcnow
-from imgstore.wire.enums import DeleteMode, DeletionPolicy, ImageStatus
 from imgstore.db.models import CephBackupStorage, Image, ImageBackupStorageRef
 from imgstore.errors import INVALID_ARGUMENT, OPERATION_ERROR, ApiError, invalid_argument, not_found
 from imgstore.services.images import download as image_download
 from imgstore.services.images import export as image_export
-from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
 from imgstore.services.images import metadata
+from imgstore.services.images import upload as image_upload
 from imgstore.services.node import task_progress
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.dates import utcnow
+from imgstore.wire.enums import DeleteMode, DeletionPolicy, ImageStatus
 
 log = logging.getLogger(__name__)
 

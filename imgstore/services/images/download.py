@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 from sqlalchemy import select
 
 from imgstore.crypto import new_uuid
 from imgstore.db.models import ApiJob, Image, ImageUpload, TaskProgress
 from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, invalid_argument
-from imgstore.wire.masking import without_credentials
 from imgstore.services.images import add as image_add
-from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
-from imgstore.services.node.handles import Lease
+from imgstore.services.images import upload as image_upload
 from imgstore.services.images.intake import ImageIntake
 from imgstore.services.images.sources import (
     UPLOAD,
@@ -34,9 +33,11 @@ from imgstore.services.images.sources import (
     open_source,
 )
 from imgstore.services.images.url_guard import Allowance
+from imgstore.services.node.handles import Lease
 from imgstore.services.node.metrics import count_image_bytes
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.node.task_progress import ProgressReporter
+from imgstore.wire.masking import without_credentials
 
 log = logging.getLogger(__name__)
 

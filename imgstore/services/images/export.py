@@ -46,9 +46,9 @@ from imgstore.errors import (
     ApiError,
     not_found,
 )
+from imgstore.services.images.metadata import split_install_path
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.handles import Lease
-from imgstore.services.images.metadata import split_install_path
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
 from imgstore.wire.enums import ImageStatus

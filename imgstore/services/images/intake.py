@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, remove_image
 from imgstore.services.images.formats import inspect as imageformat
 from imgstore.services.images.formats import qemu
-from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, remove_image
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Limits:
     max_virtual_size: int = 16 << 40
     max_source_bytes: int = 1 << 40  # sources of unknown length
     convert_timeout: float = 6 * 3600.0
-    qemu: qemu.Limits = qemu.Limits()
+    qemu: qemu.Limits = field(default_factory=qemu.Limits)
 
 
 class ImageRefused(ValueError):
@@ -296,7 +296,7 @@ class ImageIntake:
         stored = []
         for uuid, w in list(self._writers.items()):
             try:
-                size, md5, sha512 = await w.commit()
+                _size, md5, sha512 = await w.commit()
             except ImageSizeMismatch as e:
                 raise IntakeFailed(str(e)) from None
             except CephError as e:

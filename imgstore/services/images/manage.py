@@ -36,16 +36,14 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
-from imgstore.wire.enums import ImageStatus, MediaType, State, StorageStatus
-from imgstore.wire.query import Condition, QuerySpec
-from imgstore.services.catalog import queries
-from imgstore.services.catalog import state_changes
-from imgstore.services.catalog import tags
-from imgstore.services.storage.rows import apply_capacity
-from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY
+from imgstore.services.catalog import queries, state_changes, tags
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY
+from imgstore.services.storage.rows import apply_capacity
+from imgstore.wire.enums import ImageStatus, MediaType, State, StorageStatus
+from imgstore.wire.query import Condition, QuerySpec
 
 log = logging.getLogger(__name__)
 

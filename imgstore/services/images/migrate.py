@@ -48,7 +48,7 @@ async def candidates(rt: Runtime, src_uuid: str) -> list[BackupStorage]:
 
 async def migrate(rt: Runtime, image_uuid: str, src_uuid: str, dst_uuid: str, api_id: str) -> Image:
     """Copy the image's bits from ``src_uuid`` to ``dst_uuid`` and add the ref there."""
-    image, src, dst = await _check(rt, image_uuid, src_uuid, dst_uuid)
+    _image, src, dst = await _check(rt, image_uuid, src_uuid, dst_uuid)
     path = images.install_path(dst.pool_name or "", image_uuid)
     held = await trash.hold(rt, dst.uuid, path, image_uuid, images.RESOURCE_TYPE)
     reporter = ProgressReporter(rt, api_id, image_uuid, TASK_NAME,

@@ -36,9 +36,9 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from imgstore.wire.masking import masked
 from imgstore.services.images import url_guard
 from imgstore.services.images.url_guard import Allowance, HostRefused, HostUnresolved
+from imgstore.wire.masking import masked
 
 log = logging.getLogger(__name__)
 

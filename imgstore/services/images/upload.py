@@ -36,7 +36,6 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imgstore.wire.dates import utcnow
 from imgstore.db.models import CephBackupStorage, Image, ImageUpload, Node
 from imgstore.errors import (
     OPERATION_ERROR,
@@ -47,11 +46,12 @@ from imgstore.errors import (
 )
 from imgstore.services.images import add as image_add
 from imgstore.services.images import manage as images
-from imgstore.services.node.handles import Lease
 from imgstore.services.images.intake import ImageIntake
+from imgstore.services.node.handles import Lease
 from imgstore.services.node.metrics import count_image_bytes
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.node.task_progress import ProgressReporter
+from imgstore.wire.dates import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imgstore.crypto import SecretBox
-from imgstore.wire.dates import utcnow
 from imgstore.db.models import ApiJob
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, ApiError
-from imgstore.wire.masking import without_tokens
+from imgstore.wire.dates import utcnow
 from imgstore.wire.enums import JobState
+from imgstore.wire.masking import without_tokens
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imgstore.db.engine import db_now
-from imgstore.db.engine import rows_changed
+from imgstore.db.engine import db_now, rows_changed
 from imgstore.db.models import BackupStorageLease as Lease
 from imgstore.db.models import CephBackupStorage
 from imgstore.services.node.runtime import Runtime
@@ -159,4 +158,4 @@ async def _create_missing(db: AsyncSession) -> None:
     await db.commit()
 
 
-__all__ = ["Balance", "fair_share", "to_take", "settle", "owned", "release_all"]
+__all__ = ["Balance", "fair_share", "owned", "release_all", "settle", "to_take"]

@@ -32,8 +32,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imgstore.db.engine import db_now
-from imgstore.db.engine import rows_changed
+from imgstore.db.engine import db_now, rows_changed
 from imgstore.db.models import ApiJob, Node
 from imgstore.errors import INTERNAL, ApiError
 from imgstore.services.node import leases

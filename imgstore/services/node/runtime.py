@@ -71,7 +71,7 @@ class Runtime:
     node: Node = field(default_factory=Node)
 
     @classmethod
-    async def open(cls, settings: Settings) -> "Runtime":
+    async def open(cls, settings: Settings) -> Runtime:
         """The database (migrated), the secret box and the registries; nothing running."""
         private_data_dir(settings.data_dir)
         engine = create_engine(settings.database_url())

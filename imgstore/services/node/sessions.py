@@ -31,10 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imgstore import crypto
 from imgstore.config import Settings
-from imgstore.wire.dates import utcnow
 from imgstore.db.models import Account, Session
 from imgstore.errors import AUTH_FAILED, INVALID_SESSION, ApiError
 from imgstore.services.node.login_guard import LoginGuard
+from imgstore.wire.dates import utcnow
 
 log = logging.getLogger(__name__)
 

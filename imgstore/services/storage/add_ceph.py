@@ -28,7 +28,14 @@ from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, in
 from imgstore.services.catalog import tags
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.runtime import Runtime
-from imgstore.services.storage.mon_hosts import MonProbe, mons_failed, new_mon_rows, parse_mon_urls, probe_mons, used_hostnames
+from imgstore.services.storage.mon_hosts import (
+    MonProbe,
+    mons_failed,
+    new_mon_rows,
+    parse_mon_urls,
+    probe_mons,
+    used_hostnames,
+)
 from imgstore.services.storage.rows import apply_capacity, load, save
 from imgstore.services.storage.undo import undo_add
 from imgstore.wire.enums import State, StorageStatus
@@ -103,7 +110,7 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     await _check_free(rt, uuid, mons)
     mon_rows = await _record(rt, uuid, req, pool, mons)
     try:
-        probes = [MonProbe(url=m, row=r) for m, r in zip(mons, mon_rows)]
+        probes = [MonProbe(url=m, row=r) for m, r in zip(mons, mon_rows, strict=True)]
         await _onboard(rt, uuid, probes, pool, predefined=req.pool_name is not None)
     except ApiError as e:
         await undo_add(rt, uuid)

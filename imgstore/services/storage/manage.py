@@ -7,8 +7,6 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imgstore.wire.enums import DeleteMode
-from imgstore.wire.query import QuerySpec
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, Zone
 from imgstore.errors import (
     CHANGE_RESOURCE_STATE_ERROR,
@@ -17,14 +15,14 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
-from imgstore.services.catalog import queries
-from imgstore.services.catalog import state_changes
-from imgstore.services.catalog import tags
+from imgstore.services.catalog import queries, state_changes, tags
 from imgstore.services.node.locking import commit_row, locked_row
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.storage.add_ceph import CEPH
 from imgstore.services.storage.cephx import release_cluster_resources
 from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY, CEPH_BACKUP_STORAGE_QUERY
+from imgstore.wire.enums import DeleteMode
+from imgstore.wire.query import QuerySpec
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,9 @@ from imgstore import ceph
 from imgstore.ceph import check_fingerprint
 from imgstore.db.models import CephBackupStorage, CephMon
 from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_found
-from imgstore.services.storage.rows import load
+from imgstore.services.node.ceph_errors import ceph_error
+from imgstore.services.node.locking import local_lock
+from imgstore.services.node.runtime import Runtime
 from imgstore.services.storage.mon_hosts import (
     MonProbe,
     mons_failed,
@@ -30,14 +32,13 @@ from imgstore.services.storage.mon_hosts import (
     probe_mons,
     used_hostnames,
 )
-from imgstore.services.node.ceph_errors import ceph_error
-from imgstore.services.node.locking import local_lock
-from imgstore.services.node.runtime import Runtime
+from imgstore.services.storage.rows import load
 from imgstore.wire.enums import StorageStatus
 
 log = logging.getLogger(__name__)
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL})(\.{_LABEL})*$")
 
 
 async def _ceph_storage(rt: Runtime, uuid: str) -> CephBackupStorage:
@@ -64,7 +65,8 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
             try:
                 await db.commit()
             except IntegrityError:
-                raise invalid_argument("Adding the same Mon node is not allowed: a hostname is already in use") from None
+                raise invalid_argument(
+                    "Adding the same Mon node is not allowed: a hostname is already in use") from None
         probes = [MonProbe(url=u, row=r) for u, r in zip(urls, rows, strict=True)]
         try:
             async with AsyncExitStack() as stack:
@@ -77,7 +79,8 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
             for probe in probes:
                 mon = await db.get(CephMon, probe.row.uuid)
                 assert mon is not None and probe.facts is not None
-                mon.status, mon.mon_addr, mon.mon_host = StorageStatus.CONNECTED, probe.facts.mon_addr, probe.facts.mon_host
+                mon.status = StorageStatus.CONNECTED
+                mon.mon_addr, mon.mon_host = probe.facts.mon_addr, probe.facts.mon_host
                 mon.ssh_host_key_fingerprint = probe.host_key
             await db.commit()
     return await load(rt, uuid)

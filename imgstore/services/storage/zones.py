@@ -14,8 +14,8 @@ from sqlalchemy import update as update_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imgstore.db.engine import rows_changed
 from imgstore.crypto import new_uuid
+from imgstore.db.engine import rows_changed
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, Zone
 from imgstore.errors import (
     OPERATION_ERROR,
@@ -23,14 +23,12 @@ from imgstore.errors import (
     invalid_argument,
     not_found,
 )
-from imgstore.wire.enums import State
-from imgstore.wire.query import QuerySpec
-from imgstore.services.catalog import queries
-from imgstore.services.catalog import state_changes
-from imgstore.services.catalog import tags
+from imgstore.services.catalog import queries, state_changes, tags
 from imgstore.services.node.locking import commit_row, locked_row
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.storage.queryables import ZONE_QUERY
+from imgstore.wire.enums import State
+from imgstore.wire.query import QuerySpec
 
 ZONE_TYPE = "zstack"  # ZoneVO's type in ZStack
 RESOURCE_TYPE = "ZoneVO"

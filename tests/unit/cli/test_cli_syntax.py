@@ -10,11 +10,23 @@ import httpx
 import pytest
 from rich.console import Console
 
-from imgstore.client import catalogue as apis
 from imgstore.cli.commands import error_line, human_bytes, mask_reply, mask_text, parse_words, render, split_list
+from imgstore.client import catalogue as apis
 from imgstore.client.http import (
-    ImgstoreClient, ImgstoreError, ParamError, SavedSession, build_request, coerce_params, guess_format,
-    hash_password, load_session, normalize_url, poll_delays, save_session, session_file, upload_url,
+    ImgstoreClient,
+    ImgstoreError,
+    ParamError,
+    SavedSession,
+    build_request,
+    coerce_params,
+    guess_format,
+    hash_password,
+    load_session,
+    normalize_url,
+    poll_delays,
+    save_session,
+    session_file,
+    upload_url,
 )
 
 MON_URL = "root:s3cret@10.0.0.1:2222/?monPort=16789"

@@ -14,7 +14,6 @@ from sqlalchemy import create_engine, inspect
 from imgstore.db.engine import alembic_config
 from imgstore.db.models import Base
 
-
 # SQLite reflects an index of ``name COLLATE NOCASE`` as one of ``name``, so autogenerate
 # sees these expression indexes as removed and added again; they are checked by their SQL
 _NOCASE_INDEXES = {"ix_backup_storage_name_nocase", "ix_image_name_nocase"}

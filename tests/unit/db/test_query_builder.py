@@ -10,7 +10,7 @@ import enum
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import (
@@ -29,7 +29,6 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from imgstore.wire.query import Condition, QuerySpec, parse_query
 from imgstore.db.query import (
     Field,
     FieldValueError,
@@ -40,6 +39,7 @@ from imgstore.db.query import (
     relation,
     tag_filter,
 )
+from imgstore.wire.query import Condition, QuerySpec, parse_query
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -292,7 +292,7 @@ def test_dates_in_zstack_form_are_server_local(db: Session, shanghai: None) -> N
 def test_dates_in_iso_8601_and_epoch_ms(db: Session) -> None:
     assert uuids(db, "createDate>=2017-06-10T12:00:00Z") == ["s4", "s5"]
     assert uuids(db, "createDate>2017-06-10T20:00:00+08:00") == ["s5"]
-    epoch_ms = int(datetime(2017, 6, 8, 12, tzinfo=timezone.utc).timestamp() * 1000)
+    epoch_ms = int(datetime(2017, 6, 8, 12, tzinfo=UTC).timestamp() * 1000)
     assert uuids(db, f"createDate<{epoch_ms}") == ["s1"]
     assert uuids(db, f"createDate?={epoch_ms},2017-06-09T12:00:00Z") == ["s2", "s3"]
 

@@ -5,23 +5,37 @@ from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
-
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from imgstore import crypto
 from imgstore.api.envelope import JsonReply, dump, inventory_reply, rows_reply, schema_of
-from imgstore.api.schemas import CephBackupStorageInventory, CephMonInventory, ImageInventory
-from imgstore.api.schemas import backup_storage_inventory, backup_storage_inventory_class, tag_inventory_class
-from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Image
-from imgstore.db.models import Base, ImageBackupStorageRef, SystemTag, UserTag
+from imgstore.api.schemas import (
+    CephBackupStorageInventory,
+    CephMonInventory,
+    ImageInventory,
+    backup_storage_inventory,
+    backup_storage_inventory_class,
+    tag_inventory_class,
+)
+from imgstore.db.models import (
+    BackupStorage,
+    BackupStorageZoneRef,
+    Base,
+    CephBackupStorage,
+    CephMon,
+    Image,
+    ImageBackupStorageRef,
+    SystemTag,
+    UserTag,
+)
 from imgstore.services.catalog import queries
 from imgstore.services.catalog.tags import SYSTEM_TAG_QUERY, USER_TAG_QUERY
 from imgstore.services.images.manage import IMAGE_QUERY
 from imgstore.services.storage.manage import BACKUP_STORAGE_QUERY, CEPH_BACKUP_STORAGE_QUERY
-from imgstore.wire.query import QuerySpec, parse_query
 from imgstore.wire.dates import parse_zstack_date, zstack_date
+from imgstore.wire.query import QuerySpec, parse_query
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Create Date: 2026-11-29 14:30:00
 """
 from alembic import op
 
-
 revision = '0006'
 down_revision = '0005'
 branch_labels = None

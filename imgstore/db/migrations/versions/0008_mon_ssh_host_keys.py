@@ -7,7 +7,6 @@ Create Date: 2026-12-03 16:30:00
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0008'
 down_revision = '0007'
 branch_labels = None

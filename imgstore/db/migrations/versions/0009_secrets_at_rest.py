@@ -12,9 +12,8 @@ image's source ``url`` loses the ``user:password@`` it was added with.
 """
 from urllib.parse import urlsplit
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0009'
 down_revision = '0008'

@@ -7,7 +7,6 @@ Create Date: 2026-12-03 21:20:00
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0010'
 down_revision = '0009'
 branch_labels = None

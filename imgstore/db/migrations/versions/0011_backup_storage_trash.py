@@ -7,7 +7,6 @@ Create Date: 2026-12-03 21:45:00
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0011'
 down_revision = '0010'
 branch_labels = None

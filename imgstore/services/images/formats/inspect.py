@@ -94,7 +94,7 @@ def _virtual_size(found: fi.FileInspector) -> int | None:
     KeyError for a bare descriptor)."""
     try:
         return found.virtual_size or None
-    except Exception:  # noqa: BLE001 - a size that cannot be read is no size
+    except Exception:
         return None
 
 
@@ -114,7 +114,7 @@ def _matches(data: bytes) -> list[fi.FileInspector]:
             inspector.finish()
             if inspector.format_match:
                 found.append(inspector)
-        except Exception:  # noqa: BLE001 - oslo's own rule: a parse failure is "not this format"
+        except Exception:
             continue
     return found
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ConvertError", "Limits", "RawReader", "FORMATS"]
+__all__ = ["FORMATS", "ConvertError", "Limits", "RawReader"]
 
 FORMATS = ("qcow2", "vmdk")
 """Formats this module converts."""
@@ -215,7 +215,7 @@ class RawReader:
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 5)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         if self._dir is not None:

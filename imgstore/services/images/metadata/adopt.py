@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from imgstore import ceph
@@ -246,4 +246,4 @@ def _zstack_date(value: Any) -> datetime | None:
         local = datetime.strptime(value.replace("\u202f", " "), "%b %d, %Y %I:%M:%S %p")
     except ValueError:
         return None
-    return local.astimezone(timezone.utc).replace(tzinfo=None)
+    return local.astimezone(UTC).replace(tzinfo=None)

@@ -116,7 +116,7 @@ def parse_line(line: str) -> dict[str, Any] | None:
 def line_names(line: str, uuid: str) -> bool:
     """Is this line about image ``uuid``? (ZStack's sed removes any line containing it.)"""
     inventory = parse_line(line) if uuid in line else None
-    return inventory is None and uuid in line or (inventory is not None and inventory["uuid"] == uuid)
+    return (inventory is None and uuid in line) or (inventory is not None and inventory["uuid"] == uuid)
 
 
 def join_lines(lines: Iterable[str]) -> bytes:

@@ -8,7 +8,15 @@ import uuid
 
 from tests.conftest import Api, DevCluster, Server
 from tests.integration.services.images.test_images import (  # noqa: F401 - fixtures
-    MiB, Files, action, add_image, added, files, image_data, rbd, storage,
+    Files,
+    MiB,
+    action,
+    add_image,
+    added,
+    files,
+    image_data,
+    rbd,
+    storage,
 )
 
 GONE = "0123456789abcdef0123456789abcdef"

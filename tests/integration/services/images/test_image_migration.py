@@ -15,7 +15,16 @@ import pytest
 
 from tests.conftest import Api, DevCluster, Server, wait_for
 from tests.integration.services.images.test_images import (  # noqa: F401 - fixtures
-    MiB, Files, add_image, added, files, forget_images, image_data, rbd, rbd_bytes, rbd_images,
+    Files,
+    MiB,
+    add_image,
+    added,
+    files,
+    forget_images,
+    image_data,
+    rbd,
+    rbd_bytes,
+    rbd_images,
 )
 
 

@@ -83,7 +83,7 @@ def files() -> Iterator[Files]:
             self.send_header("Content-Length", str(f.length if f.length is not None else len(f.data)))
             self.end_headers()
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             f = files.served.get(self.path.lstrip("/"))
             if f is None or not f.head:
                 self.send_response(404 if f is None else 405)
@@ -92,7 +92,7 @@ def files() -> Iterator[Files]:
                 return
             self._headers(f)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             f = files.served.get(self.path.lstrip("/"))
             if f is None:
                 self.send_response(404)

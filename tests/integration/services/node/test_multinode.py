@@ -73,7 +73,7 @@ def _start_nodes(tmp_path: Path, db_url: str, count: int) -> list[Server]:
     def start(srv: Server) -> None:
         try:
             srv.start()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=start, args=(s,)) for s in servers]
@@ -157,7 +157,7 @@ def _tear_down(servers: list[Server]) -> None:
             api = live[0].login()
             for inv in api.storages():
                 api.delete(f"/backup-storage/{inv['uuid']}")
-        except Exception:  # noqa: BLE001 - best effort; the database is dropped anyway
+        except Exception:
             pass
     for s in servers:
         s.stop()

@@ -323,9 +323,9 @@ def _serialisation_run(db_url: str | None, tmp_path, nodes: int, monkeypatch) ->
     database; answer (state read, state decided) in the order decisions were made."""
     from imgstore.config import Settings
     from imgstore.db.models import BackupStorage
-    from imgstore.services.storage import manage as backup_storage
     from imgstore.services.catalog import state_machine as state
     from imgstore.services.node.runtime import Runtime
+    from imgstore.services.storage import manage as backup_storage
 
     seen: list[tuple[str, str]] = []
     decide = state.next_state

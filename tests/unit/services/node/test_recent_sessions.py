@@ -1,9 +1,9 @@
 """Sessions validated a moment ago are trusted for a few seconds, never past a logout or expiry."""
 from datetime import timedelta
 
-from imgstore.wire.dates import utcnow
 from imgstore.db.models import Session
 from imgstore.services.node.sessions import RecentSessions
+from imgstore.wire.dates import utcnow
 
 DB, OTHER_DB = object(), object()
 
