@@ -266,7 +266,7 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
     server = Server(data, env=env, password=PASSWORD, log_level="warning").start()
     try:
         base = server.url
-        api = server.login()  # not server.session(): it enters a client login() has opened (RuntimeError)
+        api = server.login()
         headers = {"Authorization": api.headers["Authorization"]}
         api.close()
         rnd = random.Random(1)

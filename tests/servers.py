@@ -135,8 +135,11 @@ class Server:
 
     def session(self, password: str | None = None) -> str:
         """A new session id of the admin account."""
-        with self.login(password) as api:
+        api = self.login(password)  # opened by its login: `with` would open it again (RuntimeError)
+        try:
             return api.headers["Authorization"].removeprefix("OAuth ")
+        finally:
+            api.close()
 
 
 @contextmanager
