@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from imgstore import ceph
@@ -35,6 +34,7 @@ from imgstore.services.images.metadata.lines import (
 from imgstore.services.images.metadata.pool import image_size, reason, storage_and_cluster
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.dates import parse_zstack_date
 from imgstore.wire.enums import MediaType, State
 from imgstore.wire.masking import without_credentials
 
@@ -220,7 +220,7 @@ def _new_image(found: Found) -> Image:
         virtio=inv.get("virtio") is not False,
         backup_storage_refs=[],
     )
-    created = _zstack_date(inv.get("createDate"))
+    created = parse_zstack_date(inv.get("createDate"))
     if created is not None:
         image.create_date = created
     return image
@@ -237,13 +237,3 @@ def _int(inv: dict[str, Any], key: str) -> int | None:
     value = inv.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
-
-def _zstack_date(value: Any) -> datetime | None:
-    """A Gson date (``Jun 7, 2017 9:20:17 PM``, local time) as naive UTC; None if not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        local = datetime.strptime(value.replace("\u202f", " "), "%b %d, %Y %I:%M:%S %p")
-    except ValueError:
-        return None
-    return local.astimezone(UTC).replace(tzinfo=None)

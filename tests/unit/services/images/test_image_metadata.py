@@ -14,7 +14,7 @@ from imgstore.services.images.metadata import (
     split_install_path,
     zstack_metadata_pool,
 )
-from imgstore.services.images.metadata.adopt import _zstack_date
+from imgstore.wire.dates import parse_zstack_date
 
 UUID = "0123456789abcdef0123456789abcdef"
 
@@ -47,7 +47,7 @@ def test_a_line_is_a_compact_zstack_image_inventory_with_this_storages_ref() -> 
         "id": 3, "imageUuid": UUID, "backupStorageUuid": "b" * 32, "installPath": f"ceph://p/{UUID}",
         "status": "Ready", "createDate": inv["createDate"], "lastOpDate": inv["lastOpDate"]}]
     assert "secret" not in line and "hash" not in line
-    assert _zstack_date(inv["createDate"]) == when, "dates go out and come back in ZStack's format"
+    assert parse_zstack_date(inv["createDate"]) == when, "dates go out and come back in ZStack's format"
 
 
 def test_parsing_skips_bad_lines_and_the_last_line_of_a_uuid_wins() -> None:
