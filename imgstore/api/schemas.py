@@ -334,6 +334,8 @@ class ImageBackupStorageRefInventory(Inventory):
     export_md5_sum: str | None = None
     create_date: ZDate
     last_op_date: ZDate
+    hash_algorithm: str | None = None  # imgstore's: CalculateImageHash's algorithm on this ref
+    hash_value: str | None = None  # imgstore's: and its hex digest
     upload_url: str | None = None  # imgstore's: where to PUT an upload:// image's bytes, while it waits
 
 
@@ -359,7 +361,7 @@ class ImageInventory(Inventory):
     create_date: ZDate
     last_op_date: ZDate
     backup_storage_refs: list[ImageBackupStorageRefInventory] = []
-    sha512_sum: str | None = None  # imgstore's: sha512 of the bytes received, next to ZStack's md5Sum
+    sha512_sum: str | None = None  # imgstore's: a verified or calculated sha512, next to ZStack's md5Sum
     status_reason: str | None = None  # imgstore's: why it is Error
 
 
@@ -407,6 +409,13 @@ class ImageBackupStorageUuidsParams(Params):
     """``expungeImage`` / ``recoverImage``: the storages to act on (all when absent)."""
 
     backupStorageUuids: list[str] | None = None
+
+
+class CalculateImageHashParams(Params):
+    """``calculateImageHash``: the storage whose RBD image is read, and the algorithm."""
+
+    backupStorageUuid: str = Field(min_length=1, max_length=32)
+    algorithm: str = "MD5"
 
 
 class UpdateImageParams(Params):

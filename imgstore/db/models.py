@@ -271,6 +271,9 @@ class ImageBackupStorageRef(Timestamps, Base):
     export_url: Mapped[str | None] = mapped_column(Text)  # sealed (crypto.SecretBox): it holds the token
     export_md5_sum: Mapped[str | None] = mapped_column(String(255))
     export_token: Mapped[str | None] = mapped_column(String(255))  # hashed, never returned
+    # CalculateImageHash's last result on this ref: MD5 | SHA1 | SHA256 | SHA512, and its hex digest
+    hash_algorithm: Mapped[str | None] = mapped_column(String(16))
+    hash_value: Mapped[str | None] = mapped_column(String(128))
 
     image: Mapped[Image] = relationship(back_populates="backup_storage_refs")
 

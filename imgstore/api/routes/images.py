@@ -38,6 +38,7 @@ from imgstore.api.params import bool_param, list_param
 from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import (
     AddImageBody,
+    CalculateImageHashParams,
     ChangeStateParams,
     ImageBackupStorageUuidsParams,
     ImageInventory,
@@ -54,6 +55,8 @@ from imgstore.services.images import attributes as image_attributes
 from imgstore.services.images import deletion as image_deletion
 from imgstore.services.images import download as image_download
 from imgstore.services.images import export as image_export
+from imgstore.services.images import hashing as image_hashing
+from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
 from imgstore.services.images import upload as image_upload
 from imgstore.services.node import task_progress
@@ -253,6 +256,19 @@ async def _update_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSO
     return await call.run("UpdateImage", work)
 
 
+async def _calculate_image_hash(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
+    """Always a job, as AddImage: it reads the whole image (GetTaskProgress follows it)."""
+    p = parse_params(CalculateImageHashParams, "calculateImageHash", params)
+    algorithm = image_hashing.algorithm_of(p.algorithm)
+    job = dataclasses.replace(call, asynchronous=True, job_uuid=call.job_uuid or new_uuid())
+
+    async def work() -> dict[str, Any]:
+        image = await image_hashing.calculate(call.rt, uuid, p.backupStorageUuid, algorithm, job.job_uuid or "")
+        return await _reply(call, image)
+
+    return await job.run("CalculateImageHash", work)
+
+
 #: ``PUT /images/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
 IMAGE_ACTIONS: ActionTable = {
     "expungeImage": _expunge_image,
@@ -263,19 +279,20 @@ IMAGE_ACTIONS: ActionTable = {
     "setImageBootMode": _set_image_boot_mode,
     "setImageSecurityLevel": _set_image_security_level,
     "setImageQga": _set_image_qga,
+    "calculateImageHash": _calculate_image_hash,
 }
 
 
 @router.put(
     "/images/{uuid}/actions",
     summary="ExpungeImage, RecoverImage, ChangeImageState, SyncImageSize, UpdateImage, SetImageBootMode, "
-            "SetImageSecurityLevel, SetImageQga",
+            "SetImageSecurityLevel, SetImageQga, CalculateImageHash",
     **action_api(
         IMAGE_ACTIONS,
         {"expungeImage": ImageBackupStorageUuidsParams, "recoverImage": ImageBackupStorageUuidsParams,
          "changeImageState": ChangeStateDoc, "updateImage": UpdateImageParams,
          "setImageBootMode": SetImageBootModeParams, "setImageSecurityLevel": SetImageSecurityLevelParams,
-         "setImageQga": SetImageQgaParams},
+         "setImageQga": SetImageQgaParams, "calculateImageHash": CalculateImageHashParams},
         _Reply | EmptyReply,  # expungeImage and the Set* answer {}
     ),
 )

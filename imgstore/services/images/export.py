@@ -12,10 +12,11 @@ streaming the RBD image with several reads in flight (``ceph.iter_image``).
   ``export_md5_sum``. As in ZStack, the URL shows in QueryImage's ``backupStorageRefs``
   (to holders of a session only, through :func:`shown_url`), and a second export
   returns the same URL.
-* ``exportMd5Sum`` is the md5 of the bytes served. The md5 computed while the image was
-  written is that only when the bytes stored are the bytes received (not converted from
-  qcow2 or vmdk: then its size differs from what was received); otherwise the image is
-  read once to compute it, and the result is kept on the ref.
+* ``exportMd5Sum`` is the md5 of the bytes served: the MD5 CalculateImageHash kept on
+  the ref, or the image's ``md5Sum`` when the bytes stored are the bytes received (not
+  converted from qcow2 or vmdk: then its size differs from what was received); otherwise
+  the image is read once to compute it (:func:`hashing.digest_of`), and the result is
+  kept on the ref (``exportMd5Sum``).
 * DeleteExportedImageFromBackupStorage clears the URL and the token: the URL answers 404
   from then on.
 
@@ -24,7 +25,6 @@ bits whether this node is serving it right now.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
@@ -46,7 +46,7 @@ from imgstore.errors import (
     ApiError,
     not_found,
 )
-from imgstore.services.images.metadata import split_install_path
+from imgstore.services.images import hashing
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.handles import Lease
 from imgstore.services.node.locking import locked_row
@@ -57,7 +57,6 @@ EXPORT_PATH = "zstack/v1/exports"
 EXPORT_FORMATS = ("raw", "qcow2")  # ZStack's valid values; Ceph ignores it and exports raw
 READY = ImageStatus.READY
 NOT_CALCULATED = "not calculated"  # ZStack's md5Sum of an image added to Ceph
-READ_AHEAD = 8  # 4 MiB reads in flight per download (holes are not read): 32 MiB
 # a download's reader may be slow and there may be many (api/export_slots.py caps them):
 # 1 MiB reads, 4 in flight, are ~5 MiB per download yet still keep the OSDs busy
 STREAM_CHUNK, STREAM_READ_AHEAD = 1 << 20, 4
@@ -131,7 +130,7 @@ async def export(rt: Runtime, bs_uuid: str, image_uuid: str, base_url: str,
                                         f"{ref.status if ref.status != READY else image.status}, not Ready: "
                                         "only a Ready image can be exported")
     where = _where(ref)
-    md5 = _stored_md5(image) or ref.export_md5_sum or await _compute_md5(rt, storage, *where)
+    md5 = _stored_md5(image, ref) or ref.export_md5_sum or await _compute_md5(rt, storage, *where)
     token = secrets.token_urlsafe(32)
     async with locked_row(rt, Image, image_uuid) as (db, locked):
         row = next((r for r in locked.backup_storage_refs if r.backup_storage_uuid == bs_uuid), None) \
@@ -202,9 +201,11 @@ def _where(ref: ImageBackupStorageRef) -> tuple[str, str]:
     return where
 
 
-def _stored_md5(image: Image) -> str | None:
-    """The md5 taken while writing, when it is the md5 of the bytes stored: the image
-    was stored as received (same size), not converted."""
+def _stored_md5(image: Image, ref: ImageBackupStorageRef) -> str | None:
+    """An md5 of the bytes stored, known already: CalculateImageHash's on the ref, or the
+    image's md5Sum when the image was stored as received (same size), not converted."""
+    if ref.hash_algorithm == "MD5" and ref.hash_value:
+        return ref.hash_value
     md5 = (image.md5_sum or "").strip().lower()
     if re.fullmatch(r"[0-9a-f]{32}", md5) and image.actual_size == image.size:
         return md5
@@ -212,17 +213,14 @@ def _stored_md5(image: Image) -> str | None:
 
 
 async def _compute_md5(rt: Runtime, storage: CephBackupStorage, pool: str, name: str) -> str:
-    h = hashlib.md5()
     try:
         async with rt.clusters.lease(storage) as cluster:
-            async for piece in ceph.iter_image(cluster, pool, name, readahead=READ_AHEAD):
-                await asyncio.to_thread(h.update, piece)  # hashlib lets go of the GIL
+            return await hashing.digest_of(cluster, pool, name, "MD5")
     except ceph.ImageNotFound as e:
         raise ceph_error(e, status=404, details=f"the RBD image {pool}/{name} of backup storage"
                                                 f"[uuid:{storage.uuid}] is missing") from None
     except ceph.CephError as e:
         raise ceph_error(e) from None
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- the download

@@ -6,10 +6,12 @@ trusted):
 
 * **raw** or **iso** go straight into an ``ceph.ImageWriter`` per backup storage
   (fan-out: the source is read once however many storages take it). The writer keeps
-  several writes in flight, skips zero chunks and computes md5 and sha512 on the way.
-  A storage that fails drops out; the others go on.
+  several writes in flight and skips zero chunks. No digest is taken of every byte
+  (issue 15: CalculateImageHash computes one on demand), only those the client asked to
+  have verified (:class:`hashing.Expected`): a mismatch fails the intake before any
+  image is committed. A storage that fails drops out; the others go on.
 * **qcow2** or **vmdk** are staged in a file under the data dir (qemu needs a seekable
-  file), hashed while staged, then read as raw through ``qemu-nbd``
+  file), then read as raw through ``qemu-nbd``
   (:mod:`imgstore.services.images.formats.qemu`) into each storage's writer. That needs disk for the source
   only: converting to a raw temporary file first would need the allocated size again.
   The staging file is removed whatever happens.
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -41,6 +42,8 @@ from typing import Any
 from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, remove_image
 from imgstore.services.images.formats import inspect as imageformat
 from imgstore.services.images.formats import qemu
+from imgstore.services.images.hashing import DigestMismatch, Expected
+from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, remove_image
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,17 @@ class IntakeResult:
     detected_format: str  # raw, iso, qcow2, vmdk: what the bytes were
     size: int  # virtual size: the bytes of each RBD image
     actual_size: int  # bytes received from the source
-    md5: str | None
-    sha512: str | None
     stored: list[str]  # backup storage uuids that have the image
     failures: dict[str, Exception] = field(default_factory=dict)
+    verified: dict[str, str] = field(default_factory=dict)  # algorithm -> hex digest of the bytes received
+
+    @property
+    def md5(self) -> str | None:
+        return self.verified.get("MD5")
+
+    @property
+    def sha512(self) -> str | None:
+        return self.verified.get("SHA512")
 
     @property
     def stored_format(self) -> str:
@@ -106,7 +116,8 @@ class ImageIntake:
     """Bytes of one image, written into every target; see the module docstring."""
 
     def __init__(self, targets: list[Target], image_uuid: str, total: int | None,
-                 staging_dir: Path, progress: Progress | None = None, limits: Limits | None = None) -> None:
+                 staging_dir: Path, progress: Progress | None = None, limits: Limits | None = None,
+                 expected: Expected | None = None) -> None:
         if not targets:
             raise ValueError("an intake needs at least one target")
         self.image_uuid = image_uuid
@@ -124,8 +135,8 @@ class ImageIntake:
         self._failures: dict[str, Exception] = {}
         self._staged: Any = None  # the open staging file
         self._staged_path: Path | None = None
-        self._md5: Any = None
-        self._sha512: Any = None
+        self._expected = expected or Expected()
+        self._verified: dict[str, str] = {}
         self._virtual_size: int | None = None
         self._closed = False
 
@@ -141,6 +152,7 @@ class ImageIntake:
         if self.total is None and self.received > self._limits.max_source_bytes:
             raise ImageRefused(f"the image is refused: its source sent more than {self._limits.max_source_bytes} "
                                "bytes (image_max_source_bytes) without announcing its length")
+        await self._expected.feed(data)
         if self.detected is None:
             self._head += data
             if len(self._head) < imageformat.HEAD_SIZE:
@@ -160,6 +172,10 @@ class ImageIntake:
                 await self._pass(head)
         if self.total is not None and self.received != self.total:
             raise IntakeFailed(f"the image ended after {self.received} bytes, {self.total} were announced")
+        try:
+            self._verified = self._expected.check()
+        except DigestMismatch as e:
+            raise ImageRefused(str(e)) from None
         if self.detected in DIRECT:
             result = await self._commit_writers()
         else:
@@ -223,7 +239,7 @@ class ImageIntake:
 
     async def _open_writers(self) -> None:
         for uuid, t in self._targets.items():
-            w = ImageWriter(t.cluster, t.pool, self.image_uuid, size=self.total)
+            w = ImageWriter(t.cluster, t.pool, self.image_uuid, size=self.total, checksums=False)
             try:
                 await w.open()
             except CephError as e:
@@ -243,7 +259,6 @@ class ImageIntake:
         path = self._staging_dir / f"{self.image_uuid}.{self.detected}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._staged, self._staged_path = os.fdopen(fd, "wb"), path
-        self._md5, self._sha512 = hashlib.md5(), hashlib.sha512()
 
     # ------------------------------------------------------------ passing bytes on
 
@@ -282,8 +297,6 @@ class ImageIntake:
             self._staged.write(data)
         except OSError as e:
             raise IntakeFailed(f"staging the {self.detected} image failed: {e.strerror}") from None
-        self._md5.update(data)
-        self._sha512.update(data)
 
     def _check_some_left(self) -> None:
         if not self._writers and self.detected in DIRECT:
@@ -292,11 +305,10 @@ class ImageIntake:
     # ------------------------------------------------------------ ending
 
     async def _commit_writers(self) -> IntakeResult:
-        sums: tuple[str | None, str | None] = (None, None)
         stored = []
         for uuid, w in list(self._writers.items()):
             try:
-                _size, md5, sha512 = await w.commit()
+                await w.commit()
             except ImageSizeMismatch as e:
                 raise IntakeFailed(str(e)) from None
             except CephError as e:
@@ -306,13 +318,11 @@ class ImageIntake:
             del self._writers[uuid]
             self._committed.append(self._targets[uuid])
             stored.append(uuid)
-            if sums == (None, None):
-                sums = (md5, sha512)
         if not stored:
             raise IntakeFailed("every backup storage failed to write the image", dict(self._failures))
         assert self.detected is not None
-        return IntakeResult(self.detected, self.received, self.received, sums[0], sums[1], stored,
-                            dict(self._failures))
+        return IntakeResult(self.detected, self.received, self.received, stored, dict(self._failures),
+                            self._verified)
 
     async def _convert(self) -> IntakeResult:
         assert self._staged is not None and self._staged_path is not None and self.detected
@@ -338,8 +348,8 @@ class ImageIntake:
             await self._drop_staging()
         if not stored:
             raise IntakeFailed("every backup storage failed to write the image", dict(self._failures))
-        return IntakeResult(self.detected, virtual, self.received, self._md5.hexdigest(),
-                            self._sha512.hexdigest(), stored, dict(self._failures))
+        return IntakeResult(self.detected, virtual, self.received, stored, dict(self._failures),
+                            self._verified)
 
     async def _convert_into(self, t: Target) -> int:
         assert self._staged_path is not None and self.detected is not None

@@ -180,7 +180,7 @@ def test_export_checks_its_request(api: Api, exported: tuple[str, str, bytes], c
                                 f"[uuid:{other_bs['uuid']}, name:other-cluster]")
 
 
-def test_an_added_image_exports_with_the_md5_taken_while_writing(api: Api, exported: tuple[str, str, bytes],
+def test_an_uploaded_image_exports_with_the_md5_calculate_image_hash_kept(api: Api, exported: tuple[str, str, bytes],
                                                                 c1: DevCluster, pool: str) -> None:
     bs, _, _ = exported
     data = image_data(3 * MiB + 5, seed=7)
@@ -189,7 +189,10 @@ def test_an_added_image_exports_with_the_md5_taken_while_writing(api: Api, expor
     r = httpx.put(inv["backupStorageRefs"][0]["uploadUrl"], content=data, timeout=60)
     assert r.status_code == 200 and r.json()["completed"] is True, r.text
     md5 = hashlib.md5(data).hexdigest()
-    assert r.json()["inventory"]["md5Sum"] == md5
+    assert r.json()["inventory"].get("md5Sum") is None
+    hashed = api.wait_job(api.put(f"/images/{inv['uuid']}/actions",
+                                  json={"calculateImageHash": {"backupStorageUuid": bs}}))
+    assert hashed.json()["inventory"]["md5Sum"] == md5
 
     exported_now = export(api, bs, inv["uuid"]).json()
     assert exported_now["exportMd5Sum"] == md5

@@ -5,7 +5,6 @@ The PUTs are plain HTTP without a session, as a browser or curl sends them.
 """
 from __future__ import annotations
 
-import hashlib
 import signal
 import socket
 import subprocess
@@ -66,8 +65,7 @@ def test_an_upload_in_one_put(api: Api, c1: DevCluster, pool: str, storage: str)
     assert body["completed"] is True and body["offset"] == len(data)
     ready = body["inventory"]
     assert ready["status"] == "Ready" and ready["backupStorageRefs"][0]["status"] == "Ready"
-    assert ready["md5Sum"] == hashlib.md5(data).hexdigest()
-    assert ready["sha512Sum"] == hashlib.sha512(data).hexdigest()
+    assert ready.get("md5Sum") is None and ready.get("sha512Sum") is None, "CalculateImageHash computes them"
     assert ready["size"] == ready["actualSize"] == len(data)
     assert ready["backupStorageRefs"][0].get("uploadUrl") is None
     assert rbd_bytes(c1, pool, inv["uuid"]) == data
@@ -103,7 +101,7 @@ def test_an_upload_resumes_from_where_it_stands(api: Api, c1: DevCluster, pool: 
     last = httpx.put(url, content=data[cuts[2]:],
                      headers={"Content-Range": f"bytes {cuts[2]}-{total - 1}/{total}"})
     assert last.status_code == 200 and last.json()["completed"] is True
-    assert last.json()["inventory"]["sha512Sum"] == hashlib.sha512(data).hexdigest()
+    assert last.json()["inventory"]["size"] == total
     assert rbd_bytes(c1, pool, inv["uuid"]) == data
 
 
@@ -128,7 +126,6 @@ def test_a_client_that_hangs_up_mid_body_resumes(api: Api, c1: DevCluster, pool:
     assert 0 < offset <= 5 * MiB
     r = httpx.put(url, content=data[offset:], headers={"X-Upload-Offset": str(offset)})
     assert r.status_code == 200, r.text
-    assert r.json()["inventory"]["md5Sum"] == hashlib.md5(data).hexdigest()
     assert rbd_bytes(c1, pool, inv["uuid"]) == data
 
 
@@ -201,7 +198,7 @@ def test_the_cli_client_uploads_a_file(api: Api, c1: DevCluster, pool: str, stor
         client.login("admin", ADMIN_PASSWORD)
         inv = client.upload_image(path, [storage], name="cli", format="raw")
         ready = client.wait_image(inv["uuid"], timeout=60)
-    assert ready["sha512Sum"] == hashlib.sha512(data).hexdigest()
+    assert ready["status"] == "Ready"
     assert rbd_bytes(c1, pool, inv["uuid"]) == data
 
 

@@ -216,8 +216,8 @@ def test_an_http_image_streams_into_rbd_with_its_checksums(api: Api, c1: DevClus
     assert r.status_code == 202, "AddImage is a job even when the client did not ask for one"
     inv = added(api, r)
     assert inv["status"] == "Ready" and inv["state"] == "Enabled"
-    assert inv["md5Sum"] == hashlib.md5(data).hexdigest()
-    assert inv["sha512Sum"] == hashlib.sha512(data).hexdigest()
+    assert inv.get("md5Sum") is None and inv.get("sha512Sum") is None, \
+        "no digest of every byte while writing: CalculateImageHash computes one on demand"
     assert inv["size"] == inv["actualSize"] == len(data)
     assert inv["format"] == "raw" and inv["mediaType"] == "RootVolumeTemplate"
     assert (inv["platform"], inv["architecture"], inv["guestOsType"]) == ("Linux", "x86_64", "Debian 12")
@@ -260,7 +260,7 @@ def test_progress_is_readable_while_the_download_runs(api: Api, c1: DevCluster, 
     done = api.get(f"/task-progresses/{job_uuid}", params={"all": "true"}).json()
     assert done["inventories"][0]["content"] == "100"
     assert done["schema"]["inventories[0]"] == "org.zstack.header.core.progress.TaskProgressInventory"
-    assert inv["md5Sum"] == hashlib.md5(data).hexdigest()
+    assert rbd_bytes(c1, pool, inv["uuid"]) == data
 
 
 def test_a_qcow2_is_converted_to_raw_and_one_with_a_backing_file_refused(
@@ -273,8 +273,7 @@ def test_a_qcow2_is_converted_to_raw_and_one_with_a_backing_file_refused(
     inv = added(api, add_image(api, files.add("disk.qcow2", source), [storage], format="qcow2"))
     assert inv["format"] == "raw", "stored as raw, as ZStack's agent does"
     assert inv["size"] == 32 * MiB and inv["actualSize"] == len(source)
-    assert inv["md5Sum"] == hashlib.md5(source).hexdigest(), "the sums are of the bytes received"
-    assert inv["sha512Sum"] == hashlib.sha512(source).hexdigest()
+    assert inv.get("md5Sum") is None and inv.get("sha512Sum") is None
     assert rbd_bytes(c1, pool, inv["uuid"]) == raw.read_bytes()
 
     child = tmp_path / "child.qcow2"
@@ -315,7 +314,7 @@ def test_a_source_without_head_still_gets_its_size_checked(api: Api, c1: DevClus
                                                            storage: str, files: Files) -> None:
     data = image_data(2 * MiB + 7)
     inv = added(api, add_image(api, files.add("nohead.raw", data, head=False), [storage]))
-    assert inv["size"] == len(data) and inv["sha512Sum"] == hashlib.sha512(data).hexdigest()
+    assert inv["size"] == len(data) and rbd_bytes(c1, pool, inv["uuid"]) == data
 
 
 # ---------------------------------------------------------------- checks in ZStack's words
@@ -456,7 +455,6 @@ def test_file_urls_are_read_only_inside_the_allow_list(fresh_server: Server, c1:
     api = fresh_server.start().login()
     storage = add_storage(api, c1, pool)
     inv = added(api, add_image(api, f"file://{allowed}/disk.raw", [storage]))
-    assert inv["sha512Sum"] == hashlib.sha512(data).hexdigest()
     assert rbd_bytes(c1, pool, inv["uuid"]) == data
     inv = added(api, add_image(api, f"{allowed}/disk.raw", [storage], name="bare-path"))
     assert inv["url"] == f"file://{allowed}/disk.raw", "a bare path is a file:// url"
