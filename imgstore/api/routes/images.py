@@ -345,6 +345,11 @@ def _piece(request: Request) -> image_upload.Piece:
         length=_int_header(request, "content-length"),
         image_uuid=request.headers.get("x-image-uuid"),
     )
+    if (md5 := request.headers.get("content-md5")) is not None:
+        piece.body_digests = image_hashing.content_md5(md5)
+    for name in ("digest", "repr-digest"):
+        if (value := request.headers.get(name)) is not None:
+            piece.image_digests.update(image_hashing.http_digests(value, name.title()))
     content_range = request.headers.get("content-range")
     if content_range:
         m = _CONTENT_RANGE.fullmatch(content_range.strip())

@@ -21,9 +21,11 @@ from imgstore.crypto import new_uuid
 from imgstore.db.models import ApiJob, Image, ImageUpload, TaskProgress
 from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, invalid_argument
 from imgstore.services.images import add as image_add
-from imgstore.services.images import manage as images
+from imgstore.services.images import hashing
 from imgstore.services.images import upload as image_upload
-from imgstore.services.images.intake import ImageIntake
+from imgstore.services.images import manage as images
+from imgstore.services.node.handles import Lease
+from imgstore.services.images.intake import DIRECT, ImageIntake
 from imgstore.services.images.sources import (
     UPLOAD,
     HttpSource,
@@ -47,6 +49,7 @@ TASK_NAME = "AddImage"
 async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> Image:
     """AddImage: the Ready image (http, file), or the Downloading one with its upload URL."""
     req = images.check_new_image(req)
+    hashing.expected_from_tags(req.system_tags)  # a checksum:: tag that cannot be checked: 400 now
     try:
         req.url = check_url(req.url, rt.settings.file_allow_dirs)
         await check_source(req.url, rt.settings.file_allow_dirs, _allowance(rt))
@@ -63,7 +66,8 @@ async def add(rt: Runtime, req: images.NewImage, api_id: str, base_url: str) -> 
         return await image_upload.open_slot(rt, req, storages, uuid, api_id, base_url, reporter)
     image = await images.create(rt, req, storages, uuid, extra=[reporter.new_row(stage="Waiting")])
     # on the node's registry, so a DeleteImage can find it and cancel it
-    task = rt.node.downloads.start(uuid, _download(rt, image, reporter, source_url), f"download-{uuid}")
+    task = rt.node.downloads.start(uuid, _download(rt, image, reporter, source_url, req.system_tags),
+                                   f"download-{uuid}")
     try:
         return await task
     except asyncio.CancelledError:
@@ -88,19 +92,20 @@ def _allowance(rt: Runtime) -> Allowance:
     return Allowance.parse(rt.settings.image_url_allow)
 
 
-async def _download(rt: Runtime, image: Image, reporter: ProgressReporter, source_url: str) -> Image:
+async def _download(rt: Runtime, image: Image, reporter: ProgressReporter, source_url: str,
+                    system_tags: list[str]) -> Image:
     """Stream the source into every target storage; the handles the writers use are leased
     until the image is finished or discarded, so a Reconnect cannot cut the download."""
     leases: list[Lease] = []
     try:
-        return await _stream(rt, image, reporter, source_url, leases)
+        return await _stream(rt, image, reporter, source_url, leases, system_tags)
     finally:
         for lease in leases:
             lease.release()
 
 
 async def _stream(rt: Runtime, image: Image, reporter: ProgressReporter, source_url: str,
-                  leases: list[Lease]) -> Image:
+                  leases: list[Lease], system_tags: list[str]) -> Image:
     source = open_source(source_url, rt.settings.file_allow_dirs, rt.settings.image_download_timeout,
                          _allowance(rt))
     intake: ImageIntake | None = None
@@ -114,7 +119,8 @@ async def _stream(rt: Runtime, image: Image, reporter: ProgressReporter, source_
             if not targets:
                 raise image_add.all_failed(image, dict(failures))
             intake = ImageIntake(targets, image.uuid, source.length, image_add.staging_dir(rt),
-                                 image_add.progress_of(reporter, lambda: intake.detected if intake else None))
+                                 image_add.progress_of(reporter, lambda: intake.detected if intake else None),
+                                 expected=hashing.expected_from_tags(system_tags))
             async for piece in source.chunks():
                 await intake.write(piece)
                 count_image_bytes(rt, "download", len(piece))
@@ -135,10 +141,14 @@ async def _stream(rt: Runtime, image: Image, reporter: ProgressReporter, source_
             OPERATION_ERROR, "the download was cancelled")))
         raise
     try:
-        return await image_add.finish(rt, image.uuid, result, failures, reporter)
+        done = await image_add.finish(rt, image.uuid, result, failures, reporter)
     except BaseException:
         await intake.abort()  # the rows could not say the image is there: its bits go
         raise
+    if result.verified and result.detected_format in DIRECT:
+        await hashing.keep_verified(rt, image.uuid, result.stored, result.verified)
+        done = await images.load(rt, image.uuid)
+    return done
 
 
 # ---------------------------------------------------------------- after a restart

@@ -18,8 +18,11 @@ job. ZStack's Ceph storage does the same: it offers CalculateImageHash
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +43,10 @@ TASK_NAME = "CalculateImageHash"
 ALGORITHMS = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
 HEX_LENGTHS = {name: hashlib.new(h).digest_size * 2 for name, h in ALGORITHMS.items()}
 READ_AHEAD = 8  # 4 MiB reads in flight while hashing (holes are not read)
+INLINE_UPDATE = 1 << 20  # pieces smaller than this are hashed on the loop: a thread hop costs as much
+CHECKSUM_TAG = "checksum::"  # AddImage's system tag checksum::<algorithm>::<hex digest>
+#: HTTP digest algorithm names (RFC 3230 Digest, RFC 9530 Repr-Digest) → ZStack's
+HTTP_ALGORITHMS = {"md5": "MD5", "sha": "SHA1", "sha-1": "SHA1", "sha-256": "SHA256", "sha-512": "SHA512"}
 
 #: progress callback: (bytes hashed, bytes in all)
 Progress = Callable[[int, int], Awaitable[None]]
@@ -85,7 +92,11 @@ class Expected:
         return bool(self.digests)
 
     async def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._hashes:
+        if not self._hashes:
+            return
+        if len(data) < INLINE_UPDATE:
+            self._update(data)
+        else:
             await asyncio.to_thread(self._update, data)
 
     def _update(self, data: bytes | bytearray | memoryview) -> None:
@@ -100,6 +111,57 @@ class Expected:
                 raise DigestMismatch(f"the {name} digest of the bytes received is {got}, "
                                      f"{want} was expected: the image is not stored")
         return dict(self.digests)
+
+
+def expected_from_tags(system_tags: list[str]) -> Expected:
+    """AddImage's ``checksum::<MD5|SHA1|SHA256|SHA512>::<hex>`` system tags: the digests
+    the image's bytes (as sent, before any conversion) must have."""
+    expected = Expected()
+    for tag in system_tags:
+        if tag.lower().startswith(CHECKSUM_TAG):
+            algorithm, _, value = tag[len(CHECKSUM_TAG):].partition("::")
+            try:
+                algorithm = algorithm_of(algorithm, "systemTags")
+            except ApiError:
+                raise invalid_argument(f"system tag[{tag[:80]}] must be checksum::<algorithm>::<hex digest>, "
+                                       f"the algorithm one of {', '.join(ALGORITHMS)}") from None
+            expected.add(algorithm, value, f"system tag[{tag[:80]}]")
+    return expected
+
+
+def content_md5(value: str) -> dict[str, str]:
+    """``Content-MD5`` (RFC 1864: base64 of the 16 bytes) as ``{"MD5": hex}``."""
+    return {"MD5": _hex_of(value.strip(), "Content-MD5", "MD5")}
+
+
+def http_digests(value: str, header: str) -> dict[str, str]:
+    """``Digest`` (RFC 3230: ``sha-256=<base64>``) or ``Repr-Digest`` (RFC 9530:
+    ``sha-256=:<base64>:``) as ZStack algorithm → hex. Algorithms imgstore does not
+    know are ignored, as both RFCs say; a header naming none it knows is refused (the
+    client asked for a check that would not happen)."""
+    found: dict[str, str] = {}
+    for member in value.split(","):
+        name, eq, raw = member.strip().partition("=")
+        if not eq:
+            raise invalid_argument(f"header {header}[{value[:120]}] must be <algorithm>=<base64 digest>, ...")
+        algorithm = HTTP_ALGORITHMS.get(name.strip().lower())
+        if algorithm is not None:
+            found[algorithm] = _hex_of(raw.strip().strip(":"), header, algorithm)
+    if not found:
+        raise invalid_argument(f"header {header}[{value[:120]}] names no digest imgstore checks "
+                               f"(it knows {', '.join(HTTP_ALGORITHMS)})")
+    return found
+
+
+def _hex_of(b64: str, header: str, algorithm: str) -> str:
+    try:
+        raw = base64.b64decode(b64, validate=True) if re.fullmatch(r"[A-Za-z0-9+/]+=*", b64) else b""
+    except binascii.Error:
+        raw = b""
+    if len(raw) * 2 != HEX_LENGTHS[algorithm]:
+        raise invalid_argument(f"header {header} must carry the base64 of the {HEX_LENGTHS[algorithm] // 2} "
+                               f"bytes of a {algorithm} digest")
+    return raw.hex()
 
 
 async def digest_of(cluster: ceph.RadosSource, pool: str, name: str, algorithm: str,
@@ -150,6 +212,16 @@ async def calculate(rt: Runtime, image_uuid: str, bs_uuid: str, algorithm: str, 
     await keep(rt, image_uuid, bs_uuid, name, value)
     await reporter.update(100, force=True, stage="Done")
     return await images.load(rt, image_uuid)
+
+
+async def keep_verified(rt: Runtime, image_uuid: str, stored: list[str], verified: dict[str, str]) -> None:
+    """Digests checked while the image streamed in, kept on its refs as CalculateImageHash
+    would keep them (only for bytes stored as received: not converted)."""
+    for algorithm in ("SHA256", "SHA512", "SHA1", "MD5"):  # one per ref: the strongest
+        if algorithm in verified:
+            for bs in stored:
+                await keep(rt, image_uuid, bs, algorithm, verified[algorithm])
+            return
 
 
 async def keep(rt: Runtime, image_uuid: str, bs_uuid: str, algorithm: str, value: str) -> None:

@@ -12,7 +12,17 @@ A PUT sends bytes from an offset: ``Content-Range: bytes <first>-<last>/<total|*
 ``X-Upload-Offset: <n>``; neither means 0. The total is the Content-Range's, else
 ``X-Image-Size`` (what ZStack's clients send) or ``X-Upload-Length``, else this PUT
 carries the rest (offset + Content-Length), else (chunked, no length) the body's end is
-the image's end. A PUT whose offset is not where the upload stands is refused with 409
+the image's end.
+
+A client may have the bytes checked as they arrive (its choice, its CPU; nothing is
+hashed otherwise): ``Content-MD5`` is the md5 of this PUT's body, checked when the body
+ends (a part's body cut short cannot be checked: the upload fails; a PUT of the whole
+image makes it the image's digest, checked at the image's end); ``Digest`` (RFC 3230) or
+``Repr-Digest`` (RFC 9530), sha-256 or sha-512 (md5, sha-1 too), and AddImage's
+``checksum::<algorithm>::<hex>`` system tag are digests of the whole image, sent with
+its first bytes (a later PUT may repeat them) and checked when the last byte is in. A
+mismatch fails the upload: no RBD image is left, the image turns Error saying which
+digest differed. A PUT whose offset is not where the upload stands is refused with 409
 and the right offset in ``X-Upload-Offset``: the client resumes from there. A client
 that disconnects mid-body loses nothing received: the upload stays open on this node
 (the writer keeps its place, its hashes and its RBD image) until the rest arrives, or
@@ -46,8 +56,10 @@ from imgstore.errors import (
 )
 from imgstore.services.images import add as image_add
 from imgstore.services.images import manage as images
-from imgstore.services.images.intake import ImageIntake
+from imgstore.services.images.hashing import DigestMismatch, Expected, expected_from_tags, keep_verified
+from imgstore.services.catalog import tags
 from imgstore.services.node.handles import Lease
+from imgstore.services.images.intake import DIRECT, ImageIntake, ImageRefused
 from imgstore.services.node.metrics import count_image_bytes
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.node.task_progress import ProgressReporter
@@ -86,6 +98,8 @@ class Piece:
     total: int | None = None  # the whole image's size; None: not said
     length: int | None = None  # Content-Length of this body
     image_uuid: str | None = None  # X-Image-Uuid, checked when sent
+    body_digests: dict[str, str] = field(default_factory=dict)  # Content-MD5: of this body
+    image_digests: dict[str, str] = field(default_factory=dict)  # Digest, Repr-Digest: of the whole image
 
 
 @dataclass
@@ -115,6 +129,7 @@ class _Session:
     saved_at: float = 0.0
     deleted: bool = False  # DeleteImage stopped it
     leases: list[Lease] = field(default_factory=list)  # the handles the writer uses, kept open till it ends
+    expected: Expected = field(default_factory=Expected)  # digests of the whole image to check
 
     def release(self) -> None:
         """The writer is done with its handles: a Reconnect's old one may close now."""
@@ -249,19 +264,33 @@ async def _receive(rt: Runtime, session: _Session, piece: Piece, body: AsyncIter
                                f"this request says {total}")
     if total is not None and total < session.received:
         raise invalid_argument(f"size[{total}] is less than the {session.received} bytes received")
+    # a PUT of the whole image: its Content-MD5 is the image's, checked at the image's end
+    whole = offset == 0 and (total is None or piece.length is None or piece.length == total)
+    image_digests = piece.image_digests | (piece.body_digests if whole else {})
     if session.intake is None:
         session.total = total
-        session.intake = await _start(rt, session)
+        session.intake = await _start(rt, session, image_digests)
+    else:
+        _check_same_digests(session, image_digests)
+    this_body = Expected({} if whole else piece.body_digests)
     try:
         async for data in body:
+            await this_body.feed(data)
             await session.intake.write(data)
             session.received += len(data)
             count_image_bytes(rt, "upload", len(data))
             if time.monotonic() - session.saved_at >= SAVE_EVERY:
                 await _save(rt, session, RUNNING)
+        this_body.check()
     except BodyInterrupted:
+        if this_body:
+            raise await _fail(rt, session, ImageRefused(
+                "the body of a PUT with Content-MD5 was cut short: its bytes cannot be checked, "
+                "and the upload fails")) from None
         await _save(rt, session, RUNNING)
         return UploadStatus(uuid, RUNNING, session.received, session.total)
+    except DigestMismatch as e:
+        raise await _fail(rt, session, ImageRefused(f"Content-MD5: {e}")) from None
     except Exception as e:
         raise await _fail(rt, session, e) from None
     if session.total is not None and session.received < session.total:
@@ -270,8 +299,24 @@ async def _receive(rt: Runtime, session: _Session, piece: Piece, body: AsyncIter
     return await _complete(rt, session)
 
 
-async def _start(rt: Runtime, session: _Session) -> ImageIntake:
-    """The first bytes: check the storage (capacity against the size, when known)."""
+def _check_same_digests(session: _Session, digests: dict[str, str]) -> None:
+    """A later PUT may repeat the whole image's digests, not bring new ones: the bytes
+    already received were not hashed for them."""
+    for algorithm, value in digests.items():
+        if session.expected.digests.get(algorithm) != value:
+            raise invalid_argument(f"the {algorithm} digest of the whole image (Digest, Repr-Digest) must come "
+                                   "with its first bytes; this PUT brings a new one")
+
+
+async def _start(rt: Runtime, session: _Session, digests: dict[str, str]) -> ImageIntake:
+    """The first bytes: check the storage (capacity against the size, when known), and
+    gather the digests to check (the AddImage's checksum tag and the PUT's headers)."""
+    async with rt.db() as db:
+        system_tags = await tags.tags_of(db, session.image_uuid, tags.SYSTEM)
+    expected = expected_from_tags(system_tags)
+    for algorithm, value in digests.items():
+        expected.add(algorithm, value, "header Digest or Repr-Digest")
+    session.expected = expected
     image = await images.load(rt, session.image_uuid)
     targets, failures = await image_add.targets_for(rt, image, session.total)
     # no await since each target's handle was taken: a Reconnect, a Delete or a mon change
@@ -281,7 +326,7 @@ async def _start(rt: Runtime, session: _Session) -> ImageIntake:
         raise await _fail(rt, session, image_add.all_failed(image, dict(failures)))
     reporter = session.reporter
     intake = ImageIntake(targets, image.uuid, session.total, image_add.staging_dir(rt),
-                         image_add.progress_of(reporter, lambda: intake.detected))
+                         image_add.progress_of(reporter, lambda: intake.detected), expected=session.expected)
     await _save(rt, session, RUNNING)
     return intake
 
@@ -291,6 +336,9 @@ async def _complete(rt: Runtime, session: _Session) -> UploadStatus:
     try:
         result = await session.intake.finish()
         image = await image_add.finish(rt, session.image_uuid, result, {}, session.reporter)
+        if result.verified and result.detected_format in DIRECT:
+            await keep_verified(rt, session.image_uuid, result.stored, result.verified)
+            image = await images.load(rt, session.image_uuid)
     except Exception as e:
         raise await _fail(rt, session, e) from None
     finally:
