@@ -6,6 +6,10 @@ several ``aio_write`` in flight under a bounded window (memory stays bounded wha
 producer does), all-zero pieces skipped (thin images), md5 and sha512 computed in the
 cluster's thread pool while the writes fly (:mod:`.hashing`), the size checked at the
 end. A failed, aborted or cancelled write removes the image: nothing is left behind.
+
+A writer can also stop without removing what it wrote (:meth:`ImageWriter.detach`, when
+the server stops mid-upload) and a new one continue it (:meth:`ImageWriter.reopen`) from
+:attr:`ImageWriter.durable`: the bytes every write below which the OSDs acknowledged.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class ImageWriter:
         self._spare: list[bytearray] = []
         self._slots = asyncio.Semaphore(max(1, window))
         self._inflight: set[asyncio.Task[None]] = set()  # chunks and image calls under way
+        self._unacked: set[int] = set()  # offsets of the chunks written but not acknowledged yet
         self._error: CephError | None = None
         self._cleanup: asyncio.Task[None] | None = None
 
@@ -169,6 +174,59 @@ class ImageWriter:
             self._lanes = [HashLane(hashlib.md5(), self._cluster.executor, loop),
                            HashLane(hashlib.sha512(), self._cluster.executor, loop)]
 
+    async def reopen(self, offset: int) -> None:
+        """Continue writing the existing image from ``offset`` (a chunk boundary: a
+        :attr:`durable` of an earlier writer of it). A failure or abort removes it, as if
+        this writer had made it."""
+        if self._state != "new":
+            raise RuntimeError(f"{self!r} cannot be opened twice")
+        if offset % self._chunk or offset < 0:
+            raise ValueError(f"offset {offset} is not a multiple of the chunk size {self._chunk}")
+        self._state = "open"
+
+        def open_existing() -> int:
+            self._ioctx = open_ioctx(self._cluster, self.pool)
+            self._created = True  # ours to remove from now on
+            self._image = rbd.Image(self._ioctx, self.name)
+            return int(self._image.size())
+
+        try:
+            self._image_size = await self._image_op(open_existing, f"open {self._what}")
+        except BaseException:
+            await self._shielded_cleanup()
+            raise
+        if offset > self._image_size:
+            await self._shielded_cleanup()
+            raise ImageSizeMismatch(f"{self._what} has {self._image_size} bytes, less than the {offset} "
+                                    "to continue from", host_of(self._cluster))
+        self.received = self._offset = offset
+
+    @property
+    def durable(self) -> int:
+        """Bytes from the start that the OSDs hold: every write below was acknowledged."""
+        return min(self._unacked, default=self._offset)
+
+    async def settle(self) -> int:
+        """Wait for the writes in flight (not for the chunk being filled): :attr:`durable`."""
+        self._check_open()
+        await self._drain()
+        self._raise_pending_error()
+        return self.durable
+
+    async def detach(self) -> int:
+        """Stop writing but keep the image as it stands, for a later :meth:`reopen`:
+        wait for the writes in flight, close it; answers :attr:`durable`."""
+        durable = await self.settle()
+        image, self._image = self._image, None
+        self._state, self._created = "detached", False
+        self._fill, self._spare = None, []
+        try:
+            if image is not None:
+                await call(self._cluster, image.close, f"close {self._what}", self.pool, self.name, timeout=None)
+        finally:
+            await self._close_ioctx()
+        return durable
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Accept the next piece of the stream, of any size; waits while the window is full."""
         self._check_open()
@@ -216,8 +274,8 @@ class ImageWriter:
 
         The cleanup runs to its end even if the awaiting task is cancelled again.
         """
-        if self._state == "committed":
-            raise RuntimeError(f"{self!r} is committed; remove the image instead")
+        if self._state in ("committed", "detached"):
+            raise RuntimeError(f"{self!r} is {self._state}; remove the image instead")
         await self._shielded_cleanup()
 
     # ------------------------------------------------------------ write pipeline
@@ -276,6 +334,7 @@ class ImageWriter:
                         data if b - a == len(data) else data[a:b], offset + a)
                    for a, b in runs]
         pending += [lane.feed(data) for lane in self._lanes]
+        self._unacked.add(offset)
         task = loop.create_task(self._retire(offset, pending, recycle))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -293,6 +352,8 @@ class ImageWriter:
                                              self.pool, self.name)
             if recycle is not None and self._state == "open":
                 self._spare.append(recycle)
+            if self._error is None:
+                self._unacked.discard(offset)
         finally:
             self._slots.release()
 
@@ -303,7 +364,7 @@ class ImageWriter:
         await self._image_op(lambda: self._image.resize(new), f"resize {self._what}")
         self._image_size = new
 
-    async def _image_op(self, fn: Callable[[], None], what: str) -> None:
+    async def _image_op(self, fn: Callable[[], Any], what: str) -> Any:
         """A blocking call on the image that cleanup waits for, even if we are cancelled.
 
         (Closing an image while a pool thread is still inside a call on it is unsafe.)
@@ -313,7 +374,7 @@ class ImageWriter:
             call(self._cluster, fn, what, self.pool, self.name, timeout=None))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
 
     async def _drain(self) -> None:
         while self._inflight:
@@ -330,7 +391,7 @@ class ImageWriter:
     # ------------------------------------------------------------ cleanup
 
     async def _shielded_cleanup(self) -> None:
-        if self._state == "committed":
+        if self._state in ("committed", "detached"):
             return
         self._state = "aborted"
         if self._cleanup is None:

@@ -129,6 +129,11 @@ def expected_from_tags(system_tags: list[str]) -> Expected:
     return expected
 
 
+def checksum_tags(digests: dict[str, str]) -> list[str]:
+    """The ``checksum::`` system tags saying the image must have these digests."""
+    return [f"{CHECKSUM_TAG}{algorithm}::{value}" for algorithm, value in digests.items()]
+
+
 def content_md5(value: str) -> dict[str, str]:
     """``Content-MD5`` (RFC 1864: base64 of the 16 bytes) as ``{"MD5": hex}``."""
     return {"MD5": _hex_of(value.strip(), "Content-MD5", "MD5")}

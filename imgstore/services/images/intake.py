@@ -24,6 +24,10 @@ trusted):
   size is checked again before the RBD image is made. A source of unknown length is
   cut off past ``max_source_bytes``; a conversion past ``convert_timeout`` fails.
 
+A raw intake can stop without removing its RBD images (:meth:`ImageIntake.suspend`, when
+the server stops) and a new one continue it from what RBD holds
+(:meth:`ImageIntake.resume`: an upload survives a restart of the server).
+
 A failed or aborted intake leaves no RBD image (the writers remove theirs) and no file.
 No HTTP, no database: the caller turns the outcome into rows.
 """
@@ -43,7 +47,7 @@ from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource
 from imgstore.services.images.formats import inspect as imageformat
 from imgstore.services.images.formats import qemu
 from imgstore.services.images.hashing import DigestMismatch, Expected
-from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, remove_image
+from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, iter_image, remove_image
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,62 @@ class ImageIntake:
         self._verified: dict[str, str] = {}
         self._virtual_size: int | None = None
         self._closed = False
+
+    @classmethod
+    async def resume(cls, targets: list[Target], image_uuid: str, total: int | None, offset: int,
+                     staging_dir: Path, progress: Progress | None = None,
+                     expected: Expected | None = None) -> ImageIntake:
+        """Continue a raw intake from byte ``offset`` (a :attr:`durable` of an earlier
+        one): its RBD images are reopened there, and the digests expected of the whole
+        image are brought up to ``offset`` by reading those bytes back from RBD."""
+        intake = cls(targets, image_uuid, total, staging_dir, progress, expected=expected)
+        intake.detected, intake._virtual_size, intake.received = RAW, total, offset
+        for uuid, t in list(intake._targets.items()):
+            w = ImageWriter(t.cluster, t.pool, image_uuid, size=total, checksums=False)
+            try:
+                await w.reopen(offset)
+            except CephError as e:
+                intake._failures[uuid] = e
+                continue
+            intake._writers[uuid] = w
+        try:
+            intake._check_some_left()
+            if intake._expected and offset:
+                first = intake._targets[next(iter(intake._writers))]
+                async for piece in iter_image(first.cluster, first.pool, image_uuid, 0, offset):
+                    await intake._expected.feed(piece)
+        except BaseException:
+            await intake.abort()
+            raise
+        return intake
+
+    @property
+    def durable(self) -> int:
+        """Bytes from the start that every storage holds (0 while staged: a staging file
+        does not outlive the server)."""
+        if self.detected not in DIRECT or not self._writers:
+            return 0
+        return min(w.durable for w in self._writers.values())
+
+    async def settle(self) -> int:
+        """Wait for the writes in flight: :attr:`durable` then covers all but the chunk
+        being filled."""
+        for w in list(self._writers.values()):
+            await w.settle()
+        return self.durable
+
+    async def suspend(self) -> int:
+        """Stop, keeping the RBD images as they stand for :meth:`resume`: answers the
+        offset to resume from (0: nothing kept, everything removed)."""
+        if self.detected not in DIRECT or not self._writers:
+            await self.abort()
+            return 0
+        self._closed = True
+        offsets = []
+        for w in list(self._writers.values()):
+            offsets.append(await w.detach())
+        self._writers = {}
+        return min(offsets)
 
     # ------------------------------------------------------------ the stream
 

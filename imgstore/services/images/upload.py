@@ -25,9 +25,16 @@ mismatch fails the upload: no RBD image is left, the image turns Error saying wh
 digest differed. A PUT whose offset is not where the upload stands is refused with 409
 and the right offset in ``X-Upload-Offset``: the client resumes from there. A client
 that disconnects mid-body loses nothing received: the upload stays open on this node
-(the writer keeps its place, its hashes and its RBD image) until the rest arrives, or
-until ``image_upload_timeout`` seconds pass without a byte. When the last byte arrives
-the PUT commits (converting a qcow2) and answers with the image Ready.
+(the writer keeps its place and its RBD image) until the rest arrives, or until
+``image_upload_timeout`` seconds pass without a byte. When the last byte arrives the PUT
+commits (converting a qcow2) and answers with the image Ready.
+
+An upload survives a restart of its node (stopped or killed): the slot's ``offset`` in
+the database is what RBD holds (every write below it acknowledged, saved each second
+and when a PUT ends), so after the restart a HEAD says where to resume, and the next
+PUT reopens the RBD image there; digests expected of the whole image are brought up to
+that point by reading the bytes back. Before the first 4 MiB are held (or a qcow2
+staged on the server's disk) the upload starts again from 0.
 
 A failed upload leaves no RBD image; its image turns Error with the reason.
 """
@@ -40,7 +47,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -56,10 +62,21 @@ from imgstore.errors import (
 )
 from imgstore.services.images import add as image_add
 from imgstore.services.images import manage as images
-from imgstore.services.images.hashing import DigestMismatch, Expected, expected_from_tags, keep_verified
+from imgstore.services.images.hashing import (DigestMismatch, Expected, checksum_tags, expected_from_tags,
+                                              keep_verified)
 from imgstore.services.catalog import tags
-from imgstore.services.node.handles import Lease
 from imgstore.services.images.intake import DIRECT, ImageIntake, ImageRefused
+from imgstore.services.images.upload_state import (
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    WAITING,
+    BodyInterrupted,
+    OffsetMismatch,
+    Piece,
+    Session,
+    UploadStatus,
+)
 from imgstore.services.node.metrics import count_image_bytes
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.node.task_progress import ProgressReporter
@@ -68,77 +85,11 @@ from imgstore.wire.dates import utcnow
 log = logging.getLogger(__name__)
 
 UPLOAD_PATH = "zstack/v1/images/uploads"
-WAITING, RUNNING, SUCCEEDED, FAILED = "Waiting", "Running", "Succeeded", "Failed"
 SAVE_EVERY = 1.0  # seconds between two writes of the offset during a PUT
 ORPHAN_RETRY_PAUSES = (0, 5, 10, 15, 30, 60)  # seconds before each try to end a dead node's upload
 
 
-class BodyInterrupted(Exception):
-    """The client went away before the end of its body (raised by the API layer)."""
-
-
-class OffsetMismatch(ApiError):
-    """The PUT does not start where the upload stands; ``offset`` is where it does."""
-
-    def __init__(self, image_uuid: str, offset: int, asked: int) -> None:
-        super().__init__(
-            OPERATION_ERROR,
-            f"the upload of image[uuid:{image_uuid}] stands at byte {offset}, the request starts at "
-            f"{asked}; send the bytes from offset {offset}",
-            status=409,
-        )
-        self.offset = offset
-
-
-@dataclass
-class Piece:
-    """What one PUT says about its body."""
-
-    offset: int | None = None  # where it starts; None: not said (0)
-    total: int | None = None  # the whole image's size; None: not said
-    length: int | None = None  # Content-Length of this body
-    image_uuid: str | None = None  # X-Image-Uuid, checked when sent
-    body_digests: dict[str, str] = field(default_factory=dict)  # Content-MD5: of this body
-    image_digests: dict[str, str] = field(default_factory=dict)  # Digest, Repr-Digest: of the whole image
-
-
-@dataclass
-class UploadStatus:
-    image_uuid: str
-    state: str
-    offset: int
-    size: int | None
-    image: Image | None = None
-
-    @property
-    def completed(self) -> bool:
-        return self.state == SUCCEEDED
-
-
-@dataclass
-class _Session:
-    """An upload in progress on this node: its intake stays open between PUTs."""
-
-    image_uuid: str
-    reporter: ProgressReporter
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    intake: ImageIntake | None = None
-    received: int = 0
-    total: int | None = None
-    task: asyncio.Task[object] | None = None  # the PUT sending bytes now
-    saved_at: float = 0.0
-    deleted: bool = False  # DeleteImage stopped it
-    leases: list[Lease] = field(default_factory=list)  # the handles the writer uses, kept open till it ends
-    expected: Expected = field(default_factory=Expected)  # digests of the whole image to check
-
-    def release(self) -> None:
-        """The writer is done with its handles: a Reconnect's old one may close now."""
-        for lease in self.leases:
-            lease.release()
-        self.leases.clear()
-
-
-_SESSIONS: dict[str, _Session] = {}
+_SESSIONS: dict[str, Session] = {}
 
 
 def _hash(token: str) -> str:
@@ -228,12 +179,14 @@ async def receive(rt: Runtime, image_uuid: str, token: str, piece: Piece,
                                         f"{f': {reason}' if reason else ''}; add the image again", status=409)
     session = _SESSIONS.get(image_uuid)
     if session is None:
-        if slot.offset > 0 or slot.state == RUNNING:
-            where = f"node[{slot.node}]" if slot.node != rt.node_id else "this node before it restarted"
-            raise ApiError(OPERATION_ERROR, f"the upload of image[uuid:{image_uuid}] is held by {where}; "
-                                            "resume it there, or add the image again", status=409)
+        if slot.node not in (None, rt.node_id) and (slot.offset > 0 or slot.state == RUNNING):
+            raise ApiError(OPERATION_ERROR, f"the upload of image[uuid:{image_uuid}] is held by "
+                                            f"node[{slot.node}]; resume it there, or add the image again",
+                           status=409)
         reporter = ProgressReporter(rt, slot.api_id, image_uuid, "AddImage")
-        session = _SESSIONS.setdefault(image_uuid, _Session(image_uuid, reporter))
+        session = _SESSIONS.setdefault(image_uuid, Session(image_uuid, reporter))
+        if slot.state == RUNNING and not session.lock.locked():  # this node's, before it restarted
+            session.received, session.total, session.restarted = slot.offset, slot.size, True
     if session.lock.locked():
         raise ApiError(OPERATION_ERROR, f"another request is sending the bytes of image[uuid:{image_uuid}]",
                        status=409)
@@ -251,7 +204,7 @@ async def receive(rt: Runtime, image_uuid: str, token: str, piece: Piece,
             session.task = None
 
 
-async def _receive(rt: Runtime, session: _Session, piece: Piece, body: AsyncIterator[bytes]) -> UploadStatus:
+async def _receive(rt: Runtime, session: Session, piece: Piece, body: AsyncIterator[bytes]) -> UploadStatus:
     uuid = session.image_uuid
     offset = piece.offset or 0
     if offset != session.received:
@@ -268,7 +221,7 @@ async def _receive(rt: Runtime, session: _Session, piece: Piece, body: AsyncIter
     whole = offset == 0 and (total is None or piece.length is None or piece.length == total)
     image_digests = piece.image_digests | (piece.body_digests if whole else {})
     if session.intake is None:
-        session.total = total
+        session.total = total if total is not None else session.total
         session.intake = await _start(rt, session, image_digests)
     else:
         _check_same_digests(session, image_digests)
@@ -287,19 +240,28 @@ async def _receive(rt: Runtime, session: _Session, piece: Piece, body: AsyncIter
             raise await _fail(rt, session, ImageRefused(
                 "the body of a PUT with Content-MD5 was cut short: its bytes cannot be checked, "
                 "and the upload fails")) from None
-        await _save(rt, session, RUNNING)
-        return UploadStatus(uuid, RUNNING, session.received, session.total)
+        return await _pause(rt, session)
     except DigestMismatch as e:
         raise await _fail(rt, session, ImageRefused(f"Content-MD5: {e}")) from None
     except Exception as e:
         raise await _fail(rt, session, e) from None
     if session.total is not None and session.received < session.total:
-        await _save(rt, session, RUNNING)
-        return UploadStatus(uuid, RUNNING, session.received, session.total)
+        return await _pause(rt, session)
     return await _complete(rt, session)
 
 
-def _check_same_digests(session: _Session, digests: dict[str, str]) -> None:
+async def _pause(rt: Runtime, session: Session) -> UploadStatus:
+    """A PUT ended before the image did: its writes land, so what RBD holds is saved."""
+    assert session.intake is not None
+    try:
+        await session.intake.settle()
+    except Exception as e:
+        raise await _fail(rt, session, e) from None
+    await _save(rt, session, RUNNING)
+    return UploadStatus(session.image_uuid, RUNNING, session.received, session.total)
+
+
+def _check_same_digests(session: Session, digests: dict[str, str]) -> None:
     """A later PUT may repeat the whole image's digests, not bring new ones: the bytes
     already received were not hashed for them."""
     for algorithm, value in digests.items():
@@ -308,7 +270,7 @@ def _check_same_digests(session: _Session, digests: dict[str, str]) -> None:
                                    "with its first bytes; this PUT brings a new one")
 
 
-async def _start(rt: Runtime, session: _Session, digests: dict[str, str]) -> ImageIntake:
+async def _start(rt: Runtime, session: Session, digests: dict[str, str]) -> ImageIntake:
     """The first bytes: check the storage (capacity against the size, when known), and
     gather the digests to check (the AddImage's checksum tag and the PUT's headers)."""
     async with rt.db() as db:
@@ -317,7 +279,17 @@ async def _start(rt: Runtime, session: _Session, digests: dict[str, str]) -> Ima
     for algorithm, value in digests.items():
         expected.add(algorithm, value, "header Digest or Repr-Digest")
     session.expected = expected
+    kept = [t for t in checksum_tags(digests) if t not in system_tags]
+    if kept:  # the expectation outlives this process: a resumed upload after a restart checks it too
+        async with rt.db() as db:
+            db.add_all(tags.new_tags(session.image_uuid, images.RESOURCE_TYPE, kept, []))
+            await db.commit()
     image = await images.load(rt, session.image_uuid)
+    if session.restarted and not session.received:  # a partial image the previous run left: start over
+        if await image_add.remove_bits(rt, image.uuid, [r.backup_storage_uuid for r in image.backup_storage_refs]):
+            raise ApiError(OPERATION_ERROR, f"the upload of image[uuid:{image.uuid}] is still held by the writer of "
+                                            "this node's previous run (its watch ends within a minute); "
+                                            "send the bytes again then", status=503)
     targets, failures = await image_add.targets_for(rt, image, session.total)
     # no await since each target's handle was taken: a Reconnect, a Delete or a mon change
     # during the upload (minutes, across PUTs) replaces the handle but leaves this one open
@@ -325,13 +297,21 @@ async def _start(rt: Runtime, session: _Session, digests: dict[str, str]) -> Ima
     if not targets:
         raise await _fail(rt, session, image_add.all_failed(image, dict(failures)))
     reporter = session.reporter
-    intake = ImageIntake(targets, image.uuid, session.total, image_add.staging_dir(rt),
-                         image_add.progress_of(reporter, lambda: intake.detected), expected=session.expected)
+    progress = image_add.progress_of(reporter, lambda: intake.detected)
+    if session.received:
+        try:
+            intake = await ImageIntake.resume(targets, image.uuid, session.total, session.received,
+                                              image_add.staging_dir(rt), progress, session.expected)
+        except Exception as e:
+            raise await _fail(rt, session, e) from None
+    else:
+        intake = ImageIntake(targets, image.uuid, session.total, image_add.staging_dir(rt), progress,
+                             expected=session.expected)
     await _save(rt, session, RUNNING)
     return intake
 
 
-async def _complete(rt: Runtime, session: _Session) -> UploadStatus:
+async def _complete(rt: Runtime, session: Session) -> UploadStatus:
     assert session.intake is not None
     try:
         result = await session.intake.finish()
@@ -348,17 +328,22 @@ async def _complete(rt: Runtime, session: _Session) -> UploadStatus:
     return UploadStatus(session.image_uuid, SUCCEEDED, session.received, session.received, image)
 
 
-async def _save(rt: Runtime, session: _Session, state: str) -> None:
+async def _save(rt: Runtime, session: Session, state: str, offset: int | None = None) -> None:
+    """The slot's state; while Running its offset is what RBD holds (where the upload
+    resumes after a restart), once done the bytes received."""
     session.saved_at = time.monotonic()
+    if offset is None:
+        held = session.intake.durable if session.intake is not None else session.received
+        offset = held if state == RUNNING else session.received
     async with rt.db() as db:
         slot = await db.get(ImageUpload, session.image_uuid)
         if slot is None:
             return
-        slot.state, slot.offset, slot.size, slot.node = state, session.received, session.total, rt.node_id
+        slot.state, slot.offset, slot.size, slot.node = state, offset, session.total, rt.node_id
         await db.commit()
 
 
-async def _fail(rt: Runtime, session: _Session, error: Exception) -> ApiError:
+async def _fail(rt: Runtime, session: Session, error: Exception) -> ApiError:
     """The upload cannot go on: nothing stays in Ceph, the image is Error with the reason."""
     _SESSIONS.pop(session.image_uuid, None)
     if session.intake is not None:
@@ -408,18 +393,17 @@ async def expire_idle(rt: Runtime) -> None:
 
 
 async def clean_up_interrupted(rt: Runtime) -> int:
-    """Uploads this node was receiving that died with its process (the writer was in
-    memory): their partial images are removed and the images turn Error. Answers how
-    many are left to retry (bits still busy)."""
+    """Uploads this node was receiving when its process ended stay open: they continue
+    from what RBD holds (their slot's offset). Those that held nothing yet (offset 0)
+    start again, so the partial image their writer may have left is removed now (a
+    killed writer's watch keeps it busy for ~30 s). Answers how many are left to retry."""
     async with rt.db() as db:
         lost = list(await db.scalars(select(ImageUpload).where(
-            ImageUpload.state == RUNNING, ImageUpload.node == rt.node_id)))
+            ImageUpload.state == RUNNING, ImageUpload.node == rt.node_id, ImageUpload.offset == 0)))
     left = 0
     for slot in lost:
-        if slot.image_uuid in _SESSIONS:
-            continue
-        if not await _close_slot(rt, slot, "the server restarted during the upload; add the image again"):
-            left += 1
+        if slot.image_uuid not in _SESSIONS:
+            left += bool(await image_add.remove_bits(rt, slot.image_uuid, [slot.backup_storage_uuid]))
     return left
 
 
@@ -481,11 +465,31 @@ async def _close_slot(rt: Runtime, slot: ImageUpload, reason: str) -> bool:
 
 
 async def stop_all(rt: Runtime) -> None:
-    """The node stops: uploads it holds cannot be resumed elsewhere, so they fail now
-    (partial images removed) rather than at the next start."""
-    for image_uuid in list(_SESSIONS):
-        await cancel(image_uuid)
-        async with rt.db() as db:
-            slot = await db.get(ImageUpload, image_uuid)
-        if slot is not None:
-            await _close_slot(rt, slot, "the server stopped during the upload; add the image again")
+    """The node stops: the uploads it holds keep what RBD has, to continue after its
+    restart (their writers wait for the writes in flight and let go of the images). One
+    whose bytes are arriving right now (the server's grace ran out) fails, as does one
+    whose images cannot be kept."""
+    for image_uuid, session in list(_SESSIONS.items()):
+        if session.lock.locked() or session.intake is None:
+            if session.lock.locked():
+                await cancel(image_uuid)
+                await _close_failed(rt, image_uuid, "the server stopped during a PUT of the upload; "
+                                                    "add the image again")
+            continue
+        _SESSIONS.pop(image_uuid, None)
+        try:
+            offset = await session.intake.suspend()
+        except Exception as e:
+            log.warning("upload of image %s could not be kept for a restart: %s", image_uuid, e)
+            await session.intake.abort()
+            offset = 0
+        finally:
+            session.release()
+        await _save(rt, session, RUNNING, offset)
+
+
+async def _close_failed(rt: Runtime, image_uuid: str, reason: str) -> None:
+    async with rt.db() as db:
+        slot = await db.get(ImageUpload, image_uuid)
+    if slot is not None:
+        await _close_slot(rt, slot, reason)
