@@ -29,9 +29,14 @@ from tests.integration.test_images import (
 pytestmark = pytest.mark.ceph
 
 
+def put(url: str, **kwargs: object) -> httpx.Response:
+    """A PUT to the upload URL, patient: a loaded machine takes seconds to store 8 MiB."""
+    return httpx.put(url, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+
 def uploaded(api: Api, storage: str, data: bytes, **params: object) -> dict:
     inv = start_upload(api, [storage], **params)
-    r = httpx.put(url_of(inv), content=data, headers={"X-Image-Size": str(len(data))})
+    r = put(url_of(inv), content=data, headers={"X-Image-Size": str(len(data))})
     assert r.status_code == 200 and r.json()["completed"], r.text
     return r.json()["inventory"]
 
@@ -92,7 +97,7 @@ def b64(algorithm: str, data: bytes) -> str:
 def test_an_upload_checks_the_digests_its_client_sends(api: Api, c1: DevCluster, pool: str, storage: str) -> None:
     data = image_data(3 * MiB + 5, zero_tail=4 * MiB)
     inv = start_upload(api, [storage])
-    r = httpx.put(url_of(inv), content=data, headers={
+    r = put(url_of(inv), content=data, headers={
         "Content-MD5": b64("md5", data), "Repr-Digest": f"sha-256=:{b64('sha256', data)}:, crc32c=:AAAAAA==:"})
     assert r.status_code == 200 and r.json()["completed"], r.text
     ready = r.json()["inventory"]
@@ -101,7 +106,7 @@ def test_an_upload_checks_the_digests_its_client_sends(api: Api, c1: DevCluster,
     assert (ref["hashAlgorithm"], ref["hashValue"]) == ("SHA256", hashlib.sha256(data).hexdigest())
 
     inv = start_upload(api, [storage], name="digest")
-    r = httpx.put(url_of(inv), content=data, headers={"Digest": f"SHA-512={b64('sha512', data)}"})
+    r = put(url_of(inv), content=data, headers={"Digest": f"SHA-512={b64('sha512', data)}"})
     assert r.status_code == 200 and r.json()["inventory"]["sha512Sum"] == hashlib.sha512(data).hexdigest()
 
 
@@ -113,7 +118,7 @@ def test_an_upload_whose_digest_differs_leaves_no_rbd_image(api: Api, c1: DevClu
     value = {"Content-MD5": b64("md5", data), "Repr-Digest": f"sha-256=:{b64('sha256', data)}:",
              "Digest": f"sha-512={b64('sha512', data)}"}[header]
     inv = start_upload(api, [storage])
-    r = httpx.put(url_of(inv), content=sent, headers={header: value})
+    r = put(url_of(inv), content=sent, headers={header: value})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "SYS.1007" and "digest" in r.json()["error"]["details"]
     [gone] = images(api, f"uuid={inv['uuid']}")
@@ -127,13 +132,13 @@ def test_a_resumed_upload_checks_the_whole_image_at_its_end(api: Api, c1: DevClu
     inv = start_upload(api, [storage])
     url = url_of(inv)
     digest = {"Repr-Digest": f"sha-256=:{b64('sha256', data)}:"}
-    first = httpx.put(url, content=data[:5 * MiB], headers={"Content-Range": f"bytes 0-{5 * MiB - 1}/{len(data)}",
+    first = put(url, content=data[:5 * MiB], headers={"Content-Range": f"bytes 0-{5 * MiB - 1}/{len(data)}",
                                                             **digest})
     assert first.status_code == 200 and first.json()["offset"] == 5 * MiB
-    other = httpx.put(url, content=data[5 * MiB:], headers={
+    other = put(url, content=data[5 * MiB:], headers={
         "X-Upload-Offset": str(5 * MiB), "Repr-Digest": f"sha-512=:{b64('sha512', data)}:"})
     assert other.status_code == 400 and "first bytes" in other.text, "a new digest cannot start mid-way"
-    last = httpx.put(url, content=bytes(3 * MiB), headers={"X-Upload-Offset": str(5 * MiB), **digest})
+    last = put(url, content=bytes(3 * MiB), headers={"X-Upload-Offset": str(5 * MiB), **digest})
     assert last.status_code == 400 and "SHA256" in last.text
     assert inv["uuid"] not in rbd_images(c1, pool)
 
@@ -159,6 +164,6 @@ def test_add_image_checks_its_checksum_tag(api: Api, c1: DevCluster, pool: str, 
     assert images(api, "name=bad") == []
 
     up = start_upload(api, [storage], name="tagged-upload", systemTags=[wrong])
-    r = httpx.put(url_of(up), content=data)
+    r = put(url_of(up), content=data)
     assert r.status_code == 400 and "MD5 digest" in r.json()["error"]["details"]
     assert up["uuid"] not in rbd_images(c1, pool)
