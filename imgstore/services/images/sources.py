@@ -25,6 +25,7 @@ thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import ssl
@@ -46,6 +47,7 @@ HTTP, HTTPS, FILE, UPLOAD = "http://", "https://", "file:///", "upload://"
 SUPPORTED = (HTTP, HTTPS, FILE, UPLOAD)
 ZSTACK_ONLY = ("zstore://", "ftp://", "sftp://")
 READ_SIZE = 4 << 20  # the RBD object size: pieces ImageWriter takes without copying
+_ZEROS = bytes(READ_SIZE)  # a sparse file's hole, never read (its pages are the kernel's zero page)
 MAX_REDIRECTS = 5
 
 
@@ -274,12 +276,15 @@ class HttpSource(Source):
 
 
 class FileSource(Source):
-    """A file on the server inside the allow-list, read in a thread."""
+    """A file on the server inside the allow-list, read in a thread, in READ_SIZE pieces.
+    A piece that lies in a hole of a sparse file (``SEEK_DATA`` says the next data is
+    past it) is not read: it is a shared piece of zeros, which the writer skips."""
 
     def __init__(self, url: str, allow_dirs: Sequence[Path]) -> None:
         self.url = url
         self._allow_dirs = list(allow_dirs)
         self._file: BinaryIO | None = None
+        self._data_at = 0  # the next offset SEEK_DATA found data at (or the file's end)
 
     async def __aenter__(self) -> FileSource:
         self._file, self.length = await asyncio.to_thread(_open_allowed, self.url, self._allow_dirs)
@@ -289,11 +294,30 @@ class FileSource(Source):
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
 
+    def _next_piece(self) -> bytes:
+        """The next READ_SIZE bytes: read, or the shared zeros when they are all a hole."""
+        assert self._file is not None
+        fd, off = self._file.fileno(), self.received
+        if self._data_at <= off:
+            try:
+                self._data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no data after off; EINVAL: no SEEK_DATA here
+                    self._data_at = off
+                    return self._file.read(READ_SIZE)
+                self._data_at = os.fstat(fd).st_size
+        end = min(off + READ_SIZE, self.length if self.length is not None else off + READ_SIZE)
+        if self._data_at >= end and end > off:
+            self._file.seek(end)
+            return _ZEROS if end - off == READ_SIZE else _ZEROS[:end - off]
+        self._file.seek(off)
+        return self._file.read(READ_SIZE)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self._file is not None
         while True:
             try:
-                piece = await asyncio.to_thread(self._file.read, READ_SIZE)
+                piece = await asyncio.to_thread(self._next_piece)
             except OSError as e:
                 raise SourceFailed(f"reading [{masked(self.url)}] failed after {self.received} bytes: "
                                    f"{e.strerror}") from None

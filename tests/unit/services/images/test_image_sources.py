@@ -130,6 +130,27 @@ def test_a_file_source_streams_the_file_with_its_length(tmp_path: Path) -> None:
     assert source.length == len(data) == source.received
 
 
+def bytes_read() -> int:
+    """What this process has read through read() so far (the page cache included)."""
+    line = next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("rchar:"))
+    return int(line.split()[1])
+
+
+def test_a_sparse_file_source_never_reads_its_holes(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.raw"
+    data = os.urandom(MiB)
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+        os.pwrite(f.fileno(), data, 21 * MiB)
+        os.pwrite(f.fileno(), b"end", 64 * MiB - 3)
+    source = FileSource(f"file://{path}", [tmp_path])
+    before = bytes_read()
+    got = run(read_all(source))
+    read = bytes_read() - before
+    assert got == path.read_bytes()
+    assert read <= 3 * 4 * MiB, "only the 4 MiB pieces holding data are read (SEEK_DATA)"
+
+
 # ---------------------------------------------------------------- http
 
 
