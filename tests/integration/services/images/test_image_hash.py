@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import Api, DevCluster
-from tests.integration.test_image_upload import start_upload, url_of
-from tests.integration.test_images import (
+from tests.integration.services.images.test_image_upload import start_upload, url_of
+from tests.integration.services.images.test_images import (
     Files,
     MiB,
     action,
