@@ -56,7 +56,6 @@ from imgstore.services.images import deletion as image_deletion
 from imgstore.services.images import download as image_download
 from imgstore.services.images import export as image_export
 from imgstore.services.images import hashing as image_hashing
-from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
 from imgstore.services.images import upload as image_upload
 from imgstore.services.node import task_progress

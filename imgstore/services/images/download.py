@@ -22,9 +22,8 @@ from imgstore.db.models import ApiJob, Image, ImageUpload, TaskProgress
 from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, invalid_argument
 from imgstore.services.images import add as image_add
 from imgstore.services.images import hashing
-from imgstore.services.images import upload as image_upload
 from imgstore.services.images import manage as images
-from imgstore.services.node.handles import Lease
+from imgstore.services.images import upload as image_upload
 from imgstore.services.images.intake import DIRECT, ImageIntake
 from imgstore.services.images.sources import (
     UPLOAD,

@@ -43,11 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, remove_image
+from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, iter_image, remove_image
 from imgstore.services.images.formats import inspect as imageformat
 from imgstore.services.images.formats import qemu
 from imgstore.services.images.hashing import DigestMismatch, Expected
-from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, iter_image, remove_image
 
 log = logging.getLogger(__name__)
 

@@ -60,11 +60,10 @@ from imgstore.errors import (
     ApiError,
     invalid_argument,
 )
+from imgstore.services.catalog import tags
 from imgstore.services.images import add as image_add
 from imgstore.services.images import manage as images
-from imgstore.services.images.hashing import (DigestMismatch, Expected, checksum_tags, expected_from_tags,
-                                              keep_verified)
-from imgstore.services.catalog import tags
+from imgstore.services.images.hashing import DigestMismatch, Expected, checksum_tags, expected_from_tags, keep_verified
 from imgstore.services.images.intake import DIRECT, ImageIntake, ImageRefused
 from imgstore.services.images.upload_state import (
     FAILED,
