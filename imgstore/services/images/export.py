@@ -47,6 +47,7 @@ from imgstore.errors import (
     not_found,
 )
 from imgstore.services.images import hashing
+from imgstore.services.images.metadata import split_install_path
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.handles import Lease
 from imgstore.services.node.locking import locked_row

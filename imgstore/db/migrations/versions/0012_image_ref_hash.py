@@ -10,7 +10,6 @@ RBD image back and keeps its result (algorithm and hex value) on the ref it read
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0012'
 down_revision = '0011'
 branch_labels = None
