@@ -58,6 +58,7 @@ from imgstore.services.images import export as image_export
 from imgstore.services.images import hashing as image_hashing
 from imgstore.services.images import manage as images
 from imgstore.services.images import upload as image_upload
+from imgstore.services.images import upload_state
 from imgstore.services.node import task_progress
 from imgstore.services.node.runtime import Runtime
 from imgstore.wire.numbers import MAX_DIGITS, parse_count
@@ -336,9 +337,9 @@ def _int_header(request: Request, *names: str) -> int | None:
     return None
 
 
-def _piece(request: Request) -> image_upload.Piece:
+def _piece(request: Request) -> upload_state.Piece:
     """What the PUT's headers say about its body (services/images/upload.py)."""
-    piece = image_upload.Piece(
+    piece = upload_state.Piece(
         offset=_int_header(request, "x-upload-offset"),
         total=_int_header(request, "x-image-size", "x-upload-length"),
         length=_int_header(request, "content-length"),
@@ -372,10 +373,10 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
             if chunk:
                 yield chunk
     except ClientDisconnect:
-        raise image_upload.BodyInterrupted() from None
+        raise upload_state.BodyInterrupted() from None
 
 
-def _status_reply(state: image_upload.UploadStatus, inventory: ImageInventory | None = None) -> JSONResponse:
+def _status_reply(state: upload_state.UploadStatus, inventory: ImageInventory | None = None) -> JSONResponse:
     body: dict[str, Any] = {"imageUuid": state.image_uuid, "state": state.state, "offset": state.offset,
                             "size": state.size, "completed": state.completed}
     if inventory is not None:
@@ -406,7 +407,7 @@ async def put_image_bytes(imageUuid: str, request: Request, token: str = "",
                           rt: Runtime = Depends(runtime)) -> Response:
     try:
         state = await image_upload.receive(rt, imageUuid, token, _piece(request), _body(request))
-    except image_upload.OffsetMismatch as e:
+    except upload_state.OffsetMismatch as e:
         return JSONResponse(e.body(), status_code=e.status, headers={"X-Upload-Offset": str(e.offset)})
     inventory = None
     if state.image is not None:
