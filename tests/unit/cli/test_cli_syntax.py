@@ -10,7 +10,8 @@ import httpx
 import pytest
 from rich.console import Console
 
-from imgstore.cli.commands import error_line, human_bytes, mask_reply, mask_text, parse_words, render, split_list
+from imgstore.cli.render import error_line, human_bytes, mask_reply, mask_text, render
+from imgstore.cli.words import parse_words, split_list
 from imgstore.client import catalogue as apis
 from imgstore.client.http import (
     ImgstoreClient,
