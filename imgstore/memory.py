@@ -37,10 +37,9 @@ def tune_garbage_collector() -> None:
     Start-up objects (modules, routes, schemas: ~200 000 that live as long as the process)
     are frozen out of its full passes, and the young generation is collected every 50 000
     allocations instead of 700, so the rows a ping round reads die young instead of being
-    promoted to the old generation and scanned there. Measured with 200 storages pinged
-    every 2 s: full passes of 100-200 ms every few seconds before, the API's worst
-    latencies; 10-40 ms after the freeze; the API's p99 during rounds from 1.9-2.5x idle
-    to 1.1-1.7x with the larger young generation (scripts/bench_tracker.py)."""
+    promoted to the old generation and scanned there: full passes were the API's worst
+    latencies during ping rounds (scripts/bench_tracker.py; the figures are in the README's
+    benchmark table)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)

@@ -18,8 +18,8 @@ storages are pinged first, so a dead cluster's timeouts do not hold up the news 
 live ones.
 
 A revoked cephx key goes unnoticed by a connected handle for up to an hour: only a fresh
-login tells, and a fresh librados handle is the dearest thing the tracker does (measured:
-~10 ms of this process's CPU and ~3 ms of the mon's, against ~1 ms for a ping's write). So
+login tells, and a fresh librados handle is the dearest thing the tracker does (several
+times a ping's write; the README's benchmark table has the figures). So
 keys are not checked by the rounds but by a loop of their own: one login at a time, one
 every ``1 / KEY_CHECKS_PER_SECOND`` s, each key at most once per ``KEY_CHECK_SECONDS``,
 refused keys first and then those checked longest ago, and only keys of storages whose
