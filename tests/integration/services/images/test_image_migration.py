@@ -108,7 +108,8 @@ def test_a_failed_copy_leaves_nothing_on_the_destination(api: Api, c1: DevCluste
     """From the second cluster to the first: the source's OSD stops mid-copy, its reads
     time out, and the partial image on the destination goes."""
     dst, src = two
-    inv = added(api, add_image(api, files.add("f.raw", image_data(128 * MiB)), [src]), timeout=300)
+    # big enough that the copy outlasts stopping the OSD on an idle machine (128 MiB did not)
+    inv = added(api, add_image(api, files.add("f.raw", image_data(512 * MiB)), [src]), timeout=300)
     job = uuid.uuid4().hex
     r = migrate(api, inv["uuid"], src, dst, **{"X-Job-UUID": job})
 
