@@ -184,6 +184,8 @@ def compare(column: Any, kind: type, cond: Condition) -> Clause:
     if cond.op in ("?=", "!?="):
         values = [convert(kind, v, cond.name, column) for v in cond.values]
         return column.in_(values) if cond.op == "?=" else column.not_in(values)
+    if kind is bool and cond.op not in ("=", "!="):  # true and false have no order
+        raise FieldValueError(f"field[{cond.name}] is a boolean: {cond.op} does not apply to it")
     return _COMPARE[cond.op](column, convert(kind, raw, cond.name, column))
 
 

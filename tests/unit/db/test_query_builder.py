@@ -403,6 +403,7 @@ async def test_selects_run_on_an_async_session() -> None:
         ("totalCapacity?=1,2.5", "value[2.5] of field[totalCapacity] is not a valid integer"),
         ("ratio<nan", "value[nan] of field[ratio] is not a valid number"),
         ("ready=yes", "value[yes] of field[ready] is not a valid boolean"),
+        ("ready<=true", "field[ready] is a boolean: <= does not apply to it"),  # was a 500 (fuzzing)
         ("createDate>yesterday", "value[yesterday] of field[createDate] is not a valid date"),
         ("createDate>Jun 31, 2017 1:00:00 PM", "of field[createDate] is not a valid date"),
         ("state=Broken", "value[Broken] of field[state] is not a valid value; "
