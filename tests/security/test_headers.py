@@ -100,6 +100,8 @@ def test_a_5000_digit_condition_value_is_400(server: Server) -> None:
 def test_the_statements_kept_per_fields_list_are_bounded() -> None:
     """Each ``fields=`` list (any order, any repetition) was a statement kept for ever
     (services/catalog/queries.py): a client could grow the server by sending new lists."""
+    from sqlalchemy.dialects import sqlite
+
     from imgstore.services.catalog import queries
     from imgstore.services.storage.queryables import MON_QUERY
     from imgstore.wire.query import QuerySpec
@@ -107,7 +109,7 @@ def test_the_statements_kept_per_fields_list_are_bounded() -> None:
     names = ["monUuid", "hostname", "monAddr", "monPort", "sshPort", "status"]
     for i in range(queries.MAX_PLAIN_STATEMENTS + 300):
         fields = tuple(names[(i >> k) % len(names)] for k in range(1 + i % 7)) + ("hostname",) * (i // 200)
-        queries._statements(MON_QUERY, QuerySpec(fields=fields))
+        queries._statements(MON_QUERY, QuerySpec(fields=fields), sqlite.dialect())
     assert len(queries._plain) <= queries.MAX_PLAIN_STATEMENTS
 
 

@@ -1,11 +1,13 @@
-"""Running a ZStack query: one way for every resource, without the ORM's object loading.
+"""Running a ZStack query: one way for every resource, without the ORM.
 
 A page is read as plain rows (one SELECT of the entity's columns, then one SELECT per
 collection the inventory nests, ``WHERE owner IN (<the page's keys>)``) into light
 records: a class per entity with a slot per column and per collection, and the entity's
 Python properties (``attached_zone_uuids``), so that ``api/envelope.rows_reply`` reads
 them as it would read mapped objects. No identity map, no instrumented attributes, no
-unit of work: a never-asked page of 20 costs a fraction of what loading 20 objects does.
+unit of work, no ORM execution: the statements are compiled once per shape of query
+(``db/reads.py``) and the whole page, with its count and collections, is one reading on
+the driver (one hop to SQLite's reading threads, one snapshot).
 Records are read-only snapshots; code that changes a resource loads it through the ORM.
 """
 from __future__ import annotations
@@ -13,69 +15,84 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import OrderedDict, defaultdict
+from collections.abc import Generator
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, inspect, select
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import Select
+from sqlalchemy.engine import Dialect
 
 from imgstore.db import query as q
+from imgstore.db.reads import Reading, Rows, Sql, compile_select
 from imgstore.errors import INVALID_ARGUMENT, ApiError
 from imgstore.services.node.runtime import Runtime
 from imgstore.wire.query import QuerySpec
 
 # Paging with no condition (``?limit=20&start=N``, what consoles and SDK listings send)
-# reuses one statement per resource, sort and shape, with the page's bounds as
-# parameters: building a select and its cache key cost more than running it.
+# reuses one compiled statement per resource, sort, shape and dialect, with the page's
+# bounds as parameters (compiled with stand-ins, given at each run): building and
+# compiling a select cost more than running it.
 _PLAIN_PAGE = dataclasses.replace(
-    QuerySpec(), start=bindparam("page_start", type_=Integer), limit=bindparam("page_limit", type_=Integer)
+    QuerySpec(), start=bindparam("page_start", 0, type_=Integer), limit=bindparam("page_limit", 0, type_=Integer)
 )
 #: at most this many kept: ``fields=`` is the client's to vary, and each list is a key
 MAX_PLAIN_STATEMENTS = 256
-_plain: OrderedDict[tuple[Any, ...], tuple[q.Queryable, Select[Any], Select[Any] | None]] = OrderedDict()
+_plain: OrderedDict[tuple[Any, ...], tuple[q.Queryable, Sql, Sql | None]] = OrderedDict()
+#: owners per SELECT of their collections; a page of more is read in several
+MAX_OWNERS = 512
+
+_Step = tuple[Sql, dict[str, Any]]
 
 
 async def run(rt: Runtime, queryable: q.Queryable, spec: QuerySpec) -> tuple[list[Any], int | None]:
     """The page of records a query asks for and, when it asks, the total; a query naming
     what the resource does not have is SYS.1007."""
     try:
-        page, count, params = _statements(queryable, spec)
+        page, count = _statements(queryable, spec, rt.reads.dialect)
     except q.QueryFieldError as e:
         raise ApiError(INVALID_ARGUMENT, str(e)) from None
-    async with rt.db() as db:
-        total = await db.scalar(count) if count is not None else None
-        rows: list[Any] = []
-        if not spec.count:
-            shape = _shape(queryable.entity)
-            rows = shape.read((await db.execute(page, params)).all())
-            await _fill(db, shape, rows)
-    return rows, total
+    shape = _shape(queryable.entity)
+    return await rt.reads.run(_reading(shape, None if spec.count else page, count, rt.reads.dialect))
 
 
-def _statements(queryable: q.Queryable, spec: QuerySpec) -> tuple[Select[Any], Select[Any] | None, dict[str, int]]:
-    """The page select (the entity's columns only) and the count select."""
+def _statements(queryable: q.Queryable, spec: QuerySpec, dialect: Dialect) -> tuple[_Step, _Step | None]:
+    """The page select (the entity's columns only) and the count select, with their values."""
     columns = _shape(queryable.entity).columns
     if spec.conditions:
         page, count = q.build_select(queryable, spec)
-        return page.with_only_columns(*columns), count, {}
-    key = (id(queryable), spec.sort, spec.fields, spec.count, spec.reply_with_count)
+        compiled_count = (compile_select(count, dialect), {}) if count is not None else None
+        return (compile_select(page.with_only_columns(*columns), dialect), {}), compiled_count
+    key = (id(queryable), dialect, spec.sort, spec.fields, spec.count, spec.reply_with_count)
     cached = _plain.get(key)
     if cached is None or cached[0] is not queryable:
         shape = dataclasses.replace(_PLAIN_PAGE, sort=spec.sort, fields=spec.fields, count=spec.count,
                                     reply_with_count=spec.reply_with_count)
         page, count = q.build_select(queryable, shape)
-        cached = _plain[key] = (queryable, page.with_only_columns(*columns), count)
+        cached = _plain[key] = (queryable, compile_select(page.with_only_columns(*columns), dialect),
+                                compile_select(count, dialect) if count is not None else None)
         while len(_plain) > MAX_PLAIN_STATEMENTS:
             _plain.popitem(last=False)  # the least recently used
     else:
         _plain.move_to_end(key)
-    return cached[1], cached[2], {"page_start": spec.start, "page_limit": spec.limit}
+    bounds = {"page_start": spec.start, "page_limit": spec.limit}
+    return (cached[1], bounds), (cached[2], {}) if cached[2] is not None else None
+
+
+def _reading(shape: _Shape, page: _Step | None, count: _Step | None,
+             dialect: Dialect) -> Reading[tuple[list[Any], int | None]]:
+    total = None
+    if count is not None:
+        total = (yield count)[0][0]
+    records: list[Any] = []
+    if page is not None:
+        records = shape.read((yield page))
+        yield from _fill(shape, records, dialect)
+    return records, total
 
 
 # ---------------------------------------------------------------- rows into records
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Collection:
     """A list an entity loads with it (``lazy="selectin"``): ``mons``, ``zone_refs``..."""
 
@@ -83,10 +100,11 @@ class _Collection:
     owner_key: str  # the owner's attribute the children point to
     child_key: str  # the children's attribute holding it
     shape: _Shape
-    select: Select[Any]  # the children of the owners bound as ``owners``
+    child_column: Any  # the children's column holding it
+    order: tuple[Any, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Shape:
     """How one entity's rows become records."""
 
@@ -95,7 +113,7 @@ class _Shape:
     columns: tuple[Any, ...]
     collections: tuple[_Collection, ...]
 
-    def read(self, rows: list[Any]) -> list[Any]:
+    def read(self, rows: Rows) -> list[Any]:
         out = []
         for row in rows:
             record = self.record()
@@ -133,11 +151,8 @@ def _collection(owner: Any, rel: Any) -> _Collection:
     child = rel.mapper.class_
     child_key = rel.mapper.get_property_by_column(remote).key
     order = rel.order_by or inspect(child).primary_key
-    shape = _shape(child)
-    statement = select(*shape.columns).where(
-        getattr(child, child_key).in_(bindparam("owners", expanding=True))
-    ).order_by(*order)
-    return _Collection(rel.key, owner.get_property_by_column(local).key, child_key, shape, statement)
+    return _Collection(rel.key, owner.get_property_by_column(local).key, child_key, _shape(child),
+                       getattr(child, child_key), tuple(order))
 
 
 def _record_class(entity: type, slots: tuple[str, ...]) -> type:
@@ -152,12 +167,28 @@ def _record_class(entity: type, slots: tuple[str, ...]) -> type:
     return type(f"{entity.__name__}Record", (), namespace)
 
 
-async def _fill(db: AsyncSession, shape: _Shape, records: list[Any]) -> None:
-    """Each record's collections, one SELECT per collection for the whole page."""
+@functools.lru_cache(maxsize=512)
+def _children_sql(coll: _Collection, dialect: Dialect, owners: int) -> Sql:
+    """The children of ``owners`` owners (``owner0``...), compiled once per count: counts
+    are powers of two (the last owner repeated), so a collection has a few statements."""
+    statement = select(*coll.shape.columns).where(
+        coll.child_column.in_([bindparam(f"owner{i}") for i in range(owners)])
+    ).order_by(*coll.order)
+    return compile_select(statement, dialect)
+
+
+def _fill(shape: _Shape, records: list[Any], dialect: Dialect) -> Generator[_Step, Rows, None]:
+    """Each record's collections, one SELECT per collection for the whole page (per
+    :data:`MAX_OWNERS` records)."""
     for coll in shape.collections:
-        owners = [getattr(r, coll.owner_key) for r in records]
-        children = coll.shape.read((await db.execute(coll.select, {"owners": owners})).all()) if owners else []
-        await _fill(db, coll.shape, children)
+        owners = list(dict.fromkeys(getattr(r, coll.owner_key) for r in records))
+        children: list[Any] = []
+        for first in range(0, len(owners), MAX_OWNERS):
+            chunk = owners[first:first + MAX_OWNERS]
+            size = 1 << (len(chunk) - 1).bit_length()
+            values = {f"owner{i}": chunk[min(i, len(chunk) - 1)] for i in range(size)}
+            children += coll.shape.read((yield _children_sql(coll, dialect, size), values))
+        yield from _fill(coll.shape, children, dialect)
         by_owner: defaultdict[Any, list[Any]] = defaultdict(list)
         for child in children:
             by_owner[getattr(child, coll.child_key)].append(child)

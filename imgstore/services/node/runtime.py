@@ -22,6 +22,7 @@ from imgstore.config import Settings
 from imgstore.crypto import SecretBox
 from imgstore.db.changes import ChangeWatch, watch
 from imgstore.db.engine import create_engine, migrate, sessionmaker
+from imgstore.db.reads import Reads
 from imgstore.services.node.events import StorageEvents
 from imgstore.services.node.handles import ClusterRegistry
 from imgstore.services.node.jobs import JobRunner
@@ -65,6 +66,7 @@ class Runtime:
     changes: ChangeWatch  # the database's version: replies kept until it moves (api/reply_cache.py)
     login_guard: LoginGuard  # password hashing off the loop, failed logins throttled
     refusals: RefusalBudget  # how many refused requests become failed jobs (api/refused_jobs.py)
+    reads: Reads  # plain reads on the driver, for queries (services/catalog/queries.py)
     metrics: Any = None  # imgstore.metrics.Metrics of the app serving this node
     events: StorageEvents = field(default_factory=StorageEvents)  # wired by lifecycle.start
     locks: RowLocks = field(default_factory=RowLocks)  # this node's lock per row (node/locking.py)
@@ -90,6 +92,7 @@ class Runtime:
             changes=watch(engine.url),
             login_guard=LoginGuard(settings),
             refusals=RefusalBudget(settings),
+            reads=Reads(engine),
         )
         return rt
 
@@ -97,6 +100,7 @@ class Runtime:
         await self.jobs.drain()
         await self.clusters.close_all()
         await self.changes.close()
+        self.reads.close()
         await self.engine.dispose()
         self.login_guard.close()
 

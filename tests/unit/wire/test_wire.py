@@ -2,6 +2,7 @@
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -30,6 +31,7 @@ from imgstore.db.models import (
     SystemTag,
     UserTag,
 )
+from imgstore.db.reads import Reads
 from imgstore.services.catalog import queries
 from imgstore.services.catalog.tags import SYSTEM_TAG_QUERY, USER_TAG_QUERY
 from imgstore.services.images.manage import IMAGE_QUERY
@@ -204,11 +206,16 @@ def test_an_image_query_read_from_rows_can_amend_each_inventory() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_page_read_without_the_orm_answers_what_the_mapped_objects_answer() -> None:
+@pytest.mark.parametrize("in_file", [True, False], ids=["file: SQLite threads", "memory: through the engine"])
+async def test_a_page_read_without_the_orm_answers_what_the_mapped_objects_answer(
+        in_file: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """services/catalog/queries.py reads plain rows into records: the reply is the one the
     mapped objects give, for every kind of row (a base-class query returns Ceph rows whole;
-    a SystemTag query never returns user tags), pages and conditions alike."""
-    engine = create_async_engine("sqlite+aiosqlite://")
+    a SystemTag query never returns user tags), pages and conditions alike, read by either
+    of db/reads.py's ways (in a file, the collections of one owner per SELECT)."""
+    if in_file:
+        monkeypatch.setattr(queries, "MAX_OWNERS", 1)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}" if in_file else "sqlite+aiosqlite://")
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     db = async_sessionmaker(engine, expire_on_commit=False)
@@ -221,7 +228,7 @@ async def test_a_page_read_without_the_orm_answers_what_the_mapped_objects_answe
     async with db() as session:
         session.add_all([_stored_ceph_storage(), plain, _stored_image("a", 2), _stored_image("b", 0), *tags])
         await session.commit()
-    rt = SimpleNamespace(db=db)
+    rt = SimpleNamespace(db=db, reads=Reads(engine))
     cases = [(BACKUP_STORAGE_QUERY, backup_storage_inventory_class), (CEPH_BACKUP_STORAGE_QUERY,
              backup_storage_inventory_class), (IMAGE_QUERY, lambda _: ImageInventory),
              (SYSTEM_TAG_QUERY, tag_inventory_class), (USER_TAG_QUERY, tag_inventory_class)]
@@ -235,6 +242,7 @@ async def test_a_page_read_without_the_orm_answers_what_the_mapped_objects_answe
             assert sorted(r.uuid for r in records) == [o.uuid for o in objects]
             records.sort(key=lambda r: r.uuid)
             assert rows_reply(records, inventory_class) == expected, queryable.label
+    rt.reads.close()
     await engine.dispose()
 
 
