@@ -5,8 +5,8 @@ librados handle to both clusters, so it streams librbd to librbd in this process
 ``ceph.iter_image`` reads with several reads in flight and skips the holes the object map
 knows (no read), ``ceph.ImageWriter`` writes with several writes in flight and skips zero
 chunks (no write), so a thin image stays thin. The bytes are verified end to end: each
-piece read from the source is checksummed, the destination is read back, and its pieces
-must agree. A failure removes the destination's image (the writer's abort, or
+piece read from the source is checksummed, and the destination is read back behind the
+writer (:class:`ReadBack`), its pieces agreeing. A failure removes the destination's image (the writer's abort, or
 a removal here); bits that cannot be removed, or a copy its node's death interrupted,
 are recorded in the destination's trash (services/storage/trash.py), never lost.
 Progress is GetTaskProgress's, under the API's job id.
@@ -97,28 +97,109 @@ async def _check(rt: Runtime, image_uuid: str, src_uuid: str,
 
 async def _copy(src_cluster: ceph.Cluster, src: CephBackupStorage, dst_cluster: ceph.Cluster,
                 dst: CephBackupStorage, name: str, reporter: ProgressReporter) -> None:
-    """Stream, then read the destination back: the CRC-32 of every piece must agree.
+    """Stream, and read the destination back behind the writer: the CRC-32 of every
+    piece must agree.
 
     CRC-32 and not the writer's md5 + sha512: the check is against corruption on the way,
     not against an adversary, and zlib's CRC runs at GB/s where the two digests take more
-    CPU than the copy itself (the bench: scripts/bench_migrate.py). Each piece's CRC is
-    taken in a worker thread (zlib lets the GIL go) while the next piece is written."""
+    CPU than the copy itself (the bench: scripts/bench_migrate.py). Each CRC is taken in a
+    worker thread (zlib lets the GIL go) while the next piece is written."""
     src_pool, dst_pool = src.pool_name or "", dst.pool_name or ""
     size = await ceph.image_size(src_cluster, src_pool, name)
     loop = asyncio.get_running_loop()
-    sent: list[asyncio.Future[int]] = []
-    async with ceph.ImageWriter(dst_cluster, dst_pool, name, size=size, checksums=False) as writer:
-        async for piece in ceph.iter_image(src_cluster, src_pool, name):
-            sent.append(loop.run_in_executor(None, zlib.crc32, piece))
-            await writer.write(piece)
-            await reporter.update(_percent(writer.received, size, 90), copied=writer.received, total=size)
-    await reporter.update(90, force=True, stage="Verifying")
-    expected = await asyncio.gather(*sent)
-    got = [await loop.run_in_executor(None, zlib.crc32, piece)
-           async for piece in ceph.iter_image(dst_cluster, dst_pool, name)]
-    if got != expected:
-        raise ApiError(OPERATION_ERROR, f"the copy of image[uuid:{name}] on backup storage[uuid:{dst.uuid}] "
-                                        "does not read back as the bytes read from the source (CRC-32 differs)")
+    readback = ReadBack(dst_cluster, dst_pool, name)
+    try:
+        async with ceph.ImageWriter(dst_cluster, dst_pool, name, size=size, checksums=False) as writer:
+            async for piece in ceph.iter_image(src_cluster, src_pool, name):
+                readback.expect(loop.run_in_executor(None, zlib.crc32, piece))
+                await writer.write(piece)
+                readback.advance(writer.durable)
+                await reporter.update(_percent(writer.received, size, 95), copied=writer.received, total=size)
+        await reporter.update(95, force=True, stage="Verifying")
+        await readback.finish(size)
+    finally:
+        await readback.close()
+    if readback.mismatch is not None:
+        raise ApiError(OPERATION_ERROR, f"the copy of image[uuid:{name}] on backup storage[uuid:{dst.uuid}] does "
+                                        f"not read back as the bytes read from the source (CRC-32 differs at byte "
+                                        f"{readback.mismatch})")
+
+
+class ReadBack:
+    """Reads a copy back while it is still being written, a span at a time once the
+    OSDs acknowledged all of it (the writer's ``durable``), and compares each piece's
+    CRC-32 with the one taken of the source's piece. Done after the copy, the read-back
+    took as long as a third of it (scripts/bench_migrate.py); behind the writer it
+    overlaps the copy, and only the last span is left when the copy ends.
+
+    ``mismatch`` is the offset of the first piece that differs (None: all agree so far);
+    a mismatch or a read error stops the copy at its next piece (:meth:`advance` raises).
+    """
+
+    SPAN = 8 * ceph.CHUNK_SIZE
+    """Bytes read back at once (one read-only open of the image each)."""
+
+    def __init__(self, cluster: ceph.RadosSource, pool: str, name: str) -> None:
+        self._where = cluster, pool, name
+        self._expected: list[asyncio.Future[int]] = []
+        self._durable = 0
+        self._final = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.checked = 0
+        self.mismatch: int | None = None
+
+    def expect(self, crc: asyncio.Future[int]) -> None:
+        """The CRC of the source's next piece (pieces are the object size, from 0)."""
+        self._expected.append(crc)
+
+    def advance(self, durable: int) -> None:
+        """The OSDs hold the copy's first ``durable`` bytes; raises what stopped the check."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        elif self._task.done():
+            self._task.result()  # a read error
+        if self.mismatch is not None:
+            raise ApiError(OPERATION_ERROR, f"the copy reads back wrong at byte {self.mismatch}")
+        self._durable = durable
+        if durable - self.checked >= self.SPAN:
+            self._wake.set()
+
+    async def finish(self, size: int) -> None:
+        """The copy is committed: check up to ``size`` and wait for it."""
+        self._durable, self._final = size, True
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        self._wake.set()
+        await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        """Stop reading (the copy failed); never raises."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.mismatch is None:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.mismatch is None and (self._durable - self.checked >= self.SPAN
+                                             or (self._final and self.checked < self._durable)):
+                end = self._durable if self._final else self.checked + self.SPAN
+                await self._check(loop, end)
+            if self._final and self.checked >= self._durable:
+                return
+
+    async def _check(self, loop: asyncio.AbstractEventLoop, end: int) -> None:
+        index = self.checked // ceph.CHUNK_SIZE
+        async for piece in ceph.iter_image(*self._where, self.checked, end):
+            if await loop.run_in_executor(None, zlib.crc32, piece) != await self._expected[index]:
+                self.mismatch = index * ceph.CHUNK_SIZE
+                return
+            index += 1
+        self.checked = end
 
 
 def _percent(done: int, total: int, scale: int) -> int:
