@@ -202,6 +202,12 @@ class ImageWriter:
         self.received = self._offset = offset
 
     @property
+    def left_behind(self) -> bool:
+        """Aborted, and the image it made could not be removed: it is still in the pool
+        (the caller records it as the storage's trash)."""
+        return self._state == "aborted" and self._created
+
+    @property
     def durable(self) -> int:
         """Bytes from the start that the OSDs hold: every write below was acknowledged."""
         return min(self._unacked, default=self._offset)

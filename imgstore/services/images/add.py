@@ -9,6 +9,7 @@ cluster after every add, successful or not.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.node.task_progress import ProgressReporter
+from imgstore.services.storage import trash
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,20 @@ async def targets_for(rt: Runtime, image: Image, length: int | None) -> tuple[li
                     f"backup storage[uuid:{bs}] has not enough capacity to download the image"
                     f"[name:{image.name}]: it needs {length} bytes, {storage.available_capacity} are available",
                 )
-            targets.append(Target(bs, await images.cluster_of(rt, storage), storage.pool_name or "",
-                                  available=storage.available_capacity, limits=limits(rt)))
+            pool = storage.pool_name or ""
+            targets.append(Target(bs, await images.cluster_of(rt, storage), pool,
+                                  available=storage.available_capacity, limits=limits(rt),
+                                  leftover=functools.partial(keep_leftover, rt, bs, pool, image.uuid)))
         except ApiError as e:
             failures[bs] = e
     return targets, failures
+
+
+async def keep_leftover(rt: Runtime, storage_uuid: str, pool: str, image_uuid: str, reason: str) -> None:
+    """An add's RBD image that could not be removed: the storage's trash, where
+    GetTrashOnBackupStorage shows it and CleanUpTrashOnBackupStorage removes it."""
+    await trash.record(rt, storage_uuid, images.install_path(pool, image_uuid), image_uuid,
+                       images.RESOURCE_TYPE, None, trash_type=trash.ADD_IMAGE)
 
 
 def progress_of(reporter: ProgressReporter,

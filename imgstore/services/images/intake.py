@@ -91,6 +91,9 @@ class Target:
     pool: str
     available: int | None = None  # bytes the pool can take, when known
     limits: Limits = Limits()  # the settings' bounds (image_add.targets_for fills them in)
+    leftover: Callable[[str], Awaitable[None]] | None = None
+    """Called with the reason when the image this intake made here cannot be removed
+    (image_add.targets_for records it as the storage's trash): bits are never lost."""
 
 
 @dataclass
@@ -128,6 +131,7 @@ class ImageIntake:
         self.received = 0
         self.detected: str | None = None
         self._targets = {t.backup_storage_uuid: t for t in targets}
+        self._targets_by_uuid = dict(self._targets)  # _targets loses the failed ones
         self._all_targets = list(targets)
         self._staging_dir = staging_dir
         self._progress = progress
@@ -246,19 +250,32 @@ class ImageIntake:
         """Remove whatever was written, committed images included (the caller could not
         record them); safe to call twice, and after a failed finish."""
         self._closed = True
-        writers, self._writers = list(self._writers.values()), {}
+        writers, self._writers = list(self._writers.items()), {}
         committed, self._committed = self._committed, []
-        for w in writers:
-            try:
-                await w.abort()
-            except CephError as e:
-                log.error("could not remove the partial image %s/%s: %s", w.pool, w.name, e)
+        for uuid, w in writers:
+            await self._abort_writer(uuid, w)
         for t in committed:
             try:
                 await remove_image(t.cluster, t.pool, self.image_uuid, missing_ok=True)
             except CephError as e:
-                log.error("could not remove the image %s/%s: %s", t.pool, self.image_uuid, e)
+                await self._left_behind(t, str(e))
         await asyncio.shield(self._drop_staging())
+
+    async def _abort_writer(self, uuid: str, w: ImageWriter, error: Exception | None = None) -> None:
+        """Abort a writer of this intake (it may have aborted itself already, on
+        ``error``); an image it cannot remove is the storage's trash."""
+        try:
+            await w.abort()
+        except CephError as e:
+            error = e
+        if w.left_behind:
+            await self._left_behind(self._targets_by_uuid[uuid], str(error or "its removal failed"))
+
+    async def _left_behind(self, t: Target, reason: str) -> None:
+        log.error("could not remove the image %s/%s from backup storage %s: %s; it is in its trash",
+                  t.pool, self.image_uuid, t.backup_storage_uuid, reason)
+        if t.leftover is not None:
+            await asyncio.shield(t.leftover(reason))
 
     # ------------------------------------------------------------ deciding
 
@@ -334,8 +351,7 @@ class ImageIntake:
                     f"backup storage[uuid:{uuid}] has not enough capacity for the image: "
                     f"more than its {room} available bytes arrived")
                 del self._writers[uuid]
-                with contextlib.suppress(CephError):
-                    await w.abort()
+                await self._abort_writer(uuid, w)
                 continue
             try:
                 await w.write(data)
@@ -344,6 +360,7 @@ class ImageIntake:
             except CephError as e:
                 self._failures[uuid] = e
                 del self._writers[uuid]
+                await self._abort_writer(uuid, w, e)
         self._check_some_left()
         if self._progress:
             await self._progress(DOWNLOADING, self.received, self.total)
@@ -373,6 +390,7 @@ class ImageIntake:
             except CephError as e:
                 self._failures[uuid] = e
                 del self._writers[uuid]
+                await self._abort_writer(uuid, w, e)
                 continue
             del self._writers[uuid]
             self._committed.append(self._targets[uuid])
@@ -401,6 +419,9 @@ class ImageIntake:
                     if isinstance(e, qemu.ConvertError):
                         raise IntakeFailed(f"the {self.detected} image cannot be read: {e}") from None
                     self._failures[uuid] = e
+                    w = self._writers.pop(uuid, None)
+                    if w is not None:
+                        await self._abort_writer(uuid, w, e)
                     continue
                 stored.append(uuid)
         finally:

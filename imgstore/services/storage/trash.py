@@ -8,7 +8,8 @@ Two ways in, both written down before anything can be lost:
   partial image was removed) or :func:`discard` (the removal failed: the row is trash now).
   A node that dies mid-copy leaves its row; at its next start :func:`settle_pending`
   finds it, and the partial image, if it is there, becomes trash.
-* :func:`record` for bits whose removal failed outright.
+* :func:`record` for bits whose removal failed outright: a failed add's image
+  (trashType ``AddImage``, imgstore's own) that the intake could not remove.
 
 Cleaning up removes the RBD image and then the row; an install path that an image ref
 holds again (a later copy succeeded there) is never removed, only forgotten.
@@ -30,7 +31,8 @@ from imgstore.services.node.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MIGRATE_IMAGE = "MigrateImage"  # ZStack's only trashType of backup storages
-TRASH_TYPES = (MIGRATE_IMAGE,)
+ADD_IMAGE = "AddImage"  # imgstore's: what a failed add (download, upload) could not remove
+TRASH_TYPES = (MIGRATE_IMAGE, ADD_IMAGE)
 
 
 def split_path(install_path: str) -> tuple[str, str]:

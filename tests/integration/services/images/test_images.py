@@ -41,6 +41,7 @@ class Served:
     cut_at: int | None = None  # send this many bytes, then close the connection
     pause: float = 0.0  # seconds to wait after each 256 KiB
     gets: int = 0
+    cut_when: threading.Event | None = None  # with cut_at: the cut waits for it (60 s at most)
 
 
 @dataclass
@@ -109,6 +110,8 @@ def files() -> Iterator[Files]:
                     time.sleep(f.pause)
             if f.cut_at is not None:
                 self.wfile.flush()
+                if f.cut_when is not None:
+                    f.cut_when.wait(60)
                 self.close_connection = True
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -298,6 +301,40 @@ def test_a_download_cut_halfway_leaves_nothing(api: Api, c1: DevCluster, pool: s
     assert "Failed to download image[name:cut] on all backup storage" in error["details"]
     assert images(api, "name=cut") == []
     assert rbd_images(c1, pool) == before
+
+
+def test_a_failed_download_whose_image_cannot_be_removed_leaves_it_in_the_trash(
+        api: Api, c1: DevCluster, pool: str, storage: str, files: Files) -> None:
+    """A snapshot someone took of the partial RBD image makes its removal fail: the
+    failed add's bits are not forgotten but listed as the storage's trash (trashType
+    AddImage), and cleaned up once the snapshot is gone."""
+    cut = threading.Event()
+    r = add_image(api, files.add("held.raw", image_data(16 * MiB), cut_at=6 * MiB, cut_when=cut), [storage],
+                  name="held")
+    uuid = wait_for(lambda: next(iter(rbd_images(c1, pool)), None), 30)
+    wait_for(lambda: rbd(c1, "info", f"{pool}/{uuid}").returncode == 0, 10)  # listed before it opens
+    assert rbd(c1, "snap", "create", f"{pool}/{uuid}@kept").returncode == 0
+    cut.set()
+    assert failed(api, r)["code"] == "SYS.1002"
+    assert images(api, "name=held") == [] and uuid in rbd_images(c1, pool)
+
+    def trash() -> list[dict]:
+        got = api.get("/backup-storage/trash", params={"uuid": storage})
+        assert got.status_code == 200, got.text
+        return got.json()["inventories"]
+
+    def clean_up() -> list[str]:
+        done = api.put(f"/backup-storage/{storage}/trash/actions", json={"cleanUpTrashOnBackupStorage": {}})
+        assert done.status_code == 200, done.text
+        return done.json()["result"]["resourceUuids"]
+
+    [entry] = trash()
+    assert entry["installPath"] == f"ceph://{pool}/{uuid}" and entry["trashType"] == "AddImage"
+    assert entry["resourceUuid"] == uuid and entry["resourceType"] == "ImageVO"
+    assert clean_up() == [] and trash() == [entry]  # the snapshot still holds it
+    assert rbd(c1, "snap", "purge", f"{pool}/{uuid}").returncode == 0
+    assert clean_up() == [uuid]
+    assert uuid not in rbd_images(c1, pool) and trash() == []
 
 
 def test_an_image_bigger_than_the_storage_is_refused_before_a_byte_is_read(
