@@ -175,7 +175,8 @@ _APIS: tuple[Api, ...] = (
         "the backup-storage types this server supports"),
     Api("GetTrashOnBackupStorage", "GET", "/backup-storage/trash", None, False, "inventories", "backup-storage",
         "install paths left in a backup storage's trash",
-        (_uuid(), Param("resourceUuid"), Param("resourceType"), Param("trashType", choices=("MigrateImage",)))),
+        (_uuid(), Param("resourceUuid"), Param("resourceType"),
+         Param("trashType", choices=("MigrateImage", "AddImage")))),
     _action("CleanUpTrashOnBackupStorage", "/backup-storage/{uuid}/trash/actions", "backup-storage",
             "empty a backup storage's trash", _uuid(), Param("trashId", "int"), reply_key=None),
 

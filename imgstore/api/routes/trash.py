@@ -34,7 +34,8 @@ def _inventory(row: BackupStorageTrash) -> InstallPathRecycleInventory:
             **sync_api(QueryReply[InstallPathRecycleInventory]))
 async def get_trash_on_backup_storage(
     uuid: str, resourceUuid: str | None = None, resourceType: str | None = None,
-    trashType: str | None = Query(None, description="MigrateImage"), rt: Runtime = Depends(runtime),
+    trashType: str | None = Query(None, description="MigrateImage (ZStack's) or AddImage (imgstore's)"),
+    rt: Runtime = Depends(runtime),
 ) -> dict[str, Any]:
     rows = await trash.query(rt, uuid, resourceUuid, resourceType, trashType)
     return inventories_reply([_inventory(r) for r in rows])
