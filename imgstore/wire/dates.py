@@ -9,10 +9,13 @@ accepting what JDK 9+ writes (a comma after the year, U+202F before AM/PM).
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
 
 
 def utcnow() -> datetime:
@@ -24,13 +27,11 @@ def zstack_date(value: datetime | None) -> str | None:
     """Format a stored (naive UTC) time as ZStack does, in the server's local zone."""
     if value is None:
         return None
-    local = value.replace(tzinfo=UTC).astimezone()
-    hour = local.hour % 12 or 12
-    half = "AM" if local.hour < 12 else "PM"
-    return (
-        f"{_MONTHS[local.month - 1]} {local.day}, {local.year} "
-        f"{hour}:{local.minute:02d}:{local.second:02d} {half}"
-    )
+    # the local time of the date's whole second, as ``value.replace(tzinfo=UTC).astimezone()``
+    # reads it, without the zone object it makes each time (half a query reply's dates' cost)
+    year, month, day, hour, minute, second = time.localtime((value - _EPOCH) // _SECOND)[:6]
+    half = "AM" if hour < 12 else "PM"
+    return f"{_MONTHS[month - 1]} {day}, {year} {hour % 12 or 12}:{minute:02d}:{second:02d} {half}"
 
 
 _MONTH_NUMBERS = {m.lower(): i for i, m in enumerate(_MONTHS, 1)}

@@ -1,7 +1,7 @@
 """Wire details the ZStack SDKs depend on: dates, the schema map, secrets."""
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,6 +66,22 @@ def test_dates_are_in_the_offset_of_their_own_day(local_zone: Callable[[str], No
     local_zone("America/New_York")
     assert zstack_date(datetime(2020, 1, 2, 5, 5)) == "Jan 2, 2020 12:05:00 AM"
     assert zstack_date(datetime(2020, 7, 2, 16, 5)) == "Jul 2, 2020 12:05:00 PM"
+
+
+def test_dates_around_a_change_of_offset_are_in_the_offset_of_their_second(local_zone: Callable[[str], None]) -> None:
+    """Every second around the changes of New York's and Lord Howe's (30 minutes) offsets
+    is written in the local time ``astimezone`` gives it: the moment the clocks move, not
+    a minute before or after."""
+    for zone, changes in (("America/New_York", (datetime(2020, 3, 8, 7), datetime(2020, 11, 1, 6))),
+                          ("Australia/Lord_Howe", (datetime(2020, 4, 4, 15), datetime(2020, 10, 3, 15, 30)))):
+        local_zone(zone)
+        for change in changes:
+            for second in range(-90, 90):
+                stored = change + timedelta(seconds=second, microseconds=999_999)
+                local = stored.replace(tzinfo=UTC).astimezone()
+                expected = (f"{local:%b} {local.day}, {local.year} {local.hour % 12 or 12}:{local:%M:%S} "
+                            f"{'AM' if local.hour < 12 else 'PM'}")
+                assert zstack_date(stored) == expected, (zone, stored)
 
 
 def test_midnight_and_noon_are_twelve(local_zone: Callable[[str], None]) -> None:
