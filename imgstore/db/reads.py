@@ -12,8 +12,8 @@ rows) runs whole on the driver:
   (``query_only``), inside one ``BEGIN``: one hop per reading, and the page and its
   collections see one snapshot. SQLite runs without the GIL while it steps, so the event
   loop keeps serving meanwhile;
-* any other database (PostgreSQL): on a pooled connection of the engine, each SELECT as the
-  driver's own statement (``exec_driver_sql``), no ORM.
+* any other database (PostgreSQL): on a pooled connection of the engine in autocommit,
+  each SELECT as the driver's own statement (``exec_driver_sql``), no ORM.
 
 Readings only read: code that changes rows goes through the ORM as before.
 """
@@ -129,6 +129,9 @@ class Reads:
                 self._executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="imgstore-reads")
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_sqlite, reading)
         async with self.engine.connect() as conn:
+            # no BEGIN and ROLLBACK round trips around the SELECTs: at PostgreSQL's READ
+            # COMMITTED each statement takes its own snapshot in a transaction too
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             rows: Rows | None = None
             while True:
                 try:
