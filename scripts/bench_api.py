@@ -26,6 +26,7 @@ handler's figure).
 Targets: paged query p50 <= 10 ms; >= 40 % of the floor's requests per second.
 
     .venv/bin/python scripts/bench_api.py [--storages 10000] [--images 100000] [--requests 2000]
+        [--db sqlite|postgresql] [--only WORDS]
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import tempfile
 import time
 import uuid as uuidlib
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from cryptography.fernet import Fernet
@@ -57,6 +59,7 @@ from imgstore.db.models import BackupStorage, CephMon, Image, ImageBackupStorage
 from imgstore.services.node.runtime import Runtime  # noqa: E402
 from imgstore.wire.dates import utcnow  # noqa: E402
 
+T = TypeVar("T")
 PASSWORD = "bench"
 FLOOR_APP = """
 from fastapi import FastAPI
@@ -223,7 +226,7 @@ def through_wrk(base: str, headers: dict[str, str], floor: tuple[str, dict], arg
     ]
     print(f"with wrk (C client, concurrency {args.concurrency}, 6 s each; floor measured right before each):")
     print(f"{'call':<26}{'p50':>9}{'p99':>9}{'req/s':>9}{'floor':>7}{'of floor':>10}{'kept':>6}")
-    for name, url, lua_path in calls:
+    for name, (url, lua_path) in _chosen({name: (url, lua) for name, url, lua in calls}, args.only).items():
         fast = wrk(f"{floor_base}/zstack/v1/constant", floor_headers, args.concurrency)
         with KeptShare(base) as kept:
             p50, p99, rps = wrk(url, headers, args.concurrency, lua_path=lua_path,  # type: ignore[misc]
@@ -231,6 +234,11 @@ def through_wrk(base: str, headers: dict[str, str], floor: tuple[str, dict], arg
         assert fast is not None
         share = "" if kept.share is None else f"{kept.share:>6.0%}"
         print(f"{name:<26}{p50:>7.2f}ms{p99:>7.1f}ms{rps:>9.0f}{fast[2]:>7.0f}{rps / fast[2]:>10.0%}{share}")
+
+
+def _chosen(calls: dict[str, T], only: str | None) -> dict[str, T]:
+    """The calls whose name holds ``only`` (all without it)."""
+    return {name: call for name, call in calls.items() if only is None or only in name}
 
 
 def pg_database() -> str | None:
@@ -284,7 +292,7 @@ def run(label: str, db_url: str | None, args: argparse.Namespace, floor: tuple[s
             return asyncio.run(load(floor_base, floor_headers, lambda i: "/zstack/v1/constant", n, concurrency))
 
         rows = []
-        for name, path_of in cases.items():
+        for name, path_of in _chosen(cases, args.only).items():
             # the floor right before each call: the machine is shared, its load drifts
             _, _, frps = floor_load(args.requests, args.concurrency)
             with KeptShare(base) as kept:
@@ -313,6 +321,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--alone", type=int, default=300, help="requests one at a time, for 'p50 alone'")
+    ap.add_argument("--db", choices=("sqlite", "postgresql"), help="only this database (both by default)")
+    ap.add_argument("--only", help="only the calls whose name holds this, e.g. 'any page'")
     args = ap.parse_args()
     floor_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     (floor_dir / "floor_app.py").write_text(FLOOR_APP)
@@ -322,8 +332,9 @@ def main() -> int:
     try:
         print(f"concurrency {args.concurrency}, {args.requests} requests per call, "
               "client and server on loopback, 2 cores")
-        run("SQLite", None, args, (f"http://127.0.0.1:{port}", {}))
-        name = pg_database()
+        if args.db != "postgresql":
+            run("SQLite", None, args, (f"http://127.0.0.1:{port}", {}))
+        name = pg_database() if args.db != "sqlite" else None
         if name:
             try:
                 pg_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
