@@ -20,11 +20,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
 from tests import servers
+from tests.forkserver import Forkserver
 from tests.servers import ADMIN_PASSWORD, ROOT, Api, free_port, port_range  # noqa: F401 - tests import them from here
 
 DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
@@ -325,10 +326,20 @@ TEST_SERVER_ENV = {
 }
 
 
+_FORKSERVER = Forkserver()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_forkserver() -> Iterator[None]:
+    yield
+    _FORKSERVER.close()
+
+
 @dataclass
 class Server(servers.Server):
     """A real ``imgstore serve`` (tests/servers.py) with the tests' settings and, on the
-    PostgreSQL pass, a fresh database of its own (kept across restarts)."""
+    PostgreSQL pass, a fresh database of its own (kept across restarts); forked from a warm
+    interpreter (tests/forkserver.py) where it can be."""
 
     def start(self, timeout: float = 120, retried: bool = False) -> Server:
         self.env = {**TEST_SERVER_ENV, **self.env}
@@ -336,6 +347,10 @@ class Server(servers.Server):
             self.env["IMGSTORE_DB_URL"] = create_pg_database()
         super().start(timeout, retried)
         return self
+
+    def spawn(self, cmd: list[str], env: dict[str, str], log: BinaryIO) -> servers.Process:
+        log.flush()
+        return _FORKSERVER.launch(cmd, env, Path(log.name)) or super().spawn(cmd, env, log)
 
     def drop_database(self) -> None:
         """Drop the PostgreSQL database made for this server, if one was (after stop)."""
@@ -384,6 +399,16 @@ def tracked_server(fresh_server: Server) -> Server:
     """A server of the test's own whose tracker pings every second, Ceph bounded to 3 s."""
     fresh_server.env.update({"IMGSTORE_PING_INTERVAL": "1", "IMGSTORE_CEPH_TIMEOUT": "3"})
     return fresh_server.start()
+
+
+def run_command(args: list[str], env: dict[str, str], input: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` of ``args`` in the checkout, output captured as text: the
+    ``imgstore`` command (``python -m imgstore.cli.commands ...``) is forked from the warm
+    interpreter where it can be (tests/forkserver.py), anything else runs as given."""
+    done = _FORKSERVER.run(args, env, input, timeout)
+    return done or subprocess.run(args, env=env, cwd=ROOT, input=input, capture_output=True, text=True,
+                                  timeout=timeout)
 
 
 def wait_for(predicate, timeout: float, every: float = 0.25):  # type: ignore[no-untyped-def]

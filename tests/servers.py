@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import httpx
 
@@ -61,6 +62,19 @@ def password_digest(password: str) -> str:
     return hashlib.sha512(password.encode()).hexdigest()
 
 
+class Process(Protocol):
+    """What a test or bench uses of a server's process: ``subprocess.Popen``'s surface
+    (tests/forkserver.py's ``ForkedProcess`` has it too)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass
 class Server:
     """A real ``imgstore serve`` process on 127.0.0.1.
@@ -76,7 +90,7 @@ class Server:
     password: str = ADMIN_PASSWORD
     log_level: str | None = None
     ca_file: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
 
     @property
     def url(self) -> str:
@@ -103,7 +117,7 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.data_dir / "server.log", "ab") as log:
             logged = log.tell()
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = self.spawn(cmd, env, log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -121,6 +135,11 @@ class Server:
                 time.sleep(0.05)
         self.proc.kill()
         raise RuntimeError(f"server did not start in {timeout} s: {self.log()[-2000:]}")
+
+    def spawn(self, cmd: list[str], env: dict[str, str], log: BinaryIO) -> Process:
+        """The server's process, its output appended to ``log`` (tests/conftest.py's
+        ``Server`` forks it from a warm interpreter instead)."""
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         if self.proc and self.proc.poll() is None:

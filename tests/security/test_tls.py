@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from imgstore.client.http import ImgstoreClient, ImgstoreError
-from tests.conftest import ADMIN_PASSWORD, ROOT, Server
+from tests.conftest import ADMIN_PASSWORD, Server, run_command
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -83,8 +83,7 @@ def test_the_cli_speaks_https_with_a_ca_file(https_server: tuple[str, Path], tmp
     env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), COLUMNS="200")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imgstore.cli.commands", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        return run_command([sys.executable, "-m", "imgstore.cli.commands", *args], env)
 
     refused = cli("login", "--url", url, "--password", ADMIN_PASSWORD)
     assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr

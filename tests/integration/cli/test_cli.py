@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, ROOT, Api, DevCluster, Server
+from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, run_command
 
 Cli = Callable[..., subprocess.CompletedProcess]
 
@@ -30,8 +30,7 @@ def cli(config_home: Path) -> Cli:
     env.update(XDG_CONFIG_HOME=str(config_home), COLUMNS="200")
 
     def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imgstore.cli.commands", *args], env=env, cwd=ROOT, input=input,
-                              capture_output=True, text=True, timeout=120)
+        return run_command([sys.executable, "-m", "imgstore.cli.commands", *args], env, input=input)
 
     return run
 
