@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -88,16 +89,74 @@ def pg_unavailable() -> str | None:
         return f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {e}"
 
 
-def create_pg_database() -> str:
-    """A fresh, empty database on the test PostgreSQL; its URL. Dropped at the end of the run."""
+def create_pg_database(migrated: bool = False) -> str:
+    """A fresh database on the test PostgreSQL, empty or (``migrated``) a copy of one this
+    process migrated to head once; its URL. Dropped at the end of the run."""
     import psycopg
     from psycopg import sql
 
     name = f"imgstore_t_{uuid.uuid4().hex[:12]}"
+    template = sql.SQL(" TEMPLATE {}").format(sql.Identifier(_pg_template())) if migrated else sql.SQL("")
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), template))
     _PG_DATABASES.append(name)
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+# ---------------------------------------------------------------- databases at head
+# A test server on a database of its own would run every migration at its start (~0.1 s of
+# CPU and ~0.2 s of wall each, a few hundred times a run). Each pytest process migrates
+# one SQLite file and one PostgreSQL database once, by the server's own code
+# (imgstore.db.engine.migrate), and the servers it starts get copies: their start then
+# finds the schema at head, as a restart does. Migrating at start stays covered by the
+# migration tests (tests/unit/db) and by test_a_server_migrates_the_database_it_is_given.
+
+_TEMPLATES: dict[str, str] = {}
+
+
+def migrate_to_head(url: str) -> None:
+    """Migrate the database at ``url`` as a server's start does (in a thread of its own:
+    the caller may be inside an event loop)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgstore.config import Settings
+    from imgstore.db.engine import create_engine, migrate
+
+    async def run() -> None:
+        engine = create_engine(Settings(db_url=url).database_url())
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def _pg_template() -> str:
+    if "postgresql" not in _TEMPLATES:
+        url = create_pg_database()
+        migrate_to_head(url)
+        _TEMPLATES["postgresql"] = url.rsplit("/", 1)[1]
+    return _TEMPLATES["postgresql"]
+
+
+def _sqlite_copy_at_head(data_dir: Path) -> None:
+    """Put a SQLite database at head into ``data_dir`` (0600, as the server makes it)."""
+    if "sqlite" not in _TEMPLATES:
+        path = Path(tempfile.mkdtemp(prefix="imgstore-template-")) / "imgstore.db"
+        migrate_to_head(f"sqlite:///{path}")  # the engine's close leaves no -wal behind
+        _TEMPLATES["sqlite"] = str(path)
+    data = Path(_TEMPLATES["sqlite"]).read_bytes()
+    fd = os.open(data_dir / "imgstore.db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _remove_sqlite_template() -> None:
+    if "sqlite" in _TEMPLATES:
+        shutil.rmtree(Path(_TEMPLATES.pop("sqlite")).parent, ignore_errors=True)
 
 
 def drop_pg_database(url: str) -> None:
@@ -329,10 +388,16 @@ TEST_SERVER_ENV = {
 _FORKSERVER = Forkserver()
 
 
+def _at_head() -> bool:
+    """Whether test servers get a database already at head (IMGSTORE_TEST_DB_AT_HEAD=0: no)."""
+    return os.environ.get("IMGSTORE_TEST_DB_AT_HEAD", "1") != "0"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_forkserver() -> Iterator[None]:
     yield
     _FORKSERVER.close()
+    _remove_sqlite_template()
 
 
 @dataclass
@@ -343,8 +408,12 @@ class Server(servers.Server):
 
     def start(self, timeout: float = 120, retried: bool = False) -> Server:
         self.env = {**TEST_SERVER_ENV, **self.env}
-        if TEST_DB == "postgresql" and "IMGSTORE_DB_URL" not in self.env:
-            self.env["IMGSTORE_DB_URL"] = create_pg_database()
+        given = {**os.environ, **self.env}.get("IMGSTORE_DB_URL")
+        if TEST_DB == "postgresql" and not given:
+            self.env["IMGSTORE_DB_URL"] = create_pg_database(migrated=_at_head())
+        elif not given and _at_head() and not any(self.data_dir.glob("imgstore.db*")):
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            _sqlite_copy_at_head(self.data_dir)
         super().start(timeout, retried)
         return self
 
