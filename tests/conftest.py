@@ -393,6 +393,16 @@ def _at_head() -> bool:
     return os.environ.get("IMGSTORE_TEST_DB_AT_HEAD", "1") != "0"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run that may start servers starts the forkserver at once (tests/forkserver.py);
+    pytest-xdist's controller runs no test."""
+    if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return
+    paths = [str(a) for a in session.config.args]
+    if not paths or any(not p.startswith(("tests/unit", str(ROOT / "tests" / "unit"))) for p in paths):
+        _FORKSERVER.prestart()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_forkserver() -> Iterator[None]:
     yield
