@@ -245,26 +245,29 @@ def action_api(table: ActionTable, params: dict[str, type[BaseModel]], reply: An
     unknown = set(params) - set(table)
     if unknown:
         raise ValueError(f"documented actions {sorted(unknown)} are not in the action table")
-    choices = [_action_schema(name, params.get(name, Params)) for name in table]
+    choices = [_action_schema(name, params.get(name, Params), [k for k in table if k != name]) for name in table]
     body = {"required": True, "content": {"application/json": {"schema": {"oneOf": choices}}}}
     return {**job_api(reply), "openapi_extra": {"requestBody": body}}
 
 
-def _action_schema(action: str, model: type[BaseModel]) -> dict[str, Any]:
+def _action_schema(action: str, model: type[BaseModel], others: list[str]) -> dict[str, Any]:
     params = model.model_json_schema(ref_template="#/components/schemas/{model}")
     if "$defs" in params:
         raise ValueError(f"{model.__name__}: nested models cannot be inlined in an action body")
     if not params.get("required"):  # ``{"<action>": null}`` is ``{}`` (actions.dispatch)
         params = {"anyOf": [params, {"type": "null"}]}
     tags = {"anyOf": [{"type": "array", "items": TAG}, {"type": "null"}]}
-    # other keys are ignored, as ZStack ignores them; a body naming two actions matches
-    # two choices, which oneOf refuses, as dispatch does
-    return {
+    # other keys are ignored, as ZStack ignores them, but not the key of another action:
+    # dispatch refuses a body naming two, whatever the other's value
+    schema: dict[str, Any] = {
         "title": action,
         "type": "object",
         "properties": {action: params, "systemTags": tags, "userTags": tags},
         "required": [action],
     }
+    if others:
+        schema["not"] = {"anyOf": [{"required": [key]} for key in others]}
+    return schema
 
 
 # ---------------------------------------------------------------- the generated document
@@ -300,11 +303,23 @@ def _document_sessions(doc: dict[str, Any]) -> None:
 
 
 NO_NUL = "^[^\\x00]*$"
+_ANY_JSON = {"$ref": "#/components/schemas/JsonWithoutNul"}
+#: any JSON value, no string or key of it holding U+0000: what a key no model names may
+#: hold. One schema whose keywords each apply to the values of their type, recursing
+#: through objects only: schemathesis cannot make cases of a schema that recurses through
+#: arrays too, so an array's items there are left unsaid.
+JSON_WITHOUT_NUL = {
+    "title": "JsonWithoutNul",
+    "description": "any JSON value without U+0000 in a string or a key (deps.refuse_nul)",
+    "type": ["string", "number", "boolean", "null", "array", "object"],
+    "pattern": NO_NUL, "propertyNames": {"pattern": NO_NUL}, "additionalProperties": _ANY_JSON,
+}
 
 
 def _no_nul(doc: dict[str, Any]) -> None:
-    """No string and no key holds U+0000 (``deps.refuse_nul`` refuses it everywhere): said
-    on every string and object of the document that says nothing stricter."""
+    """No string and no key holds U+0000 (``deps.refuse_nul`` refuses it anywhere in a
+    body, even under a key no API reads): said on every string and object of the
+    document that says nothing stricter, and of what an object's other keys may hold."""
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -317,6 +332,8 @@ def _no_nul(doc: dict[str, Any]) -> None:
             node["pattern"] = NO_NUL
         if node.get("type") == "object" and node.get("additionalProperties") is not False:
             node.setdefault("propertyNames", {"pattern": NO_NUL})
+            if node.get("additionalProperties", True) is True:
+                node["additionalProperties"] = _ANY_JSON
         for key, value in node.items():
             if key not in ("properties", "example", "examples", "default"):
                 walk(value)
@@ -325,7 +342,9 @@ def _no_nul(doc: dict[str, Any]) -> None:
                     walk(prop)
 
     walk(doc.get("paths", {}))
-    walk(doc.get("components", {}).get("schemas", {}))
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    walk(schemas)
+    schemas["JsonWithoutNul"] = JSON_WITHOUT_NUL
 
 
 def _projected_inventories(doc: dict[str, Any]) -> None:

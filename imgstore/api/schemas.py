@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool
 from pydantic.alias_generators import to_camel
 
 from imgstore.services.catalog.tags import MAX_TAG_LENGTH, RESOURCE_TYPES
 from imgstore.services.images.export import EXPORT_FORMATS
+from imgstore.services.images.hashing import ALGORITHMS
 from imgstore.services.images.manage import ARCHITECTURES, FORMATS, ISO_MEDIA, MEDIA_TYPES, PLATFORMS
 from imgstore.wire.dates import zstack_date
 
@@ -104,14 +105,17 @@ def doc(**schema: Any) -> Any:
     return Field(default=None, json_schema_extra=schema)
 
 
-NON_BLANK = r"^[^\x00]*\S[^\x00]*$"  # a name or a tag: stripped, it must not be empty
+#: what Python's str.strip() removes, spelled out: a pattern's ``\s`` is ECMA-262's in a
+#: JSON Schema, which leaves out U+001C-U+001F and U+0085 and takes U+FEFF
+SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NON_BLANK = rf"^[^\x00]*[^\x00{SPACE}][^\x00]*$"  # a name or a tag: stripped, it must not be empty
 UUID_PATTERN = "^[0-9a-f]{32}$"
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 _LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$"  # services/storage/mons.py
 # user:password@host[:sshPort][/?monPort=N] (imgstore/ceph/monurl.py; a subset: no escapes)
 _MON_URL = (r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}:[A-Za-z0-9._~!$&'()*+,;=-]{1,64}@"
-            r"[a-z][a-z0-9-]{0,30}(?:\.[a-z][a-z0-9-]{0,30})*"
+            r"[a-z](?:[a-z0-9-]{0,29}[a-z0-9])?(?:\.[a-z](?:[a-z0-9-]{0,29}[a-z0-9])?)*"  # no label ends in -
             r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}))?(?:/(?:\?monPort=(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}))?)?$")
 _POOL_NAME = r"^[^\s\"'`,;=/@\\\x00-\x1f\x7f-][^\s\"'`,;=/@\\\x00-\x1f\x7f]{0,254}$"
 TAG = {"type": "string", "pattern": NON_BLANK, "maxLength": MAX_TAG_LENGTH}
@@ -119,7 +123,21 @@ _TAGS = {"items": TAG}
 _FINGERPRINT = r"^SHA256:[A-Za-z0-9+/]{43}=?$"
 #: what AddImage takes (services/images/sources.py): http(s) with a host, or upload:// (to
 #: one storage); file:/// only where the operator allows a directory, so not here
-_IMAGE_URL = r"^(?:https?://[A-Za-z0-9.-]+(?::[1-9][0-9]{0,3})?(?:[/?#][^\x00\s]*)?|upload://[^\x00]*)$"
+_IMAGE_URL = (r"^(?:https?://[A-Za-z0-9.-]+(?::[1-9][0-9]{0,3})?(?:[/?#][^\x00-\x20\x7f" + SPACE + r"]*)?"
+              r"|upload://[^\x00]*)$")  # no control character: the URL parser refuses them
+
+
+_LONG_S = "\u017f"  # str.upper() turns it into S
+
+
+def _upper_form(c: str) -> str:
+    """The characters str.upper() turns into ``c``."""
+    return "[" + c + c.lower() + (_LONG_S if c == "S" else "") + "]" if c.isalpha() else c
+
+
+#: what services/images/hashing.algorithm_of reads: any case, hyphens anywhere, blanks around
+_HASH_ALGORITHM = (rf"^[{SPACE}]*-*(?:" + "|".join("-*".join(_upper_form(c) for c in name) for name in ALGORITHMS)
+                   + rf")-*[{SPACE}]*$")
 _ENUM = {  # a nullable string field that takes one of these
     "mediaType": list(MEDIA_TYPES), "format": list(FORMATS), "platform": list(PLATFORMS),
     "architecture": list(ARCHITECTURES), "exportFormat": list(EXPORT_FORMATS),
@@ -132,7 +150,8 @@ def one_of(name: str) -> Any:
 
 class Params(BaseModel):
     """Fields of a ZStack API message. Unknown keys (``requestIp``...) are ignored, as
-    ZStack does; strings are trimmed as ZStack's param validator does."""
+    ZStack does; strings are trimmed as ZStack's param validator does. Booleans are JSON's
+    true and false only (``StrictBool``): the document says boolean, so 0 or "yes" is refused."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
     systemTags: list[str] | None = doc(**_TAGS)
@@ -165,7 +184,7 @@ class AddCephBackupStorageParams(Params):
     name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
     type: str | None = doc(enum=["Ceph", None])
-    importImages: bool = False
+    importImages: StrictBool = False
     resourceUuid: str | None = doc(pattern=UUID_PATTERN)
 
 
@@ -261,7 +280,7 @@ class CreateZoneParams(Params):
     name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
     resourceUuid: str | None = doc(pattern=UUID_PATTERN)
-    isDefault: bool | None = None
+    isDefault: StrictBool | None = None
 
 
 class CreateZoneBody(CreateBody):
@@ -271,7 +290,7 @@ class CreateZoneBody(CreateBody):
 class UpdateZoneParams(Params):
     name: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
-    isDefault: bool | None = None
+    isDefault: StrictBool | None = None
 
 
 class AttachBackupStorageToZoneBody(CreateBody):
@@ -395,8 +414,8 @@ class AddImageParams(Params):
     guestOsType: str | None = Field(default=None, max_length=255)
     platform: str | None = one_of("platform")
     architecture: str | None = one_of("architecture")
-    system: bool = False
-    virtio: bool = True
+    system: StrictBool = False
+    virtio: StrictBool = True
     type: str | None = None
     resourceUuid: str | None = doc(pattern=UUID_PATTERN)
 
@@ -415,7 +434,7 @@ class CalculateImageHashParams(Params):
     """``calculateImageHash``: the storage whose RBD image is read, and the algorithm."""
 
     backupStorageUuid: str = Field(min_length=1, max_length=32)
-    algorithm: str = "MD5"
+    algorithm: str = Field("MD5", json_schema_extra={"pattern": _HASH_ALGORITHM})
 
 
 class UpdateImageParams(Params):
@@ -424,10 +443,10 @@ class UpdateImageParams(Params):
     guestOsType: str | None = Field(default=None, max_length=255)
     mediaType: str | None = one_of("mediaType")
     format: str | None = one_of("format")
-    system: bool | None = None
+    system: StrictBool | None = None
     platform: str | None = one_of("platform")
     architecture: str | None = one_of("architecture")
-    virtio: bool | None = None
+    virtio: StrictBool | None = None
 
 
 class SetImageBootModeParams(Params):
@@ -441,7 +460,7 @@ class SetImageSecurityLevelParams(Params):
 
 
 class SetImageQgaParams(Params):
-    enable: bool  # the SDK always sends it (a primitive boolean)
+    enable: StrictBool  # the SDK always sends it (a primitive boolean)
 
 
 class RenewSessionParams(Params):

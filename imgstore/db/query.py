@@ -455,7 +455,8 @@ def _operations(kind: type) -> str:
     else:
         value = _VALUES[kind]
     one, member = rf"\s*{value}\s*", rf"\s*{_MEMBERS.get(kind, value)}\s*"
-    return rf"{nulls}|\s*{_LIKE_OPS}{_NOT_OP}|\s*{_LIST_OPS}{member}(?:,{member})*|\s*{_SYMBOL_OPS}{one}"
+    compare = r"(?:!=|=)" if kind is bool else _SYMBOL_OPS  # booleans are not ordered (build_select)
+    return rf"{nulls}|\s*{_LIKE_OPS}{_NOT_OP}|\s*{_LIST_OPS}{member}(?:,{member})*|\s*{compare}{one}"
 
 
 def _field_conditions(q: Queryable, prefix: str = "") -> list[str]:

@@ -50,7 +50,7 @@ class _StorageUuid(StringConvertor):
     exact path wins, so ``DELETE /backup-storage/types`` is 405, not a DeleteBackupStorage
     of the storage "types" (``app.allowed_methods`` then lists GET only)."""
 
-    regex = "(?!(?:ceph|types|capacities)$)[^/]+"
+    regex = "(?!(?:ceph|types|capacities|trash)$)[^/]+"
 
 
 register_url_convertor("storage_uuid", _StorageUuid())  # before the routes below compile their paths

@@ -30,11 +30,29 @@ def _inventory(row: BackupStorageTrash) -> InstallPathRecycleInventory:
     )
 
 
+#: resourceUuid and resourceType, both or neither: JSON Schema states that of an object's
+#: properties only, so the document gives them as one object parameter, exploded
+#: (``?resourceUuid=..&resourceType=..``, the same query string); the route reads them
+#: one by one, left out of the generated parameters
+_RESOURCE_PARAMETER = {
+    "name": "resource", "in": "query", "required": False, "style": "form", "explode": True,
+    "description": "resourceUuid and resourceType of one resource, both or neither",
+    "schema": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"resourceUuid": {"type": "string"}, "resourceType": {"type": "string"}},
+        "dependentRequired": {"resourceUuid": ["resourceType"], "resourceType": ["resourceUuid"]},
+    },
+}
+
+
 @router.get("/backup-storage/trash", summary="GetTrashOnBackupStorage",
-            **sync_api(QueryReply[InstallPathRecycleInventory]))
+            **sync_api(QueryReply[InstallPathRecycleInventory], [_RESOURCE_PARAMETER]))
 async def get_trash_on_backup_storage(
-    uuid: str, resourceUuid: str | None = None, resourceType: str | None = None,
-    trashType: str | None = Query(None, description="MigrateImage (ZStack's) or AddImage (imgstore's)"),
+    uuid: str,
+    resourceUuid: str | None = Query(None, include_in_schema=False),
+    resourceType: str | None = Query(None, include_in_schema=False),
+    trashType: str | None = Query(None, description="MigrateImage (ZStack's) or AddImage (imgstore's)",
+                                  json_schema_extra={"enum": list(trash.TRASH_TYPES)}),
     rt: Runtime = Depends(runtime),
 ) -> dict[str, Any]:
     rows = await trash.query(rt, uuid, resourceUuid, resourceType, trashType)

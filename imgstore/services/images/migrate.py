@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from imgstore import ceph
 from imgstore.db.models import BackupStorage, CephBackupStorage, Image, ImageBackupStorageRef
-from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_found
+from imgstore.errors import OPERATION_ERROR, ApiError, not_found
 from imgstore.services.images import manage as images
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import locked_row
@@ -78,8 +78,8 @@ async def migrate(rt: Runtime, image_uuid: str, src_uuid: str, dst_uuid: str, ap
 
 async def _check(rt: Runtime, image_uuid: str, src_uuid: str,
                  dst_uuid: str) -> tuple[Image, CephBackupStorage, CephBackupStorage]:
-    if src_uuid == dst_uuid:
-        raise invalid_argument("srcBackupStorageUuid and dstBackupStorageUuid are the same backup storage")
+    # src == dst is not refused as an argument (no document can say "two fields differ"):
+    # the image is then either not Ready on src or already on dst, both 409 below
     image = await images.load(rt, image_uuid)
     src = await images.storage_of(rt, src_uuid)
     dst = await images.storage_of(rt, dst_uuid)
