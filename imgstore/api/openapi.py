@@ -1,9 +1,10 @@
 """What ``/openapi.json`` says that FastAPI cannot read from the route signatures.
 
-Several routes take ZStack's loose wire formats as they come: an action body named by
-its one key (``{"changeZoneState": {...}}``), a query string of ``q=`` conditions, a
-``{}`` or ``{"inventory": ...}`` reply built by hand. The helpers here describe those in
-the document, and nothing else: they never change what a route accepts or answers.
+Several routes take ZStack's loose wire formats as they come: a query string of ``q=``
+conditions, a ``{}`` or ``{"inventory": ...}`` reply built by hand. The helpers here
+describe those in the document, and nothing else: they never change what a route
+accepts or answers. (An action body, ``{"changeZoneState": {...}}``, is documented by its
+action table: ``api/actions.py``.)
 
 Each helper returns keyword arguments for a route decorator::
 
@@ -22,8 +23,7 @@ from typing import Any, Generic, Literal, TypeVar, get_args
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from imgstore.api.actions import ActionTable
-from imgstore.api.schemas import TAG, ChangeStateParams, Params
+from imgstore.api.schemas import ChangeStateParams
 from imgstore.db import query as q
 from imgstore.db.query import Queryable
 from imgstore.services.catalog import state_machine as state
@@ -236,38 +236,6 @@ def job_api(reply: Any, parameters: list[dict[str, Any]] | None = None) -> dict[
     which :func:`install` documents)."""
     extra = {"openapi_extra": {"parameters": parameters}} if parameters else {}
     return {"responses": {200: {"model": reply}}, **extra}
-
-
-def action_api(table: ActionTable, params: dict[str, type[BaseModel]], reply: Any) -> dict[str, Any]:
-    """``PUT .../actions`` dispatched by ``actions.dispatch``: the body is one of
-    ``{"<action>": {...params}}``, for every action of ``table``. An action without an
-    entry in ``params`` is documented with the common :class:`Params` only."""
-    unknown = set(params) - set(table)
-    if unknown:
-        raise ValueError(f"documented actions {sorted(unknown)} are not in the action table")
-    choices = [_action_schema(name, params.get(name, Params), [k for k in table if k != name]) for name in table]
-    body = {"required": True, "content": {"application/json": {"schema": {"oneOf": choices}}}}
-    return {**job_api(reply), "openapi_extra": {"requestBody": body}}
-
-
-def _action_schema(action: str, model: type[BaseModel], others: list[str]) -> dict[str, Any]:
-    params = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    if "$defs" in params:
-        raise ValueError(f"{model.__name__}: nested models cannot be inlined in an action body")
-    if not params.get("required"):  # ``{"<action>": null}`` is ``{}`` (actions.dispatch)
-        params = {"anyOf": [params, {"type": "null"}]}
-    tags = {"anyOf": [{"type": "array", "items": TAG}, {"type": "null"}]}
-    # other keys are ignored, as ZStack ignores them, but not the key of another action:
-    # dispatch refuses a body naming two, whatever the other's value
-    schema: dict[str, Any] = {
-        "title": action,
-        "type": "object",
-        "properties": {action: params, "systemTags": tags, "userTags": tags},
-        "required": [action],
-    }
-    if others:
-        schema["not"] = {"anyOf": [{"required": [key]} for key in others]}
-    return schema
 
 
 # ---------------------------------------------------------------- the generated document

@@ -1,15 +1,16 @@
 """Backup-storage routes: ZStack paths and bodies in, service calls, ZStack replies out."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from imgstore.api.actions import ActionTable, dispatch, parse_params
-from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
-from imgstore.api.envelope import JsonReply, inventory_reply, rows_reply
+from imgstore.api.actions import Action, ActionTable
+from imgstore.api.deps import ApiCall, api_call, runtime
+from imgstore.api.envelope import inventory_reply
 from imgstore.api.openapi import (
     ChangeStateDoc,
     EmptyReply,
@@ -17,20 +18,19 @@ from imgstore.api.openapi import (
     GetBackupStorageCapacityReply,
     GetBackupStorageTypesReply,
     InventoryReply,
-    action_api,
     job_api,
-    query_api,
     sync_api,
 )
 from imgstore.api.params import bool_param, list_param
 from imgstore.api.reply_cache import cacheable
+from imgstore.api.route_shapes import QueryRoutes, delete_route
 from imgstore.api.schemas import (
     AddCephBackupStorageBody,
     BackupStorageInventory,
     CephBackupStorageInventory,
     ChangeStateParams,
-    DeleteMode,
     ExportImageFromBackupStorageParams,
+    Params,
     UpdateBackupStorageParams,
     backup_storage_inventory,
     backup_storage_inventory_class,
@@ -58,14 +58,6 @@ register_url_convertor("storage_uuid", _StorageUuid())  # before the routes belo
 _Reply = InventoryReply[CephBackupStorageInventory | BackupStorageInventory]
 
 
-async def _query(request: Request, rt: Runtime, uuid: str | None, ceph_only: bool) -> JsonReply:
-    spec = query_spec(request, uuid)
-    rows, total = await backup_storage.query(rt, spec, ceph_only=ceph_only)
-    if spec.count:
-        return JsonReply({"total": total})
-    return JsonReply(rows_reply(rows, backup_storage_inventory_class, total, spec.fields))
-
-
 @router.post("/backup-storage/ceph", summary="AddCephBackupStorage", **job_api(_Reply))
 async def add_ceph_backup_storage(
     body: AddCephBackupStorageBody, call: ApiCall = Depends(api_call)
@@ -73,16 +65,8 @@ async def add_ceph_backup_storage(
     p = body.params
     system_tags, user_tags = body.tags(p)
     request = ceph_backup_storage.NewCephStorage(
-        name=p.name,
-        mon_urls=p.monUrls,
-        pool_name=p.poolName,
-        description=p.description,
-        type=p.type,
-        url=p.url,
-        import_images=p.importImages,
-        resource_uuid=p.resourceUuid,
-        system_tags=system_tags,
-        user_tags=user_tags,
+        name=p.name, mon_urls=p.monUrls, pool_name=p.poolName, description=p.description, type=p.type, url=p.url,
+        import_images=p.importImages, resource_uuid=p.resourceUuid, system_tags=system_tags, user_tags=user_tags,
     )
 
     async def work() -> dict[str, Any]:
@@ -92,22 +76,10 @@ async def add_ceph_backup_storage(
     return await call.run("AddCephBackupStorage", work)
 
 
-@cacheable
-@router.get(
-    "/backup-storage/ceph", summary="QueryCephBackupStorage",
-    **query_api(queryables.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
-)
-async def query_ceph_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, None, ceph_only=True)
-
-
-@cacheable
-@router.get(
-    "/backup-storage/ceph/{uuid}", summary="QueryCephBackupStorage by uuid",
-    **query_api(queryables.CEPH_BACKUP_STORAGE_QUERY, CephBackupStorageInventory),
-)
-async def get_ceph_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, uuid, ceph_only=True)
+QueryRoutes("QueryCephBackupStorage", "/backup-storage/ceph", queryables.CEPH_BACKUP_STORAGE_QUERY,
+            (CephBackupStorageInventory,), functools.partial(backup_storage.query, ceph_only=True),
+            backup_storage_inventory_class,
+            ).route(router, name="query_ceph_backup_storage", by_uuid_name="get_ceph_backup_storage")
 
 
 # ---------------------------------------------------------------- lifecycle: types, capacity, actions
@@ -158,100 +130,48 @@ async def get_backup_storage_capacity(request: Request, rt: Runtime = Depends(ru
     return {"totalCapacity": total, "availableCapacity": available, "success": True}
 
 
-async def _update_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(UpdateBackupStorageParams, "updateBackupStorage", params)
-
-    async def work() -> dict[str, Any]:
-        row = await backup_storage.update(call.rt, uuid, p.name, p.description)
-        return inventory_reply(backup_storage_inventory(row), call.with_schema)
-
-    return await call.run("UpdateBackupStorage", work)
+async def _update_backup_storage(call: ApiCall, uuid: str, p: UpdateBackupStorageParams) -> dict[str, Any]:
+    row = await backup_storage.update(call.rt, uuid, p.name, p.description)
+    return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
 
-async def _change_backup_storage_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(ChangeStateParams, "changeBackupStorageState", params)
-
-    async def work() -> dict[str, Any]:
-        row = await backup_storage.change_state(call.rt, uuid, p.stateEvent)
-        return inventory_reply(backup_storage_inventory(row), call.with_schema)
-
-    return await call.run("ChangeBackupStorageState", work)
+async def _change_backup_storage_state(call: ApiCall, uuid: str, p: ChangeStateParams) -> dict[str, Any]:
+    row = await backup_storage.change_state(call.rt, uuid, p.stateEvent)
+    return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
 
-async def _reconnect_backup_storage(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    async def work() -> dict[str, Any]:
-        row = await ceph_connection.reconnect(call.rt, uuid)
-        return inventory_reply(backup_storage_inventory(row), call.with_schema)
-
-    return await call.run("ReconnectBackupStorage", work)
+async def _reconnect_backup_storage(call: ApiCall, uuid: str, p: Params) -> dict[str, Any]:
+    row = await ceph_connection.reconnect(call.rt, uuid)
+    return inventory_reply(backup_storage_inventory(row), call.with_schema)
 
 
-async def _export_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(ExportImageFromBackupStorageParams, "exportImageFromBackupStorage", params)
-
-    async def work() -> dict[str, Any]:
-        exported = await image_export.export(call.rt, uuid, p.imageUuid, call.base_url, p.exportFormat)
-        return {"imageUrl": exported.image_url, "exportMd5Sum": exported.md5, "success": True}
-
-    return await call.run("ExportImageFromBackupStorage", work)
+async def _export_image(call: ApiCall, uuid: str, p: ExportImageFromBackupStorageParams) -> dict[str, Any]:
+    exported = await image_export.export(call.rt, uuid, p.imageUuid, call.base_url, p.exportFormat)
+    return {"imageUrl": exported.image_url, "exportMd5Sum": exported.md5, "success": True}
 
 
-#: ``PUT /backup-storage/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
-#: Fill an entry to serve an action; the placeholders answer SYS.1014.
-BACKUP_STORAGE_ACTIONS: ActionTable = {
-    "updateBackupStorage": _update_backup_storage,
-    "changeBackupStorageState": _change_backup_storage_state,
-    "reconnectBackupStorage": _reconnect_backup_storage,
-    "exportImageFromBackupStorage": _export_image,
-}
-
-
-@router.put(
-    "/backup-storage/{uuid}/actions",
-    summary="UpdateBackupStorage, ChangeBackupStorageState, ReconnectBackupStorage, ExportImageFromBackupStorage",
-    **action_api(
-        BACKUP_STORAGE_ACTIONS,
-        {"updateBackupStorage": UpdateBackupStorageParams, "changeBackupStorageState": ChangeStateDoc,
-         "exportImageFromBackupStorage": ExportImageFromBackupStorageParams},
-        _Reply | ExportImageFromBackupStorageReply,
-    ),
+#: ``PUT /backup-storage/{uuid}/actions``
+BACKUP_STORAGE_ACTIONS = ActionTable(
+    Action("UpdateBackupStorage", UpdateBackupStorageParams, _update_backup_storage),
+    Action("ChangeBackupStorageState", ChangeStateParams, _change_backup_storage_state, doc=ChangeStateDoc),
+    Action("ReconnectBackupStorage", Params, _reconnect_backup_storage),
+    Action("ExportImageFromBackupStorage", ExportImageFromBackupStorageParams, _export_image),
 )
-async def backup_storage_actions(
-    uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
-) -> JSONResponse:
-    return await dispatch(BACKUP_STORAGE_ACTIONS, call, uuid, body, request.url.path)
+BACKUP_STORAGE_ACTIONS.route(router, "/backup-storage/{uuid}/actions", _Reply | ExportImageFromBackupStorageReply,
+                             name="backup_storage_actions")
 
 
 # ---------------------------------------------------------------- queries by uuid (after the fixed paths)
 
 
-@cacheable
-@router.get(
-    "/backup-storage", summary="QueryBackupStorage",
-    **query_api(queryables.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
-)
-async def query_backup_storage(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, None, ceph_only=False)
+QueryRoutes("QueryBackupStorage", "/backup-storage", queryables.BACKUP_STORAGE_QUERY,
+            (CephBackupStorageInventory, BackupStorageInventory), backup_storage.query,
+            backup_storage_inventory_class,
+            ).route(router, name="query_backup_storage", by_uuid_name="get_backup_storage")
 
 
-@cacheable
-@router.get(
-    "/backup-storage/{uuid}", summary="QueryBackupStorage by uuid",
-    **query_api(queryables.BACKUP_STORAGE_QUERY, CephBackupStorageInventory, BackupStorageInventory),
-)
-async def get_backup_storage(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, uuid, ceph_only=False)
-
-
-@router.delete("/backup-storage/{uuid:storage_uuid}", summary="DeleteBackupStorage", **job_api(EmptyReply))
-async def delete_backup_storage(
-    uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
-) -> JSONResponse:
-    async def work() -> dict[str, Any]:
-        await backup_storage.delete(call.rt, uuid, deleteMode)
-        return {}
-
-    return await call.run("DeleteBackupStorage", work)
+delete_route(router, "/backup-storage/{uuid:storage_uuid}", "DeleteBackupStorage", backup_storage.delete,
+             name="delete_backup_storage")
 
 
 @router.delete(

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
-from imgstore.api.actions import ActionTable, dispatch, parse_params
+from imgstore.api.actions import Action, ActionTable
 from imgstore.api.deps import ApiCall, api_call
 from imgstore.api.envelope import inventory_reply
-from imgstore.api.openapi import InventoryReply, action_api, job_api
+from imgstore.api.openapi import InventoryReply, job_api
 from imgstore.api.schemas import (
     AcceptCephBackupStorageMonHostKeyParams,
     AddMonToCephBackupStorageBody,
@@ -50,47 +50,23 @@ async def remove_mon_from_ceph_backup_storage(
     return await call.run("RemoveMonFromCephBackupStorage", work)
 
 
-async def _update_mon(call: ApiCall, mon_uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(UpdateCephBackupStorageMonParams, "updateCephBackupStorageMon", params)
-
-    async def work() -> dict[str, Any]:
-        row = await ceph_mons.update_mon(
-            call.rt, mon_uuid, hostname=p.hostname, ssh_username=p.sshUsername,
-            ssh_password=p.sshPassword, ssh_port=p.sshPort, mon_port=p.monPort,
-        )
-        return _reply(call, row)
-
-    return await call.run("UpdateCephBackupStorageMon", work)
+async def _update_mon(call: ApiCall, mon_uuid: str, p: UpdateCephBackupStorageMonParams) -> dict[str, Any]:
+    row = await ceph_mons.update_mon(
+        call.rt, mon_uuid, hostname=p.hostname, ssh_username=p.sshUsername,
+        ssh_password=p.sshPassword, ssh_port=p.sshPort, mon_port=p.monPort,
+    )
+    return _reply(call, row)
 
 
-async def _accept_host_key(call: ApiCall, mon_uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(AcceptCephBackupStorageMonHostKeyParams, "acceptCephBackupStorageMonHostKey", params)
-
-    async def work() -> dict[str, Any]:
-        return _reply(call, await ceph_mons.accept_host_key(call.rt, mon_uuid, p.sshHostKeyFingerprint))
-
-    return await call.run("AcceptCephBackupStorageMonHostKey", work)
+async def _accept_host_key(call: ApiCall, mon_uuid: str, p: AcceptCephBackupStorageMonHostKeyParams) -> dict[str, Any]:
+    return _reply(call, await ceph_mons.accept_host_key(call.rt, mon_uuid, p.sshHostKeyFingerprint))
 
 
 #: ``PUT /backup-storage/ceph/mons/{monUuid}/actions``: ZStack's update, and imgstore's
 #: explicit accept of a mon's new ssh host key (issue Trust, point 1).
-MON_ACTIONS: ActionTable = {
-    "updateCephBackupStorageMon": _update_mon,
-    "acceptCephBackupStorageMonHostKey": _accept_host_key,
-}
-
-
-@router.put(
-    "/backup-storage/ceph/mons/{monUuid}/actions",
-    summary="UpdateCephBackupStorageMon, AcceptCephBackupStorageMonHostKey",
-    **action_api(
-        MON_ACTIONS,
-        {"updateCephBackupStorageMon": UpdateCephBackupStorageMonParams,
-         "acceptCephBackupStorageMonHostKey": AcceptCephBackupStorageMonHostKeyParams},
-        _Reply,
-    ),
+MON_ACTIONS = ActionTable(
+    Action("UpdateCephBackupStorageMon", UpdateCephBackupStorageMonParams, _update_mon),
+    Action("AcceptCephBackupStorageMonHostKey", AcceptCephBackupStorageMonHostKeyParams, _accept_host_key),
 )
-async def ceph_backup_storage_mon_actions(
-    monUuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
-) -> JSONResponse:
-    return await dispatch(MON_ACTIONS, call, monUuid, body, request.url.path)
+MON_ACTIONS.route(router, "/backup-storage/ceph/mons/{monUuid}/actions", _Reply,
+                  name="ceph_backup_storage_mon_actions")

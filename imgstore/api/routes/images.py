@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from imgstore.api.actions import ActionTable, dispatch, parse_params
-from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
+from imgstore.api.actions import Action, ActionTable
+from imgstore.api.deps import ApiCall, api_call, runtime
 from imgstore.api.envelope import JsonReply, dump, inventory_reply, rows_reply
 from imgstore.api.openapi import (
     ChangeStateDoc,
@@ -27,21 +27,20 @@ from imgstore.api.openapi import (
     InventoryReply,
     QueryReply,
     UploadStatusReply,
-    action_api,
     bool_parameter,
     job_api,
     list_parameter,
-    query_api,
     sync_api,
 )
 from imgstore.api.params import bool_param, list_param
-from imgstore.api.reply_cache import cacheable
+from imgstore.api.route_shapes import Amend, QueryRoutes
 from imgstore.api.schemas import (
     AddImageBody,
     CalculateImageHashParams,
     ChangeStateParams,
     ImageBackupStorageUuidsParams,
     ImageInventory,
+    Params,
     SetImageBootModeParams,
     SetImageQgaParams,
     SetImageSecurityLevelParams,
@@ -114,27 +113,19 @@ async def add_image(body: AddImageBody, call: ApiCall = Depends(api_call)) -> JS
     return await job.run("AddImage", work)
 
 
-async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
-    spec = query_spec(request, uuid)
-    rows, total = await images.query(rt, spec)
-    if spec.count:
-        return JsonReply({"total": total})
+async def _with_urls(rt: Runtime, rows: Sequence[Image]) -> Amend:
+    """Each row's dict as :func:`image_inventories` makes it: export URLs unsealed, and
+    the upload URL of an upload:// image still waiting for bytes."""
     urls = await image_upload.upload_urls(rt, [r.uuid for r in rows if r.status == images.DOWNLOADING])
 
-    def with_upload_url(row: Image, item: dict[str, Any]) -> None:  # as image_inventories does
+    def with_urls(row: Image, item: dict[str, Any]) -> None:
         for ref in item["backupStorageRefs"]:
             ref["exportUrl"] = image_export.shown_url(rt, ref.get("exportUrl"))
         if row.uuid in urls:
             for ref in item["backupStorageRefs"]:
                 ref["uploadUrl"] = urls[row.uuid]
 
-    return JsonReply(rows_reply(rows, lambda _: ImageInventory, total, spec.fields, with_upload_url))
-
-
-@cacheable
-@router.get("/images", summary="QueryImage", **query_api(images.IMAGE_QUERY, ImageInventory))
-async def query_image(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, None)
+    return with_urls
 
 
 @router.get(
@@ -145,10 +136,8 @@ async def get_upload_image_job_details(imageId: str, rt: Runtime = Depends(runti
     return {"existingJobDetails": await image_upload.job_details(rt, imageId)}
 
 
-@cacheable
-@router.get("/images/{uuid}", summary="QueryImage by uuid", **query_api(images.IMAGE_QUERY, ImageInventory))
-async def get_image(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, uuid)
+QueryRoutes("QueryImage", "/images", images.IMAGE_QUERY, (ImageInventory,), images.query,
+            lambda _: ImageInventory, _with_urls).route(router, name="query_image", by_uuid_name="get_image")
 
 
 @router.delete(
@@ -173,69 +162,36 @@ async def delete_image(uuid: str, request: Request, call: ApiCall = Depends(api_
 # ---------------------------------------------------------------- PUT /images/{uuid}/actions
 
 
-async def _expunge_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(ImageBackupStorageUuidsParams, "expungeImage", params)
-
-    async def work() -> dict[str, Any]:
-        await image_deletion.expunge(call.rt, uuid, p.backupStorageUuids)
-        return {}
-
-    return await call.run("ExpungeImage", work)
+async def _expunge_image(call: ApiCall, uuid: str, p: ImageBackupStorageUuidsParams) -> dict[str, Any]:
+    await image_deletion.expunge(call.rt, uuid, p.backupStorageUuids)
+    return {}
 
 
-async def _recover_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(ImageBackupStorageUuidsParams, "recoverImage", params)
-
-    async def work() -> dict[str, Any]:
-        return await _reply(call, await image_deletion.recover(call.rt, uuid, p.backupStorageUuids))
-
-    return await call.run("RecoverImage", work)
+async def _recover_image(call: ApiCall, uuid: str, p: ImageBackupStorageUuidsParams) -> dict[str, Any]:
+    return await _reply(call, await image_deletion.recover(call.rt, uuid, p.backupStorageUuids))
 
 
-async def _change_image_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(ChangeStateParams, "changeImageState", params)
-
-    async def work() -> dict[str, Any]:
-        return await _reply(call, await images.change_state(call.rt, uuid, p.stateEvent))
-
-    return await call.run("ChangeImageState", work)
+async def _change_image_state(call: ApiCall, uuid: str, p: ChangeStateParams) -> dict[str, Any]:
+    return await _reply(call, await images.change_state(call.rt, uuid, p.stateEvent))
 
 
-async def _sync_image_size(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    async def work() -> dict[str, Any]:
-        return await _reply(call, await images.sync_size(call.rt, uuid))
-
-    return await call.run("SyncImageSize", work)
+async def _sync_image_size(call: ApiCall, uuid: str, p: Params) -> dict[str, Any]:
+    return await _reply(call, await images.sync_size(call.rt, uuid))
 
 
-async def _set_image_boot_mode(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(SetImageBootModeParams, "setImageBootMode", params)
-
-    async def work() -> dict[str, Any]:
-        await image_attributes.set_boot_mode(call.rt, uuid, p.bootMode)
-        return {}
-
-    return await call.run("SetImageBootMode", work)
+async def _set_image_boot_mode(call: ApiCall, uuid: str, p: SetImageBootModeParams) -> dict[str, Any]:
+    await image_attributes.set_boot_mode(call.rt, uuid, p.bootMode)
+    return {}
 
 
-async def _set_image_security_level(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(SetImageSecurityLevelParams, "setImageSecurityLevel", params)
-
-    async def work() -> dict[str, Any]:
-        await image_attributes.set_security_level(call.rt, uuid, p.securityLevel)
-        return {}
-
-    return await call.run("SetImageSecurityLevel", work)
+async def _set_image_security_level(call: ApiCall, uuid: str, p: SetImageSecurityLevelParams) -> dict[str, Any]:
+    await image_attributes.set_security_level(call.rt, uuid, p.securityLevel)
+    return {}
 
 
-async def _set_image_qga(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(SetImageQgaParams, "setImageQga", params)
-
-    async def work() -> dict[str, Any]:
-        await image_attributes.set_qga(call.rt, uuid, p.enable)
-        return {}
-
-    return await call.run("SetImageQga", work)
+async def _set_image_qga(call: ApiCall, uuid: str, p: SetImageQgaParams) -> dict[str, Any]:
+    await image_attributes.set_qga(call.rt, uuid, p.enable)
+    return {}
 
 
 @router.get("/images/{uuid}/qga", summary="GetImageQga", **sync_api(GetImageQgaReply))
@@ -243,63 +199,36 @@ async def get_image_qga(uuid: str, rt: Runtime = Depends(runtime)) -> dict[str, 
     return {"enable": await image_attributes.get_qga(rt, uuid)}
 
 
-async def _update_image(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(UpdateImageParams, "updateImage", params)
+async def _update_image(call: ApiCall, uuid: str, p: UpdateImageParams) -> dict[str, Any]:
     change = images.ImageUpdate(
         name=p.name, description=p.description, guest_os_type=p.guestOsType, media_type=p.mediaType,
         format=p.format, system=p.system, platform=p.platform, architecture=p.architecture, virtio=p.virtio,
     )
-
-    async def work() -> dict[str, Any]:
-        return await _reply(call, await images.update(call.rt, uuid, change))
-
-    return await call.run("UpdateImage", work)
+    return await _reply(call, await images.update(call.rt, uuid, change))
 
 
-async def _calculate_image_hash(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    """Always a job, as AddImage: it reads the whole image (GetTaskProgress follows it)."""
-    p = parse_params(CalculateImageHashParams, "calculateImageHash", params)
+async def _calculate_image_hash(call: ApiCall, uuid: str, p: CalculateImageHashParams) -> dict[str, Any]:
     algorithm = image_hashing.algorithm_of(p.algorithm)
-    job = dataclasses.replace(call, asynchronous=True, job_uuid=call.job_uuid or new_uuid())
-
-    async def work() -> dict[str, Any]:
-        image = await image_hashing.calculate(call.rt, uuid, p.backupStorageUuid, algorithm, job.job_uuid or "")
-        return await _reply(call, image)
-
-    return await job.run("CalculateImageHash", work)
+    return await _reply(call, await image_hashing.calculate(call.rt, uuid, p.backupStorageUuid, algorithm,
+                                                            call.job_uuid or ""))
 
 
-#: ``PUT /images/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
-IMAGE_ACTIONS: ActionTable = {
-    "expungeImage": _expunge_image,
-    "recoverImage": _recover_image,
-    "changeImageState": _change_image_state,
-    "syncImageSize": _sync_image_size,
-    "updateImage": _update_image,
-    "setImageBootMode": _set_image_boot_mode,
-    "setImageSecurityLevel": _set_image_security_level,
-    "setImageQga": _set_image_qga,
-    "calculateImageHash": _calculate_image_hash,
-}
-
-
-@router.put(
-    "/images/{uuid}/actions",
-    summary="ExpungeImage, RecoverImage, ChangeImageState, SyncImageSize, UpdateImage, SetImageBootMode, "
-            "SetImageSecurityLevel, SetImageQga, CalculateImageHash",
-    **action_api(
-        IMAGE_ACTIONS,
-        {"expungeImage": ImageBackupStorageUuidsParams, "recoverImage": ImageBackupStorageUuidsParams,
-         "changeImageState": ChangeStateDoc, "updateImage": UpdateImageParams,
-         "setImageBootMode": SetImageBootModeParams, "setImageSecurityLevel": SetImageSecurityLevelParams,
-         "setImageQga": SetImageQgaParams, "calculateImageHash": CalculateImageHashParams},
-        _Reply | EmptyReply,  # expungeImage and the Set* answer {}
-    ),
+#: ``PUT /images/{uuid}/actions``. CalculateImageHash is always a job, as AddImage: it
+#: reads the whole image (GetTaskProgress follows it); its algorithm is checked before.
+IMAGE_ACTIONS = ActionTable(
+    Action("ExpungeImage", ImageBackupStorageUuidsParams, _expunge_image),
+    Action("RecoverImage", ImageBackupStorageUuidsParams, _recover_image),
+    Action("ChangeImageState", ChangeStateParams, _change_image_state, doc=ChangeStateDoc),
+    Action("SyncImageSize", Params, _sync_image_size),
+    Action("UpdateImage", UpdateImageParams, _update_image),
+    Action("SetImageBootMode", SetImageBootModeParams, _set_image_boot_mode),
+    Action("SetImageSecurityLevel", SetImageSecurityLevelParams, _set_image_security_level),
+    Action("SetImageQga", SetImageQgaParams, _set_image_qga),
+    Action("CalculateImageHash", CalculateImageHashParams, _calculate_image_hash, run_as="job",
+           check=lambda p: image_hashing.algorithm_of(p.algorithm)),
 )
-async def image_actions(
-    uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
-) -> JSONResponse:
-    return await dispatch(IMAGE_ACTIONS, call, uuid, body, request.url.path)
+IMAGE_ACTIONS.route(router, "/images/{uuid}/actions", _Reply | EmptyReply,  # expungeImage and the Set* answer {}
+                    name="image_actions")
 
 
 # ---------------------------------------------------------------- task progress

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query
 
-from imgstore.api.actions import ActionTable, dispatch, parse_params
-from imgstore.api.deps import ApiCall, api_call, runtime
+from imgstore.api.actions import Action, ActionTable
+from imgstore.api.deps import ApiCall, runtime
 from imgstore.api.envelope import inventories_reply
-from imgstore.api.openapi import QueryReply, action_api, sync_api
+from imgstore.api.openapi import QueryReply, sync_api
 from imgstore.api.schemas import CleanUpTrashParams, InstallPathRecycleInventory
 from imgstore.db.models import BackupStorageTrash
 from imgstore.services.node.runtime import Runtime
@@ -59,23 +58,11 @@ async def get_trash_on_backup_storage(
     return inventories_reply([_inventory(r) for r in rows])
 
 
-async def _clean_up(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(CleanUpTrashParams, "cleanUpTrashOnBackupStorage", params)
-
-    async def work() -> dict[str, Any]:
-        done = await trash.clean_up(call.rt, uuid, p.trashId)
-        result = {"resourceUuids": done.resource_uuids, "details": done.details, "size": done.size}
-        return {"result": result, "results": done.results, "success": True}
-
-    return await call.run("CleanUpTrashOnBackupStorage", work)
+async def _clean_up(call: ApiCall, uuid: str, p: CleanUpTrashParams) -> dict[str, Any]:
+    done = await trash.clean_up(call.rt, uuid, p.trashId)
+    result = {"resourceUuids": done.resource_uuids, "details": done.details, "size": done.size}
+    return {"result": result, "results": done.results, "success": True}
 
 
-TRASH_ACTIONS: ActionTable = {"cleanUpTrashOnBackupStorage": _clean_up}
-
-
-@router.put("/backup-storage/{uuid}/trash/actions", summary="CleanUpTrashOnBackupStorage",
-            **action_api(TRASH_ACTIONS, {"cleanUpTrashOnBackupStorage": CleanUpTrashParams}, dict[str, Any]))
-async def trash_actions(
-    uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
-) -> JSONResponse:
-    return await dispatch(TRASH_ACTIONS, call, uuid, body, request.url.path)
+TRASH_ACTIONS = ActionTable(Action("CleanUpTrashOnBackupStorage", CleanUpTrashParams, _clean_up))
+TRASH_ACTIONS.route(router, "/backup-storage/{uuid}/trash/actions", dict[str, Any], name="trash_actions")

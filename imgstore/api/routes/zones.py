@@ -4,30 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from imgstore.api.actions import ActionTable, dispatch, parse_params
-from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
-from imgstore.api.envelope import JsonReply, inventories_reply, inventory_reply, rows_reply
+from imgstore.api.actions import Action, ActionTable
+from imgstore.api.deps import ApiCall, api_call, runtime
+from imgstore.api.envelope import inventories_reply, inventory_reply
 from imgstore.api.openapi import (
     ChangeStateDoc,
-    EmptyReply,
     InventoryReply,
     QueryReply,
-    action_api,
     job_api,
-    query_api,
     sync_api,
 )
-from imgstore.api.reply_cache import cacheable
+from imgstore.api.route_shapes import QueryRoutes, delete_route
 from imgstore.api.schemas import (
     AttachBackupStorageToZoneBody,
     BackupStorageInventory,
     CephBackupStorageInventory,
     ChangeStateParams,
     CreateZoneBody,
-    DeleteMode,
     UpdateZoneParams,
     ZoneInventory,
     backup_storage_inventory,
@@ -50,12 +46,8 @@ async def create_zone(body: CreateZoneBody, call: ApiCall = Depends(api_call)) -
     p = body.params
     system_tags, user_tags = body.tags(p)
     request = zones.NewZone(
-        name=p.name,
-        description=p.description,
-        resource_uuid=p.resourceUuid,
-        is_default=bool(p.isDefault),
-        system_tags=system_tags,
-        user_tags=user_tags,
+        name=p.name, description=p.description, resource_uuid=p.resourceUuid, is_default=bool(p.isDefault),
+        system_tags=system_tags, user_tags=user_tags,
     )
 
     async def work() -> dict[str, Any]:
@@ -64,24 +56,8 @@ async def create_zone(body: CreateZoneBody, call: ApiCall = Depends(api_call)) -
     return await call.run("CreateZone", work)
 
 
-async def _query(request: Request, rt: Runtime, uuid: str | None) -> JsonReply:
-    spec = query_spec(request, uuid)
-    rows, total = await zones.query(rt, spec)
-    if spec.count:
-        return JsonReply({"total": total})
-    return JsonReply(rows_reply(rows, lambda _: ZoneInventory, total, spec.fields))
-
-
-@cacheable
-@router.get("/zones", summary="QueryZone", **query_api(queryables.ZONE_QUERY, ZoneInventory))
-async def query_zone(request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, None)
-
-
-@cacheable
-@router.get("/zones/{uuid}", summary="QueryZone by uuid", **query_api(queryables.ZONE_QUERY, ZoneInventory))
-async def get_zone(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
-    return await _query(request, rt, uuid)
+QueryRoutes("QueryZone", "/zones", queryables.ZONE_QUERY, (ZoneInventory,), zones.query,
+            lambda _: ZoneInventory).route(router, name="query_zone", by_uuid_name="get_zone")
 
 
 @router.get("/zones/{uuid}/info", summary="GetZone", **sync_api(QueryReply[ZoneInventory]))
@@ -90,50 +66,24 @@ async def get_zone_info(uuid: str, rt: Runtime = Depends(runtime)) -> dict[str, 
     return inventories_reply([ZoneInventory.model_validate(await zones.load(rt, uuid))])
 
 
-async def _update_zone(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(UpdateZoneParams, "updateZone", params)
-
-    async def work() -> dict[str, Any]:
-        return _reply(await zones.update(call.rt, uuid, p.name, p.description, p.isDefault), call)
-
-    return await call.run("UpdateZone", work)
+async def _update_zone(call: ApiCall, uuid: str, p: UpdateZoneParams) -> dict[str, Any]:
+    return _reply(await zones.update(call.rt, uuid, p.name, p.description, p.isDefault), call)
 
 
-async def _change_zone_state(call: ApiCall, uuid: str, params: dict[str, Any]) -> JSONResponse:
-    p = parse_params(ChangeStateParams, "changeZoneState", params)
-
-    async def work() -> dict[str, Any]:
-        return _reply(await zones.change_state(call.rt, uuid, p.stateEvent), call)
-
-    return await call.run("ChangeZoneState", work)
+async def _change_zone_state(call: ApiCall, uuid: str, p: ChangeStateParams) -> dict[str, Any]:
+    return _reply(await zones.change_state(call.rt, uuid, p.stateEvent), call)
 
 
-#: ``PUT /zones/{uuid}/actions``: body key → handler ``(call, uuid, params)``.
-ZONE_ACTIONS: ActionTable = {
-    "updateZone": _update_zone,
-    "changeZoneState": _change_zone_state,
-}
-
-
-@router.put(
-    "/zones/{uuid}/actions", summary="UpdateZone, ChangeZoneState",
-    **action_api(ZONE_ACTIONS, {"updateZone": UpdateZoneParams, "changeZoneState": ChangeStateDoc}, _Reply),
+#: ``PUT /zones/{uuid}/actions``
+ZONE_ACTIONS = ActionTable(
+    Action("UpdateZone", UpdateZoneParams, _update_zone),
+    Action("ChangeZoneState", ChangeStateParams, _change_zone_state, doc=ChangeStateDoc),
 )
-async def zone_actions(
-    uuid: str, request: Request, body: dict[str, Any] = Body(), call: ApiCall = Depends(api_call)
-) -> JSONResponse:
-    return await dispatch(ZONE_ACTIONS, call, uuid, body, request.url.path)
+ZONE_ACTIONS.route(router, "/zones/{uuid}/actions", _Reply, name="zone_actions")
 
 
-@router.delete("/zones/{uuid}", summary="DeleteZone", **job_api(EmptyReply))
-async def delete_zone(
-    uuid: str, deleteMode: DeleteMode = "Permissive", call: ApiCall = Depends(api_call)
-) -> JSONResponse:
-    async def work() -> dict[str, Any]:
-        await zones.delete_zone(call.rt, uuid)
-        return {}
-
-    return await call.run("DeleteZone", work)
+delete_route(router, "/zones/{uuid}", "DeleteZone", lambda rt, uuid, mode: zones.delete_zone(rt, uuid),
+             name="delete_zone")
 
 
 @router.post(
