@@ -257,6 +257,10 @@ _APIS: tuple[Api, ...] = (
             Param("platform", choices=("Linux", "Windows", "Other", "Paravirtualization", "WindowsVirtio")),
             Param("architecture", choices=("x86_64", "aarch64", "mips64el", "loongarch64")),
             Param("virtio", "bool")),
+    _action("CalculateImageHash", "/images/{uuid}/actions", "image",
+            "read an image's bits and fill its md5Sum (or another digest); always a job",
+            _uuid(), Param("backupStorageUuid", required=True),
+            Param("algorithm", choices=("MD5", "SHA1", "SHA256", "SHA512"), help="default MD5")),
     Api("GetUploadImageJobDetails", "GET", "/images/upload-job/details/{imageId}", None, False,
         "existingJobDetails", "image", "upload URL and offset of an upload:// image", (_uuid("imageId"),)),
 
