@@ -24,8 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from _bench import Api, Server, ceph, cluster_env, free_port  # noqa: E402
-from bench_migrate import pool_on, write_image  # noqa: E402
+from _bench import Api, Server, free_port  # noqa: E402
+from bench_migrate import TwoStorages, arguments, two_storages, write_image  # noqa: E402
 
 GETS = [0]
 
@@ -54,14 +54,7 @@ def drop(api: Api, image: str) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--size-mib", type=int, default=256)
-    ap.add_argument("--a", default="c1")
-    ap.add_argument("--b", default="c2")
-    args = ap.parse_args()
-    env_a, env_b = cluster_env(args.a), cluster_env(args.b)
-    pool_a, pool_b = pool_on(env_a), pool_on(env_b)
+    args = arguments(__doc__ or "", "a", "b")
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     (work / "files").mkdir()
     write_image(work / "files" / "disk.raw", args.size_mib, 0)
@@ -73,42 +66,38 @@ def main() -> int:
     server = Server(work / "data", password="bench", log_level="warning",
                     env={"IMGSTORE_IMAGE_URL_ALLOW": "127.0.0.1", "IMGSTORE_IMAGE_DELETION_POLICY": "Direct"})
     try:
-        api = server.start().login()
-        a = api.post("/backup-storage/ceph", json={"params": {"name": "a", "monUrls": [env_a["MON_URL"]],
-                                                              "poolName": pool_a}}).json()["inventory"]["uuid"]
-        b_url = env_b["MON_URL"].replace("@127.0.0.1:", "@localhost:")
-        b = api.post("/backup-storage/ceph", json={"params": {"name": "b", "monUrls": [b_url],
-                                                              "poolName": pool_b}}).json()["inventory"]["uuid"]
-        drop(api, add(api, url, [a])[1])  # warm-up
-        fan, separate, fan_gets, separate_gets = [], [], [], []
-        for _ in range(args.runs):
-            GETS[0] = 0
-            took, image = add(api, url, [a, b])
-            fan.append(took)
-            fan_gets.append(GETS[0])
-            drop(api, image)
-            GETS[0] = 0
-            t1, i1 = add(api, url, [a])
-            t2, i2 = add(api, url, [b])
-            separate.append(t1 + t2)
-            separate_gets.append(GETS[0])
-            drop(api, i1)
-            drop(api, i2)
-        f, s = statistics.median(fan), statistics.median(separate)
-        print(f"runs: {args.runs}, {args.size_mib} MiB raw over http, storages on {args.a} and {args.b}")
-        print(f"{'measure':<40}{'median':>10}{'source GETs':>14}")
-        print(f"{'one AddImage, two storages':<40}{f:>9.2f}s{max(fan_gets):>14}")
-        print(f"{'two AddImage calls, one storage each':<40}{s:>9.2f}s{max(separate_gets):>14}")
-        print(f"ratio one / two: {f / s:.2f}x")
-        return 0
+        with two_storages(server, args.a, args.b) as two:
+            return measure(args, url, two)
     finally:
-        server.stop()
         httpd.shutdown()
-        ceph(env_a, "osd", "pool", "rm", pool_a, pool_a, "--yes-i-really-really-mean-it")
-        ceph(env_b, "osd", "pool", "rm", pool_b, pool_b, "--yes-i-really-really-mean-it")
-
         shutil.rmtree(work, ignore_errors=True)
 
+
+def measure(args: argparse.Namespace, url: str, two: TwoStorages) -> int:
+    """One AddImage naming both storages vs one per storage, interleaved; the table."""
+    api, (a, b) = two.api, two.uuids
+    drop(api, add(api, url, [a])[1])  # warm-up
+    fan, separate, fan_gets, separate_gets = [], [], [], []
+    for _ in range(args.runs):
+        GETS[0] = 0
+        took, image = add(api, url, [a, b])
+        fan.append(took)
+        fan_gets.append(GETS[0])
+        drop(api, image)
+        GETS[0] = 0
+        t1, i1 = add(api, url, [a])
+        t2, i2 = add(api, url, [b])
+        separate.append(t1 + t2)
+        separate_gets.append(GETS[0])
+        drop(api, i1)
+        drop(api, i2)
+    f, s = statistics.median(fan), statistics.median(separate)
+    print(f"runs: {args.runs}, {args.size_mib} MiB raw over http, storages on {args.a} and {args.b}")
+    print(f"{'measure':<40}{'median':>10}{'source GETs':>14}")
+    print(f"{'one AddImage, two storages':<40}{f:>9.2f}s{max(fan_gets):>14}")
+    print(f"{'two AddImage calls, one storage each':<40}{s:>9.2f}s{max(separate_gets):>14}")
+    print(f"ratio one / two: {f / s:.2f}x")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +44,44 @@ def pool_on(env: dict[str, str]) -> str:
     ceph(env, "osd", "pool", "create", name, "8")
     ceph(env, "osd", "pool", "application", "enable", name, "rbd")
     return name
+
+
+def arguments(doc: str, a: str, b: str) -> argparse.Namespace:
+    """``--runs``, ``--size-mib`` and the two dev clusters, named ``--<a>`` and ``--<b>``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument(f"--{a}", default="c1")
+    ap.add_argument(f"--{b}", default="c2")
+    return ap.parse_args()
+
+
+@dataclass
+class TwoStorages:
+    """A started server holding a Ceph storage on each of two dev clusters."""
+
+    api: Api
+    uuids: tuple[str, str]
+    envs: tuple[dict[str, str], dict[str, str]]
+    pools: tuple[str, str]
+
+
+@contextmanager
+def two_storages(server: Server, cluster_a: str, cluster_b: str) -> Iterator[TwoStorages]:
+    """``server`` started with a storage "a" on ``cluster_a`` and "b" on ``cluster_b``, each
+    on a new pool; at the end the server stops and the pools go."""
+    envs = cluster_env(cluster_a), cluster_env(cluster_b)
+    pools = pool_on(envs[0]), pool_on(envs[1])
+    try:
+        api = server.start().login()
+        urls = envs[0]["MON_URL"], envs[1]["MON_URL"].replace("@127.0.0.1:", "@localhost:")  # hostnames unique
+        uuids = [api.post("/backup-storage/ceph", json={"params": {"name": name, "monUrls": [url], "poolName": pool}}
+                          ).json()["inventory"]["uuid"] for name, url, pool in zip("ab", urls, pools, strict=True)]
+        yield TwoStorages(api, (uuids[0], uuids[1]), envs, pools)
+    finally:
+        server.stop()
+        for env, pool in zip(envs, pools, strict=True):
+            ceph(env, "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it")
 
 
 def pipe_once(src: dict[str, str], src_pool: str, dst: dict[str, str], dst_pool: str, name: str) -> float:
@@ -74,48 +115,38 @@ def add(api: Api, path: Path, bs: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--size-mib", type=int, default=256)
-    ap.add_argument("--src", default="c1")
-    ap.add_argument("--dst", default="c2")
-    args = ap.parse_args()
-    src_env, dst_env = cluster_env(args.src), cluster_env(args.dst)
-    src_pool, dst_pool = pool_on(src_env), pool_on(dst_env)
+    args = arguments(__doc__ or "", "src", "dst")
     work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
     files = work / "files"
     files.mkdir()
     server = Server(work / "data", password="bench", log_level="warning",
                     env={"IMGSTORE_FILE_ALLOW_DIRS": str(files), "IMGSTORE_IMAGE_DELETION_POLICY": "Direct"})
     try:
-        api = server.start().login()
-        src_url = src_env["MON_URL"]
-        dst_url = dst_env["MON_URL"].replace("@127.0.0.1:", "@localhost:")  # mon hostnames are unique
-        src = api.post("/backup-storage/ceph", json={"params": {"name": "a", "monUrls": [src_url],
-                                                                "poolName": src_pool}}).json()["inventory"]["uuid"]
-        dst = api.post("/backup-storage/ceph", json={"params": {"name": "b", "monUrls": [dst_url],
-                                                                "poolName": dst_pool}}).json()["inventory"]["uuid"]
-        print(f"runs: {args.runs}, {args.src} -> {args.dst}, interleaved; MiB/s of the image's size")
-        print(f"{'image':<26}{'pipe median':>14}{'imgstore median':>18}{'ratio':>8}")
-        for label, data, hole in (("data", args.size_mib, 0), ("thin (1/16 data)", args.size_mib // 16,
-                                                                args.size_mib - args.size_mib // 16)):
-            path = files / f"{label.split()[0]}.raw"
-            write_image(path, data, hole)
-            image = add(api, path, src)
-            migrate_once(api, image, src, dst)  # warm-up: handles, first reads
-            pipes, ours = [], []
-            for _ in range(args.runs):
-                pipes.append(pipe_once(src_env, src_pool, dst_env, dst_pool, image))
-                ours.append(migrate_once(api, image, src, dst))
-            size = data + hole
-            p, o = size / statistics.median(pipes), size / statistics.median(ours)
-            print(f"{label + f' {size} MiB':<26}{p:>10.0f} MiB/s{o:>14.0f} MiB/s{o / p:>7.2f}x")
-        return 0
+        with two_storages(server, args.src, args.dst) as two:
+            return measure(args, files, two)
     finally:
-        server.stop()
-        ceph(src_env, "osd", "pool", "rm", src_pool, src_pool, "--yes-i-really-really-mean-it")
-        ceph(dst_env, "osd", "pool", "rm", dst_pool, dst_pool, "--yes-i-really-really-mean-it")
         subprocess.run(["rm", "-rf", str(work)])
+
+
+def measure(args: argparse.Namespace, files: Path, two: TwoStorages) -> int:
+    """The two images, each copied by the pipe and by imgstore, interleaved; the table."""
+    api, (src, dst), (src_env, dst_env), (src_pool, dst_pool) = two.api, two.uuids, two.envs, two.pools
+    print(f"runs: {args.runs}, {args.src} -> {args.dst}, interleaved; MiB/s of the image's size")
+    print(f"{'image':<26}{'pipe median':>14}{'imgstore median':>18}{'ratio':>8}")
+    for label, data, hole in (("data", args.size_mib, 0), ("thin (1/16 data)", args.size_mib // 16,
+                                                            args.size_mib - args.size_mib // 16)):
+        path = files / f"{label.split()[0]}.raw"
+        write_image(path, data, hole)
+        image = add(api, path, src)
+        migrate_once(api, image, src, dst)  # warm-up: handles, first reads
+        pipes, ours = [], []
+        for _ in range(args.runs):
+            pipes.append(pipe_once(src_env, src_pool, dst_env, dst_pool, image))
+            ours.append(migrate_once(api, image, src, dst))
+        size = data + hole
+        p, o = size / statistics.median(pipes), size / statistics.median(ours)
+        print(f"{label + f' {size} MiB':<26}{p:>10.0f} MiB/s{o:>14.0f} MiB/s{o / p:>7.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
