@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from imgstore.services.catalog.tags import MAX_TAG_LENGTH, RESOURCE_TYPES
@@ -148,10 +148,25 @@ def one_of(name: str) -> Any:
     return doc(enum=[*_ENUM[name], None])
 
 
+def _bool_string(value: object) -> object:
+    """"true" and "false" in any case become the boolean, as ZStack's Gson reads a boolean
+    field sent as a string; anything else goes to StrictBool as it is."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+ZBool = Annotated[StrictBool, BeforeValidator(_bool_string), WithJsonSchema(
+    {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"}]})]
+"""A ZStack boolean field: JSON true or false, or the string "true" or "false" in any case
+(Gson takes them; a script may send them). Other strings, which Gson would read as false,
+and numbers are refused with the field named."""
+
+
 class Params(BaseModel):
     """Fields of a ZStack API message. Unknown keys (``requestIp``...) are ignored, as
-    ZStack does; strings are trimmed as ZStack's param validator does. Booleans are JSON's
-    true and false only (``StrictBool``): the document says boolean, so 0 or "yes" is refused."""
+    ZStack does; strings are trimmed as ZStack's param validator does. Booleans are
+    :data:`ZBool`: true, false, "true" or "false"; 0 or "maybe" is refused."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
     systemTags: list[str] | None = doc(**_TAGS)
@@ -184,7 +199,7 @@ class AddCephBackupStorageParams(Params):
     name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
     type: str | None = doc(enum=["Ceph", None])
-    importImages: StrictBool = False
+    importImages: ZBool = False
     resourceUuid: str | None = doc(pattern=UUID_PATTERN)
 
 
@@ -280,7 +295,7 @@ class CreateZoneParams(Params):
     name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
     resourceUuid: str | None = doc(pattern=UUID_PATTERN)
-    isDefault: StrictBool | None = None
+    isDefault: ZBool | None = None
 
 
 class CreateZoneBody(CreateBody):
@@ -290,7 +305,7 @@ class CreateZoneBody(CreateBody):
 class UpdateZoneParams(Params):
     name: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
-    isDefault: StrictBool | None = None
+    isDefault: ZBool | None = None
 
 
 class AttachBackupStorageToZoneBody(CreateBody):
@@ -414,8 +429,8 @@ class AddImageParams(Params):
     guestOsType: str | None = Field(default=None, max_length=255)
     platform: str | None = one_of("platform")
     architecture: str | None = one_of("architecture")
-    system: StrictBool = False
-    virtio: StrictBool = True
+    system: ZBool = False
+    virtio: ZBool = True
     type: str | None = None
     resourceUuid: str | None = doc(pattern=UUID_PATTERN)
 
@@ -443,10 +458,10 @@ class UpdateImageParams(Params):
     guestOsType: str | None = Field(default=None, max_length=255)
     mediaType: str | None = one_of("mediaType")
     format: str | None = one_of("format")
-    system: StrictBool | None = None
+    system: ZBool | None = None
     platform: str | None = one_of("platform")
     architecture: str | None = one_of("architecture")
-    virtio: StrictBool | None = None
+    virtio: ZBool | None = None
 
 
 class SetImageBootModeParams(Params):
@@ -460,7 +475,7 @@ class SetImageSecurityLevelParams(Params):
 
 
 class SetImageQgaParams(Params):
-    enable: StrictBool  # the SDK always sends it (a primitive boolean)
+    enable: ZBool  # the SDK always sends it (a primitive boolean)
 
 
 class RenewSessionParams(Params):

@@ -135,3 +135,20 @@ def test_zones_keep_is_default_and_get_zone(api: Api) -> None:
     finally:
         for z in api.get("/zones").json()["inventories"]:
             api.delete(f"/zones/{z['uuid']}")
+
+
+def test_boolean_fields_take_true_and_false_as_strings_too(api: Api) -> None:
+    """JSON true/false, or "true"/"false" in any case as ZStack's Gson reads them (a
+    script may send them); a number or another string is refused with nothing made."""
+    try:
+        made = api.post("/zones", json={"params": {"name": "zs", "isDefault": "TRUE"}})
+        assert made.status_code == 200 and made.json()["inventory"]["isDefault"] is True, made.text
+        made = api.post("/zones", json={"params": {"name": "zf", "isDefault": "false"}})
+        assert made.status_code == 200 and made.json()["inventory"]["isDefault"] is False, made.text
+        for bad in (0, "yes"):
+            refused = api.post("/zones", json={"params": {"name": "zn", "isDefault": bad}})
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "SYS.1007", refused.text
+        assert [z["name"] for z in api.get("/zones").json()["inventories"] if z["name"] == "zn"] == []
+    finally:
+        for z in api.get("/zones").json()["inventories"]:
+            api.delete(f"/zones/{z['uuid']}")
