@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import rbd
@@ -34,7 +34,7 @@ async def iter_image(
     end: int | None = None,
     chunk: int = CHUNK_SIZE,
     readahead: int = READ_AHEAD,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield bytes ``[start, end)`` of image ``pool/name`` (``end=None``: to its end).
 
     Pieces are aligned to ``chunk`` (the object size) after the first one, with

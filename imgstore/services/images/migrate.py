@@ -14,6 +14,7 @@ Progress is GetTaskProgress's, under the API's job id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from sqlalchemy import select
@@ -102,8 +103,9 @@ async def _copy(src_cluster: ceph.Cluster, src: CephBackupStorage, dst_cluster: 
     size = await ceph.image_size(src_cluster, src_pool, name)
     readback = ReadBack(dst_cluster, dst_pool, name)
     try:
-        async with ceph.ImageWriter(dst_cluster, dst_pool, name, size=size, checksums=False) as writer:
-            async for piece in ceph.iter_image(src_cluster, src_pool, name):
+        async with ceph.ImageWriter(dst_cluster, dst_pool, name, size=size, checksums=False) as writer, \
+                contextlib.aclosing(ceph.iter_image(src_cluster, src_pool, name)) as pieces:
+            async for piece in pieces:
                 readback.expect(piece)
                 await writer.write(piece)
                 await readback.advance(writer.durable)
@@ -211,11 +213,14 @@ class ReadBack:
 
     async def _check(self, end: int) -> None:
         index = self.checked // ceph.CHUNK_SIZE
-        async for piece in ceph.iter_image(*self._where, self.checked, end):
-            if piece != self._expected.pop(index):
-                self.mismatch = index * ceph.CHUNK_SIZE
-                return
-            index += 1
+        # aclosing: a mismatch leaves the loop early, and the reader must close its image
+        # now, not when the generator is collected (perhaps after the handle is gone)
+        async with contextlib.aclosing(ceph.iter_image(*self._where, self.checked, end)) as pieces:
+            async for piece in pieces:
+                if piece != self._expected.pop(index):
+                    self.mismatch = index * ceph.CHUNK_SIZE
+                    return
+                index += 1
         self.checked = end
 
 
