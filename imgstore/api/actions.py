@@ -25,8 +25,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from imgstore.api.deps import ApiCall, api_call
+from imgstore.api.fields import TAG
 from imgstore.api.openapi import job_api
-from imgstore.api.schemas import TAG, Params
+from imgstore.api.schemas import Params
 from imgstore.crypto import new_uuid
 from imgstore.errors import INVALID_ARGUMENT, ApiError
 from imgstore.services.catalog.tags import check_tags

@@ -9,13 +9,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
+from imgstore.api.fields import (
+    FINGERPRINT,
+    HASH_ALGORITHM,
+    HOSTNAME,
+    IMAGE_URL,
+    MON_URL,
+    NON_BLANK,
+    POOL_NAME,
+    PORT,
+    TAGS,
+    UUID_PATTERN,
+    ZBool,
+    doc,
+    one_of,
+)
 from imgstore.services.catalog.tags import MAX_TAG_LENGTH, RESOURCE_TYPES
-from imgstore.services.images.export import EXPORT_FORMATS
-from imgstore.services.images.hashing import ALGORITHMS
-from imgstore.services.images.manage import ARCHITECTURES, FORMATS, ISO_MEDIA, MEDIA_TYPES, PLATFORMS
+from imgstore.services.images.manage import ISO_MEDIA
 from imgstore.wire.dates import zstack_date
 
 ZDate = Annotated[datetime | None, PlainSerializer(zstack_date, return_type=str | None)]
@@ -95,82 +108,14 @@ def backup_storage_inventory(row: Any) -> BackupStorageInventory:
 
 
 # ---------------------------------------------------------------- what the document adds to a field
-# The services check these in ZStack's words; the document says them too (as patterns,
-# enums, bounds), so that a client generated from /openapi.json sends what is accepted.
-
-
-def doc(**schema: Any) -> Any:
-    """An optional field (None by default) and what the document says of it, beyond what
-    pydantic checks."""
-    return Field(default=None, json_schema_extra=schema)
-
-
-#: what Python's str.strip() removes, spelled out: a pattern's ``\s`` is ECMA-262's in a
-#: JSON Schema, which leaves out U+001C-U+001F and U+0085 and takes U+FEFF
-SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-NON_BLANK = rf"^[^\x00]*[^\x00{SPACE}][^\x00]*$"  # a name or a tag: stripped, it must not be empty
-UUID_PATTERN = "^[0-9a-f]{32}$"
-_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
-_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$"  # services/storage/mons.py
-# user:password@host[:sshPort][/?monPort=N] (imgstore/ceph/monurl.py; a subset: no escapes)
-_MON_URL = (r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}:[A-Za-z0-9._~!$&'()*+,;=-]{1,64}@"
-            r"[a-z](?:[a-z0-9-]{0,29}[a-z0-9])?(?:\.[a-z](?:[a-z0-9-]{0,29}[a-z0-9])?)*"  # no label ends in -
-            r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}))?(?:/(?:\?monPort=(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}))?)?$")
-_POOL_NAME = r"^[^\s\"'`,;=/@\\\x00-\x1f\x7f-][^\s\"'`,;=/@\\\x00-\x1f\x7f]{0,254}$"
-TAG = {"type": "string", "pattern": NON_BLANK, "maxLength": MAX_TAG_LENGTH}
-_TAGS = {"items": TAG}
-_FINGERPRINT = r"^SHA256:[A-Za-z0-9+/]{43}=?$"
-#: what AddImage takes (services/images/sources.py): http(s) with a host, or upload:// (to
-#: one storage); file:/// only where the operator allows a directory, so not here
-_IMAGE_URL = (r"^(?:https?://[A-Za-z0-9.-]+(?::[1-9][0-9]{0,3})?(?:[/?#][^\x00-\x20\x7f" + SPACE + r"]*)?"
-              r"|upload://[^\x00]*)$")  # no control character: the URL parser refuses them
-
-
-_LONG_S = "\u017f"  # str.upper() turns it into S
-
-
-def _upper_form(c: str) -> str:
-    """The characters str.upper() turns into ``c``."""
-    return "[" + c + c.lower() + (_LONG_S if c == "S" else "") + "]" if c.isalpha() else c
-
-
-#: what services/images/hashing.algorithm_of reads: any case, hyphens anywhere, blanks around
-_HASH_ALGORITHM = (rf"^[{SPACE}]*-*(?:" + "|".join("-*".join(_upper_form(c) for c in name) for name in ALGORITHMS)
-                   + rf")-*[{SPACE}]*$")
-_ENUM = {  # a nullable string field that takes one of these
-    "mediaType": list(MEDIA_TYPES), "format": list(FORMATS), "platform": list(PLATFORMS),
-    "architecture": list(ARCHITECTURES), "exportFormat": list(EXPORT_FORMATS),
-}
-
-
-def one_of(name: str) -> Any:
-    return doc(enum=[*_ENUM[name], None])
-
-
-def _bool_string(value: object) -> object:
-    """"true" and "false" in any case become the boolean, as ZStack's Gson reads a boolean
-    field sent as a string; anything else goes to StrictBool as it is."""
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value
-
-
-ZBool = Annotated[StrictBool, BeforeValidator(_bool_string), WithJsonSchema(
-    {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"}]})]
-"""A ZStack boolean field: JSON true or false, or the string "true" or "false" in any case
-(Gson takes them; a script may send them). Other strings, which Gson would read as false,
-and numbers are refused with the field named."""
-
-
 class Params(BaseModel):
     """Fields of a ZStack API message. Unknown keys (``requestIp``...) are ignored, as
     ZStack does; strings are trimmed as ZStack's param validator does. Booleans are
     :data:`ZBool`: true, false, "true" or "false"; 0 or "maybe" is refused."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
-    systemTags: list[str] | None = doc(**_TAGS)
-    userTags: list[str] | None = doc(**_TAGS)
+    systemTags: list[str] | None = doc(**TAGS)
+    userTags: list[str] | None = doc(**TAGS)
 
 
 class CreateBody(BaseModel):
@@ -178,8 +123,8 @@ class CreateBody(BaseModel):
     top level (ZStack's server reads them there) or inside ``params`` (the SDKs)."""
 
     model_config = ConfigDict(extra="ignore")
-    systemTags: list[str] | None = doc(**_TAGS)
-    userTags: list[str] | None = doc(**_TAGS)
+    systemTags: list[str] | None = doc(**TAGS)
+    userTags: list[str] | None = doc(**TAGS)
 
     def tags(self, params: Params) -> tuple[list[str], list[str]]:
         return (
@@ -193,8 +138,8 @@ class AddCephBackupStorageParams(Params):
         "if": {"properties": {"importImages": {"const": True}}, "required": ["importImages"]},
         "then": {"properties": {"poolName": {"type": "string"}}, "required": ["poolName"]}})
     monUrls: list[str] = Field(json_schema_extra={"minItems": 1, "uniqueItems": True,
-                                                  "items": {"type": "string", "pattern": _MON_URL}})
-    poolName: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": _POOL_NAME})
+                                                  "items": {"type": "string", "pattern": MON_URL}})
+    poolName: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": POOL_NAME})
     url: str | None = Field(default=None, max_length=2048)
     name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
     description: str | None = Field(default=None, max_length=2048)
@@ -333,7 +278,7 @@ class UpdateSystemTagParams(Params):
 
 class AddMonToCephBackupStorageParams(Params):
     monUrls: list[str] = Field(json_schema_extra={"minItems": 1, "uniqueItems": True,
-                                                  "items": {"type": "string", "pattern": _MON_URL}})
+                                                  "items": {"type": "string", "pattern": MON_URL}})
 
 
 class AddMonToCephBackupStorageBody(CreateBody):
@@ -341,17 +286,17 @@ class AddMonToCephBackupStorageBody(CreateBody):
 
 
 class UpdateCephBackupStorageMonParams(Params):
-    hostname: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": _HOSTNAME})
+    hostname: str | None = Field(default=None, max_length=255, json_schema_extra={"pattern": HOSTNAME})
     sshUsername: str | None = Field(default=None, max_length=255)
     sshPassword: str | None = Field(default=None, max_length=255)
-    sshPort: int | None = doc(**_PORT)
-    monPort: int | None = doc(**_PORT)
+    sshPort: int | None = doc(**PORT)
+    monPort: int | None = doc(**PORT)
 
 
 class AcceptCephBackupStorageMonHostKeyParams(Params):
     """imgstore's: pin a mon's new ssh host key; without a fingerprint, the one it offers now."""
 
-    sshHostKeyFingerprint: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": _FINGERPRINT})
+    sshHostKeyFingerprint: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": FINGERPRINT})
 
 
 # ---------------------------------------------------------------- images (AddImage, QueryImage, image actions)
@@ -420,7 +365,7 @@ class AddImageParams(Params):
          "then": {"properties": {"backupStorageUuids": {"maxItems": 1}}}},
     ]})
     name: str = Field(max_length=255, json_schema_extra={"pattern": NON_BLANK})
-    url: str = Field(max_length=1024, json_schema_extra={"pattern": _IMAGE_URL})
+    url: str = Field(max_length=1024, json_schema_extra={"pattern": IMAGE_URL})
     backupStorageUuids: list[str] = Field(
         json_schema_extra={"minItems": 1, "items": {"type": "string", "minLength": 1}})
     description: str | None = Field(default=None, max_length=2048)
@@ -449,7 +394,7 @@ class CalculateImageHashParams(Params):
     """``calculateImageHash``: the storage whose RBD image is read, and the algorithm."""
 
     backupStorageUuid: str = Field(min_length=1, max_length=32)
-    algorithm: str = Field("MD5", json_schema_extra={"pattern": _HASH_ALGORITHM})
+    algorithm: str = Field("MD5", json_schema_extra={"pattern": HASH_ALGORITHM})
 
 
 class UpdateImageParams(Params):
