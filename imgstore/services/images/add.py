@@ -9,6 +9,7 @@ cluster after every add, successful or not.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -83,11 +84,13 @@ async def targets_for(rt: Runtime, image: Image, length: int | None) -> tuple[li
     return targets, failures
 
 
-async def keep_leftover(rt: Runtime, storage_uuid: str, pool: str, image_uuid: str, reason: str) -> None:
-    """An add's RBD image that could not be removed: the storage's trash, where
-    GetTrashOnBackupStorage shows it and CleanUpTrashOnBackupStorage removes it."""
+async def keep_leftover(rt: Runtime, storage_uuid: str, pool: str, image_uuid: str, reason: str,
+                        size: int | None) -> None:
+    """An add's RBD image that could not be removed (``reason``, logged by the caller):
+    the storage's trash, where GetTrashOnBackupStorage shows it and
+    CleanUpTrashOnBackupStorage removes it."""
     await trash.record(rt, storage_uuid, images.install_path(pool, image_uuid), image_uuid,
-                       images.RESOURCE_TYPE, None, trash_type=trash.ADD_IMAGE)
+                       images.RESOURCE_TYPE, size, trash_type=trash.ADD_IMAGE)
 
 
 def progress_of(reporter: ProgressReporter,
@@ -158,7 +161,11 @@ async def finish(rt: Runtime, image_uuid: str, result: IntakeResult,
             image.format = "iso" if image.media_type == images.ISO_MEDIA else result.stored_format
             await db.commit()
     if gone:
-        await remove_bits(rt, image_uuid, result.stored)
+        for bs in await remove_bits(rt, image_uuid, result.stored):
+            with contextlib.suppress(ApiError):  # a storage deleted since takes its pool along
+                storage = await images.storage_of(rt, bs)
+                await keep_leftover(rt, bs, storage.pool_name or "", image_uuid,
+                                    "the image was deleted while it was being added", result.size)
         raise ApiError(OPERATION_ERROR, f"image[uuid:{image_uuid}] was deleted while it was being added",
                        status=409)
     for bs in [*result.stored, *result.failures, *failures]:

@@ -25,6 +25,7 @@ bits whether this node is serving it right now.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -88,9 +89,13 @@ class Download:
         """Bytes ``[start, end)`` of the image; counted in :func:`streaming` meanwhile."""
         self.streams[self.image_uuid] += 1
         try:
-            async for piece in ceph.iter_image(self.cluster, self.pool, self.name, start, end,
-                                                 chunk=STREAM_CHUNK, readahead=STREAM_READ_AHEAD):
-                yield piece
+            # aclosing: a client that hangs up leaves the loop; the reader closes its image now,
+            # not when the generator is collected after the lease has let the cluster go
+            async with contextlib.aclosing(ceph.iter_image(self.cluster, self.pool, self.name, start, end,
+                                                           chunk=STREAM_CHUNK,
+                                                           readahead=STREAM_READ_AHEAD)) as pieces:
+                async for piece in pieces:
+                    yield piece
         finally:
             if self.lease is not None:
                 self.lease.release()

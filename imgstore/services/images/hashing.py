@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import re
@@ -175,11 +176,13 @@ async def digest_of(cluster: ceph.RadosSource, pool: str, name: str, algorithm: 
     h = hashlib.new(ALGORITHMS[algorithm])
     size = await ceph.image_size(cluster, pool, name)
     done = 0
-    async for piece in ceph.iter_image(cluster, pool, name, readahead=READ_AHEAD):
-        await asyncio.to_thread(h.update, piece)
-        done += len(piece)
-        if progress is not None:
-            await progress(done, size)
+    # aclosing: a failed progress write leaves the loop early; the reader closes its image now
+    async with contextlib.aclosing(ceph.iter_image(cluster, pool, name, readahead=READ_AHEAD)) as pieces:
+        async for piece in pieces:
+            await asyncio.to_thread(h.update, piece)
+            done += len(piece)
+            if progress is not None:
+                await progress(done, size)
     return h.hexdigest()
 
 

@@ -91,9 +91,10 @@ class Target:
     pool: str
     available: int | None = None  # bytes the pool can take, when known
     limits: Limits = Limits()  # the settings' bounds (image_add.targets_for fills them in)
-    leftover: Callable[[str], Awaitable[None]] | None = None
-    """Called with the reason when the image this intake made here cannot be removed
-    (image_add.targets_for records it as the storage's trash): bits are never lost."""
+    leftover: Callable[[str, int | None], Awaitable[None]] | None = None
+    """Called with the reason and the image's size (None before it is known) when the
+    image this intake made here cannot be removed (image_add.targets_for records it as
+    the storage's trash): bits are never lost."""
 
 
 @dataclass
@@ -168,8 +169,10 @@ class ImageIntake:
             intake._check_some_left()
             if intake._expected and offset:
                 first = intake._targets[next(iter(intake._writers))]
-                async for piece in iter_image(first.cluster, first.pool, image_uuid, 0, offset):
-                    await intake._expected.feed(piece)
+                async with contextlib.aclosing(iter_image(first.cluster, first.pool, image_uuid,
+                                                          0, offset)) as pieces:
+                    async for piece in pieces:
+                        await intake._expected.feed(piece)
         except BaseException:
             await intake.abort()
             raise
@@ -275,7 +278,7 @@ class ImageIntake:
         log.error("could not remove the image %s/%s from backup storage %s: %s; it is in its trash",
                   t.pool, self.image_uuid, t.backup_storage_uuid, reason)
         if t.leftover is not None:
-            await asyncio.shield(t.leftover(reason))
+            await asyncio.shield(t.leftover(reason, self._virtual_size))
 
     # ------------------------------------------------------------ deciding
 
