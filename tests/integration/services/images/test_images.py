@@ -331,6 +331,7 @@ def test_a_failed_download_whose_image_cannot_be_removed_leaves_it_in_the_trash(
     [entry] = trash()
     assert entry["installPath"] == f"ceph://{pool}/{uuid}" and entry["trashType"] == "AddImage"
     assert entry["resourceUuid"] == uuid and entry["resourceType"] == "ImageVO"
+    assert entry["size"] == 16 * MiB, "the size of the RBD image left behind"
     assert clean_up() == [] and trash() == [entry]  # the snapshot still holds it
     assert rbd(c1, "snap", "purge", f"{pool}/{uuid}").returncode == 0
     assert clean_up() == [uuid]
