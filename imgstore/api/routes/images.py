@@ -50,6 +50,7 @@ from imgstore.api.schemas import (
 from imgstore.crypto import new_uuid
 from imgstore.db.models import Image
 from imgstore.errors import invalid_argument
+from imgstore.http_protocol import BodyCut, take_body
 from imgstore.services.images import attributes as image_attributes
 from imgstore.services.images import deletion as image_deletion
 from imgstore.services.images import download as image_download
@@ -296,13 +297,32 @@ def _piece(request: Request) -> upload_state.Piece:
     return piece
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in request.stream():
-            if chunk:
-                yield chunk
-    except ClientDisconnect:
-        raise upload_state.BodyInterrupted() from None
+BODY_PIECE = 4 << 20  # what the upload's body is read in: one RBD object
+
+
+async def _body(request: Request, idle_timeout: float) -> AsyncIterator[bytes | bytearray]:
+    """The PUT's body, in pieces of :data:`BODY_PIECE` received straight into one buffer
+    (:func:`take_body`), which the next piece reuses: the consumer copies what it keeps.
+    Through ``receive`` where the server cannot hand the body over (chunked, or another
+    server); a cut or silent body ends in :class:`~upload_state.BodyInterrupted`."""
+    reader = take_body(request.scope)
+    if reader is None:
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    yield chunk
+        except ClientDisconnect:
+            raise upload_state.BodyInterrupted() from None
+        return
+    buffer = bytearray(BODY_PIECE)
+    while True:
+        try:
+            n = await reader.readinto(buffer, idle_timeout)
+        except BodyCut:
+            raise upload_state.BodyInterrupted() from None
+        if not n:
+            return
+        yield buffer if n == len(buffer) else buffer[:n]
 
 
 def _status_reply(state: upload_state.UploadStatus, inventory: ImageInventory | None = None) -> JSONResponse:
@@ -335,7 +355,8 @@ _COUNT = {"type": "integer", "minimum": 0, "maximum": 10**MAX_DIGITS - 1}  # wir
 async def put_image_bytes(imageUuid: str, request: Request, token: str = "",
                           rt: Runtime = Depends(runtime)) -> Response:
     try:
-        state = await image_upload.receive(rt, imageUuid, token, _piece(request), _body(request))
+        state = await image_upload.receive(rt, imageUuid, token, _piece(request),
+                                             _body(request, rt.settings.image_upload_timeout))
     except upload_state.OffsetMismatch as e:
         return JSONResponse(e.body(), status_code=e.status, headers={"X-Upload-Offset": str(e.offset)})
     inventory = None

@@ -164,7 +164,7 @@ async def status(rt: Runtime, image_uuid: str, token: str) -> UploadStatus:
 
 
 async def receive(rt: Runtime, image_uuid: str, token: str, piece: Piece,
-                  body: AsyncIterator[bytes]) -> UploadStatus:
+                  body: AsyncIterator[bytes | bytearray]) -> UploadStatus:
     """One PUT: its bytes into the upload; the image Ready when they were the last."""
     slot = await _slot(rt, image_uuid, token)
     if piece.image_uuid is not None and piece.image_uuid != image_uuid:
@@ -203,7 +203,7 @@ async def receive(rt: Runtime, image_uuid: str, token: str, piece: Piece,
             session.task = None
 
 
-async def _receive(rt: Runtime, session: Session, piece: Piece, body: AsyncIterator[bytes]) -> UploadStatus:
+async def _receive(rt: Runtime, session: Session, piece: Piece, body: AsyncIterator[bytes | bytearray]) -> UploadStatus:
     uuid = session.image_uuid
     offset = piece.offset or 0
     if offset != session.received:
