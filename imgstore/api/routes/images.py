@@ -7,7 +7,9 @@ unguessable token is the credential (services/images/upload.py).
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -300,29 +302,43 @@ def _piece(request: Request) -> upload_state.Piece:
 BODY_PIECE = 4 << 20  # what the upload's body is read in: one RBD object
 
 
-async def _body(request: Request, idle_timeout: float) -> AsyncIterator[bytes | bytearray]:
-    """The PUT's body, in pieces of :data:`BODY_PIECE` received straight into one buffer
-    (:func:`take_body`), which the next piece reuses: the consumer copies what it keeps.
-    Through ``receive`` where the server cannot hand the body over (chunked, or another
-    server); a cut or silent body ends in :class:`~upload_state.BodyInterrupted`."""
+async def _body(request: Request, idle_timeout: float) -> AsyncIterator[upload_state.BodyPiece]:
+    """The PUT's body. Where the server hands it over (:func:`take_body`), in pieces of
+    :data:`BODY_PIECE` that the kernel writes straight into buffers lent to the consumer
+    (the next one is received while the consumer writes the last): each comes back
+    through its release call, to be received into again. Otherwise through ``receive``.
+    A cut or silent body ends in :class:`~upload_state.BodyInterrupted`."""
     reader = take_body(request.scope)
     if reader is None:
         try:
             async for chunk in request.stream():
                 if chunk:
-                    yield chunk
+                    yield chunk, None
         except ClientDisconnect:
             raise upload_state.BodyInterrupted() from None
         return
-    buffer = bytearray(BODY_PIECE)
-    while True:
-        try:
-            n = await reader.readinto(buffer, idle_timeout)
-        except BodyCut:
-            raise upload_state.BodyInterrupted() from None
-        if not n:
-            return
-        yield buffer if n == len(buffer) else buffer[:n]
+    free: list[bytearray] = []
+
+    def receive() -> tuple[bytearray, asyncio.Future[int]]:
+        buffer = free.pop() if free else bytearray(BODY_PIECE)
+        return buffer, asyncio.ensure_future(reader.readinto(buffer, idle_timeout))
+
+    buffer, reading = receive()
+    try:
+        while True:
+            try:
+                n = await reading
+            except BodyCut:
+                raise upload_state.BodyInterrupted() from None
+            if not n:
+                return
+            piece, (buffer, reading) = buffer, receive()
+            if n == len(piece):
+                yield piece, functools.partial(free.append, piece)
+            else:  # the last piece: copied, the buffer is not needed again
+                yield piece[:n], None
+    finally:
+        reading.cancel()
 
 
 def _status_reply(state: upload_state.UploadStatus, inventory: ImageInventory | None = None) -> JSONResponse:

@@ -233,11 +233,23 @@ class ImageWriter:
             await self._close_ioctx()
         return durable
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Accept the next piece of the stream, of any size; waits while the window is full."""
-        self._check_open()
+    async def write(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None = None) -> None:
+        """Accept the next piece of the stream, of any size; waits while the window is full.
+
+        With ``release``, ``data`` is lent: a whole chunk at a chunk boundary is written
+        straight from it (librbd copies it once more on submission, so copying it here
+        first buys nothing) and ``release`` is called once the write is done with it;
+        any other piece is copied and released at once. ``release`` is called exactly
+        once, whatever happens.
+        """
         try:
-            await self._accept(data)
+            self._check_open()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        try:
+            await self._accept(data, release)
         except BaseException:
             await self._shielded_cleanup()
             raise
@@ -286,17 +298,35 @@ class ImageWriter:
 
     # ------------------------------------------------------------ write pipeline
 
-    async def _accept(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
-        n = len(view)
+    async def _accept(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None) -> None:
+        if ((release is not None and not isinstance(data, memoryview)) or isinstance(data, bytes)) \
+                and len(data) == self._chunk and not self._fill_len:
+            try:
+                self._count(len(data))
+            except BaseException:
+                if release is not None:
+                    release()
+                raise
+            await self._submit(data, None, release)  # aligned, and immutable or lent: no copy
+            return
+        try:
+            await self._copy(data)
+        finally:
+            if release is not None:
+                release()
+
+    def _count(self, n: int) -> None:
         self.received += n
         if self.expected_size is not None and self.received > self.expected_size:
             raise ImageSizeMismatch(f"{self._what}: more than the announced "
                                     f"{self.expected_size} bytes", host_of(self._cluster))
+
+    async def _copy(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy a piece into the chunk being filled, and submit each chunk it completes."""
+        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+        n = len(view)
+        self._count(n)
         chunk = self._chunk
-        if n == chunk and not self._fill_len and isinstance(data, bytes):
-            await self._submit(data, None)  # aligned and immutable: no copy
-            return
         # While the chunk being filled is zeros so far it has no buffer: pieces of zeros
         # (a memcmp says so) only move _fill_len, and the chunk goes out as the shared
         # zero block. Thin images then cost no copy and no buffer for their holes.
@@ -321,9 +351,16 @@ class ImageWriter:
                 else:
                     await self._submit(buf, buf)
 
-    async def _submit(self, data: bytes | bytearray, recycle: bytearray | None) -> None:
-        """Start writing and hashing one chunk at the current offset (waits for a slot)."""
-        await self._slots.acquire()
+    async def _submit(self, data: bytes | bytearray, recycle: bytearray | None,
+                      release: Callable[[], None] | None = None) -> None:
+        """Start writing and hashing one chunk at the current offset (waits for a slot);
+        ``release`` is called when the chunk's writes are done with ``data``."""
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         try:
             self._raise_pending_error()
             offset, end = self._offset, self._offset + len(data)
@@ -333,6 +370,8 @@ class ImageWriter:
                 await self._grow(end)
         except BaseException:
             self._slots.release()
+            if release is not None:
+                release()
             raise
         loop = asyncio.get_running_loop()
         aio_write = self._image.aio_write
@@ -341,13 +380,14 @@ class ImageWriter:
                    for a, b in runs]
         pending += [lane.feed(data) for lane in self._lanes]
         self._unacked.add(offset)
-        task = loop.create_task(self._retire(offset, pending, recycle))
+        task = loop.create_task(self._retire(offset, pending, recycle, release))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
     async def _retire(self, offset: int, pending: list[asyncio.Future[Any]],
-                      recycle: bytearray | None) -> None:
-        """When a chunk is written and hashed: note any error, reuse its buffer, free its slot."""
+                      recycle: bytearray | None, release: Callable[[], None] | None = None) -> None:
+        """When a chunk is written and hashed: note any error, reuse or give back its
+        buffer, free its slot."""
         try:
             for r in await asyncio.gather(*pending, return_exceptions=True):
                 if self._error is None and isinstance(r, BaseException):
@@ -362,6 +402,8 @@ class ImageWriter:
                 self._unacked.discard(offset)
         finally:
             self._slots.release()
+            if release is not None:
+                release()
 
     async def _grow(self, end: int) -> None:
         """Unknown size: make room for ``end`` bytes, doubling (Glance bug 1792710)."""

@@ -208,8 +208,20 @@ class ImageIntake:
 
     # ------------------------------------------------------------ the stream
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """The next piece of the image, of any size."""
+    async def write(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None = None) -> None:
+        """The next piece of the image, of any size.
+
+        With ``release``, ``data`` is lent: each writer may write straight from it, and
+        ``release`` is called once the last of them is done with it (see
+        :meth:`ImageWriter.write`); a buffer never released is only never reused.
+        """
+        loan = _Loan(release)
+        try:
+            await self._write(data, loan)
+        finally:
+            loan.let_go()
+
+    async def _write(self, data: bytes | bytearray | memoryview, loan: _Loan) -> None:
         if self._closed:
             raise RuntimeError("the intake is finished or aborted")
         self.received += len(data)
@@ -227,7 +239,7 @@ class ImageIntake:
             await self._decide(head)
             await self._pass(head)
             return
-        await self._pass(data)
+        await self._pass(data, loan)
 
     async def finish(self) -> IntakeResult:
         """The stream has ended: commit (or convert) into every target still standing."""
@@ -341,7 +353,7 @@ class ImageIntake:
 
     # ------------------------------------------------------------ passing bytes on
 
-    async def _pass(self, data: bytes | bytearray | memoryview) -> None:
+    async def _pass(self, data: bytes | bytearray | memoryview, loan: _Loan | None = None) -> None:
         if self._staged is not None:
             await asyncio.to_thread(self._stage, bytes(data) if isinstance(data, memoryview) else data)
             if self._progress:
@@ -357,7 +369,7 @@ class ImageIntake:
                 await self._abort_writer(uuid, w)
                 continue
             try:
-                await w.write(data)
+                await w.write(data, loan.hold() if loan is not None else None)
             except ImageSizeMismatch as e:  # the source's fault, not the storage's
                 raise IntakeFailed(str(e)) from None
             except CephError as e:
@@ -460,3 +472,22 @@ class ImageIntake:
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(path.unlink)
+
+
+class _Loan:
+    """A lent buffer passed to several writers: its owner's ``release`` runs once the
+    intake and every writer that held it have let it go."""
+
+    def __init__(self, release: Callable[[], None] | None) -> None:
+        self._release = release
+        self._holders = 1  # the intake's own hold, let go when its write() returns
+
+    def hold(self) -> Callable[[], None]:
+        """Another holder (a writer, which calls what this answers exactly once)."""
+        self._holders += 1
+        return self.let_go
+
+    def let_go(self) -> None:
+        self._holders -= 1
+        if not self._holders and self._release is not None:
+            self._release()

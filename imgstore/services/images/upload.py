@@ -71,6 +71,7 @@ from imgstore.services.images.upload_state import (
     SUCCEEDED,
     WAITING,
     BodyInterrupted,
+    BodyPiece,
     OffsetMismatch,
     Piece,
     Session,
@@ -164,7 +165,7 @@ async def status(rt: Runtime, image_uuid: str, token: str) -> UploadStatus:
 
 
 async def receive(rt: Runtime, image_uuid: str, token: str, piece: Piece,
-                  body: AsyncIterator[bytes | bytearray]) -> UploadStatus:
+                  body: AsyncIterator[BodyPiece]) -> UploadStatus:
     """One PUT: its bytes into the upload; the image Ready when they were the last."""
     slot = await _slot(rt, image_uuid, token)
     if piece.image_uuid is not None and piece.image_uuid != image_uuid:
@@ -203,7 +204,7 @@ async def receive(rt: Runtime, image_uuid: str, token: str, piece: Piece,
             session.task = None
 
 
-async def _receive(rt: Runtime, session: Session, piece: Piece, body: AsyncIterator[bytes | bytearray]) -> UploadStatus:
+async def _receive(rt: Runtime, session: Session, piece: Piece, body: AsyncIterator[BodyPiece]) -> UploadStatus:
     uuid = session.image_uuid
     offset = piece.offset or 0
     if offset != session.received:
@@ -226,9 +227,9 @@ async def _receive(rt: Runtime, session: Session, piece: Piece, body: AsyncItera
         _check_same_digests(session, image_digests)
     this_body = Expected({} if whole else piece.body_digests)
     try:
-        async for data in body:
+        async for data, release in body:
             await this_body.feed(data)
-            await session.intake.write(data)
+            await session.intake.write(data, release)
             session.received += len(data)
             count_image_bytes(rt, "upload", len(data))
             if time.monotonic() - session.saved_at >= SAVE_EVERY:

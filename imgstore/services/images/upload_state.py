@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imgstore.db.models import Image
@@ -13,6 +14,11 @@ from imgstore.services.node.handles import Lease
 from imgstore.services.node.task_progress import ProgressReporter
 
 WAITING, RUNNING, SUCCEEDED, FAILED = "Waiting", "Running", "Succeeded", "Failed"
+
+
+#: a piece of a PUT's body, and the call that gives its buffer back when it is lent
+#: (ImageIntake.write: the writers may write straight from it); None when it is not
+BodyPiece = tuple[bytes | bytearray, Callable[[], None] | None]
 
 
 class BodyInterrupted(Exception):
