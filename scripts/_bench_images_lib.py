@@ -2,12 +2,14 @@
 floors it measures with. Not a benchmark itself."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import http.server
 import json
 import os
 import random
+import resource
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -97,6 +100,47 @@ class RssSampler:
 
 
 # ---------------------------------------------------------------- the measured operations
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (every process, the kernel, the
+    Ceph daemons): the difference over a job on an idle machine is what the job costs,
+    and on N cores it takes at least that / N seconds."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds process ``pid`` has used (user + system)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds this process's ended children (curl, rbd) have used."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+@dataclass
+class CpuUse:
+    """Where a job's CPU went: the whole machine, the imgstore server, the tools run."""
+
+    machine: float = 0.0
+    server: float = 0.0
+    tools: float = 0.0
+
+
+@contextlib.contextmanager
+def cpu_use(server_pid: int | None) -> Iterator[CpuUse]:
+    use = CpuUse()
+    m, s, t = machine_cpu(), process_cpu(server_pid) if server_pid else 0.0, children_cpu()
+    yield use
+    use.machine, use.tools = machine_cpu() - m, children_cpu() - t
+    use.server = process_cpu(server_pid) - s if server_pid else 0.0
 
 
 def file_pieces(path: Path, piece: int) -> Iterator[bytes]:

@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from _bench import Server, cluster_env, free_port  # noqa: E402
 from _bench_images_lib import (  # noqa: E402
     Cli,
+    CpuUse,
     FileServer,
     GiB,
     MiB,
@@ -64,6 +65,7 @@ from _bench_images_lib import (  # noqa: E402
     add_url,
     at_once,
     calculate_md5,
+    cpu_use,
     download,
     forget_image,
     loopback_floor,
@@ -90,6 +92,8 @@ class Row:
     ours: list[float] = field(default_factory=list)
     cli: list[float] = field(default_factory=list)
     floors: list[float] = field(default_factory=list)
+    cpu_ours: list[CpuUse] = field(default_factory=list)  # where each run's CPU went (cpu_use)
+    cpu_cli: list[CpuUse] = field(default_factory=list)
 
     def rates(self) -> tuple[float, float, float]:
         ours = self.size / MiB / statistics.median(self.ours)
@@ -145,18 +149,22 @@ def uploads_and_hashes(run: Run) -> None:
         up.floors.append(loopback_floor(size))
         for rep in range(run.args.repeat):
             name = run.fresh(f"cli-{kind}")
-            up.cli.append(run.rbd_import(path, name))
+            with cpu_use(None) as cpu:
+                up.cli.append(run.rbd_import(path, name))
+            up.cpu_cli.append(cpu)
             hashed.cli.append(shell(f"rbd {conf} export --no-progress {run.pool}/{name} - | md5sum"))
             run.rbd_rm(name)
             os.sync()
             last = rep == run.args.repeat - 1
-            if kind == "sparse" and last:
-                assert run.api is not None
-                with RssSampler(server_pid(run)) as run.rss:
+            with cpu_use(server_pid(run)) as cpu:
+                if kind == "sparse" and last:
+                    assert run.api is not None
+                    with RssSampler(server_pid(run)) as run.rss:
+                        took, image, _ = upload(run.api, run.bs, path, f"bench-{kind}")
+                else:
                     took, image, _ = upload(run.api, run.bs, path, f"bench-{kind}")
-            else:
-                took, image, _ = upload(run.api, run.bs, path, f"bench-{kind}")
             up.ours.append(took)
+            up.cpu_ours.append(cpu)
             took, md5 = calculate_md5(run.api, run.bs, image)
             if md5 != run.md5[kind]:
                 raise RuntimeError(f"{kind}: CalculateImageHash says {md5}, md5sum of the file {run.md5[kind]}")
@@ -302,6 +310,19 @@ def peak_kib(rss: RssSampler) -> int:
     return max(rss.peak_kib, rss.hwm_kib)
 
 
+def cpu_line(ours: list[CpuUse], cli: list[CpuUse]) -> str:
+    """The machine's CPU seconds per job, and who used them. With every core busy, the
+    ratio can be at most the rbd CLI's CPU over imgstore's; the curl that sends the
+    upload runs on the same cores here, and on another machine in a real deployment."""
+    def med(uses: list[CpuUse], part: str) -> float:
+        return float(statistics.median(getattr(u, part) for u in uses))
+
+    ours_m, cli_m = med(ours, "machine"), med(cli, "machine")
+    return (f"{'':<4}machine CPU s: imgstore {ours_m:.2f} (server {med(ours, 'server'):.2f}, curl "
+            f"{med(ours, 'tools'):.2f}), rbd CLI {cli_m:.2f} (rbd {med(cli, 'tools'):.2f}); on {os.cpu_count()} "
+            f"busy cores the ratio cannot pass {cli_m / ours_m:.2f}x")
+
+
 def report(args: argparse.Namespace, env: dict[str, str], run: Run, idle_kib: int) -> None:
     load = os.getloadavg()
     print()
@@ -314,6 +335,8 @@ def report(args: argparse.Namespace, env: dict[str, str], run: Run, idle_kib: in
                  if row.floors else "")
         print(f"{row.what:<40}{ours:>6.0f} MiB/s{cli:>6.0f} MiB/s{ratio:>7.2f}x  >= {row.minimum:.2f}x  "
               f"{'ok' if row.ok else 'MISSED':<7}{floor}")
+        if row.cpu_ours and row.cpu_cli:
+            print(cpu_line(row.cpu_ours, row.cpu_cli))
     idle_ok = "ok" if idle_kib <= 130 * 1024 else "MISSED"
     print(f"{'server RSS idle':<40}{idle_kib / 1024:>6.0f} MiB{'':>19}  <= 130 MiB {idle_ok}")
     if run.rss is not None:
