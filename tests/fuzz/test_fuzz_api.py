@@ -617,8 +617,8 @@ def _drops_session(case: Any) -> bool:
 def routes_survive_fuzzing_with_a_session(schema, world: World, subtests, shard: int) -> None:  # type: ignore[no-untyped-def]
     """Valid and invalid cases of every route: no 500, ErrorCode failures, no trace, no
     secret, replies as documented, and a refused call changes nothing. (Every check on
-    these too finds two mismatches still: a U+0000 inside an array under a key no model
-    names, and CleanUpTrashOnBackupStorage's unknown trashId answering 400.)"""
+    these too finds one mismatch still: a U+0000 inside an array under a key no model
+    names.)"""
     for op in _operations(schema, shard):
         for mode, examples in ((GenerationMode.POSITIVE, EXAMPLES_POSITIVE),
                                (GenerationMode.NEGATIVE, EXAMPLES_NEGATIVE)):

@@ -144,11 +144,13 @@ async def clean_up(rt: Runtime, storage_uuid: str, trash_id: int | None) -> Clea
     """Remove the storage's trash (one entry with ``trash_id``). Each removal is tried on
     its own; one that fails stays in the trash and says why."""
     rows = await query(rt, storage_uuid)
+    out = Cleaned()
     if trash_id is not None:
         rows = [r for r in rows if r.id == trash_id]
-        if not rows:
-            raise invalid_argument(f"no trash[id:{trash_id}] on backup storage[uuid:{storage_uuid}]")
-    out = Cleaned()
+        if not rows:  # ZStack: cleaned up already, or never there; nothing to do, and it says so
+            out.results.append({"resourceUuid": None, "trashId": trash_id, "size": 0, "success": True,
+                                "error": None})
+            return out
     for row in rows:
         result: dict[str, Any] = {"resourceUuid": row.resource_uuid, "trashId": row.id, "size": row.size or 0}
         try:

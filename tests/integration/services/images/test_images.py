@@ -336,6 +336,12 @@ def test_a_failed_download_whose_image_cannot_be_removed_leaves_it_in_the_trash(
     assert rbd(c1, "snap", "purge", f"{pool}/{uuid}").returncode == 0
     assert clean_up() == [uuid]
     assert uuid not in rbd_images(c1, pool) and trash() == []
+    again = api.put(f"/backup-storage/{storage}/trash/actions",
+                    json={"cleanUpTrashOnBackupStorage": {"trashId": entry["trashId"]}})
+    assert again.status_code == 200, "a trashId no longer there is nothing to clean up, as ZStack answers"
+    assert again.json()["results"] == [{"resourceUuid": None, "trashId": entry["trashId"], "size": 0,
+                                        "success": True, "error": None}]
+    assert again.json()["result"] == {"resourceUuids": [], "details": [], "size": 0}
 
 
 def test_an_image_bigger_than_the_storage_is_refused_before_a_byte_is_read(
