@@ -38,6 +38,7 @@ times are medians. The targets are issue 15's; each row says ok or MISSED.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -126,6 +127,13 @@ class Run:
     def fresh(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
+    def timed(self, cpus: list[CpuUse], job: Callable[[], float]) -> float:
+        """``job()`` (its seconds), and where the machine's CPU went meanwhile."""
+        with cpu_use(self.args.server_pid) as cpu:
+            took = job()
+        cpus.append(cpu)
+        return took
+
     def rbd_import(self, path: Path | str, name: str) -> float:
         os.sync()
         return self.cli.run("rbd", "import", "--no-progress", "--image-format", "2", str(path),
@@ -149,9 +157,7 @@ def uploads_and_hashes(run: Run) -> None:
         up.floors.append(loopback_floor(size))
         for rep in range(run.args.repeat):
             name = run.fresh(f"cli-{kind}")
-            with cpu_use(None) as cpu:
-                up.cli.append(run.rbd_import(path, name))
-            up.cpu_cli.append(cpu)
+            up.cli.append(run.timed(up.cpu_cli, functools.partial(run.rbd_import, path, name)))
             hashed.cli.append(shell(f"rbd {conf} export --no-progress {run.pool}/{name} - | md5sum"))
             run.rbd_rm(name)
             os.sync()
@@ -183,11 +189,13 @@ def from_file(run: Run) -> None:
     row = run.row(f"AddImage file:// {LABELS['sparse']}", path.stat().st_size, 1.5)
     for rep in range(run.args.repeat):
         name = run.fresh("cli-file")
-        row.cli.append(run.rbd_import(path, name))
+        row.cli.append(run.timed(row.cpu_cli, functools.partial(run.rbd_import, path, name)))
         run.rbd_rm(name)
         os.sync()
-        took, image = add_url(run.api, run.bs, f"file://{path}", run.fresh("file"))
+        with cpu_use(run.args.server_pid) as cpu:
+            took, image = add_url(run.api, run.bs, f"file://{path}", run.fresh("file"))
         row.ours.append(took)
+        row.cpu_ours.append(cpu)
         forget_image(run.api, image)
         print(f"  file:// #{rep + 1}: rbd import {row.cli[-1]:.2f}s, imgstore {took:.2f}s", flush=True)
 
@@ -202,12 +210,14 @@ def from_http(run: Run) -> None:
         for rep in range(run.args.repeat):
             name = run.fresh("cli-http")
             os.sync()
-            row.cli.append(shell(f"curl -sSf {url} | rbd {conf} import --no-progress --image-format 2 - "
-                                 f"{run.pool}/{name}"))
+            row.cli.append(run.timed(row.cpu_cli, functools.partial(shell, (
+                f"curl -sSf {url} | rbd {conf} import --no-progress --image-format 2 - {run.pool}/{name}"))))
             run.rbd_rm(name)
             os.sync()
-            took, image = add_url(run.api, run.bs, url, run.fresh("http"))
+            with cpu_use(run.args.server_pid) as cpu:
+                took, image = add_url(run.api, run.bs, url, run.fresh("http"))
             row.ours.append(took)
+            row.cpu_ours.append(cpu)
             forget_image(run.api, image)
             print(f"  http:// #{rep + 1}: curl|rbd import {row.cli[-1]:.2f}s, imgstore {took:.2f}s", flush=True)
     finally:
@@ -227,10 +237,11 @@ def exports(run: Run) -> None:
         for rep in range(run.args.repeat):
             theirs, ours = run.work / f"rbd-export-{kind}.raw", run.work / f"http-export-{kind}.raw"
             os.sync()
-            row.cli.append(run.cli.run("rbd", "export", "--no-progress", f"{run.pool}/{image}", str(theirs)))
+            row.cli.append(run.timed(row.cpu_cli, functools.partial(
+                run.cli.run, "rbd", "export", "--no-progress", f"{run.pool}/{image}", str(theirs))))
             theirs.unlink()
             os.sync()
-            row.ours.append(download(url, ours))
+            row.ours.append(run.timed(row.cpu_ours, functools.partial(download, url, ours)))
             if rep == 0 and not same_file(ours, path):
                 raise RuntimeError(f"the exported {kind} image differs from its source")
             ours.unlink()
@@ -322,8 +333,9 @@ def cpu_line(row: Row) -> str:
     cores = os.cpu_count() or 1
     ours_m, cli_m = med(row.cpu_ours, "machine"), med(row.cpu_cli, "machine")
     cli_time = statistics.median(row.cli)
-    return (f"{'':<4}machine CPU s: imgstore {ours_m:.2f} (server {med(row.cpu_ours, 'server'):.2f}, curl "
-            f"{med(row.cpu_ours, 'tools'):.2f}), rbd CLI {cli_m:.2f} (rbd {med(row.cpu_cli, 'tools'):.2f}); "
+    return (f"{'':<4}machine CPU s: imgstore {ours_m:.2f} (server {med(row.cpu_ours, 'server'):.2f}, child "
+            f"processes {med(row.cpu_ours, 'tools'):.2f}), rbd CLI {cli_m:.2f} (its processes "
+            f"{med(row.cpu_cli, 'tools'):.2f}); "
             f"the ratio cannot pass {cli_m / ours_m:.2f}x at the CLI's use of the cores "
             f"({cli_m / cli_time / cores:.0%}), {cli_time / (ours_m / cores):.2f}x with them all busy")
 
