@@ -26,8 +26,8 @@ from pydantic import BaseModel, PlainSerializer
 from pydantic_core import PydanticUndefined
 from starlette.responses import Response
 
-from imgstore.api.schemas import Inventory
 from imgstore.wire.dates import zstack_date
+from imgstore.wire.inventories import Inventory
 
 
 def schema_of(value: Any, path: str) -> list[tuple[str, str]]:

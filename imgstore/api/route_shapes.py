@@ -23,9 +23,10 @@ from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import JsonReply, rows_reply
 from imgstore.api.openapi import EmptyReply, job_api, query_api
 from imgstore.api.reply_cache import cacheable
-from imgstore.api.schemas import DeleteMode, Inventory
+from imgstore.api.schemas import DeleteMode
 from imgstore.db.query import Queryable
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.inventories import Inventory
 from imgstore.wire.query import QuerySpec
 
 #: the service's query: ``(rt, spec)`` → the page's rows and the total when ``spec`` asks

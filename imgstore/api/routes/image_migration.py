@@ -15,11 +15,11 @@ from imgstore.api.schemas import (
     BackupStorageInventory,
     BackupStorageMigrateImageParams,
     CephBackupStorageInventory,
-    ImageInventory,
     backup_storage_inventory,
 )
 from imgstore.services.images import migrate
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.inventories import ImageInventory
 
 router = APIRouter(tags=["images"])
 

@@ -41,7 +41,6 @@ from imgstore.api.schemas import (
     CalculateImageHashParams,
     ChangeStateParams,
     ImageBackupStorageUuidsParams,
-    ImageInventory,
     Params,
     SetImageBootModeParams,
     SetImageQgaParams,
@@ -63,6 +62,7 @@ from imgstore.services.images import upload as image_upload
 from imgstore.services.images import upload_state
 from imgstore.services.node import task_progress
 from imgstore.services.node.runtime import Runtime
+from imgstore.wire.inventories import ImageInventory
 from imgstore.wire.numbers import MAX_DIGITS, parse_count
 
 router = APIRouter(tags=["images"])

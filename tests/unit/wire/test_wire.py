@@ -15,7 +15,6 @@ from imgstore.api.envelope import JsonReply, dump, inventory_reply, rows_reply, 
 from imgstore.api.schemas import (
     CephBackupStorageInventory,
     CephMonInventory,
-    ImageInventory,
     backup_storage_inventory,
     backup_storage_inventory_class,
     tag_inventory_class,
@@ -37,6 +36,7 @@ from imgstore.services.catalog.tags import SYSTEM_TAG_QUERY, USER_TAG_QUERY
 from imgstore.services.images.manage import IMAGE_QUERY
 from imgstore.services.storage.manage import BACKUP_STORAGE_QUERY, CEPH_BACKUP_STORAGE_QUERY
 from imgstore.wire.dates import parse_zstack_date, zstack_date
+from imgstore.wire.inventories import ImageInventory
 from imgstore.wire.query import QuerySpec, parse_query
 
 
