@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from imgstore.db.models import Image, ImageBackupStorageRef
-from imgstore.wire.dates import zstack_date
 from imgstore.wire.enums import ImageStatus
+from imgstore.wire.inventories import ImageBackupStorageRefInventory, ImageInventory
 from imgstore.wire.masking import without_credentials
 
 log = logging.getLogger(__name__)
@@ -38,52 +38,25 @@ def split_install_path(install_path: str) -> tuple[str, str] | None:
     return (pool, name) if pool and name and "/" not in name else None
 
 
+#: what a line leaves out of the API's inventory: imgstore's status reason, and on the ref
+#: the URLs (the export URL is imgstore's and useless to anyone reading the pool; the upload
+#: URL is a credential) and CalculateImageHash's result
+_NOT_IN_A_LINE: dict[str, Any] = {
+    "status_reason": True,
+    "backup_storage_refs": {"__all__": {"export_url", "upload_url", "hash_algorithm", "hash_value"}},
+}
+
+
 def inventory_line(image: Image, ref: ImageBackupStorageRef) -> str:
-    """One line of ``bs_ceph_info.json``: the image's ZStack ImageInventory, as Gson
-    writes it (compact, nulls left out), with the ref of this storage only (ZStack's
-    import checks the first ref's installPath). The export URL is not written: it is
-    imgstore's and useless to anyone reading the pool."""
-    inventory = {
-        "uuid": image.uuid,
-        "name": image.name,
-        "description": image.description,
-        "state": image.state,
-        "status": image.status,
-        "size": image.size,
-        "actualSize": image.actual_size,
-        "md5Sum": image.md5_sum,
-        "url": without_credentials(image.url),  # the pool's readers get no user:password@
-        "mediaType": image.media_type,
-        "guestOsType": image.guest_os_type,
-        "type": image.type,
-        "platform": image.platform,
-        "architecture": image.architecture,
-        "format": image.format,
-        "system": image.system,
-        "virtio": image.virtio,
-        "createDate": zstack_date(image.create_date),
-        "lastOpDate": zstack_date(image.last_op_date),
-        "backupStorageRefs": [{
-            "id": ref.id,
-            "imageUuid": ref.image_uuid,
-            "backupStorageUuid": ref.backup_storage_uuid,
-            "installPath": ref.install_path,
-            "status": ref.status,
-            "exportMd5Sum": ref.export_md5_sum,
-            "createDate": zstack_date(ref.create_date),
-            "lastOpDate": zstack_date(ref.last_op_date),
-        }],
-        "sha512Sum": image.sha512_sum,  # imgstore's; Gson ignores fields it does not know
-    }
-    return json.dumps(_without_nulls(inventory), separators=(",", ":"), ensure_ascii=False)
-
-
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
+    """One line of ``bs_ceph_info.json``: the image's ZStack ImageInventory (the API's
+    model), as Gson writes it (compact, nulls left out), with the ref of this storage only
+    (ZStack's import checks the first ref's installPath). ``sha512Sum`` is kept: Gson
+    ignores fields it does not know."""
+    inventory = ImageInventory.model_validate(image)
+    inventory.url = without_credentials(inventory.url)  # the pool's readers get no user:password@
+    inventory.backup_storage_refs = [ImageBackupStorageRefInventory.model_validate(ref)]
+    line = inventory.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=_NOT_IN_A_LINE)
+    return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
 
 
 def parse_metadata(data: bytes) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import pytest
 
+from imgstore.api.envelope import dump
 from imgstore.api.routes.exports import BadRange, parse_range
 from imgstore.db.models import Image, ImageBackupStorageRef
 from imgstore.services.images.metadata import (
@@ -14,7 +15,9 @@ from imgstore.services.images.metadata import (
     split_install_path,
     zstack_metadata_pool,
 )
-from imgstore.wire.dates import parse_zstack_date
+from imgstore.wire.dates import parse_zstack_date, zstack_date
+from imgstore.wire.inventories import ImageInventory
+from imgstore.wire.masking import without_credentials
 
 UUID = "0123456789abcdef0123456789abcdef"
 
@@ -48,6 +51,52 @@ def test_a_line_is_a_compact_zstack_image_inventory_with_this_storages_ref() -> 
         "status": "Ready", "createDate": inv["createDate"], "lastOpDate": inv["lastOpDate"]}]
     assert "secret" not in line and "hash" not in line
     assert parse_zstack_date(inv["createDate"]) == when, "dates go out and come back in ZStack's format"
+
+
+def _full_image() -> tuple[Image, ImageBackupStorageRef]:
+    """An image with every field set (imgstore's too) and refs on two storages."""
+    when = datetime(2017, 6, 7, 21, 20, 17)
+    image = Image(uuid=UUID, name='disque é "q"', description="d\n2", state="Enabled", status="Ready",
+                  status_reason="why", size=10, actual_size=9, md5_sum="m" * 32, sha512_sum="s" * 128,
+                  url="http://u:p@h/x.qcow2", media_type="RootVolumeTemplate", guest_os_type="Linux",
+                  type="zstack", platform="Linux", architecture="x86_64", format="qcow2", system=False,
+                  virtio=True, create_date=when, last_op_date=when)
+    ref = ImageBackupStorageRef(id=3, image_uuid=UUID, backup_storage_uuid="b" * 32, install_path=f"ceph://p/{UUID}",
+                                status="Ready", export_url="http://x/?token=secret", export_token="hash",
+                                export_md5_sum="e" * 32, hash_algorithm="SHA256", hash_value="h" * 64,
+                                create_date=when, last_op_date=when)
+    other = ImageBackupStorageRef(id=4, image_uuid=UUID, backup_storage_uuid="c" * 32, install_path=f"ceph://q/{UUID}",
+                                  status="Ready", create_date=when, last_op_date=when)
+    image.backup_storage_refs = [other, ref]
+    return image, ref
+
+
+def test_a_line_keeps_the_bytes_zstack_reads_key_for_key() -> None:
+    """The line as imgstore wrote it before the inventory was shared with the API."""
+    image, ref = _full_image()
+    date = zstack_date(image.create_date)
+    assert inventory_line(image, ref) == (
+        f'{{"uuid":"{UUID}","name":"disque é \\"q\\"","description":"d\\n2","state":"Enabled","status":"Ready",'
+        f'"size":10,"actualSize":9,"md5Sum":"{"m" * 32}","url":"http://h/x.qcow2","mediaType":"RootVolumeTemplate",'
+        f'"guestOsType":"Linux","type":"zstack","platform":"Linux","architecture":"x86_64","format":"qcow2",'
+        f'"system":false,"virtio":true,"createDate":"{date}","lastOpDate":"{date}",'
+        f'"backupStorageRefs":[{{"id":3,"imageUuid":"{UUID}","backupStorageUuid":"{"b" * 32}",'
+        f'"installPath":"ceph://p/{UUID}","status":"Ready","exportMd5Sum":"{"e" * 32}",'
+        f'"createDate":"{date}","lastOpDate":"{date}"}}],"sha512Sum":"{"s" * 128}"}}'
+    )
+
+
+def test_a_line_and_the_api_inventory_agree_on_every_field_the_line_carries() -> None:
+    image, ref = _full_image()
+    line = json.loads(inventory_line(image, ref))
+    api = dump(ImageInventory.model_validate(image))
+    [api_ref] = [r for r in api.pop("backupStorageRefs") if r["backupStorageUuid"] == ref.backup_storage_uuid]
+    [line_ref] = line.pop("backupStorageRefs")
+    assert line.pop("url") == without_credentials(api.pop("url"))
+    assert line == {k: v for k, v in api.items() if k in line}
+    assert line_ref == {k: v for k, v in api_ref.items() if k in line_ref}
+    assert set(api) - set(line) == {"statusReason"}, "imgstore's status reason stays out of the pool"
+    assert set(api_ref) - set(line_ref) == {"exportUrl", "uploadUrl", "hashAlgorithm", "hashValue"}
 
 
 def test_parsing_skips_bad_lines_and_the_last_line_of_a_uuid_wins() -> None:
