@@ -28,19 +28,16 @@ from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_io
 from imgstore.ceph.exceptions import CephError, ImageBusy, ImageNotFound, ImageSizeMismatch
 from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, MiB, aio, submit_quietly, zero_block
 from imgstore.ceph.rbd.hashing import HashLane
+from imgstore.ceph.rbd.zeros import data_runs
 
 __all__ = ["FEATURES", "WRITE_WINDOW", "ImageWriter", "WriteResult"]
 
 log = logging.getLogger(__name__)
 
 WRITE_WINDOW = 3
-"""Chunks a writer holds at most (being written or hashed): 3 x 4 MiB, and librbd holds a
-copy of each one in flight. An upload is CPU-bound here (md5 + sha512 of every byte on
-2 cores): 3 in flight upload as fast as 4, 8 or 12, and each one more costs 8 MiB of RSS
-(an idle ``imgstore serve`` is ~155 MiB; the bar is < 200 MiB during an upload: measured
-peak 183 MiB for a thin image, 196-200 for random data with 3; 188 and 208 with 4)."""
-ZERO_GRAIN = 64 * 1024
-"""Zero runs shorter than this inside a chunk are written, longer ones skipped."""
+"""Chunks a writer holds at most (being written or hashed); librbd holds a copy of each one
+in flight, so each one more costs 4-8 MiB of RSS. The README's benchmark table has the
+uploads and peak RSS measured with it."""
 GROW_MIN = 64 * MiB
 GROW_MAX_STEP = 8 * 1024 * MiB
 """Unknown size: the image doubles (from GROW_MIN, by at most GROW_MAX_STEP) as data comes."""
@@ -365,7 +362,7 @@ class ImageWriter:
             self._raise_pending_error()
             offset, end = self._offset, self._offset + len(data)
             self._offset = end
-            runs = _data_runs(data, self._chunk)
+            runs = data_runs(data, self._chunk)
             if runs and end > self._image_size:
                 await self._grow(end)
         except BaseException:
@@ -481,36 +478,3 @@ class ImageWriter:
         if ioctx is not None:
             await call(self._cluster, ioctx.close, "close ioctx", self.pool, timeout=CALL_TIMEOUT)
         submit_quietly(self._cluster, memory.trim_heap)
-
-
-
-def _data_runs(data: bytes | bytearray, chunk: int) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of ``data`` worth writing: all of it but aligned zero grains.
-
-    Only memcmp against a shared zero buffer, which stops at the first byte that is not
-    zero: random data costs one compare per grain (a few bytes each), zeros are read once
-    at memory speed. No copy, no substring search.
-    """
-    n = len(data)
-    zero = zero_block(chunk)
-    if data == (zero if n == chunk else zero[:n]):
-        return []
-    if n <= ZERO_GRAIN:
-        return [(0, n)]
-    grain = zero_block(ZERO_GRAIN)
-    runs: list[tuple[int, int]] = []
-    start: int | None = None
-    for pos in range(0, n - ZERO_GRAIN + 1, ZERO_GRAIN):
-        if data.startswith(grain, pos):  # memcmp of one grain, in place
-            if start is not None:
-                runs.append((start, pos))
-                start = None
-        elif start is None:
-            start = pos
-    tail = n - n % ZERO_GRAIN if n % ZERO_GRAIN else n
-    if tail < n and start is None:
-        start = tail
-    if start is not None:
-        runs.append((start, n))
-    return runs
-
