@@ -53,6 +53,7 @@ from imgstore.ceph.rbd import (
     list_images,
     read_range,
     remove_image,
+    zero_block,
 )
 
 if TYPE_CHECKING:
@@ -115,4 +116,5 @@ __all__ = [
     "remove_image",
     "remove_object",
     "write_object",
+    "zero_block",
 ]

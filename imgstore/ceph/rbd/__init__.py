@@ -7,7 +7,9 @@ else (no HTTP, no database):
 * :mod:`.writer` — :class:`ImageWriter` streams bytes into a new image, all or nothing;
 * :mod:`.reader` — :func:`iter_image` streams a byte range with reads in flight,
   holes (per the object map) without a read;
-* :mod:`.manage` — :func:`image_size`, :func:`image_usage`, :func:`list_images`, :func:`remove_image`.
+* :mod:`.manage` — :func:`image_size`, :func:`image_usage`, :func:`list_images`, :func:`remove_image`;
+* :func:`zero_block` — the shared block of zeros: a source that hands it over for a hole
+  costs the writer no compare (it is the block the writer compares with).
 
 Every call takes the storage's handle (:class:`imgstore.ceph.Cluster`, or anything with
 the same ``handle`` and ``executor``, see :class:`RadosSource`). Blocking librbd calls run
@@ -16,7 +18,7 @@ the event loop through ``call_soon_threadsafe``. The event loop never blocks on 
 """
 
 from imgstore.ceph._calls import RadosSource
-from imgstore.ceph.rbd._common import CHUNK_SIZE
+from imgstore.ceph.rbd._common import CHUNK_SIZE, zero_block
 from imgstore.ceph.rbd.manage import image_size, image_usage, list_images, remove_image
 from imgstore.ceph.rbd.reader import READ_AHEAD, iter_image, read_range
 from imgstore.ceph.rbd.writer import WRITE_WINDOW, ImageWriter, WriteResult
@@ -34,4 +36,5 @@ __all__ = [
     "list_images",
     "read_range",
     "remove_image",
+    "zero_block",
 ]

@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from imgstore import ceph
 from imgstore.services.images import url_guard
 from imgstore.services.images.url_guard import Allowance, HostRefused, HostUnresolved
 from imgstore.wire.masking import masked
@@ -47,7 +48,8 @@ HTTP, HTTPS, FILE, UPLOAD = "http://", "https://", "file:///", "upload://"
 SUPPORTED = (HTTP, HTTPS, FILE, UPLOAD)
 ZSTACK_ONLY = ("zstore://", "ftp://", "sftp://")
 READ_SIZE = 4 << 20  # the RBD object size: pieces ImageWriter takes without copying
-_ZEROS = bytes(READ_SIZE)  # a sparse file's hole, never read (its pages are the kernel's zero page)
+_ZEROS = ceph.zero_block(READ_SIZE)  # a sparse file's hole, never read: the writer's own zero block,
+# which it knows for zeros without comparing a byte
 MAX_REDIRECTS = 5
 
 
@@ -313,11 +315,18 @@ class FileSource(Source):
         self._file.seek(off)
         return self._file.read(READ_SIZE)
 
+    def _in_hole(self) -> bytes | None:
+        """The next piece without a thread, when the hole SEEK_DATA found covers it."""
+        off = self.received
+        if self._data_at >= off + READ_SIZE and (self.length is None or off + READ_SIZE <= self.length):
+            return _ZEROS
+        return None
+
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self._file is not None
         while True:
             try:
-                piece = await asyncio.to_thread(self._next_piece)
+                piece = self._in_hole() or await asyncio.to_thread(self._next_piece)
             except OSError as e:
                 raise SourceFailed(f"reading [{masked(self.url)}] failed after {self.received} bytes: "
                                    f"{e.strerror}") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from imgstore import ceph
 from imgstore.services.images.formats.qemu import ConvertError, RawReader
 from imgstore.services.images.intake import ImageIntake, ImageRefused, Target
 from imgstore.services.images.sources import (
@@ -149,6 +150,23 @@ def test_a_sparse_file_source_never_reads_its_holes(tmp_path: Path) -> None:
     read = bytes_read() - before
     assert got == path.read_bytes()
     assert read <= 3 * 4 * MiB, "only the 4 MiB pieces holding data are read (SEEK_DATA)"
+
+
+def test_a_hole_is_the_writers_own_zero_block(tmp_path: Path) -> None:
+    """A whole piece of hole is handed over as the very block of zeros the RBD writer
+    compares with: it knows it for zeros without reading a byte."""
+    path = tmp_path / "holes.raw"
+    with open(path, "wb") as f:
+        f.truncate(16 * MiB)
+        os.pwrite(f.fileno(), b"x", 9 * MiB)
+
+    async def pieces() -> list[bytes]:
+        async with FileSource(f"file://{path}", [tmp_path]) as source:
+            return [p async for p in source.chunks()]
+
+    got = run(pieces())
+    assert [len(p) for p in got] == [4 * MiB] * 4
+    assert [p is ceph.zero_block(4 * MiB) for p in got] == [True, True, False, True]
 
 
 # ---------------------------------------------------------------- http
