@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import httpx
 import pytest
 
 from tests import servers
@@ -374,7 +375,6 @@ def pool(c1: DevCluster) -> Iterator[str]:
     yield name
     c1.delete_pool(name)
 
-
 # ---------------------------------------------------------------- server
 
 #: what every test server runs with, unless the test says otherwise
@@ -456,6 +456,14 @@ def api(server: Server) -> Iterator[Api]:
 
 
 @pytest.fixture
+def zapi(api: Api) -> Iterator[Api]:
+    """The logged-in client; zones a test leaves behind (and so their tags) are deleted after it."""
+    yield api
+    for zone in api.get("/zones").json()["inventories"]:
+        api.delete(f"/zones/{zone['uuid']}")
+
+
+@pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[Server]:
     """A server of the test's own, for restarts and kills."""
     srv = Server(tmp_path / "srv")
@@ -488,6 +496,17 @@ def run_command(args: list[str], env: dict[str, str], input: str | None = None,
     done = _FORKSERVER.run(args, env, input, timeout)
     return done or subprocess.run(args, env=env, cwd=ROOT, input=input, capture_output=True, text=True,
                                   timeout=timeout)
+
+
+def assert_error(r: httpx.Response, status: int, code: str, *words: str) -> dict:
+    """Assert ``r`` is a ZStack error reply of ``status`` and ``code`` whose details say
+    each of ``words``; the error object."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code, r.text
+    for w in words:
+        assert w in err["details"], (w, err["details"])
+    return err
 
 
 def wait_for(predicate, timeout: float, every: float = 0.25):  # type: ignore[no-untyped-def]

@@ -4,28 +4,19 @@ UpdateSystemTag, DeleteTag."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import Api, DevCluster
+from tests.conftest import Api, DevCluster, assert_error
 
 CIDR = "backupStorage::data::network::cidr::"
 TAG_FIELDS = {"uuid", "resourceUuid", "resourceType", "tag", "type", "createDate", "lastOpDate"}
 
 
 @pytest.fixture
-def tapi(api: Api) -> Iterator[Api]:
-    """The logged-in client; zones (and so their tags) are deleted after the test."""
-    yield api
-    for zone in api.get("/zones").json()["inventories"]:
-        api.delete(f"/zones/{zone['uuid']}")
-
-
-@pytest.fixture
-def zone(tapi: Api) -> dict:
-    r = tapi.post("/zones", json={"params": {"name": "tagged"}})
+def zone(zapi: Api) -> dict:
+    r = zapi.post("/zones", json={"params": {"name": "tagged"}})
     assert r.status_code == 200, r.text
     return r.json()["inventory"]
 
@@ -50,15 +41,6 @@ def found(api: Api, path: str, **query: object) -> list[dict]:
 def create_tag(api: Api, kind: str, resource_type: str, resource_uuid: str, tag: str, **kw: object) -> httpx.Response:
     return api.post(f"/{kind}-tags", json={"params": {
         "resourceType": resource_type, "resourceUuid": resource_uuid, "tag": tag}}, **kw)
-
-
-def assert_error(r: httpx.Response, status: int, code: str, *words: str) -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["code"] == code, r.text
-    for w in words:
-        assert w in err["details"], (w, err["details"])
-    return err
 
 
 # ---------------------------------------------------------------- tags given on create
@@ -107,30 +89,30 @@ def test_storages_are_found_by_their_tags(api: Api, storage: dict, path: str) ->
 # ---------------------------------------------------------------- QuerySystemTag / QueryUserTag
 
 
-def test_tag_queries_speak_the_query_grammar(tapi: Api, zone: dict) -> None:
+def test_tag_queries_speak_the_query_grammar(zapi: Api, zone: dict) -> None:
     z = zone["uuid"]
     for tag in ("colour::blue", "colour::red", "size::big"):
-        assert create_tag(tapi, "user", "ZoneVO", z, tag).status_code == 200
-    assert create_tag(tapi, "system", "ZoneVO", z, "zone::note::x").status_code == 200
+        assert create_tag(zapi, "user", "ZoneVO", z, tag).status_code == 200
+    assert create_tag(zapi, "system", "ZoneVO", z, "zone::note::x").status_code == 200
     mine = f"resourceUuid={z}"
-    assert [t["tag"] for t in found(tapi, "/user-tags", q=[mine, "tag~=colour::%"], sort="-tag")] == \
+    assert [t["tag"] for t in found(zapi, "/user-tags", q=[mine, "tag~=colour::%"], sort="-tag")] == \
         ["colour::red", "colour::blue"]
-    assert [t["tag"] for t in found(tapi, "/user-tags", q=[mine, "type=User"], sort="tag", limit=1, start=2)] == \
+    assert [t["tag"] for t in found(zapi, "/user-tags", q=[mine, "type=User"], sort="tag", limit=1, start=2)] == \
         ["size::big"]
-    assert found(tapi, "/user-tags", q=[mine, "type=System"]) == []
-    r = tapi.get("/user-tags", params={"q": mine, "count": "true"})
+    assert found(zapi, "/user-tags", q=[mine, "type=System"]) == []
+    r = zapi.get("/user-tags", params={"q": mine, "count": "true"})
     assert r.json() == {"total": 3}
-    r = tapi.get("/user-tags", params={"q": [mine, "tag=size::big"], "fields": "tag,resourceType"})
+    r = zapi.get("/user-tags", params={"q": [mine, "tag=size::big"], "fields": "tag,resourceType"})
     assert r.json()["inventories"] == [{"tag": "size::big", "resourceType": "ZoneVO"}]
-    [sys_tag] = found(tapi, "/system-tags", q=[mine, "inherent=false"])
+    [sys_tag] = found(zapi, "/system-tags", q=[mine, "inherent=false"])
     assert sys_tag["tag"] == "zone::note::x"
-    assert found(tapi, "/system-tags", q=[mine, "inherent=true"]) == []
+    assert found(zapi, "/system-tags", q=[mine, "inherent=true"]) == []
     # by uuid: a list; and a user tag is not found among system tags
-    [one] = found(tapi, f"/system-tags/{sys_tag['uuid']}")
+    [one] = found(zapi, f"/system-tags/{sys_tag['uuid']}")
     assert one["uuid"] == sys_tag["uuid"]
-    user_uuid = found(tapi, "/user-tags", q=[mine, "tag=size::big"])[0]["uuid"]
-    assert found(tapi, f"/system-tags/{user_uuid}") == []
-    assert [t["uuid"] for t in found(tapi, f"/user-tags/{user_uuid}")] == [user_uuid]
+    user_uuid = found(zapi, "/user-tags", q=[mine, "tag=size::big"])[0]["uuid"]
+    assert found(zapi, f"/system-tags/{user_uuid}") == []
+    assert [t["uuid"] for t in found(zapi, f"/user-tags/{user_uuid}")] == [user_uuid]
 
 
 @pytest.mark.parametrize("path, params", [
@@ -148,32 +130,32 @@ def test_bad_tag_query_is_invalid_argument(api: Api, path: str, params: dict) ->
 # ---------------------------------------------------------------- CreateUserTag / CreateSystemTag
 
 
-def test_create_user_tag(tapi: Api, zone: dict) -> None:
-    r = create_tag(tapi, "user", "ZoneVO", zone["uuid"], "  owner::me  ", headers={"X-JSON-Schema": "true"})
+def test_create_user_tag(zapi: Api, zone: dict) -> None:
+    r = create_tag(zapi, "user", "ZoneVO", zone["uuid"], "  owner::me  ", headers={"X-JSON-Schema": "true"})
     assert r.status_code == 200, r.text
     inv = r.json()["inventory"]
     assert set(inv) == TAG_FIELDS and inv["type"] == "User" and inv["tag"] == "owner::me"
     assert r.json()["schema"] == {"inventory": "org.zstack.header.tag.UserTagInventory"}
-    assert [z["uuid"] for z in found(tapi, "/zones", q="__userTag__=owner::me")] == [zone["uuid"]]
+    assert [z["uuid"] for z in found(zapi, "/zones", q="__userTag__=owner::me")] == [zone["uuid"]]
 
 
-def test_a_duplicate_user_tag_is_a_conflict(tapi: Api, zone: dict) -> None:
+def test_a_duplicate_user_tag_is_a_conflict(zapi: Api, zone: dict) -> None:
     z = zone["uuid"]
-    assert create_tag(tapi, "user", "ZoneVO", z, "once").status_code == 200
-    assert_error(create_tag(tapi, "user", "ZoneVO", z, "once"), 409, "SYS.1006",
+    assert create_tag(zapi, "user", "ZoneVO", z, "once").status_code == 200
+    assert_error(create_tag(zapi, "user", "ZoneVO", z, "once"), 409, "SYS.1006",
                  f"Duplicated Tag[tag:once, type:User, resourceType:ZoneVO, resourceUuid:{z}]")
-    assert len(found(tapi, "/user-tags", q=f"resourceUuid={z}")) == 1
+    assert len(found(zapi, "/user-tags", q=f"resourceUuid={z}")) == 1
 
 
-def test_create_system_tag_and_its_duplicate(tapi: Api, zone: dict) -> None:
+def test_create_system_tag_and_its_duplicate(zapi: Api, zone: dict) -> None:
     z = zone["uuid"]
-    r = create_tag(tapi, "system", "ZoneVO", z, "zone::purpose::images")
+    r = create_tag(zapi, "system", "ZoneVO", z, "zone::purpose::images")
     assert r.status_code == 200, r.text
     inv = r.json()["inventory"]
     assert inv["type"] == "System" and inv["inherent"] is False
-    again = create_tag(tapi, "system", "ZoneVO", z, "zone::purpose::images")
+    again = create_tag(zapi, "system", "ZoneVO", z, "zone::purpose::images")
     assert again.status_code == 200 and again.json()["inventory"]["uuid"] == inv["uuid"]
-    assert len(found(tapi, "/system-tags", q=f"resourceUuid={z}")) == 1
+    assert len(found(zapi, "/system-tags", q=f"resourceUuid={z}")) == 1
 
 
 @pytest.mark.parametrize("kind, params, status, code, words", [
@@ -188,34 +170,34 @@ def test_create_system_tag_and_its_duplicate(tapi: Api, zone: dict) -> None:
     ("system", {"tag": f"{CIDR}nonsense"}, 400, "SYS.1007", ["nonsense"]),
 ])
 def test_bad_create_tag_is_refused_and_creates_nothing(
-        tapi: Api, zone: dict, kind: str, params: dict, status: int, code: str, words: list[str]) -> None:
+        zapi: Api, zone: dict, kind: str, params: dict, status: int, code: str, words: list[str]) -> None:
     body = {"resourceType": "ZoneVO", "resourceUuid": zone["uuid"], **params}
     body = {k: v for k, v in body.items() if v is not None}
-    assert_error(tapi.post(f"/{kind}-tags", json={"params": body}), status, code, *words)
+    assert_error(zapi.post(f"/{kind}-tags", json={"params": body}), status, code, *words)
     for path in ("/user-tags", "/system-tags"):
-        assert found(tapi, path, q=f"resourceUuid={zone['uuid']}") == []
+        assert found(zapi, path, q=f"resourceUuid={zone['uuid']}") == []
 
 
-def test_missing_create_tag_fields_are_named(tapi: Api) -> None:
-    r = tapi.post("/user-tags", json={"params": {"resourceType": "ZoneVO"}})
+def test_missing_create_tag_fields_are_named(zapi: Api) -> None:
+    r = zapi.post("/user-tags", json={"params": {"resourceType": "ZoneVO"}})
     assert_error(r, 400, "SYS.1007", "params.resourceUuid", "mandatory")
 
 
-def test_only_one_data_network_cidr_per_resource(tapi: Api, zone: dict) -> None:
+def test_only_one_data_network_cidr_per_resource(zapi: Api, zone: dict) -> None:
     z = zone["uuid"]
-    assert create_tag(tapi, "system", "ZoneVO", z, f"{CIDR}10.0.0.0/8").status_code == 200
-    assert_error(create_tag(tapi, "system", "ZoneVO", z, f"{CIDR}192.168.0.0/16"), 400, "SYS.1007",
+    assert create_tag(zapi, "system", "ZoneVO", z, f"{CIDR}10.0.0.0/8").status_code == 200
+    assert_error(create_tag(zapi, "system", "ZoneVO", z, f"{CIDR}192.168.0.0/16"), 400, "SYS.1007",
                  "only one", f"{CIDR}10.0.0.0/8")
-    assert [t["tag"] for t in found(tapi, "/system-tags", q=f"resourceUuid={z}")] == [f"{CIDR}10.0.0.0/8"]
+    assert [t["tag"] for t in found(zapi, "/system-tags", q=f"resourceUuid={z}")] == [f"{CIDR}10.0.0.0/8"]
 
 
-def test_create_tag_async_on_request(tapi: Api, zone: dict) -> None:
-    r = create_tag(tapi, "user", "ZoneVO", zone["uuid"], "later", headers={"Prefer": "respond-async"})
+def test_create_tag_async_on_request(zapi: Api, zone: dict) -> None:
+    r = create_tag(zapi, "user", "ZoneVO", zone["uuid"], "later", headers={"Prefer": "respond-async"})
     assert r.status_code == 202
-    done = tapi.wait_job(r)
+    done = zapi.wait_job(r)
     assert done.status_code == 200 and done.json()["inventory"]["tag"] == "later"
-    r = create_tag(tapi, "user", "ZoneVO", uuid.uuid4().hex, "x", headers={"X-Job-UUID": uuid.uuid4().hex})
-    failed = tapi.wait_job(r)
+    r = create_tag(zapi, "user", "ZoneVO", uuid.uuid4().hex, "x", headers={"X-Job-UUID": uuid.uuid4().hex})
+    failed = zapi.wait_job(r)
     assert failed.status_code == 503 and failed.json()["error"]["code"] == "SYS.1003"
 
 
@@ -232,37 +214,37 @@ def test_tags_on_a_storage_by_either_resource_type(api: Api, storage: dict) -> N
 # ---------------------------------------------------------------- UpdateSystemTag
 
 
-def test_update_system_tag(tapi: Api, zone: dict) -> None:
+def test_update_system_tag(zapi: Api, zone: dict) -> None:
     z = zone["uuid"]
-    t = create_tag(tapi, "system", "ZoneVO", z, "zone::a").json()["inventory"]
-    other = create_tag(tapi, "system", "ZoneVO", z, "zone::b").json()["inventory"]
-    r = tapi.put(f"/system-tags/{t['uuid']}/actions", json={"updateSystemTag": {"tag": "zone::c"}})
+    t = create_tag(zapi, "system", "ZoneVO", z, "zone::a").json()["inventory"]
+    other = create_tag(zapi, "system", "ZoneVO", z, "zone::b").json()["inventory"]
+    r = zapi.put(f"/system-tags/{t['uuid']}/actions", json={"updateSystemTag": {"tag": "zone::c"}})
     assert r.status_code == 200, r.text
     assert r.json()["inventory"]["tag"] == "zone::c" and r.json()["inventory"]["uuid"] == t["uuid"]
-    assert_error(tapi.put(f"/system-tags/{t['uuid']}/actions", json={"updateSystemTag": {"tag": other["tag"]}}),
+    assert_error(zapi.put(f"/system-tags/{t['uuid']}/actions", json={"updateSystemTag": {"tag": other["tag"]}}),
                  409, "SYS.1006", "Duplicated Tag")
-    assert_error(tapi.put(f"/system-tags/{t['uuid']}/actions", json={"updateSystemTag": {"tag": ""}}),
+    assert_error(zapi.put(f"/system-tags/{t['uuid']}/actions", json={"updateSystemTag": {"tag": ""}}),
                  400, "SYS.1007")
-    assert_error(tapi.put(f"/system-tags/{t['uuid']}/actions", json={"renameTag": {"tag": "x"}}),
+    assert_error(zapi.put(f"/system-tags/{t['uuid']}/actions", json={"renameTag": {"tag": "x"}}),
                  400, "SYS.1007", "doesn't contain action mapping")
     nobody = uuid.uuid4().hex
-    assert_error(tapi.put(f"/system-tags/{nobody}/actions", json={"updateSystemTag": {"tag": "x"}}),
+    assert_error(zapi.put(f"/system-tags/{nobody}/actions", json={"updateSystemTag": {"tag": "x"}}),
                  404, "SYS.1003", nobody)
-    assert sorted(x["tag"] for x in found(tapi, "/system-tags", q=f"resourceUuid={z}")) == ["zone::b", "zone::c"]
+    assert sorted(x["tag"] for x in found(zapi, "/system-tags", q=f"resourceUuid={z}")) == ["zone::b", "zone::c"]
 
 
 # ---------------------------------------------------------------- DeleteTag
 
 
-def test_delete_tag_of_either_kind(tapi: Api, zone: dict) -> None:
+def test_delete_tag_of_either_kind(zapi: Api, zone: dict) -> None:
     z = zone["uuid"]
-    user = create_tag(tapi, "user", "ZoneVO", z, "u").json()["inventory"]
-    system = create_tag(tapi, "system", "ZoneVO", z, "zone::s").json()["inventory"]
-    assert tapi.delete(f"/tags/{user['uuid']}").status_code == 200
-    r = tapi.delete(f"/tags/{system['uuid']}", headers={"Prefer": "respond-async"})
-    assert tapi.wait_job(r).status_code == 200
+    user = create_tag(zapi, "user", "ZoneVO", z, "u").json()["inventory"]
+    system = create_tag(zapi, "system", "ZoneVO", z, "zone::s").json()["inventory"]
+    assert zapi.delete(f"/tags/{user['uuid']}").status_code == 200
+    r = zapi.delete(f"/tags/{system['uuid']}", headers={"Prefer": "respond-async"})
+    assert zapi.wait_job(r).status_code == 200
     for path in ("/user-tags", "/system-tags"):
-        assert found(tapi, path, q=f"resourceUuid={z}") == []
+        assert found(zapi, path, q=f"resourceUuid={z}") == []
 
 
 def test_delete_of_unknown_tag_succeeds(api: Api) -> None:

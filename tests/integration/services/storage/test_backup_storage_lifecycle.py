@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Api, DevCluster, wait_for
+from tests.conftest import Api, DevCluster, assert_error, wait_for
 
 STATES = {"enable": "Enabled", "disable": "Disabled"}
 
@@ -27,15 +27,6 @@ def storage(api: Api, c1: DevCluster, pool: str) -> dict:
 
 def action(api: Api, bs_uuid: str, name: str, params: object, **kw: object) -> httpx.Response:
     return api.put(f"/backup-storage/{bs_uuid}/actions", json={name: params}, **kw)
-
-
-def assert_error(r: httpx.Response, status: int, code: str, *words: str) -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["code"] == code, r.text
-    for w in words:
-        assert w in err["details"], (w, err["details"])
-    return err
 
 
 def stored(api: Api, bs_uuid: str) -> dict:

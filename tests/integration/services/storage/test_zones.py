@@ -3,22 +3,13 @@ AttachBackupStorageToZone / DetachBackupStorageFromZone, on a real server."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Api, DevCluster
+from tests.conftest import Api, DevCluster, assert_error
 
 ZONE_FIELDS = {"uuid", "name", "description", "state", "type", "isDefault", "createDate", "lastOpDate"}
 ZONE_CLASS = "org.zstack.header.zone.ZoneInventory"
-
-
-@pytest.fixture
-def zapi(api: Api) -> Iterator[Api]:
-    """The logged-in client; zones a test leaves behind are deleted after it."""
-    yield api
-    for zone in api.get("/zones").json()["inventories"]:
-        api.delete(f"/zones/{zone['uuid']}")
 
 
 @pytest.fixture
@@ -42,15 +33,6 @@ def zones(api: Api, **query: str) -> list[dict]:
 
 def zone_action(api: Api, zone_uuid: str, action: str, params: dict, **kw: object):  # type: ignore[no-untyped-def]
     return api.put(f"/zones/{zone_uuid}/actions", json={action: params}, **kw)
-
-
-def assert_error(r, status: int, code: str, *words: str) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["code"] == code, r.text
-    for w in words:
-        assert w in err["details"], (w, err["details"])
-    return err
 
 
 # ---------------------------------------------------------------- create
