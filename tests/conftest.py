@@ -375,6 +375,15 @@ def pool(c1: DevCluster) -> Iterator[str]:
     yield name
     c1.delete_pool(name)
 
+
+@pytest.fixture
+def pool2(c2: DevCluster) -> Iterator[str]:
+    """A fresh pool on c2, removed afterwards (with the images in it)."""
+    name = c2.create_pool(f"t-{uuid.uuid4().hex[:10]}")
+    yield name
+    c2.delete_pool(name)
+
+
 # ---------------------------------------------------------------- server
 
 #: what every test server runs with, unless the test says otherwise

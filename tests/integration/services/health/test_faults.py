@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.ceph
 
 # one interval + the Ceph timeout + the OSD's own time to be noticed, with margin
 NOTICE = 20
-
-
-@pytest.fixture
-def pool2(c2: DevCluster) -> Iterator[str]:
-    name = c2.create_pool(f"t-{uuid.uuid4().hex[:10]}")
-    yield name
-    c2.delete_pool(name)
 
 
 def status_of(api: Api, bs_uuid: str) -> dict:

@@ -39,13 +39,6 @@ def add(api: Api, name: str, url: str, pool: str) -> str:
 
 
 @pytest.fixture
-def pool2(c2: DevCluster) -> Iterator[str]:
-    name = c2.create_pool(f"t-{uuid.uuid4().hex[:10]}")
-    yield name
-    c2.delete_pool(name)
-
-
-@pytest.fixture
 def two(api: Api, c1: DevCluster, c2: DevCluster, pool: str, pool2: str) -> Iterator[tuple[str, str]]:
     yield add(api, "src", c1.mon_url, pool), add(api, "dst", localhost_url(c2), pool2)
     forget_images(api)

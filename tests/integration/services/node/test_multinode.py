@@ -130,13 +130,6 @@ def _on(server: Server, location: str) -> str:
 
 
 @pytest.fixture
-def pool2(c2: DevCluster) -> Iterator[str]:
-    name = c2.create_pool(f"t-{uuid.uuid4().hex[:10]}")
-    yield name
-    c2.delete_pool(name)
-
-
-@pytest.fixture
 def nodes3(tmp_path: Path, postgres_url: str) -> Iterator[list[Server]]:
     servers = _start_nodes(tmp_path, postgres_url, 3)
     yield servers
