@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +102,27 @@ async def shell(mon: MonUrl) -> AsyncIterator[MonShell]:
         yield sh
 
 
-@pytest.fixture
-async def pool(shell: MonShell) -> AsyncIterator[str]:
+@asynccontextmanager
+async def made_pool(shell: MonShell) -> AsyncIterator[str]:
     name = unique("it-ceph")
     await shell.create_pool(name)
     try:
         yield name
     finally:
         await shell.delete_pool(name)
+
+
+@pytest.fixture
+async def pool(shell: MonShell) -> AsyncIterator[str]:
+    async with made_pool(shell) as name:
+        yield name
+
+
+@pytest.fixture
+async def other_pool(shell: MonShell) -> AsyncIterator[str]:
+    """A second pool, not the one the key is made for."""
+    async with made_pool(shell) as name:
+        yield name
 
 
 @pytest.fixture
@@ -214,44 +228,34 @@ async def test_key_has_exactly_the_rbd_caps_of_its_pool(
 
 
 async def test_key_made_for_another_pool_is_recapped_and_keeps_its_secret(
-    shell: MonShell, pool: str, client: str, c1: dict[str, str]
+    shell: MonShell, pool: str, client: str, other_pool: str, c1: dict[str, str]
 ) -> None:
-    other = unique("it-ceph")
-    await shell.create_pool(other)
-    try:
-        key = await shell.get_or_create_key(client, other)
-        assert await shell.get_or_create_key(client, pool) == key
-        caps = admin(c1, "auth", "get", f"client.{client}")[0]["caps"]
-        assert caps["osd"] == f'profile rbd pool="{pool}"'
-    finally:
-        await shell.delete_pool(other)
+    key = await shell.get_or_create_key(client, other_pool)
+    assert await shell.get_or_create_key(client, pool) == key
+    caps = admin(c1, "auth", "get", f"client.{client}")[0]["caps"]
+    assert caps["osd"] == f'profile rbd pool="{pool}"'
 
 
 async def test_key_measures_and_probes_its_pool_but_cannot_write_another(
-    shell: MonShell, pool: str, client: str, c1: dict[str, str]
+    shell: MonShell, pool: str, client: str, other_pool: str, c1: dict[str, str]
 ) -> None:
-    other = unique("it-ceph")
-    await shell.create_pool(other)
+    facts = await shell.facts()
+    key = await shell.get_or_create_key(client, pool)
+    cluster = Cluster(facts.mon_host, client, key, timeout=TIMEOUT)
+    await cluster.connect()
     try:
-        facts = await shell.facts()
-        key = await shell.get_or_create_key(client, pool)
-        cluster = Cluster(facts.mon_host, client, key, timeout=TIMEOUT)
-        await cluster.connect()
-        try:
-            assert await cluster.fsid() == facts.fsid
-            assert await cluster.pool_exists(pool)
-            assert (await cluster.capacity(pool)).total > 0
-            health = await cluster.health(pool, f"zshb.bs.{client}")
-            assert health.pool_error is None and health.capacity is not None and health.capacity.total > 0
-            assert f"127.0.0.1:{c1['CEPH_MON_PORT']}" in health.quorum
-            assert f"127.0.0.1:{c1['CEPH_MON_V2_PORT']}" in health.quorum
-            elsewhere = await cluster.health(other, f"zshb.bs.{client}")
-            assert isinstance(elsewhere.pool_error, CephPermissionDenied) and elsewhere.capacity is None
-            assert elsewhere.quorum == health.quorum
-        finally:
-            await cluster.close()
+        assert await cluster.fsid() == facts.fsid
+        assert await cluster.pool_exists(pool)
+        assert (await cluster.capacity(pool)).total > 0
+        health = await cluster.health(pool, f"zshb.bs.{client}")
+        assert health.pool_error is None and health.capacity is not None and health.capacity.total > 0
+        assert f"127.0.0.1:{c1['CEPH_MON_PORT']}" in health.quorum
+        assert f"127.0.0.1:{c1['CEPH_MON_V2_PORT']}" in health.quorum
+        elsewhere = await cluster.health(other_pool, f"zshb.bs.{client}")
+        assert isinstance(elsewhere.pool_error, CephPermissionDenied) and elsewhere.capacity is None
+        assert elsewhere.quorum == health.quorum
     finally:
-        await shell.delete_pool(other)
+        await cluster.close()
 
 
 async def test_key_is_enough_for_rbd_images_in_its_pool(
