@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,18 @@ class Reads:
             await asyncio.sleep(0)
 
 
-@pytest.mark.anyio
-async def test_callers_during_a_read_wait_for_the_next_one() -> None:
+async def read_in_flight() -> tuple[Reads, SharedReads, asyncio.Task[Hashable | None]]:
+    """Shared reads whose first caller's read has begun and waits to be let go."""
     reads = Reads()
     shared = SharedReads(reads)
     first = asyncio.create_task(shared.next())
     await reads.in_flight(1)
+    return reads, shared, first
+
+
+@pytest.mark.anyio
+async def test_callers_during_a_read_wait_for_the_next_one() -> None:
+    reads, shared, first = await read_in_flight()
     later = [asyncio.create_task(shared.next()) for _ in range(5)]
     await asyncio.sleep(0)
     reads.go.set()
@@ -57,10 +64,7 @@ async def test_a_failed_read_is_no_version() -> None:
 
 @pytest.mark.anyio
 async def test_closing_answers_the_waiting_callers() -> None:
-    reads = Reads()
-    shared = SharedReads(reads)
-    in_flight = asyncio.create_task(shared.next())
-    await reads.in_flight(1)
+    _, shared, in_flight = await read_in_flight()
     waiting = asyncio.create_task(shared.next())
     await asyncio.sleep(0)
     await shared.close()  # the read in flight is cancelled: both callers are answered
