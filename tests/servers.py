@@ -45,16 +45,17 @@ def port_range() -> range:
     return range(start, start + 1000)
 
 
-def free_port() -> int:
-    """A port nobody listens on at 127.0.0.1, from :func:`port_range`."""
-    for port in port_range():
+def free_port(ports: range | None = None) -> int:
+    """A port nobody listens on at 127.0.0.1, from ``ports`` (default :func:`port_range`)."""
+    ports = ports or port_range()
+    for port in ports:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
                 return port
             except OSError:
                 continue
-    raise RuntimeError(f"no free port in {port_range()}")
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def password_digest(password: str) -> str:

@@ -10,7 +10,6 @@ import hashlib
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Api, DevCluster, Server, wait_for
+from tests.conftest import Api, DevCluster, Server, free_port, wait_for
 
 pytestmark = pytest.mark.ceph
 
@@ -57,14 +56,7 @@ class Files:
 def source_port() -> int:
     """A free port for the test's http server, away from the range conftest's servers
     take (a server picks its port when made, binds it later)."""
-    for port in range(30000 + os.getpid() % 2000, 32760):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port below 32768")
+    return free_port(range(30000 + os.getpid() % 2000, 32760))
 
 
 @pytest.fixture
