@@ -19,6 +19,7 @@ import re
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -196,6 +197,26 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+class StatusWatch:
+    """An ASGI ``send`` that passes each message on and keeps the response's status:
+    500 until ``http.response.start`` has passed, so a request that raised before it
+    answered counts as a 500. ``on_start`` may change that message on its way (headers).
+    For the middlewares that report on a request once it is done (the access log here,
+    ``metrics.RequestMetrics``)."""
+
+    def __init__(self, send: Any, on_start: Callable[[Any], Any] | None = None) -> None:
+        self.status = 500
+        self._send = send
+        self._on_start = on_start
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            if self._on_start is not None:
+                message = self._on_start(message)
+        await self._send(message)
+
+
 class RequestContext:
     """Pure ASGI middleware: a request id per request, echoed as ``X-Request-Id`` and set
     in :data:`request_id` for every log line of the request (and of jobs it starts), and
@@ -216,22 +237,18 @@ class RequestContext:
         token = request_id.set(rid)
         raw_id = rid.encode()
         started = time.perf_counter()
-        status = 500
 
-        async def send_with_id(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", raw_id)]}
-            await send(message)
+        def with_id(message: Any) -> Any:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+            return {**message, "headers": [*headers, (b"x-request-id", raw_id)]}
 
+        watch = StatusWatch(send, with_id)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, watch)
         except BaseException:
-            _log_access(scope, status, time.perf_counter() - started)
+            _log_access(scope, watch.status, time.perf_counter() - started)
             raise  # the id stays set: the handler outside logs the traceback with it
-        _log_access(scope, status, time.perf_counter() - started)
+        _log_access(scope, watch.status, time.perf_counter() - started)
         request_id.reset(token)
 
 

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from imgstore.api.deps import runtime
+from imgstore.logs import StatusWatch
 from imgstore.services.node import metrics as figures_service
 from imgstore.services.node.runtime import Runtime
 
@@ -198,18 +199,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        code = 500
-
-        async def watch(message: Any) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = message["status"]
-            await send(message)
-
+        watch = StatusWatch(send)
         try:
             await self.app(scope, receive, watch)
         finally:
-            self.metrics.observe_request(scope["method"], self.route_template(scope), code,
+            self.metrics.observe_request(scope["method"], self.route_template(scope), watch.status,
                                          time.perf_counter() - started)
 
     def route_template(self, scope: Any) -> str:
