@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 
@@ -30,51 +31,54 @@ log = logging.getLogger(__name__)
 
 async def image_ready(rt: Runtime, image_uuid: str, bs_uuid: str) -> None:
     """The image turned Ready on the storage: add (or replace) its line. Never raises."""
-    try:
-        target = await storage_and_cluster(rt, bs_uuid)
-        if target is None:
-            return
-        storage, cluster = target
+
+    async def line() -> str | None:
         async with rt.db() as db:
             image = await db.get(Image, image_uuid, populate_existing=True)
             ref = ref_on(image, bs_uuid) if image is not None else None
             if image is None or ref is None or image.status != READY or ref.status != READY:
-                return
-            line = inventory_line(image, ref)
-        pool = storage.pool_name or ""
-        async with ceph.object_lock(cluster, pool, METADATA_OBJECT):
-            current = (await ceph.read_object(cluster, pool, METADATA_OBJECT)) or b""
-            lines = current.decode("utf-8", errors="replace").splitlines()
-            if any(line_names(x, image_uuid) for x in lines):
-                kept = [x for x in lines if x.strip() and not line_names(x, image_uuid)]
-                await ceph.write_object(cluster, pool, METADATA_OBJECT, join_lines([*kept, line]))
-            else:
-                glue = b"\n" if current and not current.endswith(b"\n") else b""
-                await ceph.append_object(cluster, pool, METADATA_OBJECT, glue + join_lines([line]))
-    except (ApiError, ceph.CephError) as e:
-        log.warning("%s of backup storage %s not updated for image %s (Ready): %s",
-                    METADATA_OBJECT, bs_uuid, image_uuid, reason(e))
+                return None
+            return inventory_line(image, ref)
+
+    await _update_line(rt, image_uuid, bs_uuid, "Ready", line)
 
 
 async def image_expunged(rt: Runtime, image_uuid: str, bs_uuid: str) -> None:
     """The image's bits left the storage: remove its line. Never raises."""
+    await _update_line(rt, image_uuid, bs_uuid, "expunged", None)
+
+
+async def _update_line(rt: Runtime, image_uuid: str, bs_uuid: str, event: str,
+                       line_of: Callable[[], Awaitable[str | None]] | None) -> None:
+    """Under the object's lock, the image's line replaced by the one ``line_of`` gives
+    (appended when the object has none; nothing done when it gives None), or removed
+    when there is no ``line_of``. A failure is logged with ``event``. Never raises."""
     try:
         target = await storage_and_cluster(rt, bs_uuid)
         if target is None:
             return
         storage, cluster = target
-        pool = storage.pool_name or ""
-        current = await ceph.read_object(cluster, pool, METADATA_OBJECT)
-        if not current or image_uuid.encode() not in current:
+        line = await line_of() if line_of is not None else None
+        if line_of is not None and line is None:
             return
+        pool = storage.pool_name or ""
+        if line is None:  # a removal: no lock taken when the object does not name the image
+            current = await ceph.read_object(cluster, pool, METADATA_OBJECT)
+            if not current or image_uuid.encode() not in current:
+                return
         async with ceph.object_lock(cluster, pool, METADATA_OBJECT):
             current = (await ceph.read_object(cluster, pool, METADATA_OBJECT)) or b""
             lines = current.decode("utf-8", errors="replace").splitlines()
+            if line is not None and not any(line_names(x, image_uuid) for x in lines):
+                glue = b"\n" if current and not current.endswith(b"\n") else b""
+                await ceph.append_object(cluster, pool, METADATA_OBJECT, glue + join_lines([line]))
+                return
             kept = [x for x in lines if x.strip() and not line_names(x, image_uuid)]
-            await ceph.write_object(cluster, pool, METADATA_OBJECT, join_lines(kept))
+            await ceph.write_object(cluster, pool, METADATA_OBJECT,
+                                    join_lines(kept if line is None else [*kept, line]))
     except (ApiError, ceph.CephError) as e:
-        log.warning("%s of backup storage %s not updated for image %s (expunged): %s",
-                    METADATA_OBJECT, bs_uuid, image_uuid, reason(e))
+        log.warning("%s of backup storage %s not updated for image %s (%s): %s",
+                    METADATA_OBJECT, bs_uuid, image_uuid, event, reason(e))
 
 
 async def rewrite(rt: Runtime, bs_uuid: str) -> int | None:
