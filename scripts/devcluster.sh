@@ -404,12 +404,17 @@ start_ceph_daemon() { # mon|mgr|osd
   log "spawned $name (pid $(cat "$RUN/$name.pid" 2>/dev/null || echo '?'))"
 }
 
-wait_for() { # description, timeout, command...
-  local what=$1 t=$2 t1=$EPOCHREALTIME; shift 2
+wait_for_quiet() { # timeout, command... : 1 when the command has not succeeded within timeout s
+  local t=$1 t1=$EPOCHREALTIME; shift
   until "$@" >/dev/null 2>&1; do
-    awk -v a="$t1" -v b="$EPOCHREALTIME" -v t="$t" 'BEGIN{exit !(b-a>t)}' && die "timeout ($t s) waiting for $what"
+    awk -v a="$t1" -v b="$EPOCHREALTIME" -v t="$t" 'BEGIN{exit !(b-a>t)}' && return 1
     sleep 0.3
   done
+}
+
+wait_for() { # description, timeout, command... : wait_for_quiet, logged; a timeout dies
+  local what=$1 t=$2 t1=$EPOCHREALTIME; shift 2
+  wait_for_quiet "$t" "$@" || die "timeout ($t s) waiting for $what"
   log "$what after $(elapsed "$t1") s"
 }
 
@@ -491,13 +496,6 @@ do_start() {
     log "WARNING: cluster is up but not HEALTH_OK: $(ceph_ health detail 2>&1 | head -5 | tr '\n' ' ')"
   fi
   log "cluster $NAME ($(cat_fsid)) ready in $(elapsed "$t1") s: mon 127.0.0.1:$MON_PORT, ssh $SSH_USER@127.0.0.1:$SSH_PORT, CEPH_CONF=$CONF"
-}
-wait_for_quiet() { # timeout, command... : like wait_for but returns 1 on timeout
-  local t=$1 t1=$EPOCHREALTIME; shift
-  until "$@" >/dev/null 2>&1; do
-    awk -v a="$t1" -v b="$EPOCHREALTIME" -v t="$t" 'BEGIN{exit !(b-a>t)}' && return 1
-    sleep 0.3
-  done
 }
 
 do_stop() { # graceful: the OSD first (it reports to the mon on the way down), then the rest
