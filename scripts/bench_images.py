@@ -255,13 +255,15 @@ def parallel(run: Run) -> None:
     for rep in range(run.args.repeat):
         names = [run.fresh("cli-par") for _ in range(4)]
         os.sync()
-        row.cli.append(at_once([lambda n=n: run.rbd_import(path, n) for n in names]))
+        row.cli.append(run.timed(row.cpu_cli, functools.partial(
+            at_once, [functools.partial(run.rbd_import, path, n) for n in names])))
         for n in names:
             run.rbd_rm(n)
         os.sync()
         made: list[str] = []
-        row.ours.append(at_once([lambda i=i, made=made: made.append(upload(run.api, run.bs, path, f"par-{i}")[1])
-                                 for i in range(4)]))
+        row.ours.append(run.timed(row.cpu_ours, functools.partial(
+            at_once, [lambda i=i, made=made: made.append(upload(run.api, run.bs, path, f"par-{i}")[1])
+                      for i in range(4)])))
         for image in made:
             forget_image(run.api, image)
         print(f"  4 at once #{rep + 1}: rbd import {row.cli[-1]:.2f}s, imgstore {row.ours[-1]:.2f}s", flush=True)
