@@ -244,9 +244,15 @@ mgr_stats_period = 1
 # server mid-write wait for exactly that before the image can be removed
 osd_client_watch_timeout = 10
 
+# each daemon's own files ([client] below takes them back)
+pid_file = $RUN/\$name.pid
+admin_socket = $RUN/\$name.asok
+log_file = $DIR/log/\$name.log
+
 # Clients (ceph/rbd CLI, librados) may run as any user (e.g. imgstore-ceph over
-# ssh): no log file, no admin socket, so nothing needs a writable path.
+# ssh): no pid file, no log file, no admin socket, so nothing needs a writable path.
 [client]
+pid_file =
 log_file =
 admin_socket =
 
@@ -254,23 +260,14 @@ admin_socket =
 mon_data = $DIR/mon/ceph-\$id
 mon_initial_members = $MON_ID
 mgr_initial_modules = iostat
-pid_file = $RUN/\$name.pid
-admin_socket = $RUN/\$name.asok
-log_file = $DIR/log/\$name.log
 
 [mgr]
 mgr_data = $DIR/mgr/ceph-\$id
 keyring = $DIR/mgr/ceph-\$id/keyring
-pid_file = $RUN/\$name.pid
-admin_socket = $RUN/\$name.asok
-log_file = $DIR/log/\$name.log
 
 [osd]
 osd_data = $DIR/osd/ceph-\$id
 keyring = $DIR/osd/ceph-\$id/keyring
-pid_file = $RUN/\$name.pid
-admin_socket = $RUN/\$name.asok
-log_file = $DIR/log/\$name.log
 osd_memory_target = 939524096
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 1
