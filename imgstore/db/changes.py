@@ -22,9 +22,12 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING
 
-import psycopg
 from sqlalchemy.engine import URL
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,9 @@ class PostgresWatch(ChangeWatch):
         return await self._reads.next()
 
     async def _read(self) -> Hashable | None:
+        # psycopg (9 MiB resident) is loaded by the nodes that use PostgreSQL only
+        import psycopg
+
         if time.monotonic() < self._retry_at:
             return None  # the database failed a moment ago: no version, and no wait for it
         try:

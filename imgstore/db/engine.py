@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any, cast
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import CursorResult, Result, make_url
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Connection, CursorResult, Result, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from imgstore.wire.dates import utcnow
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+SCHEMA_HEAD = "0012"
+"""The newest revision in db/migrations/versions (tests/unit/db holds it to Alembic's head):
+a database at it needs no migration, and Alembic is not loaded (imgstore.db.schema)."""
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -49,31 +48,30 @@ async def db_now(db: AsyncSession) -> datetime:
     return utcnow()
 
 
-def alembic_config(url: str) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
-
-
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to head; safe to run on every start and from several nodes."""
+    async with engine.connect() as conn:
+        if await conn.run_sync(_revision) == SCHEMA_HEAD:
+            return
+    from imgstore.db import schema  # Alembic: loaded only when the database is behind
+
     url = engine.url.render_as_string(hide_password=False)
-
-    def upgrade(connection) -> None:  # type: ignore[no-untyped-def]
-        cfg = alembic_config(url)
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
-
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # one migrator at a time when several nodes start together
             await conn.execute(text("SELECT pg_advisory_xact_lock(7355608)"))
-        await conn.run_sync(upgrade)
+        await conn.run_sync(schema.upgrade, url)
 
 
+def _revision(connection: Connection) -> str | None:
+    """The revision the database's schema is at (None: none yet)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    revision: str | None = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return revision
 
-__all__ = ["alembic_config", "create_engine", "db_now", "migrate", "sessionmaker"]
+
+__all__ = ["SCHEMA_HEAD", "create_engine", "db_now", "migrate", "sessionmaker"]
 
 
 def rows_changed(result: Result[Any]) -> int:

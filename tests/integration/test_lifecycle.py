@@ -10,7 +10,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
-from imgstore.db.engine import alembic_config
+from imgstore.db.schema import alembic_config
 from tests.conftest import TEST_DB, Server, create_pg_database
 
 

@@ -6,7 +6,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine
 
-from imgstore.db.engine import alembic_config
+from imgstore.db.schema import alembic_config
 
 ROWS = [
     "INSERT INTO account (uuid, name, password_hash, type, create_date, last_op_date) "

@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from imgstore.db.engine import alembic_config
 from imgstore.db.models import Base
+from imgstore.db.schema import alembic_config
 
 # SQLite reflects an index of ``name COLLATE NOCASE`` as one of ``name``, so autogenerate
 # sees these expression indexes as removed and added again; they are checked by their SQL
@@ -89,3 +89,36 @@ def test_migrations_downgrade_to_nothing(tmp_path: Path) -> None:
     assert schema(url) == {"index sql": []}, "base is an empty database"
     with create_engine(url).connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 0
+
+
+def test_the_schema_head_the_engine_knows_is_alembics() -> None:
+    """A database at SCHEMA_HEAD is not migrated (Alembic is not even loaded): a new
+    migration must move SCHEMA_HEAD with it, or no node would ever apply it."""
+    from imgstore.db import schema
+    from imgstore.db.engine import SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == schema.head()
+
+
+def test_a_node_whose_database_is_at_head_loads_neither_alembic_nor_psycopg(tmp_path: Path) -> None:
+    """Alembic with Mako and psycopg stay resident once imported (~20 MiB of an idle
+    server); a SQLite node at the head revision needs none of them."""
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/imgstore.db"
+    probe = (
+        "import asyncio, sys\n"
+        "import imgstore.app, imgstore.cli.commands, imgstore.lifecycle  # what a server loads\n"
+        "from imgstore.db.engine import create_engine, migrate\n"
+        "async def main():\n"
+        "    e = create_engine(sys.argv[1])\n"
+        "    await migrate(e)\n"
+        "    await e.dispose()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in ('alembic', 'mako', 'psycopg') if m in sys.modules))\n"
+    )
+    first = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True)
+    assert "alembic" in first.stdout, "the first start migrates"
+    again = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == "[]", again.stdout

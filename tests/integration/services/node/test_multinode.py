@@ -165,8 +165,8 @@ def test_migrations_match_the_models_on_postgresql(postgres_url: str) -> None:
     from alembic.migration import MigrationContext
     from sqlalchemy import create_engine
 
-    from imgstore.db.engine import alembic_config
     from imgstore.db.models import Base
+    from imgstore.db.schema import alembic_config
 
     url = postgres_url.replace("postgresql://", "postgresql+psycopg://")
     cfg = alembic_config(url)
