@@ -73,9 +73,12 @@ async def remove_image(cluster: RadosSource, pool: str, name: str, *,
             try:
                 snaps = _check_removable(ioctx, pool, name, purge_snapshots, cluster)
             except rbd.ImageNotFound:
-                if missing_ok:
-                    return
-                raise
+                if not missing_ok:
+                    raise
+                # it cannot be opened, yet it may be listed: a create cut short (its
+                # writer killed between the directory entry and the header), which only
+                # librbd's remove clears
+                snaps = []
             if snaps:
                 _purge_snapshots(ioctx, name, snaps)
             try:

@@ -408,6 +408,22 @@ async def test_missing_pool_and_image_are_named_errors(cluster: Cluster, pool: s
     await remove_image(cluster, pool, new_name(), missing_ok=True)
 
 
+async def test_a_create_cut_short_is_removed_though_it_cannot_be_opened(c1: dict[str, str], cluster: Cluster,
+                                                                        pool: str) -> None:
+    """A writer killed between the image's directory entry and its header leaves an image
+    that is listed but cannot be opened; removing it (missing_ok, as a failed add's
+    clean-up does) clears it instead of taking it for gone (a CI run saw it left behind)."""
+    name = new_name()
+    cli(c1, "rbd", "create", "--size", "16M", f"{pool}/{name}")
+    image_id = cli(c1, "rbd", "info", "--format", "json", f"{pool}/{name}")["id"]
+    cli(c1, "rados", "-p", pool, "rm", f"rbd_header.{image_id}")
+    assert name in await list_images(cluster, pool)
+    with pytest.raises(ImageNotFound):
+        await image_size(cluster, pool, name)
+    await remove_image(cluster, pool, name, missing_ok=True)
+    assert name not in await list_images(cluster, pool)
+
+
 # ---------------------------------------------------------------- removing what is in use
 
 
