@@ -239,17 +239,17 @@ class ImageWriter:
         any other piece is copied and released at once. ``release`` is called exactly
         once, whatever happens.
         """
+        kept = False  # the write in flight holds the lent buffer: it releases it when done
         try:
             self._check_open()
-        except BaseException:
-            if release is not None:
+            try:
+                kept = await self._accept(data, release)
+            except BaseException:
+                await self._shielded_cleanup()
+                raise
+        finally:
+            if release is not None and not kept:
                 release()
-            raise
-        try:
-            await self._accept(data, release)
-        except BaseException:
-            await self._shielded_cleanup()
-            raise
 
     async def commit(self) -> WriteResult:
         """Wait for every write, flush, check the size; returns ``(size, md5, sha512)``."""
@@ -295,22 +295,15 @@ class ImageWriter:
 
     # ------------------------------------------------------------ write pipeline
 
-    async def _accept(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None) -> None:
+    async def _accept(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None) -> bool:
+        """Take the piece; True when a write in flight holds it (lent: ``release`` is its)."""
         if ((release is not None and not isinstance(data, memoryview)) or isinstance(data, bytes)) \
                 and len(data) == self._chunk and not self._fill_len:
-            try:
-                self._count(len(data))
-            except BaseException:
-                if release is not None:
-                    release()
-                raise
+            self._count(len(data))
             await self._submit(data, None, release)  # aligned, and immutable or lent: no copy
-            return
-        try:
-            await self._copy(data)
-        finally:
-            if release is not None:
-                release()
+            return release is not None
+        await self._copy(data)
+        return False
 
     def _count(self, n: int) -> None:
         self.received += n
@@ -351,13 +344,9 @@ class ImageWriter:
     async def _submit(self, data: bytes | bytearray, recycle: bytearray | None,
                       release: Callable[[], None] | None = None) -> None:
         """Start writing and hashing one chunk at the current offset (waits for a slot);
-        ``release`` is called when the chunk's writes are done with ``data``."""
-        try:
-            await self._slots.acquire()
-        except BaseException:
-            if release is not None:
-                release()
-            raise
+        ``release`` is called when the chunk's writes are done with ``data`` (not when
+        this raises: the caller still holds it then)."""
+        await self._slots.acquire()
         try:
             self._raise_pending_error()
             offset, end = self._offset, self._offset + len(data)
@@ -367,8 +356,6 @@ class ImageWriter:
                 await self._grow(end)
         except BaseException:
             self._slots.release()
-            if release is not None:
-                release()
             raise
         loop = asyncio.get_running_loop()
         aio_write = self._image.aio_write
