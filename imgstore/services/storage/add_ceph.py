@@ -28,14 +28,7 @@ from imgstore.errors import CREATE_RESOURCE_ERROR, OPERATION_ERROR, ApiError, in
 from imgstore.services.catalog import tags
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.runtime import Runtime
-from imgstore.services.storage.mon_hosts import (
-    MonProbe,
-    mons_failed,
-    new_mon_rows,
-    parse_mon_urls,
-    probe_mons,
-    used_hostnames,
-)
+from imgstore.services.storage import mon_hosts
 from imgstore.services.storage.rows import apply_capacity, load, save
 from imgstore.services.storage.undo import undo_add
 from imgstore.wire.enums import State, StorageStatus
@@ -83,14 +76,14 @@ def validate(req: NewCephStorage, password_optional: bool = False) -> list[ceph.
     if not req.name.strip():
         raise invalid_argument("field[name] cannot be an empty string")
     tags.check_tags(req.system_tags, req.user_tags)
-    return parse_mon_urls(req.mon_urls, password_optional)
+    return mon_hosts.parse_mon_urls(req.mon_urls, password_optional)
 
 
 async def _check_free(rt: Runtime, uuid: str, mons: list[ceph.MonUrl]) -> None:
     async with rt.db() as db:
         if await db.get(BackupStorage, uuid):
             raise invalid_argument(f"field[resourceUuid]: a resource with uuid[{uuid}] already exists")
-    hosts = await used_hostnames(rt, mons)
+    hosts = await mon_hosts.used_hostnames(rt, mons)
     if hosts:
         raise invalid_argument(
             "cannot add ceph backup storage, there has been some ceph backup storage "
@@ -110,7 +103,7 @@ async def add(rt: Runtime, req: NewCephStorage) -> CephBackupStorage:
     await _check_free(rt, uuid, mons)
     mon_rows = await _record(rt, uuid, req, pool, mons)
     try:
-        probes = [MonProbe(url=m, row=r) for m, r in zip(mons, mon_rows, strict=True)]
+        probes = [mon_hosts.MonProbe(url=m, row=r) for m, r in zip(mons, mon_rows, strict=True)]
         await _onboard(rt, uuid, probes, pool, predefined=req.pool_name is not None)
     except ApiError as e:
         await undo_add(rt, uuid)
@@ -131,7 +124,7 @@ async def _record(
 ) -> list[CephMon]:
     """The Connecting row; the unique mon hostnames make a concurrent add of the same
     mons fail here rather than in the cluster."""
-    mon_rows = new_mon_rows(rt, mons)
+    mon_rows = mon_hosts.new_mon_rows(rt, mons)
     row = CephBackupStorage(
         uuid=uuid,
         name=req.name,
@@ -160,7 +153,7 @@ async def _record(
     return mon_rows
 
 
-async def _onboard(rt: Runtime, uuid: str, mons: list[MonProbe], pool: str, predefined: bool) -> None:
+async def _onboard(rt: Runtime, uuid: str, mons: list[mon_hosts.MonProbe], pool: str, predefined: bool) -> None:
     """SSH to the mons (the first also makes the key meanwhile: two ceph CLI calls in
     parallel cost little more than one), then librados for everything else."""
     client = f"imgstore.{uuid}"
@@ -169,7 +162,7 @@ async def _onboard(rt: Runtime, uuid: str, mons: list[MonProbe], pool: str, pred
         await save(rt, uuid, ceph_client=client)
 
     async with AsyncExitStack() as stack:
-        await probe_mons(rt, stack, mons, key_for=(client, pool, key_requested))
+        await mon_hosts.probe_mons(rt, stack, mons, key_for=(client, pool, key_requested))
         good = [m for m in mons if m.facts]
         if not good:
             raise _all_mons_failed(uuid, mons)
@@ -195,7 +188,7 @@ async def _onboard(rt: Runtime, uuid: str, mons: list[MonProbe], pool: str, pred
         await rt.clusters.adopt(uuid, (mon_host, sealed), cluster)
 
 
-async def _make_key(mon: MonProbe, client: str, pool: str) -> str:
+async def _make_key(mon: mon_hosts.MonProbe, client: str, pool: str) -> str:
     assert mon.shell is not None
     try:
         return await mon.shell.get_or_create_key(client, pool)
@@ -203,14 +196,14 @@ async def _make_key(mon: MonProbe, client: str, pool: str) -> str:
         raise ceph_error(e, mon.url.hostname) from None
 
 
-def _all_mons_failed(uuid: str, mons: list[MonProbe]) -> ApiError:
-    return mons_failed(
+def _all_mons_failed(uuid: str, mons: list[mon_hosts.MonProbe]) -> ApiError:
+    return mon_hosts.mons_failed(
         mons,
         f"unable to connect to the ceph backup storage[uuid:{uuid}], failed to connect all ceph monitors",
     )
 
 
-async def _claim_fsid(rt: Runtime, uuid: str, good: list[MonProbe]) -> str:
+async def _claim_fsid(rt: Runtime, uuid: str, good: list[mon_hosts.MonProbe]) -> str:
     """All mons must agree, and no other storage may have this cluster: the unique
     fsid column makes the second of two concurrent adds lose here."""
     fsids = {m.facts.fsid for m in good if m.facts}
@@ -245,7 +238,7 @@ async def _claim_fsid(rt: Runtime, uuid: str, good: list[MonProbe]) -> str:
 
 
 async def _ensure_pool(
-    rt: Runtime, uuid: str, pool: str, cluster: ceph.Cluster, mon: MonProbe, fsid: str, predefined: bool
+    rt: Runtime, uuid: str, pool: str, cluster: ceph.Cluster, mon: mon_hosts.MonProbe, fsid: str, predefined: bool
 ) -> None:
     """A pool the user named must exist (``ceph::predefinedPool``); otherwise imgstore
     makes ``bak-t-<uuid>`` over SSH and remembers that it did, so a failed add removes it."""
@@ -264,7 +257,7 @@ async def _ensure_pool(
 
 
 async def _connected(
-    rt: Runtime, uuid: str, good: list[MonProbe], failed: list[MonProbe], capacity: ceph.Capacity
+    rt: Runtime, uuid: str, good: list[mon_hosts.MonProbe], failed: list[mon_hosts.MonProbe], capacity: ceph.Capacity
 ) -> None:
     async with rt.db() as db:
         row = await db.get(CephBackupStorage, uuid)

@@ -24,14 +24,7 @@ from imgstore.errors import OPERATION_ERROR, ApiError, invalid_argument, not_fou
 from imgstore.services.node.ceph_errors import ceph_error
 from imgstore.services.node.locking import local_lock
 from imgstore.services.node.runtime import Runtime
-from imgstore.services.storage.mon_hosts import (
-    MonProbe,
-    mons_failed,
-    new_mon_rows,
-    parse_mon_urls,
-    probe_mons,
-    used_hostnames,
-)
+from imgstore.services.storage import mon_hosts
 from imgstore.services.storage.rows import load
 from imgstore.wire.enums import StorageStatus
 
@@ -53,11 +46,11 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
     """AddMonToCephBackupStorage: every new mon must answer over SSH and report the
     storage's own fsid, or none is added."""
     storage = await _ceph_storage(rt, uuid)
-    urls = parse_mon_urls(mon_urls, rt.settings.ssh_private_key is not None)
-    if used := await used_hostnames(rt, urls):
+    urls = mon_hosts.parse_mon_urls(mon_urls, rt.settings.ssh_private_key is not None)
+    if used := await mon_hosts.used_hostnames(rt, urls):
         raise invalid_argument(f"Adding the same Mon node is not allowed: mon[hostnames:{used}] already in use")
     async with local_lock(rt, "backup_storage", uuid):
-        rows = new_mon_rows(rt, urls)
+        rows = mon_hosts.new_mon_rows(rt, urls)
         async with rt.db() as db:
             for r in rows:
                 r.backup_storage_uuid = uuid
@@ -67,10 +60,10 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
             except IntegrityError:
                 raise invalid_argument(
                     "Adding the same Mon node is not allowed: a hostname is already in use") from None
-        probes = [MonProbe(url=u, row=r) for u, r in zip(urls, rows, strict=True)]
+        probes = [mon_hosts.MonProbe(url=u, row=r) for u, r in zip(urls, rows, strict=True)]
         try:
             async with AsyncExitStack() as stack:
-                await probe_mons(rt, stack, probes)
+                await mon_hosts.probe_mons(rt, stack, probes)
             _check_probes(storage, probes)
         except ApiError:
             await _delete_mons(rt, [r.uuid for r in rows])
@@ -86,9 +79,9 @@ async def add_mons(rt: Runtime, uuid: str, mon_urls: list[str]) -> CephBackupSto
     return await load(rt, uuid)
 
 
-def _check_probes(storage: CephBackupStorage, probes: list[MonProbe]) -> None:
+def _check_probes(storage: CephBackupStorage, probes: list[mon_hosts.MonProbe]) -> None:
     if any(p.error for p in probes):
-        raise mons_failed(probes, "unable to connect mons")
+        raise mon_hosts.mons_failed(probes, "unable to connect mons")
     for p in probes:
         assert p.facts is not None
         if storage.fsid and p.facts.fsid != storage.fsid:
