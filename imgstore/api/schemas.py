@@ -178,35 +178,36 @@ class ZoneInventory(Inventory):
     last_op_date: ZDate
 
 
-class SystemTagInventory(Inventory):
-    zstack_class: ClassVar[str] = "org.zstack.header.tag.SystemTagInventory"
+class TagInventory(Inventory):
+    """The fields of ZStack's TagInventory, the parent of its two kinds of tag (never
+    sent as itself: ``zstack_class`` is the kind's)."""
+
     uuid: str
     resource_uuid: str
     resource_type: str
     tag: str
+    type: str
+    create_date: ZDate
+    last_op_date: ZDate
+
+
+class SystemTagInventory(TagInventory):
+    zstack_class: ClassVar[str] = "org.zstack.header.tag.SystemTagInventory"
     type: str = "System"
     inherent: bool = False
-    create_date: ZDate
-    last_op_date: ZDate
 
 
-class UserTagInventory(Inventory):
+class UserTagInventory(TagInventory):
     zstack_class: ClassVar[str] = "org.zstack.header.tag.UserTagInventory"
-    uuid: str
-    resource_uuid: str
-    resource_type: str
-    tag: str
     type: str = "User"
-    create_date: ZDate
-    last_op_date: ZDate
 
 
-def tag_inventory_class(row: Any) -> type[SystemTagInventory] | type[UserTagInventory]:
+def tag_inventory_class(row: Any) -> type[TagInventory]:
     """The inventory class of a stored tag, by its kind."""
     return SystemTagInventory if row.kind == "system" else UserTagInventory
 
 
-def tag_inventory(row: Any) -> SystemTagInventory | UserTagInventory:
+def tag_inventory(row: Any) -> TagInventory:
     """The inventory of a stored tag, by its kind."""
     return tag_inventory_class(row).model_validate(row)
 
