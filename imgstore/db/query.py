@@ -36,6 +36,7 @@ from dataclasses import field as _dc_field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime, String, cast, func, inspect, literal, select
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.ext.compiler import compiles
@@ -83,6 +84,17 @@ class Field:
 
     column: Any  # ColumnElement or ORM attribute
     kind: type = str
+
+
+def columns(entity: type, *attributes: str) -> dict[str, Field]:
+    """A field for each column attribute of ``entity``, named as ZStack names it: the
+    camelCase of the attribute (``ssh_port`` → ``sshPort``), the rule the inventories'
+    aliases follow; its ``kind`` is the column's own type, so the two cannot disagree."""
+    fields = {}
+    for attribute in attributes:
+        column = getattr(entity, attribute)
+        fields[to_camel(attribute)] = Field(column, column.type.python_type)
+    return fields
 
 
 @dataclass(frozen=True)

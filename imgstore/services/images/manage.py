@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -219,23 +218,13 @@ async def refresh_capacity(rt: Runtime, backup_storage_uuid: str) -> None:
 # ---------------------------------------------------------------- queries
 
 
-def _ref_fields() -> dict[str, q.Field | q.ListField]:
-    R = ImageBackupStorageRef
-    return {
-        "id": q.Field(R.id, int),
-        "imageUuid": q.Field(R.image_uuid),
-        "backupStorageUuid": q.Field(R.backup_storage_uuid),
-        "installPath": q.Field(R.install_path),
-        "status": q.Field(R.status),
-        "exportUrl": q.Field(R.export_url),
-        "exportMd5Sum": q.Field(R.export_md5_sum),
-        "createDate": q.Field(R.create_date, datetime),
-        "lastOpDate": q.Field(R.last_op_date, datetime),
-    }
-
-
 REF_QUERY = q.Queryable(
-    entity=ImageBackupStorageRef, name="ImageBackupStorageRefInventory", fields=_ref_fields(),
+    entity=ImageBackupStorageRef,
+    name="ImageBackupStorageRefInventory",
+    fields=q.columns(
+        ImageBackupStorageRef, "id", "image_uuid", "backup_storage_uuid", "install_path", "status", "export_url",
+        "export_md5_sum", "create_date", "last_op_date",
+    ),
     default_sort="createDate",
 )
 
@@ -249,28 +238,11 @@ def _backup_storage(rest: str, cond: Condition):  # type: ignore[no-untyped-def]
 IMAGE_QUERY = q.Queryable(
     entity=Image,
     name="ImageInventory",
-    fields={
-        "uuid": q.Field(Image.uuid),
-        "name": q.Field(Image.name),
-        "description": q.Field(Image.description),
-        "state": q.Field(Image.state),
-        "status": q.Field(Image.status),
-        "size": q.Field(Image.size, int),
-        "actualSize": q.Field(Image.actual_size, int),
-        "md5Sum": q.Field(Image.md5_sum),
-        "sha512Sum": q.Field(Image.sha512_sum),
-        "url": q.Field(Image.url),
-        "mediaType": q.Field(Image.media_type),
-        "guestOsType": q.Field(Image.guest_os_type),
-        "type": q.Field(Image.type),
-        "platform": q.Field(Image.platform),
-        "architecture": q.Field(Image.architecture),
-        "format": q.Field(Image.format),
-        "system": q.Field(Image.system, bool),
-        "virtio": q.Field(Image.virtio, bool),
-        "createDate": q.Field(Image.create_date, datetime),
-        "lastOpDate": q.Field(Image.last_op_date, datetime),
-    },
+    fields=q.columns(
+        Image, "uuid", "name", "description", "state", "status", "size", "actual_size", "md5_sum", "sha512_sum",
+        "url", "media_type", "guest_os_type", "type", "platform", "architecture", "format", "system", "virtio",
+        "create_date", "last_op_date",
+    ),
     relations={
         "backupStorageRefs": q.relation(
             Image.uuid, lambda: select(ImageBackupStorageRef.image_uuid, ImageBackupStorageRef.id), REF_QUERY

@@ -6,8 +6,6 @@ storages, defined below them, is looked up when a query runs.
 """
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy import select
 
 from imgstore.db import query as q
@@ -29,16 +27,8 @@ MON_QUERY = q.Queryable(
     name="CephBackupStorageMonInventory",
     fields={
         "monUuid": q.Field(CephMon.uuid),
-        "hostname": q.Field(CephMon.hostname),
-        "monAddr": q.Field(CephMon.mon_addr),
-        "monPort": q.Field(CephMon.mon_port, int),
-        "sshPort": q.Field(CephMon.ssh_port, int),
-        "sshUsername": q.Field(CephMon.ssh_username),
-        "sshHostKeyFingerprint": q.Field(CephMon.ssh_host_key_fingerprint),
-        "status": q.Field(CephMon.status),
-        "backupStorageUuid": q.Field(CephMon.backup_storage_uuid),
-        "createDate": q.Field(CephMon.create_date, datetime),
-        "lastOpDate": q.Field(CephMon.last_op_date, datetime),
+        **q.columns(CephMon, "hostname", "mon_addr", "mon_port", "ssh_port", "ssh_username",
+                    "ssh_host_key_fingerprint", "status", "backup_storage_uuid", "create_date", "last_op_date"),
     },
 )
 
@@ -55,45 +45,24 @@ def _backup_storage(rest: str, cond: Condition):  # type: ignore[no-untyped-def]
 ZONE_QUERY = q.Queryable(
     entity=Zone,
     name="ZoneInventory",
-    fields={
-        "uuid": q.Field(Zone.uuid),
-        "name": q.Field(Zone.name),
-        "description": q.Field(Zone.description),
-        "state": q.Field(Zone.state),
-        "type": q.Field(Zone.type),
-        "isDefault": q.Field(Zone.is_default, bool),
-        "createDate": q.Field(Zone.create_date, datetime),
-        "lastOpDate": q.Field(Zone.last_op_date, datetime),
-    },
+    fields=q.columns(
+        Zone, "uuid", "name", "description", "state", "type", "is_default", "create_date", "last_op_date"
+    ),
     relations={"backupStorage": _backup_storage},
     tags=q.tag_filter(Zone.uuid, tags.tag_rows),
     default_sort="createDate",
 )
 
 _BASE_FIELDS: dict[str, q.Field | q.ListField] = {
-    "uuid": q.Field(BackupStorage.uuid),
-    "name": q.Field(BackupStorage.name),
-    "url": q.Field(BackupStorage.url),
-    "description": q.Field(BackupStorage.description),
-    "totalCapacity": q.Field(BackupStorage.total_capacity, int),
-    "availableCapacity": q.Field(BackupStorage.available_capacity, int),
-    "type": q.Field(BackupStorage.type),
-    "state": q.Field(BackupStorage.state),
-    "status": q.Field(BackupStorage.status),
-    "createDate": q.Field(BackupStorage.create_date, datetime),
-    "lastOpDate": q.Field(BackupStorage.last_op_date, datetime),
+    **q.columns(BackupStorage, "uuid", "name", "url", "description", "total_capacity", "available_capacity",
+                "type", "state", "status", "create_date", "last_op_date"),
     "attachedZoneUuids": q.ListField(ZONE_LINKS),
 }
 
-_CEPH_FIELDS: dict[str, q.Field | q.ListField] = {
-    "fsid": q.Field(CephBackupStorage.fsid),
-    "poolName": q.Field(CephBackupStorage.pool_name),
-    "poolAvailableCapacity": q.Field(CephBackupStorage.pool_available_capacity, int),
-    "poolUsedCapacity": q.Field(CephBackupStorage.pool_used_capacity, int),
-    "poolReplicatedSize": q.Field(CephBackupStorage.pool_replicated_size, int),
-    "poolDiskUtilization": q.Field(CephBackupStorage.pool_disk_utilization, float),
-    "poolSecurityPolicy": q.Field(CephBackupStorage.pool_security_policy),
-}
+_CEPH_FIELDS = q.columns(
+    CephBackupStorage, "fsid", "pool_name", "pool_available_capacity", "pool_used_capacity",
+    "pool_replicated_size", "pool_disk_utilization", "pool_security_policy",
+)
 
 
 def _queryable(entity: type, name: str, fields: dict[str, q.Field | q.ListField]) -> q.Queryable:

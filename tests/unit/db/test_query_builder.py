@@ -36,6 +36,7 @@ from imgstore.db.query import (
     Queryable,
     UnknownFieldError,
     build_select,
+    columns,
     relation,
     tag_filter,
 )
@@ -436,6 +437,17 @@ def test_unknown_fields_are_rejected_listing_valid_ones(params: dict, unknown: s
     if "StorageInventory" in str(err.value):
         assert "valid fields are [uuid, name," in str(err.value)
         assert "zone.<field>, __systemTag__, __userTag__]" in str(err.value)
+
+
+def test_columns_are_named_as_zstack_names_them_and_typed_as_stored() -> None:
+    """``columns``: per attribute, in order, its camelCase name and its column's type, so a
+    condition on a number compares numbers and one on a date reads a date."""
+    fields = columns(Storage, "uuid", "total_capacity", "status", "ready", "ratio", "create_date")
+    assert [(name, f.kind) for name, f in fields.items()] == [
+        ("uuid", str), ("totalCapacity", int), ("status", Status), ("ready", bool), ("ratio", float),
+        ("createDate", datetime),
+    ]
+    assert all(f.column is STORAGE.fields[name].column for name, f in fields.items())  # type: ignore[union-attr]
 
 
 def test_list_fields_cannot_sort() -> None:
