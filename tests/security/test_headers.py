@@ -97,20 +97,27 @@ def test_a_5000_digit_condition_value_is_400(server: Server) -> None:
         assert r.status_code == 400, r.text
 
 
-def test_the_statements_kept_per_fields_list_are_bounded() -> None:
+def test_the_statements_kept_per_fields_list_or_condition_shape_are_bounded() -> None:
     """Each ``fields=`` list (any order, any repetition) was a statement kept for ever
-    (services/catalog/queries.py): a client could grow the server by sending new lists."""
-    from sqlalchemy.dialects import sqlite
+    (services/catalog/queries.py): a client could grow the server by sending new lists.
+    Each shape of conditions (``q=`` fields and ops, an IN list's length) is one too."""
+    from sqlalchemy.ext.asyncio import create_async_engine
 
+    from imgstore.db import reads as db_reads
     from imgstore.services.catalog import queries
     from imgstore.services.storage.queryables import MON_QUERY
-    from imgstore.wire.query import QuerySpec
+    from imgstore.wire.query import QuerySpec, parse_condition
 
+    reads = db_reads.Reads(create_async_engine("sqlite+aiosqlite://"))
     names = ["monUuid", "hostname", "monAddr", "monPort", "sshPort", "status"]
     for i in range(queries.MAX_PLAIN_STATEMENTS + 300):
         fields = tuple(names[(i >> k) % len(names)] for k in range(1 + i % 7)) + ("hostname",) * (i // 200)
-        queries._statements(MON_QUERY, QuerySpec(fields=fields), sqlite.dialect())
+        queries._statements(MON_QUERY, QuerySpec(fields=fields), reads)
     assert len(queries._plain) <= queries.MAX_PLAIN_STATEMENTS
+    for i in range(db_reads.MAX_COMPILED + 300):
+        members = ",".join(str(n) for n in range(1 + i))
+        queries._statements(MON_QUERY, QuerySpec(conditions=(parse_condition(f"monPort?={members}"),)), reads)
+    assert len(reads._compiled) <= db_reads.MAX_COMPILED
 
 
 @pytest.mark.ceph

@@ -22,7 +22,7 @@ from sqlalchemy import Integer, bindparam, inspect, select
 from sqlalchemy.engine import Dialect
 
 from imgstore.db import query as q
-from imgstore.db.reads import Reading, Rows, Sql, compile_select
+from imgstore.db.reads import Reading, Reads, Rows, Sql, compile_select
 from imgstore.errors import INVALID_ARGUMENT, ApiError
 from imgstore.services.node.runtime import Runtime
 from imgstore.wire.query import QuerySpec
@@ -47,20 +47,20 @@ async def run(rt: Runtime, queryable: q.Queryable, spec: QuerySpec) -> tuple[lis
     """The page of records a query asks for and, when it asks, the total; a query naming
     what the resource does not have is SYS.1007."""
     try:
-        page, count = _statements(queryable, spec, rt.reads.dialect)
+        page, count = _statements(queryable, spec, rt.reads)
     except q.QueryFieldError as e:
         raise ApiError(INVALID_ARGUMENT, str(e)) from None
     shape = _shape(queryable.entity)
     return await rt.reads.run(_reading(shape, None if spec.count else page, count, rt.reads.dialect))
 
 
-def _statements(queryable: q.Queryable, spec: QuerySpec, dialect: Dialect) -> tuple[_Step, _Step | None]:
+def _statements(queryable: q.Queryable, spec: QuerySpec, reads: Reads) -> tuple[_Step, _Step | None]:
     """The page select (the entity's columns only) and the count select, with their values."""
     columns = _shape(queryable.entity).columns
-    if spec.conditions:
+    dialect = reads.dialect
+    if spec.conditions:  # compiled once per shape of conditions (get by uuid, name=...)
         page, count = q.build_select(queryable, spec)
-        compiled_count = (compile_select(count, dialect), {}) if count is not None else None
-        return (compile_select(page.with_only_columns(*columns), dialect), {}), compiled_count
+        return reads.compiled(page.with_only_columns(*columns)), reads.compiled(count) if count is not None else None
     key = (id(queryable), dialect, spec.sort, spec.fields, spec.count, spec.reply_with_count)
     cached = _plain.get(key)
     if cached is None or cached[0] is not queryable:

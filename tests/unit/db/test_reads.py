@@ -118,3 +118,28 @@ async def test_a_reading_sees_one_snapshot_and_cannot_write(tmp_path: Path) -> N
     finally:
         reads.close()
         await engine.dispose()
+
+
+def _compiled(statement: Any, reads: Reads) -> Reading[Rows]:
+    rows = yield reads.compiled(statement)
+    return rows
+
+
+@pytest.mark.anyio
+async def test_selects_of_one_shape_answer_their_own_values(engine: AsyncEngine) -> None:
+    """A select compiled once for its shape (get by uuid, ``name?=a,b``, a date) answers
+    each later select of that shape with that select's own values, IN lists of any
+    length included, and is compiled once per shape."""
+    reads = Reads(engine)
+    by_uuid = [select(Zone.name).where(Zone.uuid == u) for u in ("a" * 32, "b" * 32, "c" * 32)]
+    members = [select(Zone.name).where(Zone.name.in_(names)).order_by(Zone.name)
+               for names in (["a"], ["b", "x"], ["x", "y", "b"], ["a", "b"])]
+    since = [select(Zone.name).where(Zone.create_date > when) for when in (WHEN, WHEN.replace(year=2000))]
+    try:
+        assert [await reads.run(_compiled(s, reads)) for s in by_uuid] == [[("a",)], [("b",)], []]
+        assert [await reads.run(_compiled(s, reads)) for s in members] == [
+            [("a",)], [("b",)], [("b",)], [("a",), ("b",)]]
+        assert [await reads.run(_compiled(s, reads)) for s in since] == [[("b",)], [("a",), ("b",)]]
+        assert len(reads._compiled) == 1 + 3 + 1  # one per shape; an IN list's per length
+    finally:
+        reads.close()
