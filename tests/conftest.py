@@ -31,6 +31,28 @@ from tests.forkserver import Forkserver
 from tests.servers import ADMIN_PASSWORD, ROOT, Api, free_port, port_range  # noqa: F401 - tests import them from here
 
 DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
+
+
+def _share_the_default_ssl_context() -> None:
+    """httpx loads certifi's CAs into a new SSL context for every client it makes, even
+    one that only speaks http:// (~28 ms of CPU); the suite makes thousands (a client a
+    login, ``httpx.get``...), about a tenth of its workers' CPU. Clients made with the
+    default ``verify=True`` share one context here (a context is safe to share); a test
+    that verifies otherwise passes its own, which httpx uses as it is."""
+    from httpx._transports import default as transports  # where HTTPTransport looks it up
+
+    make = transports.create_ssl_context
+    shared = make()
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is True and cert is None and trust_env:
+            return shared
+        return make(verify, cert, trust_env)
+
+    transports.create_ssl_context = create_ssl_context
+
+
+_share_the_default_ssl_context()
 TEST_DB = os.environ.get("IMGSTORE_TEST_DB", "sqlite")
 PG_ADMIN_URL = os.environ.get("IMGSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
