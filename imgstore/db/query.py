@@ -27,7 +27,6 @@ taken to hold UTC.
 from __future__ import annotations
 
 import enum
-import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -40,7 +39,6 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime, String, cast, func, inspect, literal, select
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import joinedload
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.sql.sqltypes import BOOLEANTYPE
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -141,31 +139,13 @@ def build_select(q: Queryable, spec: QuerySpec) -> tuple[Select[Any], Select[Any
         page = matching.order_by(*order).offset(spec.start).limit(spec.limit)
     else:
         # the page's keys first, then its rows: an OFFSET skips index entries, not rows
-        # (an index-only scan of (createDate, uuid) on PostgreSQL), and joined loads of
-        # the entity's collections (joined_loads) need no subquery of their own
+        # (an index-only scan of (createDate, uuid) on PostgreSQL)
         key = getattr(q.entity, inspect(q.entity).get_property_by_column(keys[0]).key)
         picked = select(key).where(*clauses).order_by(*order).offset(spec.start).limit(spec.limit)
         page = select(q.entity).where(key.in_(picked)).order_by(*order)
     if not (spec.count or spec.reply_with_count):
         return page, None
     return page, select(func.count()).select_from(matching.subquery())
-
-
-@functools.cache
-def joined_loads(entity: type) -> tuple[Any, ...]:
-    """Loader options that fetch the collections an entity loads eagerly (``lazy="selectin"``,
-    its subclasses' too) in the page's own SELECT, as LEFT OUTER JOINs.
-
-    A page then costs one statement instead of one per collection; SQLAlchemy applies
-    ``LIMIT``/``OFFSET`` to the entities in a subquery, so paging is unchanged. The
-    result must be read with ``.unique()``.
-    """
-    options = []
-    for mapper in inspect(entity).self_and_descendants:
-        for rel in mapper.relationships:
-            if rel.lazy == "selectin" and (rel.parent is mapper or mapper.class_ is entity):
-                options.append(joinedload(getattr(rel.parent.class_, rel.key)))
-    return tuple(options)
 
 
 def where_clause(q: Queryable, cond: Condition) -> Clause:
