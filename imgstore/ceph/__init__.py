@@ -9,7 +9,9 @@ nothing of HTTP or the database. Errors leave it as ``imgstore.ceph.exceptions``
 * :func:`read_object`, :func:`write_object`, :func:`object_lock` and the like keep small
   RADOS objects of a pool (``bs_ceph_info.json``);
 * :class:`ImageWriter`, :func:`iter_image` and the rest of :mod:`imgstore.ceph.rbd` are
-  the bits of images.
+  the bits of images;
+* :class:`ImageChecksums` asks the OSDs for the CRC-32C of an image's objects (a copy
+  verified without reading it back), where :func:`osd_checksums_available`.
 
 Code outside this package imports these names from here, never a submodule.
 """
@@ -40,6 +42,8 @@ from imgstore.ceph.exceptions import (
 )
 from imgstore.ceph.monurl import MonUrl, check_fingerprint
 from imgstore.ceph.objects import append_object, object_lock, read_object, remove_object, write_object
+from imgstore.ceph.rados_checksum import ImageChecksums
+from imgstore.ceph.rados_checksum import available as osd_checksums_available
 from imgstore.ceph.rbd import (
     CHUNK_SIZE,
     READ_AHEAD,
@@ -85,6 +89,7 @@ __all__ = [
     "ClusterUnreachable",
     "Health",
     "ImageBusy",
+    "ImageChecksums",
     "ImageExists",
     "ImageNoSpace",
     "ImageNotFound",
@@ -110,6 +115,7 @@ __all__ = [
     "list_images",
     "object_lock",
     "offered_host_key",
+    "osd_checksums_available",
     "rbd_client_caps",
     "read_object",
     "read_range",
