@@ -38,6 +38,7 @@ _LIBRADOS = "librados.so.2"
 _CRC32C = 2  # LIBRADOS_CHECKSUM_TYPE_CRC32C
 _CRC_INIT = struct.pack("<I", 0xFFFFFFFF)  # the OSD's seed; it does not invert the result
 _ENOENT = 2
+_DONTNEED = 0x20  # LIBRADOS_OP_FLAG_FADVISE_DONTNEED: the OSD need not cache what it read to sum
 # The options of the storage's handle that the new one takes over (cluster.py sets them).
 _COPIED = ("mon_host", "key", "keyring", "client_mount_timeout", "rados_mon_op_timeout",
            "rados_osd_op_timeout", "log_to_stderr", "err_to_stderr")
@@ -57,6 +58,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "rados_read_op_checksum": (None, [_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64,
                                       ctypes.c_size_t, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
                                       ctypes.POINTER(ctypes.c_int)]),
+    "rados_read_op_set_flags": (None, [_p, ctypes.c_int]),
     "rados_read_op_operate": (ctypes.c_int, [_p, _p, ctypes.c_char_p, ctypes.c_int]),
 }
 
@@ -179,6 +181,7 @@ class ImageChecksums:
             # offset 0, length 0: the whole object; chunk 0: one value
             lib.rados_read_op_checksum(op, _CRC32C, _CRC_INIT, len(_CRC_INIT), 0, 0, 0, out, len(out),
                                        ctypes.byref(sum_rv))
+            lib.rados_read_op_set_flags(op, _DONTNEED)  # (of the checksum: the last op added)
             rv = lib.rados_read_op_operate(op, self._ioctx, obj.encode(), 0)
         finally:
             lib.rados_release_read_op(op)
