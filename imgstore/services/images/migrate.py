@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 
@@ -111,7 +112,7 @@ async def _copy(src_cluster: ceph.Cluster, src: CephBackupStorage, dst_cluster: 
             async for piece in pieces:
                 check.expect(piece)
                 await writer.write(piece)
-                await check.advance(writer.durable)
+                await check.advance(writer.durable, writer.settle)
                 await reporter.update(_percent(writer.received, size, 95), copied=writer.received, total=size)
         await reporter.update(95, force=True, stage="Verifying")
         await check.finish(size)
@@ -167,15 +168,26 @@ class CopyCheck:
         self._expected[self._pieces] = piece
         self._pieces += 1
 
-    async def advance(self, durable: int) -> None:
+    async def advance(self, durable: int, settle: Callable[[], Awaitable[int]] | None = None) -> None:
         """The OSDs hold the copy's first ``durable`` bytes; waits while :attr:`LAG` bytes
-        are unchecked, and raises what stopped the check."""
+        are unchecked, and raises what stopped the check.
+
+        ``durable`` can stay behind while the copy goes on: one slow write holds it, and
+        the writes after it (holes: none at all) complete around it. When all of it is
+        checked and still too much is unchecked, ``settle`` (the writer's) waits for the
+        writes in flight and says how far the copy is durable now; without it, this waits
+        for a later call."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        self._durable = durable
-        if durable - self.checked >= self.SPAN:
+        self._durable = max(self._durable, durable)
+        if self._durable - self.checked >= self.SPAN:
             self._wake.set()
         while not self._task.done() and self._pieces * ceph.CHUNK_SIZE - self.checked > self.LAG:
+            if settle is not None and self.checked >= self._durable:
+                self._durable = max(self._durable, await settle())
+                if self.checked >= self._durable:  # (cannot be: the pieces were all written)
+                    raise RuntimeError(f"the copy is durable to {self._durable} only, "
+                                       f"{self._pieces} pieces after its start")
             self._waiting = True  # check what is durable, if less than a span
             self._wake.set()
             self._checked_more.clear()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import rbd
 
-from imgstore.ceph import CHUNK_SIZE, Cluster, ImageWriter, osd_checksums_available
+from imgstore.ceph import CHUNK_SIZE, Cluster, ImageWriter, osd_checksums_available, zero_block
 from imgstore.errors import ApiError
 from imgstore.services.images import migrate
 from imgstore.services.images.migrate import CopyCheck, OsdChecksums, ReadBack
@@ -188,6 +188,35 @@ async def test_the_copy_waits_while_too_much_of_it_is_unchecked(kind: type[CopyC
     finally:
         await check.close()
     assert check.checked == len(data)
+
+
+@CHECKS
+async def test_the_copy_goes_on_when_a_slow_write_holds_durable_back(kind: type[CopyCheck], cluster: Cluster,
+                                                                     pool: str) -> None:
+    """A thin copy: the writes of the holes (none at all) complete around the slow write
+    of the data before them, so the writer's ``durable`` stays there while the copy runs
+    LAG bytes ahead. The check then has the writer settle, instead of waiting for a
+    ``durable`` that nobody would report any more (a bench migration hung so)."""
+    data = os.urandom(CHUNK_SIZE) + bytes(19 * CHUNK_SIZE)
+    name = new_name()
+    await write_image(cluster, pool, name, data, len(data))
+    check = kind(cluster, pool, name)
+    settled: list[int] = []
+    written = 0
+
+    async def settle() -> int:  # the writes in flight done: all that was written is durable
+        settled.append(check.checked)
+        return written
+
+    try:
+        for i in range(20):
+            written += CHUNK_SIZE
+            check.expect(data[:CHUNK_SIZE] if i == 0 else zero_block(CHUNK_SIZE))
+            await asyncio.wait_for(check.advance(0, settle), 30)  # the first write is still in flight
+        await check.finish(len(data))
+    finally:
+        await check.close()
+    assert settled and (check.mismatch, check.checked) == (None, len(data))
 
 
 async def test_an_image_writer_makes_objects_the_osd_checksums_can_name(cluster: Cluster, pool: str) -> None:
