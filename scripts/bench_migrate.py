@@ -2,7 +2,7 @@
 """Benchmark: BackupStorageMigrateImage vs ``rbd export - | rbd import -`` between two clusters.
 
 One image on a storage of cluster A is copied to a storage of cluster B, by imgstore
-(librbd to librbd in its process, holes skipped, the copy read back and verified) and by
+(librbd to librbd in its process, holes skipped, each object of the copy checksummed by its OSD) and by
 the CLI pipe ZStack's agent runs (``rbd export pool/img - | rbd import - pool/img``, no
 verification), interleaved, median of N runs each. Two images: all data, and thin (a
 little data, the rest a hole). Target: imgstore >= 0.9x the pipe's throughput.
