@@ -241,25 +241,35 @@ def membership(owner_key: Any, rows: Select[Any], cond: Condition, kind: type = 
     return owner_key.not_in(owners) if positive else owner_key.in_(owners)
 
 
-def relation(owner_key: Any, link: Callable[[], Select[Any]], target: Queryable) -> Relation:
+def relation(owner_key: Any, link: Callable[[], Select[Any]],
+             target: Queryable | Callable[[], Queryable]) -> Relation:
     """A :data:`Relation` for ``<name>.<field>`` conditions on another queryable resource.
 
     ``link()`` yields ``(owner key, target primary key)`` rows: a ref table for
     many-to-many (``select(Ref.backup_storage_uuid, Ref.zone_uuid)``), or the child table
     itself for one-to-many (``select(CephMon.backup_storage_uuid, CephMon.uuid)``).
-    The owner matches when some linked target satisfies the condition.
+    The owner matches when some linked target satisfies the condition. ``target`` may
+    be a function that returns it, for two resources that name each other (zones and
+    storages): it is asked when a query or the document needs it.
     """
 
     def clause(rest: str, cond: Condition) -> Clause:
-        matched = select(_primary_key(target)[0]).where(
-            where_clause(target, replace(cond, name=rest))
+        resolved = related(clause)
+        matched = select(_primary_key(resolved)[0]).where(
+            where_clause(resolved, replace(cond, name=rest))
         )
         sub = link().subquery()
         owner, target_key = list(sub.c)[:2]
         return owner_key.in_(select(owner).where(target_key.in_(matched)))
 
-    clause.target = target  # type: ignore[attr-defined]  # read by condition_pattern, for the document
+    clause.target = target  # type: ignore[attr-defined]  # read by related()
     return clause
+
+
+def related(clause: Relation) -> Queryable:
+    """The resource a :func:`relation` leads to."""
+    target = clause.target  # type: ignore[attr-defined]
+    return target if isinstance(target, Queryable) else target()
 
 
 def tag_filter(owner_key: Any, rows_for: Callable[[str], Select[Any]]) -> TagFilter:
@@ -465,9 +475,7 @@ def condition_pattern(q: Queryable) -> str:
     if q.tags is not None:
         alternatives += [rf"{name}(?:{_operations(str)})" for name in TAG_NAMES]
     for rel, clause in q.relations.items():
-        target = getattr(clause, "target", None)
-        if target is not None:
-            alternatives += _field_conditions(target, f"{rel}.")
+        alternatives += _field_conditions(related(clause), f"{rel}.")
     return rf"^\s*(?:{'|'.join(alternatives)})$"
 
 

@@ -42,7 +42,7 @@ from imgstore.services.node.runtime import Runtime
 from imgstore.services.storage.queryables import BACKUP_STORAGE_QUERY
 from imgstore.services.storage.rows import apply_capacity
 from imgstore.wire.enums import ImageStatus, MediaType, State, StorageStatus
-from imgstore.wire.query import Condition, QuerySpec
+from imgstore.wire.query import QuerySpec
 
 log = logging.getLogger(__name__)
 
@@ -229,12 +229,6 @@ REF_QUERY = q.Queryable(
 )
 
 
-def _backup_storage(rest: str, cond: Condition):  # type: ignore[no-untyped-def]
-    """``q=backupStorage.<field>...``: the image's storages, through its refs."""
-    link = lambda: select(ImageBackupStorageRef.image_uuid, ImageBackupStorageRef.backup_storage_uuid)  # noqa: E731
-    return q.relation(Image.uuid, link, BACKUP_STORAGE_QUERY)(rest, cond)
-
-
 IMAGE_QUERY = q.Queryable(
     entity=Image,
     name="ImageInventory",
@@ -247,7 +241,10 @@ IMAGE_QUERY = q.Queryable(
         "backupStorageRefs": q.relation(
             Image.uuid, lambda: select(ImageBackupStorageRef.image_uuid, ImageBackupStorageRef.id), REF_QUERY
         ),
-        "backupStorage": _backup_storage,
+        "backupStorage": q.relation(  # the image's storages, through its refs
+            Image.uuid, lambda: select(ImageBackupStorageRef.image_uuid, ImageBackupStorageRef.backup_storage_uuid),
+            BACKUP_STORAGE_QUERY,
+        ),
     },
     tags=q.tag_filter(Image.uuid, tags.tag_rows),
     default_sort="createDate",

@@ -11,7 +11,6 @@ from sqlalchemy import select
 from imgstore.db import query as q
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Tag, Zone
 from imgstore.services.catalog import tags
-from imgstore.wire.query import Condition
 
 _TAG_KINDS = {"systemTag": tags.SYSTEM, "userTag": tags.USER}
 
@@ -36,19 +35,14 @@ def _storage_links():  # type: ignore[no-untyped-def]
     return select(BackupStorageZoneRef.zone_uuid, BackupStorageZoneRef.backup_storage_uuid)
 
 
-def _backup_storage(rest: str, cond: Condition):  # type: ignore[no-untyped-def]
-    """``q=backupStorage.<field>...`` on zones; resolved when a query asks, since the
-    backup-storage query names zones too (``q=zone.name=...``)."""
-    return q.relation(Zone.uuid, _storage_links, BACKUP_STORAGE_QUERY)(rest, cond)
-
-
 ZONE_QUERY = q.Queryable(
     entity=Zone,
     name="ZoneInventory",
     fields=q.columns(
         Zone, "uuid", "name", "description", "state", "type", "is_default", "create_date", "last_op_date"
     ),
-    relations={"backupStorage": _backup_storage},
+    # the backup-storage query names zones too (q=zone.name=...): asked for when needed
+    relations={"backupStorage": q.relation(Zone.uuid, _storage_links, lambda: BACKUP_STORAGE_QUERY)},
     tags=q.tag_filter(Zone.uuid, tags.tag_rows),
     default_sort="createDate",
 )
