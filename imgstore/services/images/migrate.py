@@ -243,8 +243,11 @@ class OsdChecksums(CopyCheck):
     (``ceph.ImageChecksums``): the bytes are not brought back. One object at a time: on
     2 cores more in flight slowed the copy more than they sped the check up (README).
 
-    An all-zero piece is not asked for: the writer wrote nothing there, so the new image
-    has no object (the read-back trusted the destination's object map the same way).
+    A hole the source's object map knows (the shared zero block) is not asked for: the
+    writer wrote nothing there (the read-back trusted the destination's object map the
+    same way). Any other piece is, zeros included: ``ImageChecksums.matches`` takes an
+    absent object for zeros in the pool's thread, so the loop does not compare every
+    piece with zeros again (the writer already did).
     """
 
     SPAN = ceph.CHUNK_SIZE
@@ -267,7 +270,7 @@ class OsdChecksums(CopyCheck):
         zero = ceph.zero_block(ceph.CHUNK_SIZE)
         for index in range(self.checked // ceph.CHUNK_SIZE, -(-end // ceph.CHUNK_SIZE)):
             piece = self._expected.pop(index)
-            if piece is not zero and piece != zero[:len(piece)] and not await self._sums.matches(index, piece):
+            if piece is not zero and not await self._sums.matches(index, piece):
                 self.mismatch = index * ceph.CHUNK_SIZE
                 return
         self.checked = end
