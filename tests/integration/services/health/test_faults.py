@@ -123,7 +123,7 @@ def test_reconnect_on_a_healthy_storage(api: Api, c2: DevCluster, pool2: str) ->
     r = api.put(f"/backup-storage/{inv['uuid']}/actions", json={"reconnectBackupStorage": {}},
                 headers={"Prefer": "respond-async"})
     done = api.wait_job(r)
-    assert done.status_code == 200 and done.json()["inventory"]["status"] == "Connected"
+    assert done.status_code == 200 and done.json()["inventory"]["status"] == "Connected", done.text
 
 
 def test_the_tracker_pings_a_storage_with_its_mons_as_they_are_now(
