@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: forkserver made): a request's environment may differ from the forkserver's in these only
 _RUN_TIME_KEYS = ("IMGSTORE_", "PYTEST_", "XDG_CONFIG_HOME", "COLUMNS", "LINES", "CEPH_CONF")
 #: what ``serve`` imports (at module level and inside the command), and the SQLite and
-#: PostgreSQL drivers and Alembic it loads on its first migration
+#: PostgreSQL drivers (its migrations run in a child process: Alembic is not among them)
 _WARM = (
     "imgstore.cli.commands", "imgstore.app", "imgstore.logs", "imgstore.memory", "imgstore.config",
-    "imgstore.http_protocol", "alembic.command", "alembic.runtime.migration", "alembic.script",
+    "imgstore.http_protocol",
     "aiosqlite", "sqlalchemy.dialects.sqlite.aiosqlite", "sqlalchemy.dialects.postgresql.psycopg",
     "uvicorn.lifespan.on", "uvicorn.loops.auto", "uvicorn.protocols.websockets.auto",
 )

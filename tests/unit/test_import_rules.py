@@ -21,8 +21,6 @@ PACKAGE = Path(imgstore.__file__).parent
 LATE_IMPORTS_ALLOWED = {
     ("cli/commands.py", "serve"): "`imgstore <command>` talks to a server over HTTP and must start "
     "without loading one (fastapi, SQLAlchemy); only `imgstore serve` loads the app",
-    ("db/engine.py", "migrate"): "db/schema.py loads Alembic and Mako (~11 MiB that stay resident); "
-    "a node whose database is at SCHEMA_HEAD never needs them",
 }
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, exists, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.db.engine import db_now, rows_changed
@@ -152,9 +152,14 @@ async def _create_missing(db: AsyncSession) -> None:
         )
         .order_by(CephBackupStorage.uuid)
     )
-    insert = (postgresql if db.get_bind().dialect.name == "postgresql" else sqlite).insert
-    stmt = insert(Lease).from_select(["backup_storage_uuid"], missing).on_conflict_do_nothing()
-    await db.execute(stmt)
+    columns = ["backup_storage_uuid"]
+    if db.get_bind().dialect.name == "postgresql":
+        # imported here: a SQLite node never loads PostgreSQL's dialect
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        await db.execute(pg_insert(Lease).from_select(columns, missing).on_conflict_do_nothing())
+    else:
+        await db.execute(sqlite.insert(Lease).from_select(columns, missing).on_conflict_do_nothing())
     await db.commit()
 
 

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
+from imgstore.db.engine import SCHEMA_HEAD
 from imgstore.db.models import Base
 from imgstore.db.schema import alembic_config
 
@@ -100,9 +101,19 @@ def test_the_schema_head_the_engine_knows_is_alembics() -> None:
     assert SCHEMA_HEAD == schema.head()
 
 
-def test_a_node_whose_database_is_at_head_loads_neither_alembic_nor_psycopg(tmp_path: Path) -> None:
-    """Alembic with Mako and psycopg stay resident once imported (~20 MiB of an idle
-    server); a SQLite node at the head revision needs none of them."""
+def _sqlite_revision(path: Path) -> str | None:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return row[0] if row else None
+
+
+def test_a_sqlite_node_loads_neither_alembic_nor_psycopg_nor_postgresql_even_when_it_migrates(
+        tmp_path: Path) -> None:
+    """Alembic with Mako (and the SQLAlchemy dialects it imports), psycopg and PostgreSQL's
+    dialect stay resident once imported; a SQLite node needs none of them, not even at its
+    first start, whose migration runs in a child process (engine.migrate)."""
     import subprocess
     import sys
 
@@ -116,9 +127,40 @@ def test_a_node_whose_database_is_at_head_loads_neither_alembic_nor_psycopg(tmp_
         "    await migrate(e)\n"
         "    await e.dispose()\n"
         "asyncio.run(main())\n"
-        "print(sorted(m for m in ('alembic', 'mako', 'psycopg') if m in sys.modules))\n"
+        "print(sorted(m for m in ('alembic', 'mako', 'psycopg', 'sqlalchemy.dialects.postgresql') "
+        "if m in sys.modules))\n"
     )
-    first = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True)
-    assert "alembic" in first.stdout, "the first start migrates"
-    again = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True)
-    assert again.stdout.strip() == "[]", again.stdout
+    for start in ("first", "again"):
+        out = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]", (start, out.stdout)
+        assert _sqlite_revision(tmp_path / "imgstore.db") == SCHEMA_HEAD, start
+
+
+def test_a_failed_migration_fails_the_start_and_says_why(tmp_path: Path, capfd: Any) -> None:
+    """The migration child's failure is the start's (MigrationFailed), and its reason is
+    in the log as a JSON line like the server's own."""
+    import asyncio
+    import json
+    import sqlite3
+
+    import pytest
+
+    from imgstore.db.engine import MigrationFailed, create_engine, migrate
+
+    path = tmp_path / "imgstore.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('9999')")  # a revision no migration knows
+
+    async def start() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(MigrationFailed):
+        asyncio.run(start())
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line["msg"] == "the schema migration failed"]
+    assert failed and "9999" in json.dumps(failed[0])
