@@ -144,8 +144,15 @@ assert set(get_args(ChangeStateDoc.model_fields["stateEvent"].annotation)) == se
 # ---------------------------------------------------------------- shared responses and parameters
 
 
+_ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorReply"}
+
+
 def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorReply, "description": description}
+    """An error response, its schema by reference (:func:`_document_errors` adds it to the
+    document): with ``model``, FastAPI would make a pydantic field for each status of each
+    route, under both prefixes, when the first request comes, and keep them all for the
+    document alone."""
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
 
 
 #: Every API route: its failures are ZStack ErrorCodes (and FastAPI's 422 is never sent).
@@ -249,6 +256,7 @@ def install(app: FastAPI) -> None:
         fresh = app.openapi_schema is None
         doc = generate()  # FastAPI's, cached on the app: completed once, when first made
         if fresh:
+            _document_errors(doc)
             _document_jobs(doc)
             _no_null_parameters(doc)
             _projected_inventories(doc)
@@ -259,6 +267,15 @@ def install(app: FastAPI) -> None:
     app.openapi = document  # type: ignore[method-assign]
 
 
+def _document_errors(doc: dict[str, Any]) -> None:
+    """ErrorReply and what it nests, which the error responses refer to (:func:`_error`)."""
+    schema = ErrorReply.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, nested in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, nested)
+    schemas.setdefault("ErrorReply", schema)
+
+
 def _document_sessions(doc: dict[str, Any]) -> None:
     """Every route that needs a session may answer 401 ID.1001, wherever its session check
     is declared (on its router, or on the route itself: RenewSession)."""
@@ -267,7 +284,7 @@ def _document_sessions(doc: dict[str, Any]) -> None:
             if op.get("security") and "401" not in op.get("responses", {}):
                 op["responses"]["401"] = {
                     "description": SESSION_ERRORS[401]["description"],
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}}
+                    "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
 
 
 NO_NUL = "^[^\\x00]*$"
