@@ -33,19 +33,22 @@ def submit_quietly(cluster: RadosSource, fn: Callable[[], Any]) -> None:
         pass
 
 
-def _completion(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Callable[..., None]]:
+def _completion(loop: asyncio.AbstractEventLoop,
+                held: tuple[Any, ...] = ()) -> tuple[asyncio.Future[Any], Callable[..., None]]:
     """A future and the rbd aio callback that resolves it (called in librbd's thread).
 
     The result is the completion's return value, or ``(return value, data)`` for an
-    ``aio_read``, whose callback also gets the bytes read (None on error).
-    """
+    ``aio_read``, whose callback also gets the bytes read (None on error). The callback
+    holds ``held`` until librbd has called it: the binding keeps the callback that long,
+    whatever happens to the future (a cancelled waiter included)."""
     fut: asyncio.Future[Any] = loop.create_future()
+    return fut, functools.partial(_completed, loop, fut, held)
 
-    def callback(completion: Any, *data: Any) -> None:
-        rv = completion.get_return_value()
-        resolve_threadsafe(loop, fut, (rv, data[0] or b"") if data else rv)
 
-    return fut, callback
+def _completed(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], _held: tuple[Any, ...],
+               completion: Any, *data: Any) -> None:
+    rv = completion.get_return_value()
+    resolve_threadsafe(loop, fut, (rv, data[0] or b"") if data else rv)
 
 
 def resolve_threadsafe(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any,
@@ -71,9 +74,12 @@ def aio(cluster: RadosSource, loop: asyncio.AbstractEventLoop, method: Callable[
     """Start an rbd ``aio_*`` call; a future of its completion's result.
 
     The call is made from a pool thread, not the loop: librados may block the caller
-    when its in-flight throttle is full, and librbd copies the data to write there.
+    when its in-flight throttle is full. The arguments (an ``aio_write``'s bytes) are held
+    until the completion: librbd writes from them without a copy (the handle's
+    ``rbd_disable_zero_copy_writes`` is off, cluster.py) and completes only once it has
+    let go of them.
     """
-    done, callback = _completion(loop)
+    done, callback = _completion(loop, args)
     try:
         submitted = loop.run_in_executor(cluster.executor, functools.partial(method, *args, callback))
     except RuntimeError:  # the pool was shut down by Cluster.close()

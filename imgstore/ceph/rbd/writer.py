@@ -371,23 +371,35 @@ class ImageWriter:
     async def _retire(self, offset: int, pending: list[asyncio.Future[Any]],
                       recycle: bytearray | None, release: Callable[[], None] | None = None) -> None:
         """When a chunk is written and hashed: note any error, reuse or give back its
-        buffer, free its slot."""
+        buffer, free its slot. librbd writes from the buffer itself (no copy, cluster.py):
+        cancelled before its writes complete, this gives the buffer back only once they
+        have, so nobody fills it while librbd still sends it."""
+        done = asyncio.gather(*pending, return_exceptions=True)
         try:
-            for r in await asyncio.gather(*pending, return_exceptions=True):
+            results = await asyncio.shield(done)
+        except BaseException:
+            done.add_done_callback(lambda _: self._free(recycle, release))
+            raise
+        try:
+            for r in results:
                 if self._error is None and isinstance(r, BaseException):
                     self._error = translate(r, f"write {self._what}", self._cluster,
                                              self.pool, self.name)
                 elif self._error is None and isinstance(r, int) and r < 0:
                     self._error = from_errno(-r, f"write {self._what} at {offset}", self._cluster,
                                              self.pool, self.name)
-            if recycle is not None and self._state == "open":
-                self._spare.append(recycle)
             if self._error is None:
                 self._unacked.discard(offset)
         finally:
-            self._slots.release()
-            if release is not None:
-                release()
+            self._free(recycle, release)
+
+    def _free(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
+        """A chunk's writes are over: its buffer is reused or given back, its slot freed."""
+        if recycle is not None and self._state == "open":
+            self._spare.append(recycle)
+        self._slots.release()
+        if release is not None:
+            release()
 
     async def _grow(self, end: int) -> None:
         """Unknown size: make room for ``end`` bytes, doubling (Glance bug 1792710)."""

@@ -275,6 +275,35 @@ async def test_lent_buffers_are_written_from_and_given_back_once_done_with(clust
     await remove_image(cluster, pool, name)
 
 
+async def test_lent_buffers_come_back_only_after_their_writes_even_when_a_wait_is_cancelled(
+        cluster: Cluster, pool: str) -> None:
+    """librbd writes from a lent buffer itself (no copy): a wait for the writes that is
+    cancelled (settle() here; a PUT's end in the server) must not give the buffers back
+    while librbd still sends them. Each release scribbles over its buffer at once."""
+    chunk = 4 * MiB
+    pieces = [os.urandom(chunk) for _ in range(3)]
+    released: list[int] = []
+    name = new_name()
+    w = ImageWriter(cluster, pool, name, len(pieces) * chunk, checksums=False)
+    await w.open()
+    for i, data in enumerate(pieces):
+        buf = bytearray(data)
+
+        def release(i: int = i, buf: bytearray = buf) -> None:
+            released.append(i)
+            buf[:] = b"\xff" * len(buf)  # reused at once, as the upload's receiver does
+        await w.write(buf, release)
+    waiting = asyncio.ensure_future(w.settle())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await w.commit()
+    assert sorted(released) == [0, 1, 2]
+    assert await read_all(cluster, pool, name) == b"".join(pieces)
+    await remove_image(cluster, pool, name)
+
+
 async def test_two_uploads_at_once_on_one_handle(cluster: Cluster, pool: str) -> None:
     blobs = {new_name(): os.urandom(9 * MiB + i) for i in range(2)}
     results = await asyncio.gather(*(write_image(cluster, pool, n, d, len(d), piece=65536)
