@@ -35,9 +35,9 @@ __all__ = ["FEATURES", "WRITE_WINDOW", "ImageWriter", "WriteResult"]
 log = logging.getLogger(__name__)
 
 WRITE_WINDOW = 3
-"""Chunks a writer holds at most (being written or hashed); librbd holds a copy of each one
-in flight, so each one more costs 4-8 MiB of RSS. The README's benchmark table has the
-uploads and peak RSS measured with it."""
+"""Chunks a writer holds at most (being written or hashed); librbd writes from them without
+a copy (cluster.py), so each one more costs a chunk of RSS. The README's benchmark table
+has the uploads and peak RSS measured with it."""
 GROW_MIN = 64 * MiB
 GROW_MAX_STEP = 8 * 1024 * MiB
 """Unknown size: the image doubles (from GROW_MIN, by at most GROW_MAX_STEP) as data comes."""
@@ -234,8 +234,8 @@ class ImageWriter:
         """Accept the next piece of the stream, of any size; waits while the window is full.
 
         With ``release``, ``data`` is lent: a whole chunk at a chunk boundary is written
-        straight from it (librbd copies it once more on submission, so copying it here
-        first buys nothing) and ``release`` is called once the write is done with it;
+        straight from it (librbd too writes from it, without a copy: cluster.py) and
+        ``release`` is called once the write is done with it;
         any other piece is copied and released at once. ``release`` is called exactly
         once, whatever happens.
         """
