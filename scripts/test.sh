@@ -17,7 +17,7 @@
 #      args were given; 1 runs it with the same args as step 4; 0 never. It leaves out the
 #      modules that never start a server (test_ceph_layer, test_rbd_io) and test_multinode,
 #      which is on PostgreSQL in both passes.
-#   Each pass runs on IMGSTORE_TEST_WORKERS pytest-xdist workers (default 2 without pytest
+#   Each pass runs on IMGSTORE_TEST_WORKERS pytest-xdist workers (default 3 without pytest
 #   args, 1 = no xdist with them; the SQLite pass one more beside the PostgreSQL pass,
 #   IMGSTORE_TEST_SQLITE_WORKERS), `--dist loadscope --no-loadscope-reorder`: a worker takes
 #   a module (or a test class) at a time, long ones first (tests/conftest.py orders them);
@@ -52,7 +52,7 @@ pg_pass=${IMGSTORE_TEST_PG_PASS:-auto}
 if [ "$pg_pass" = auto ]; then
   pg_pass=$([ $# = 0 ] && [ "$QUICK" = 0 ] && echo 1 || echo 0)
 fi
-workers=${IMGSTORE_TEST_WORKERS:-$([ $# = 0 ] && echo 2 || echo 1)}
+workers=${IMGSTORE_TEST_WORKERS:-$([ $# = 0 ] && echo 3 || echo 1)}
 [ "$workers" -ge 1 ] 2>/dev/null || die "IMGSTORE_TEST_WORKERS must be a number >= 1"
 # The SQLite pass holds every test and the fuzzing, the PostgreSQL pass the integration
 # tests: about twice the work, much of it waiting (restarts, pings, timeouts). With both
@@ -71,7 +71,8 @@ ports() { # NAME -> "MONPORT SSHPORT"
 # lanes: "c1,c2;c1,c3" for the SQLite pass, the next c's for the PostgreSQL pass
 # IMGSTORE_TEST_CLUSTER_NAMES (default "c1 c2 c3 ..."): the shared cluster, then the
 # workers' own; another set lets a second test.sh run beside this one on the same machine.
-read -r -a names_pool <<<"${IMGSTORE_TEST_CLUSTER_NAMES:-c1 c2 c3 c4 c5 c6 c7 c8 c9 c10 c11}"
+# No c8: its ports (16789, 16022) are c1's.
+read -r -a names_pool <<<"${IMGSTORE_TEST_CLUSTER_NAMES:-c1 c2 c3 c4 c5 c6 c7 c9 c10 c11}"
 next_c=1; CLUSTERS=${names_pool[0]}
 lanes() { # WORKERS -> lanes, and the clusters they need added to CLUSTERS
   local i out="" c
