@@ -56,8 +56,9 @@ workers=${IMGSTORE_TEST_WORKERS:-$([ $# = 0 ] && echo 3 || echo 1)}
 [ "$workers" -ge 1 ] 2>/dev/null || die "IMGSTORE_TEST_WORKERS must be a number >= 1"
 # The SQLite pass holds every test and the fuzzing, the PostgreSQL pass the integration
 # tests: about twice the work, much of it waiting (restarts, pings, timeouts). With both
-# passes it gets one worker more, so the two end nearer each other (2026-12-04, 2 + 2:
-# PostgreSQL done at +553 s, SQLite at +959 s with the machine at load ~1 meanwhile).
+# passes it gets one worker more, so the two end nearer each other. More workers than
+# cores: with 3 + 2 the CPU sat 60-90 % busy through the second half of the run (tests
+# waiting on restarts and Ceph held every worker): 745 s; 4 + 3: 666 s (2026-12-04).
 sqlite_workers=${IMGSTORE_TEST_SQLITE_WORKERS:-$([ "$pg_pass" = 1 ] && echo $((workers + 1)) || echo "$workers")}
 [ "$sqlite_workers" -ge 1 ] 2>/dev/null || die "IMGSTORE_TEST_SQLITE_WORKERS must be a number >= 1"
 
