@@ -73,7 +73,9 @@ async def iter_image(
                 pending.popleft()
                 data = zero_block(length) if length == chunk else bytes(length)
             else:
-                rv, data = await fut
+                # shielded: a consumer cancelled here must not cancel the read's task,
+                # which close_reader waits for before it closes the image under librbd
+                rv, data = await asyncio.shield(fut)
                 pending.popleft()
                 reads -= 1
                 if rv < 0:

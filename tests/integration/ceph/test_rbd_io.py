@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import subprocess
+import time
+import types
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -349,6 +351,61 @@ async def test_a_reader_that_stops_early_closes_the_image(cluster: Cluster, pool
     await reader.aclose()  # reads in flight land, the image is closed: removable at once
     await remove_image(cluster, pool, name)
     assert name not in await list_images(cluster, pool)
+
+
+async def test_a_reader_cancelled_while_it_waits_closes_the_image_only_after_its_reads(
+    cluster: Cluster, pool: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export whose client hangs up is cancelled inside ``await`` of a read. The read's
+    task was cancelled with it and the image closed under librbd's read still in flight: a
+    test server died in a messenger thread (pthread_mutex_lock on freed memory)."""
+    data = os.urandom(8 * CHUNK_SIZE)
+    name = new_name()
+    await write_image(cluster, pool, name, data, len(data), piece=CHUNK_SIZE)
+    in_flight: list[int] = []
+    closed_with: list[int] = []
+    real_open = reader.open_read_only
+
+    async def open_watched(*args: Any) -> tuple[Any, Any, int]:
+        ioctx, image, size = await real_open(*args)
+        real_read, real_close = image.aio_read, image.close
+
+        def aio_read(off: int, length: int, oncomplete: Any, *rest: Any) -> Any:
+            in_flight.append(off)
+
+            def landed(completion: Any, *data: Any) -> None:
+                time.sleep(0.2)  # librbd's thread, slow: the consumer gives up meanwhile
+                in_flight.remove(off)
+                oncomplete(completion, *data)
+            return real_read(off, length, landed, *rest)
+
+        def close() -> None:
+            closed_with.append(len(in_flight))
+            real_close()
+
+        proxy = types.SimpleNamespace(aio_read=aio_read, close=close)
+        return ioctx, _Proxy(image, proxy), size
+
+    monkeypatch.setattr(reader, "open_read_only", open_watched)
+    stream = iter_image(cluster, pool, name, chunk=MiB, readahead=1)
+    consumer = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.05)  # inside `await` of its first read
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    await stream.aclose()
+    assert closed_with == [0], f"the image was closed with {closed_with} reads in flight"
+    await remove_image(cluster, pool, name)
+
+
+class _Proxy:
+    """An rbd.Image with some of its methods replaced."""
+
+    def __init__(self, image: Any, over: Any) -> None:
+        self._image, self._over = image, over
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._over, attr, None) or getattr(self._image, attr)
 
 
 # ---------------------------------------------------------------- all or nothing
