@@ -11,7 +11,11 @@ import functools
 import gc
 from typing import Any
 
-_M_ARENA_MAX = -8  # mallopt parameter, as MALLOC_ARENA_MAX
+_M_TRIM_THRESHOLD = -1  # mallopt parameters, as MALLOC_TRIM_THRESHOLD_,
+_M_MMAP_THRESHOLD = -3  # MALLOC_MMAP_THRESHOLD_
+_M_ARENA_MAX = -8  # and MALLOC_ARENA_MAX
+MMAP_THRESHOLD = 8 << 20
+TRIM_THRESHOLD = 32 << 20
 
 
 def limit_arenas(arenas: int = 2) -> None:
@@ -20,6 +24,26 @@ def limit_arenas(arenas: int = 2) -> None:
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_ARENA_MAX, arenas)
+
+
+def fix_mmap_threshold(mmap: int = MMAP_THRESHOLD, trim: int = TRIM_THRESHOLD) -> None:
+    """Blocks of ``mmap`` bytes or more are mapped on their own and unmapped when freed;
+    smaller ones come from the arenas, which keep up to ``trim`` bytes free at their top.
+
+    glibc's default threshold moves up to the largest mapped block freed so far: once the
+    start's scrypt (crypto.py, in a login-hash thread) had freed its 16 MiB, every later
+    login's 16 MiB came from an arena too and stayed resident for good. Fixed above the
+    image streams' 4 MiB buffers and below scrypt's block, it no longer moves: the hash's
+    block goes back to the kernel when freed, and the buffers are still reused from the
+    arenas (under 4 MiB, each of them was a fresh mapping to fault in, page by page: the
+    export's server CPU went up with it). A fixed threshold leaves the trim threshold at
+    glibc's 128 KiB, where the arenas gave a freed buffer back to the kernel and faulted it
+    in again for the next one: ``trim`` is what glibc's own moving threshold had set it to.
+    trim_heap() still hands an upload's buffers back at its end."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, mmap)
+        mallopt(_M_TRIM_THRESHOLD, trim)
 
 
 def trim_heap() -> None:

@@ -228,6 +228,7 @@ def serve(
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together")
     memory.limit_arenas()
+    memory.fix_mmap_threshold()
     log_config = logs.configure(log_level)  # one masked JSON line per event, uvicorn's too
     settings = Settings(listen_url=_listen_url("https" if ssl_certfile else "http", host, port))
     # uvicorn writes its access line when a response starts, before a streamed body's
