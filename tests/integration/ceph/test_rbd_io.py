@@ -374,7 +374,7 @@ async def test_a_reader_cancelled_while_it_waits_closes_the_image_only_after_its
             in_flight.append(off)
 
             def landed(completion: Any, *data: Any) -> None:
-                time.sleep(0.2)  # librbd's thread, slow: the consumer gives up meanwhile
+                time.sleep(0.5)  # librbd's thread, slow: the consumer gives up meanwhile
                 in_flight.remove(off)
                 oncomplete(completion, *data)
             return real_read(off, length, landed, *rest)
@@ -389,7 +389,10 @@ async def test_a_reader_cancelled_while_it_waits_closes_the_image_only_after_its
     monkeypatch.setattr(reader, "open_read_only", open_watched)
     stream = iter_image(cluster, pool, name, chunk=MiB, readahead=1)
     consumer = asyncio.ensure_future(stream.__anext__())
-    await asyncio.sleep(0.05)  # inside `await` of its first read
+    for _ in range(1000):  # until it is inside `await` of its first read (the open may be slow)
+        if in_flight:
+            break
+        await asyncio.sleep(0.01)
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer
