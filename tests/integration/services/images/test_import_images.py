@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, DevCluster, Server, wait_for
-from tests.integration.services.images.test_images import MiB, added, forget_images, image_data, images, rbd
+from tests.integration.services.images.test_images import MiB, added, forget_images, image_data, images
 
 pytestmark = pytest.mark.ceph
 
@@ -47,13 +47,13 @@ def metadata(cluster: DevCluster, pool: str) -> dict[str, dict]:
 def rbd_write(cluster: DevCluster, tmp_path: Path, pool: str, name: str, data: bytes) -> None:
     path = tmp_path / name
     path.write_bytes(data)
-    out = rbd(cluster, "import", "--image-format", "2", str(path), f"{pool}/{name}")
+    out = cluster.rbd("import", "--image-format", "2", str(path), f"{pool}/{name}")
     assert out.returncode == 0, out.stderr
     path.unlink()
 
 
 def rbd_create(cluster: DevCluster, pool: str, name: str, size_mib: int) -> None:
-    out = rbd(cluster, "create", "--size", f"{size_mib}M", f"{pool}/{name}")
+    out = cluster.rbd("create", "--size", f"{size_mib}M", f"{pool}/{name}")
     assert out.returncode == 0, out.stderr
 
 
@@ -147,8 +147,14 @@ def test_a_pool_written_by_zstack_is_adopted_with_names_and_formats(
         "lines without an RBD image, or not Ready, and images without a line are not adopted"
 
     # the object is rewritten for the new storage, in ZStack's format
-    lines = wait_for(lambda: (m := metadata(c1, pool)) and m[disk]["backupStorageRefs"][0]["backupStorageUuid"] == bs
-                     and m, 20)
+    def rewritten() -> dict[str, dict] | None:
+        try:
+            m = metadata(c1, pool)
+        except ValueError:  # still ZStack's object, with its line that is not JSON
+            return None
+        return m if m and m[disk]["backupStorageRefs"][0]["backupStorageUuid"] == bs else None
+
+    lines = wait_for(rewritten, 20)
     assert set(lines) == {disk, iso, deleted}, "ZStack's line of a Deleted image with bits stays; the gone one goes"
     assert lines[disk]["name"] == "centos7-disk" and lines[disk]["status"] == "Ready"
     assert lines[iso]["backupStorageRefs"][0]["installPath"] == f"ceph://{pool}/{iso}"
