@@ -10,6 +10,7 @@ dropped at the end of the run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -165,21 +166,31 @@ def _pg_template() -> str:
     return _TEMPLATES["postgresql"]
 
 
+def _sqlite_template() -> Path:
+    """A SQLite database at head, made once per set of migrations and kept in the temporary
+    directory for every later pytest process (each run's workers, the serial passes, the
+    next run): a migration to head is a second of CPU, paid by every worker before."""
+    if "sqlite" not in _TEMPLATES:
+        migrations = ROOT / "imgstore" / "db" / "migrations"
+        digest = hashlib.sha256()
+        for path in sorted(migrations.rglob("*.py")):
+            digest.update(path.relative_to(migrations).as_posix().encode() + b"\0" + path.read_bytes())
+        path = Path(tempfile.gettempdir()) / f"imgstore-template-{digest.hexdigest()[:16]}.db"
+        if not path.exists():
+            fresh = Path(tempfile.mkdtemp(prefix="imgstore-template-")) / "imgstore.db"
+            migrate_to_head(f"sqlite:///{fresh}")  # the engine's close leaves no -wal behind
+            os.replace(fresh, path)  # whole or not there, whichever worker gets there first
+            shutil.rmtree(fresh.parent, ignore_errors=True)
+        _TEMPLATES["sqlite"] = str(path)
+    return Path(_TEMPLATES["sqlite"])
+
+
 def _sqlite_copy_at_head(data_dir: Path) -> None:
     """Put a SQLite database at head into ``data_dir`` (0600, as the server makes it)."""
-    if "sqlite" not in _TEMPLATES:
-        path = Path(tempfile.mkdtemp(prefix="imgstore-template-")) / "imgstore.db"
-        migrate_to_head(f"sqlite:///{path}")  # the engine's close leaves no -wal behind
-        _TEMPLATES["sqlite"] = str(path)
-    data = Path(_TEMPLATES["sqlite"]).read_bytes()
+    data = _sqlite_template().read_bytes()
     fd = os.open(data_dir / "imgstore.db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-
-
-def _remove_sqlite_template() -> None:
-    if "sqlite" in _TEMPLATES:
-        shutil.rmtree(Path(_TEMPLATES.pop("sqlite")).parent, ignore_errors=True)
 
 
 def drop_pg_database(url: str) -> None:
@@ -438,7 +449,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def _close_forkserver() -> Iterator[None]:
     yield
     _FORKSERVER.close()
-    _remove_sqlite_template()
 
 
 @dataclass
