@@ -486,10 +486,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.stop()
 
 
+#: the admin session the ``api`` clients of a shared server use, by the server's url
+_SHARED_SESSIONS: dict[str, str] = {}
+
+
 @pytest.fixture
 def api(server: Server) -> Iterator[Api]:
-    """A logged-in client; storages a test leaves behind are deleted after it."""
-    client = server.login()
+    """A logged-in client of its own; storages a test leaves behind are deleted after it.
+
+    The tests on one shared server share its session while it stays valid (a login is
+    30 ms of scrypt on the server, and most tests made one); a test that logs it out
+    or lets it expire only makes the next one log in again."""
+    shared = _SHARED_SESSIONS.get(server.url)
+    client = shared and Api.resume(server.url, shared, verify=server.verify)
+    if not client:
+        client = server.login()
+        _SHARED_SESSIONS[server.url] = client.session
     yield client
     for inv in client.storages():
         client.delete(f"/backup-storage/{inv['uuid']}")

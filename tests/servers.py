@@ -185,6 +185,23 @@ class Api(httpx.Client):
         client.headers["Authorization"] = f"OAuth {r.json()['inventory']['uuid']}"
         return client
 
+    @classmethod
+    def resume(cls, url: str, session: str, timeout: float = 60,
+               verify: ssl.SSLContext | bool = True) -> Api | None:
+        """A client of its own on an existing session; None when the session is no longer
+        valid (logged out, expired)."""
+        client = cls(base_url=f"{url}/zstack/v1", timeout=timeout, verify=verify,
+                     headers={"Authorization": f"OAuth {session}"})
+        r = client.get(f"/accounts/sessions/{session}/valid")
+        if r.status_code == 200 and r.json().get("valid") is True:
+            return client
+        client.close()
+        return None
+
+    @property
+    def session(self) -> str:
+        return self.headers["Authorization"].removeprefix("OAuth ")
+
     def wait_job(self, response: httpx.Response, timeout: float = 60) -> httpx.Response:
         assert response.status_code == 202, response.text
         location = response.json()["location"]
