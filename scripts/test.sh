@@ -18,16 +18,18 @@
 #      modules that never start a server (test_ceph_layer, test_rbd_io) and test_multinode,
 #      which is on PostgreSQL in both passes.
 #   Each pass runs on IMGSTORE_TEST_WORKERS pytest-xdist workers (default 3 without pytest
-#   args, 1 = no xdist with them; the SQLite pass one more beside the PostgreSQL pass,
-#   IMGSTORE_TEST_SQLITE_WORKERS), `--dist loadscope --no-loadscope-reorder`: a worker takes
-#   a module (or a test class) at a time, long ones first (tests/conftest.py orders them);
-#   worker gwN of a pass uses the lane
+#   args, 5 for --quick without args, 1 = no xdist with args; the SQLite pass one more
+#   beside the PostgreSQL pass, IMGSTORE_TEST_SQLITE_WORKERS), `--dist loadscope
+#   --no-loadscope-reorder`: a worker takes a module (or a test class) at a time, long ones
+#   first (tests/conftest.py orders them); worker gwN of a pass uses the lane
 #   N of IMGSTORE_TEST_CLUSTERS (`c1,c2;c1,c3`: tests/conftest.py). A pass's output goes to
 #   a file and is printed whole when the pass ends; the log ends with both passes' summaries.
 #   Exits non-zero when either pass fails (5 = "no tests collected" is a failure too).
 #
-#   `scripts/test.sh --quick`: the tests that need neither Ceph nor a browser nor fuzzing,
-#   on SQLite, no clusters started, in parallel — the inner loop; CI runs everything.
+#   `scripts/test.sh --quick`: the inner loop; CI runs everything. No clusters start: the
+#   tests that need a storage run against the fake behind the `imgstore.ceph` facade
+#   (tests/fakeceph), on SQLite, in parallel; those that need the real clusters
+#   (`real_ceph`), a browser or fuzzing are left out.
 #
 # Clusters are left running for the next run; IMGSTORE_TEST_TEARDOWN=1 purges them
 # at the end. Tests get a cluster's details with `scripts/devcluster.sh env c1`.
@@ -52,7 +54,8 @@ pg_pass=${IMGSTORE_TEST_PG_PASS:-auto}
 if [ "$pg_pass" = auto ]; then
   pg_pass=$([ $# = 0 ] && [ "$QUICK" = 0 ] && echo 1 || echo 0)
 fi
-workers=${IMGSTORE_TEST_WORKERS:-$([ $# = 0 ] && echo 3 || echo 1)}
+# --quick: 5 (its tests mostly wait: 4 took 57 s, 5 53 s; 2026-12-04, fake Ceph)
+workers=${IMGSTORE_TEST_WORKERS:-$([ $# != 0 ] && echo 1 || { [ "$QUICK" = 1 ] && echo 5 || echo 3; })}
 [ "$workers" -ge 1 ] 2>/dev/null || die "IMGSTORE_TEST_WORKERS must be a number >= 1"
 # The SQLite pass holds every test and the fuzzing, the PostgreSQL pass the integration
 # tests: about twice the work, much of it waiting (restarts, pings, timeouts). With both
@@ -90,7 +93,7 @@ if [ "$pg_pass" = 1 ]; then lanes "$workers"; PG_LANES=$LANES; fi
 
 if [ "$QUICK" = 1 ]; then
   CLUSTERS=""
-  log "--quick: no clusters; Ceph-backed, fuzz and serial tests are deselected"
+  log "--quick: no clusters (a fake Ceph behind the imgstore.ceph facade); real_ceph, fuzz and serial tests are deselected"
 fi
 # ---------------------------------------------------------------- 2. packages, then the clusters start
 # while the venv is made (they need only the Debian packages)
@@ -176,8 +179,10 @@ if [ "$QUICK" = 1 ]; then
   # without args no fuzz module is collected: the fuzzing's pytest plugins stay unloaded
   # (~2 s of CPU per pytest process)
   [ $# -gt 0 ] || set -- -p no:schemathesis -p no:hypothesispytest tests/unit tests/integration tests/security
-  # no dev dir: the cluster fixtures skip, even where clusters run
-  IMGSTORE_DEV_DIR=$OUT/no-clusters run_pytest SQLite sqlite "" "$workers" -m "not ceph and not fuzz and not serial" "$@" &
+  # the fake's clusters live in $OUT (tests/fakeceph); no dev dir, even where clusters run
+  mkdir "$OUT/fake-ceph"
+  IMGSTORE_TEST_FAKE_CEPH=$OUT/fake-ceph IMGSTORE_DEV_DIR=$OUT/no-clusters \
+    run_pytest SQLite sqlite "" "$workers" -m "not real_ceph and not fuzz and not serial" "$@" &
 else
   run_pytest SQLite sqlite "$SQLITE_LANES" "$sqlite_workers" "${parallel_m[@]}" "$@" &
 fi

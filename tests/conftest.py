@@ -27,11 +27,18 @@ from typing import Any, BinaryIO
 import httpx
 import pytest
 
-from tests import servers
+from tests import fakeceph, servers
 from tests.forkserver import Forkserver
 from tests.servers import ADMIN_PASSWORD, ROOT, Api, free_port, port_range  # noqa: F401 - tests import them from here
 
 DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
+#: ``scripts/test.sh --quick`` sets this (a directory): the clusters are the fake behind the
+#: ``imgstore.ceph`` facade (tests/fakeceph) in every process the tests start (the servers,
+#: the forkserver, the pinger children: its sitecustomize is on their PYTHONPATH)
+FAKE_CEPH = os.environ.get("IMGSTORE_TEST_FAKE_CEPH", "")
+if FAKE_CEPH:
+    _site = str(ROOT / "tests" / "fakeceph" / "site")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_site, os.environ.get("PYTHONPATH")) if p)
 
 
 def _share_the_default_ssl_context() -> None:
@@ -84,6 +91,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if listing and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         files = sorted({item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("serial")})
         Path(listing).write_text("".join(f"{f}\n" for f in files))
+    if FAKE_CEPH:  # scripts/test.sh --quick deselects these; a run by hand is told why
+        skip = pytest.mark.skip(reason="needs the real dev clusters (real_ceph): IMGSTORE_TEST_FAKE_CEPH is set")
+        for item in items:
+            if item.get_closest_marker("real_ceph"):
+                item.add_marker(skip)
     rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::", 1)[0]
@@ -326,6 +338,50 @@ class DevCluster:
     def ceph_json(self, *args: str) -> dict:
         return json.loads(self.ceph(*args, "-f", "json"))
 
+    def rbd(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """The ``rbd`` CLI against this cluster, output captured."""
+        return subprocess.run(["rbd", "-c", self.env["CEPH_CONF"], *args], capture_output=True, timeout=120)
+
+    def images(self, pool: str) -> set[str]:
+        """The images in ``pool`` (``rbd ls``)."""
+        return set(self.rbd("ls", pool).stdout.decode().split())
+
+    def image_bytes(self, pool: str, name: str) -> bytes:
+        """Every byte of image ``pool/name`` (``rbd export``)."""
+        out = self.rbd("export", f"{pool}/{name}", "-")
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def import_image(self, pool: str, name: str, path: Path) -> None:
+        """A format-2 image ``pool/name`` holding the file's bytes (``rbd import``)."""
+        out = self.rbd("import", "--image-format", "2", str(path), f"{pool}/{name}")
+        assert out.returncode == 0, out.stderr
+
+    def create_image(self, pool: str, name: str, size: int) -> None:
+        """An empty image of ``size`` bytes (``rbd create``)."""
+        out = self.rbd("create", "--size", f"{size}B", f"{pool}/{name}")
+        assert out.returncode == 0, out.stderr
+
+    def resize_image(self, pool: str, name: str, size: int) -> None:
+        """Grow or shrink image ``pool/name`` to ``size`` bytes (``rbd resize``)."""
+        out = self.rbd("resize", "--allow-shrink", "--size", f"{size}B", f"{pool}/{name}")
+        assert out.returncode == 0, out.stderr
+
+    def rados(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        """The ``rados`` CLI against this cluster, ``data`` on its stdin, output captured."""
+        return subprocess.run(["rados", "-c", self.env["CEPH_CONF"], *args], input=data,
+                              capture_output=True, timeout=60)
+
+    def get_object(self, pool: str, name: str) -> bytes | None:
+        """The RADOS object ``pool/name``, None when there is none (``rados get``)."""
+        out = self.rados("-p", pool, "get", name, "-")
+        return out.stdout if out.returncode == 0 else None
+
+    def put_object(self, pool: str, name: str, data: bytes) -> None:
+        """Write the RADOS object ``pool/name`` whole (``rados put``)."""
+        out = self.rados("-p", pool, "put", name, "-", data=data)
+        assert out.returncode == 0, out.stderr
+
     def pools(self) -> set[str]:
         return set(self.ceph("osd", "pool", "ls").split())
 
@@ -372,7 +428,76 @@ def _unavailable(name: str, reason: str) -> None:
     pytest.skip(reason)
 
 
+class FakeDevCluster(DevCluster):
+    """A fake cluster (tests/fakeceph) where a dev cluster would be: the same ``mon_url``,
+    ``fsid`` and pools; no ``ceph`` CLI and no daemons to stop."""
+
+    @classmethod
+    def make(cls, name: str) -> FakeDevCluster:
+        mon_port = 16789 if name == "c1" else 10789 + 1000 * (int(name[1:]) - 2)
+        facts = fakeceph.create_cluster(name, mon_port - 767, mon_port, "fake-" + name)
+        env = {"SSH_USER": facts["user"], "SSH_PASSWORD": facts["password"], "SSH_PORT": str(facts["ssh_port"]),
+               "CEPH_MON_PORT": str(mon_port), "CEPH_FSID": facts["fsid"]}
+        env["MON_URL"] = f"{env['SSH_USER']}:{env['SSH_PASSWORD']}@127.0.0.1:{env['SSH_PORT']}/?monPort={mon_port}"
+        return cls(name, env)
+
+    @property
+    def _home(self) -> Path:
+        return Path(FAKE_CEPH) / self.name
+
+    def ceph(self, *args: str, timeout: float = 30) -> str:
+        raise NotImplementedError(f"the fake cluster {self.name} has no ceph CLI: mark the test ceph only")
+
+    def pools(self) -> set[str]:
+        return {p.name for p in (self._home / "pools").iterdir()}
+
+    def clients(self) -> set[str]:
+        return {f"client.{k.name}" for k in (self._home / "keys").iterdir()}
+
+    def create_pool(self, name: str) -> str:
+        for part in ("images", "objects"):
+            (self._home / "pools" / name / part).mkdir(parents=True)
+        return name
+
+    def delete_pool(self, name: str) -> None:
+        shutil.rmtree(self._home / "pools" / name)
+
+    def rbd(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        raise NotImplementedError(f"the fake cluster {self.name} has no rbd CLI: mark the test ceph only")
+
+    def images(self, pool: str) -> set[str]:
+        return {p.name for p in (self._home / "pools" / pool / "images").iterdir()}
+
+    def image_bytes(self, pool: str, name: str) -> bytes:
+        return (self._home / "pools" / pool / "images" / name).read_bytes()
+
+    def import_image(self, pool: str, name: str, path: Path) -> None:
+        shutil.copyfile(path, self._home / "pools" / pool / "images" / name)
+
+    def create_image(self, pool: str, name: str, size: int) -> None:
+        with (self._home / "pools" / pool / "images" / name).open("xb") as f:
+            f.truncate(size)
+
+    def resize_image(self, pool: str, name: str, size: int) -> None:
+        os.truncate(self._home / "pools" / pool / "images" / name, size)
+
+    def rados(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        raise NotImplementedError(f"the fake cluster {self.name} has no rados CLI: mark the test ceph only")
+
+    def get_object(self, pool: str, name: str) -> bytes | None:
+        path = self._home / "pools" / pool / "objects" / name
+        return path.read_bytes() if path.exists() else None
+
+    def put_object(self, pool: str, name: str, data: bytes) -> None:
+        (self._home / "pools" / pool / "objects" / name).write_bytes(data)
+
+    def devcluster(self, *args: str) -> None:
+        raise NotImplementedError(f"the fake cluster {self.name} has no daemons: mark the test ceph only")
+
+
 def _cluster(name: str) -> DevCluster:
+    if FAKE_CEPH:
+        return FakeDevCluster.make(name)
     if not DEVCLUSTER.exists():
         _unavailable(name, "scripts/devcluster.sh is missing")
     out = subprocess.run(["bash", str(DEVCLUSTER), "env", name], capture_output=True, text=True)

@@ -31,7 +31,6 @@ from tests.integration.services.images.test_images import (  # noqa: F401 - file
     forget_images,
     image_data,
     images,
-    rbd_bytes,
 )
 from tests.integration.services.images.test_import_images import put_metadata, rbd_write, zstack_line
 
@@ -144,6 +143,7 @@ def slow_tracked_server(fresh_server: Server) -> Server:
     return fresh_server.start()
 
 
+@pytest.mark.real_ceph
 def test_a_deleted_storage_key_is_dropped_by_the_pinger_at_once(
     slow_tracked_server: Server, c1: DevCluster, pool: str
 ) -> None:
@@ -215,6 +215,6 @@ def test_a_url_download_under_way_survives_a_reconnect(api: Api, c1: DevCluster,
         assert rc.status_code == 200, rc.text
         inv = added(api, r)
         assert inv["status"] == "Ready"
-        assert rbd_bytes(c1, pool, inv["uuid"]) == data
+        assert c1.image_bytes(pool, inv["uuid"]) == data
     finally:
         forget_images(api)

@@ -46,10 +46,7 @@ class Setup:
         self.allowed, self.private = allowed, private
 
     def rbd_ls(self) -> set[str]:
-        out = subprocess.run(["rbd", "-c", self.c1.env["CEPH_CONF"], "ls", self.pool],
-                             capture_output=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return set(out.stdout.decode().split())
+        return self.c1.images(self.pool)
 
     def add(self, path: Path, fmt: str, timeout: float = 180) -> tuple[int, dict, float]:
         """AddImage of a file:// URL; the job's status, body and seconds taken."""

@@ -24,7 +24,6 @@ from tests.integration.services.images.test_images import (
     forget_images,
     image_data,
     images,
-    rbd_images,
     storage,  # noqa: F401 - the fixture
 )
 from tests.integration.services.images.test_import_images import (
@@ -84,7 +83,7 @@ def test_a_recover_racing_an_expunge_never_leaves_a_ready_image_without_bits(
             lambda image=image: api.put(f"/images/{image}/actions", json={"recoverImage": {}}),
             delay)
         left = images(api, f"uuid={image}")
-        bits = image in rbd_images(c1, pool)
+        bits = image in c1.images(pool)
         if recovered.status_code == 200:
             assert recovered.json()["inventory"]["status"] == "Ready"
             assert expunged.status_code == 409, (delay, expunged.text)
@@ -105,7 +104,7 @@ def test_two_expunges_at_once_remove_the_image_once(
     expunge = lambda: api.put(f"/images/{image}/actions", json={"expungeImage": {}})  # noqa: E731
     a, b = race(expunge, expunge, 0.02)
     assert sorted([a.status_code, b.status_code]) in ([200, 200], [200, 404], [200, 409]), (a.text, b.text)
-    assert not images(api, f"uuid={image}") and image not in rbd_images(c1, pool)
+    assert not images(api, f"uuid={image}") and image not in c1.images(pool)
 
 
 # ---------------------------------------------------------------- importImages
@@ -152,7 +151,7 @@ def test_an_upload_held_by_a_dead_node_is_failed_by_a_survivor(
     r = httpx.put(url, content=data[:4 * MiB], timeout=60,
                   headers={"Content-Range": f"bytes 0-{4 * MiB - 1}/{len(data)}"})
     assert r.status_code == 200 and r.json()["offset"] == 4 * MiB, r.text
-    assert inv["uuid"] in rbd_images(c1, pool), "the partial image is in the pool"
+    assert inv["uuid"] in c1.images(pool), "the partial image is in the pool"
 
     first.stop(signal.SIGKILL)  # its writer, in its memory, is gone
     survivor = second.login()
@@ -164,7 +163,7 @@ def test_an_upload_held_by_a_dead_node_is_failed_by_a_survivor(
     image = wait_for(failed, 2 * INTERVAL + 10)
     assert "node[node-1]" in image["statusReason"] or "node-1" in str(image), image
     # no partial image left behind, once the OSDs let the dead writer's watch go (~30 s)
-    wait_for(lambda: inv["uuid"] not in rbd_images(c1, pool), 60, every=1)
+    wait_for(lambda: inv["uuid"] not in c1.images(pool), 60, every=1)
     details = survivor.get(f"/images/upload-job/details/{inv['uuid']}").json()["existingJobDetails"]
     assert details[0]["longJobState"] == "Failed" and details[0]["imageUploadUrl"] is None
     again = httpx.put(url.replace(first.url, second.url), content=data[4 * MiB:], timeout=60,

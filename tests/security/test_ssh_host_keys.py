@@ -104,6 +104,7 @@ def act(api: Api, mon_uuid: str, action: str, **params: object):  # type: ignore
 # ------------------------------------------------------------------ point 1
 
 
+@pytest.mark.real_ceph
 def test_first_contact_pins_the_real_host_key(api: Api, c1: DevCluster, pool: str) -> None:
     r = api.add_ceph("pinned", [c1.mon_url], poolName=pool)
     assert r.status_code == 200, r.text
@@ -114,6 +115,7 @@ def test_first_contact_pins_the_real_host_key(api: Api, c1: DevCluster, pool: st
     assert [i["uuid"] for i in found.json()["inventories"]] == [r.json()["inventory"]["uuid"]], found.text
 
 
+@pytest.mark.real_ceph
 def test_an_add_naming_another_key_sends_no_password(api: Api, c1: DevCluster, fake_mon: FakeMon) -> None:
     expected = host_key_fingerprint(c1)
     r = api.add_ceph("impostor", [fake_url(c1, fake_mon, fingerprint=expected)])
@@ -130,6 +132,7 @@ def test_an_operator_given_fingerprint_must_look_like_one(api: Api, c1: DevClust
     assert api.storages() == []
 
 
+@pytest.mark.real_ceph
 def test_a_pinned_mon_answering_with_another_key_gets_no_password(
     api: Api, server: Server, c1: DevCluster, pool: str, fake_mon: FakeMon
 ) -> None:
@@ -175,6 +178,7 @@ def test_a_pinned_mon_answering_with_another_key_gets_no_password(
     assert f"client.imgstore.{uuid}" not in c1.clients()
 
 
+@pytest.mark.real_ceph
 def test_accept_from_the_cli(api: Api, server: Server, c1: DevCluster, pool: str, tmp_path: Path) -> None:
     uuid = api.add_ceph("cli-accept", [c1.mon_url], poolName=pool).json()["inventory"]["uuid"]
     mon_uuid = mon_of(api, uuid)["monUuid"]
@@ -196,6 +200,7 @@ def test_accept_from_the_cli(api: Api, server: Server, c1: DevCluster, pool: str
 
 
 @pytest.mark.parametrize("change", [{"hostname": "localhost"}, {"sshPort": 2222}, {"sshUsername": "root"}])
+@pytest.mark.real_ceph
 def test_moving_a_mon_without_its_password_is_refused(api: Api, c1: DevCluster, pool: str, change: dict) -> None:
     uuid = api.add_ceph("move", [c1.mon_url], poolName=pool).json()["inventory"]["uuid"]
     before = mon_of(api, uuid)
@@ -245,6 +250,7 @@ def ssh_key(c1: DevCluster, tmp_path: Path) -> Iterator[Path]:
     auth.write_text("".join(ln + "\n" for ln in kept))
 
 
+@pytest.mark.real_ceph
 def test_a_configured_key_lets_a_mon_url_carry_no_password(
     fresh_server: Server, c1: DevCluster, pool: str, ssh_key: Path, fake_mon: FakeMon
 ) -> None:

@@ -40,7 +40,7 @@ from imgstore.ceph import (
 )
 from tests.conftest import ROOT, lane_cluster
 
-pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
+pytestmark = [pytest.mark.ceph, pytest.mark.real_ceph, pytest.mark.anyio]
 
 DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
 TIMEOUT = 5.0

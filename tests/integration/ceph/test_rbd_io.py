@@ -40,7 +40,7 @@ from imgstore.ceph import (
 from imgstore.ceph.rbd import reader
 from tests.conftest import DevCluster
 
-pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
+pytestmark = [pytest.mark.ceph, pytest.mark.real_ceph, pytest.mark.anyio]
 
 MiB = 1 << 20
 

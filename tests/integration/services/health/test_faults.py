@@ -33,6 +33,7 @@ def became(api: Api, bs_uuid: str, status: str) -> dict | None:
     return inv if inv["status"] == status else None
 
 
+@pytest.mark.real_ceph
 def test_mon_killed_then_restarted(tracked_server: Server, c2: DevCluster, pool2: str) -> None:
     api = tracked_server.login()
     inv = api.add_ceph("mon-fault", [c2.mon_url], poolName=pool2).json()["inventory"]
@@ -58,6 +59,7 @@ def test_mon_killed_then_restarted(tracked_server: Server, c2: DevCluster, pool2
     assert up["mons"][0]["status"] == "Connected"
 
 
+@pytest.mark.real_ceph
 def test_osd_stopped_then_back(tracked_server: Server, c2: DevCluster, pool2: str) -> None:
     api = tracked_server.login()
     inv = api.add_ceph("osd-fault", [c2.mon_url], poolName=pool2).json()["inventory"]
@@ -69,6 +71,7 @@ def test_osd_stopped_then_back(tracked_server: Server, c2: DevCluster, pool2: st
     wait_for(lambda: became(api, inv["uuid"], "Connected"), NOTICE + 30)
 
 
+@pytest.mark.real_ceph
 def test_revoked_key_is_reported_and_reconnect_repairs_it(tracked_server: Server, c2: DevCluster, pool2: str) -> None:
     api = tracked_server.login()
     inv = api.add_ceph("key-fault", [c2.mon_url], poolName=pool2).json()["inventory"]
@@ -81,6 +84,7 @@ def test_revoked_key_is_reported_and_reconnect_repairs_it(tracked_server: Server
     assert f"client.imgstore.{inv['uuid']}" in c2.clients()
 
 
+@pytest.mark.real_ceph
 def test_server_killed_during_an_add_leaves_nothing_half_made(fresh_server: Server, c2: DevCluster) -> None:
     fresh_server.start()
     api = fresh_server.login()
@@ -126,6 +130,7 @@ def test_reconnect_on_a_healthy_storage(api: Api, c2: DevCluster, pool2: str) ->
     assert done.status_code == 200 and done.json()["inventory"]["status"] == "Connected", done.text
 
 
+@pytest.mark.real_ceph
 def test_the_tracker_pings_a_storage_with_its_mons_as_they_are_now(
     tracked_server: Server, c2: DevCluster, pool2: str
 ) -> None:

@@ -24,7 +24,7 @@ from imgstore.errors import ApiError
 from imgstore.services.health.pinger import NICE, Pinger, PingerLost
 from tests.conftest import DevCluster, free_port
 
-pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
+pytestmark = [pytest.mark.ceph, pytest.mark.real_ceph, pytest.mark.anyio]
 
 TIMEOUT = 3.0
 BOX = SecretBox(Fernet.generate_key())

@@ -15,7 +15,6 @@ from tests.integration.services.images.test_images import (  # noqa: F401 - fixt
     added,
     files,
     image_data,
-    rbd,
     storage,
 )
 
@@ -32,7 +31,7 @@ def test_sync_image_size_reads_size_and_actual_size_from_rbd(
         api: Api, c1: DevCluster, pool: str, storage: str, files: Files) -> None:
     # 1 MiB of data then 3 MiB of zeros: the RBD image holds only what is not a hole
     inv = added(api, add_image(api, files.add("a.raw", image_data(MiB, zero_tail=3 * MiB)), [storage]))
-    assert rbd(c1, "resize", "--size", "16M", f"{pool}/{inv['uuid']}").returncode == 0
+    c1.resize_image(pool, inv["uuid"], 16 * MiB)
     r = action(api, inv["uuid"], "syncImageSize")
     assert r.status_code == 200, r.text
     got = r.json()["inventory"]

@@ -23,15 +23,13 @@ from tests.integration.services.images.test_images import (
     forget_images,
     image_data,
     images,
-    rbd,
 )
 
 pytestmark = pytest.mark.ceph
 
 
 def rbd_import(cluster: DevCluster, path: Path, pool: str, name: str) -> None:
-    out = rbd(cluster, "import", "--image-format", "2", str(path), f"{pool}/{name}")
-    assert out.returncode == 0, out.stderr
+    cluster.import_image(pool, name, path)
 
 
 def adopt_pool(api: Api, cluster: DevCluster, pool: str, *uuids: str) -> str:
@@ -180,6 +178,7 @@ def test_export_checks_its_request(api: Api, exported: tuple[str, str, bytes], c
                                 f"[uuid:{other_bs['uuid']}, name:other-cluster]")
 
 
+@pytest.mark.real_ceph
 def test_an_uploaded_image_exports_with_the_md5_calculate_image_hash_kept(api: Api, exported: tuple[str, str, bytes],
                                                                 c1: DevCluster, pool: str) -> None:
     bs, _, _ = exported

@@ -22,7 +22,6 @@ from tests.integration.services.images.test_images import (
     files,  # noqa: F401 - the fixture
     image_data,
     images,
-    rbd_images,
     storage,  # noqa: F401 - the fixture
 )
 
@@ -123,7 +122,7 @@ def test_an_upload_whose_digest_differs_leaves_no_rbd_image(api: Api, c1: DevClu
     assert r.json()["error"]["code"] == "SYS.1007" and "digest" in r.json()["error"]["details"]
     [gone] = images(api, f"uuid={inv['uuid']}")
     assert gone["status"] == "Error" and "digest" in gone["statusReason"]
-    assert inv["uuid"] not in rbd_images(c1, pool), "a mismatched upload leaves no RBD image"
+    assert inv["uuid"] not in c1.images(pool), "a mismatched upload leaves no RBD image"
 
 
 def test_a_resumed_upload_checks_the_whole_image_at_its_end(api: Api, c1: DevCluster, pool: str,
@@ -140,7 +139,7 @@ def test_a_resumed_upload_checks_the_whole_image_at_its_end(api: Api, c1: DevClu
     assert other.status_code == 400 and "first bytes" in other.text, "a new digest cannot start mid-way"
     last = put(url, content=bytes(3 * MiB), headers={"X-Upload-Offset": str(5 * MiB), **digest})
     assert last.status_code == 400 and "SHA256" in last.text
-    assert inv["uuid"] not in rbd_images(c1, pool)
+    assert inv["uuid"] not in c1.images(pool)
 
 
 def test_add_image_checks_its_checksum_tag(api: Api, c1: DevCluster, pool: str, storage: str,
@@ -151,11 +150,11 @@ def test_add_image_checks_its_checksum_tag(api: Api, c1: DevCluster, pool: str, 
     inv = added(api, add_image(api, url, [storage], name="tagged", systemTags=[good]))
     assert inv["backupStorageRefs"][0]["hashValue"] == hashlib.sha256(data).hexdigest()
 
-    before = rbd_images(c1, pool)
+    before = c1.images(pool)
     wrong = f"checksum::md5::{hashlib.md5(b'other').hexdigest()}"
     error = failed(api, add_image(api, url, [storage], name="wrong", systemTags=[wrong]))
     assert error["code"] == "SYS.1002" and "MD5 digest" in error["cause"]["details"]
-    assert images(api, "name=wrong") == [] and rbd_images(c1, pool) == before
+    assert images(api, "name=wrong") == [] and c1.images(pool) == before
 
     bad = add_image(api, url, [storage], name="bad", systemTags=["checksum::crc32::1234"])
     assert bad.status_code in (400, 202)
@@ -166,4 +165,4 @@ def test_add_image_checks_its_checksum_tag(api: Api, c1: DevCluster, pool: str, 
     up = start_upload(api, [storage], name="tagged-upload", systemTags=[wrong])
     r = put(url_of(up), content=data)
     assert r.status_code == 400 and "MD5 digest" in r.json()["error"]["details"]
-    assert up["uuid"] not in rbd_images(c1, pool)
+    assert up["uuid"] not in c1.images(pool)

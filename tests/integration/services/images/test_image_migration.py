@@ -22,9 +22,6 @@ from tests.integration.services.images.test_images import (  # noqa: F401 - fixt
     files,
     forget_images,
     image_data,
-    rbd,
-    rbd_bytes,
-    rbd_images,
 )
 
 
@@ -71,6 +68,7 @@ def test_candidates_are_the_other_usable_storages(api: Api, two: tuple[str, str]
     assert api.get(f"/backup-storage/{uuid.uuid4().hex}/migration-candidates").status_code == 404
 
 
+@pytest.mark.real_ceph
 def test_migrate_copies_the_bits_thin_and_verified(api: Api, c1: DevCluster, c2: DevCluster, pool: str,
                                                    pool2: str, two: tuple[str, str], files: Files) -> None:
     src, dst = two
@@ -82,7 +80,7 @@ def test_migrate_copies_the_bits_thin_and_verified(api: Api, c1: DevCluster, c2:
     refs = {r["backupStorageUuid"]: r for r in done.json()["inventory"]["backupStorageRefs"]}
     assert set(refs) == {src, dst}
     assert refs[dst]["status"] == "Ready" and refs[dst]["installPath"] == f"ceph://{pool2}/{inv['uuid']}"
-    assert rbd_bytes(c2, pool2, inv["uuid"]) == data
+    assert c2.image_bytes(pool2, inv["uuid"]) == data
     assert used_bytes(c2, pool2, inv["uuid"]) <= 8 * MiB  # the hole was not written
     [progress] = api.get(f"/task-progresses/{job}").json()["inventories"]
     assert progress["content"] == "100"
@@ -96,6 +94,7 @@ def test_migrate_copies_the_bits_thin_and_verified(api: Api, c1: DevCluster, c2:
     assert r.status_code == 404
 
 
+@pytest.mark.real_ceph
 def test_a_failed_copy_leaves_nothing_on_the_destination(api: Api, c1: DevCluster, c2: DevCluster, pool: str,
                                                          pool2: str, two: tuple[str, str], files: Files) -> None:
     """From the second cluster to the first: the source's OSD stops mid-copy, its reads
@@ -117,7 +116,7 @@ def test_a_failed_copy_leaves_nothing_on_the_destination(api: Api, c1: DevCluste
     finally:
         c2.devcluster("daemon-start", "osd")
     assert done.status_code == 503, done.text
-    assert inv["uuid"] not in rbd_images(c1, pool)
+    assert inv["uuid"] not in c1.images(pool)
     refs = api.get(f"/images/{inv['uuid']}").json()["inventories"][0]["backupStorageRefs"]
     assert [ref["backupStorageUuid"] for ref in refs] == [src]
     assert trash(api, dst) == []
@@ -137,6 +136,7 @@ def test_trash_arguments_are_checked(api: Api, two: tuple[str, str]) -> None:
     assert r.status_code == 200 and r.json()["result"] == {"resourceUuids": [], "details": [], "size": 0}
 
 
+@pytest.mark.real_ceph
 def test_a_copy_cut_by_a_kill_is_trash_at_the_next_start(fresh_server: Server, c1: DevCluster, c2: DevCluster,
                                                          pool: str, pool2: str, files: Files) -> None:
     fresh_server.start()
@@ -153,7 +153,7 @@ def test_a_copy_cut_by_a_kill_is_trash_at_the_next_start(fresh_server: Server, c
 
     wait_for(copying, 120, every=0.05)
     fresh_server.stop(signal.SIGKILL)
-    assert inv["uuid"] in rbd_images(c2, pool2)  # the partial copy the dead process left
+    assert inv["uuid"] in c2.images(pool2)  # the partial copy the dead process left
     fresh_server.start()
     api = fresh_server.login()
     [entry] = trash(api, dst)
@@ -171,6 +171,6 @@ def test_a_copy_cut_by_a_kill_is_trash_at_the_next_start(fresh_server: Server, c
 
     body = wait_for(cleaned, 90, every=3)
     assert body["result"] == {"resourceUuids": [inv["uuid"]], "details": [], "size": 192 * MiB}
-    assert inv["uuid"] not in rbd_images(c2, pool2)
+    assert inv["uuid"] not in c2.images(pool2)
     assert trash(api, dst) == []
     api.close()

@@ -26,8 +26,6 @@ from tests.integration.services.images.test_images import (
     failed,
     image_data,
     images,
-    rbd_bytes,
-    rbd_images,
     storage,  # noqa: F401 - the fixture
 )
 
@@ -74,7 +72,7 @@ def test_an_upload_in_one_put(api: Api, c1: DevCluster, pool: str, storage: str)
     assert ready.get("md5Sum") is None and ready.get("sha512Sum") is None, "CalculateImageHash computes them"
     assert ready["size"] == ready["actualSize"] == len(data)
     assert ready["backupStorageRefs"][0].get("uploadUrl") is None
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
     details = api.get(f"/images/upload-job/details/{inv['uuid']}").json()["existingJobDetails"]
     assert details[0]["longJobState"] == "Succeeded" and details[0]["offset"] == len(data)
     assert details[0]["imageUploadUrl"] is None
@@ -108,7 +106,7 @@ def test_an_upload_resumes_from_where_it_stands(api: Api, c1: DevCluster, pool: 
                      headers={"Content-Range": f"bytes {cuts[2]}-{total - 1}/{total}"})
     assert last.status_code == 200 and last.json()["completed"] is True
     assert last.json()["inventory"]["size"] == total
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
 
 
 def test_a_client_that_hangs_up_mid_body_resumes(api: Api, c1: DevCluster, pool: str, storage: str) -> None:
@@ -132,7 +130,7 @@ def test_a_client_that_hangs_up_mid_body_resumes(api: Api, c1: DevCluster, pool:
     assert offset == 5 * MiB, "every byte that arrived is kept, the last partial 4 MiB piece too"
     r = httpx.put(url, content=data[offset:], headers={"X-Upload-Offset": str(offset)})
     assert r.status_code == 200, r.text
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
 
 
 def raw_put(url: str, length: int, *headers: str) -> socket.socket:
@@ -165,7 +163,7 @@ def test_a_put_that_expects_100_continue_gets_it_before_its_body(api: Api, c1: D
         head, body = response_of(s)
     assert head.startswith(b"HTTP/1.1 200 ") and b'"completed":true' in body, head + body
     assert b"connection: close" in head.lower(), "the body was read past the parser: one request per connection"
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
 
 
 def test_a_put_whose_body_falls_silent_ends_and_the_upload_resumes(fresh_server: Server, c1: DevCluster,
@@ -186,7 +184,7 @@ def test_a_put_whose_body_falls_silent_ends_and_the_upload_resumes(fresh_server:
     assert time.monotonic() - started < 15
     r = httpx.put(url, content=data[6 * MiB + 1:], headers={"X-Upload-Offset": str(6 * MiB + 1)})
     assert r.status_code == 200 and r.json()["completed"], r.text
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
 
 
 def test_the_upload_url_needs_its_token(api: Api, c1: DevCluster, pool: str, storage: str) -> None:
@@ -219,18 +217,18 @@ def test_a_qcow2_upload_is_converted_and_a_backing_file_refused(
     assert r.status_code == 200, r.text
     ready = r.json()["inventory"]
     assert ready["format"] == "raw" and ready["size"] == 16 * MiB
-    assert rbd_bytes(c1, pool, inv["uuid"]) == raw.read_bytes()
+    assert c1.image_bytes(pool, inv["uuid"]) == raw.read_bytes()
 
     child = tmp_path / "child.qcow2"
     subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", str(qcow2), "-F", "qcow2", str(child)],
                    check=True, capture_output=True)
     bad = start_upload(api, [storage], format="qcow2", name="child")
-    before = rbd_images(c1, pool)
+    before = c1.images(pool)
     r = httpx.put(url_of(bad), content=child.read_bytes())
     assert r.status_code == 400 and "backing file" in r.json()["error"]["details"]
     [error] = images(api, f"uuid={bad['uuid']}")
     assert error["status"] == "Error" and "backing file" in error["statusReason"]
-    assert rbd_images(c1, pool) == before
+    assert c1.images(pool) == before
     r = httpx.put(url_of(bad), content=b"more")
     assert r.status_code == 409 and "failed" in r.json()["error"]["details"]
 
@@ -241,10 +239,10 @@ def test_deleting_an_image_during_its_upload_stops_it(api: Api, c1: DevCluster, 
     url = url_of(inv)
     data = image_data(8 * MiB)
     r = httpx.put(url, content=data[:5 * MiB], headers={"Content-Range": f"bytes 0-{5 * MiB - 1}/{len(data)}"})
-    assert r.status_code == 200 and inv["uuid"] in rbd_images(c1, pool)
+    assert r.status_code == 200 and inv["uuid"] in c1.images(pool)
     assert api.delete(f"/images/{inv['uuid']}").status_code == 200
     assert images(api, f"uuid={inv['uuid']}") == []
-    assert inv["uuid"] not in rbd_images(c1, pool)
+    assert inv["uuid"] not in c1.images(pool)
     r = httpx.put(url, content=data[5 * MiB:], headers={"X-Upload-Offset": str(5 * MiB)})
     assert r.status_code == 404
 
@@ -259,7 +257,7 @@ def test_the_cli_client_uploads_a_file(api: Api, c1: DevCluster, pool: str, stor
         inv = client.upload_image(path, [storage], name="cli", format="raw")
         ready = client.wait_image(inv["uuid"], timeout=60)
     assert ready["status"] == "Ready"
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -273,7 +271,7 @@ def test_an_upload_continues_after_its_server_restarts(fresh_server: Server, c1:
     sent = 9 * MiB + 3
     r = httpx.put(url, content=data[:sent], headers={"Content-Range": f"bytes 0-{sent - 1}/{len(data)}",
                                                      "Repr-Digest": f"sha-256=:{b64('sha256', data)}:"})
-    assert r.status_code == 200 and r.json()["offset"] == sent and inv["uuid"] in rbd_images(c1, pool)
+    assert r.status_code == 200 and r.json()["offset"] == sent and inv["uuid"] in c1.images(pool)
     fresh_server.stop(sig)
     api = fresh_server.start().login()
     held = int(httpx.head(url).headers["X-Upload-Offset"])
@@ -289,4 +287,4 @@ def test_an_upload_continues_after_its_server_restarts(fresh_server: Server, c1:
     assert ready["status"] == "Ready" and ready["size"] == len(data)
     assert ready["backupStorageRefs"][0]["hashValue"] == hashlib.sha256(data).hexdigest(), \
         "the digest sent with the first bytes is checked over the bytes read back and the rest"
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data

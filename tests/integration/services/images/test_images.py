@@ -117,20 +117,6 @@ def files() -> Iterator[Files]:
 # ---------------------------------------------------------------- helpers
 
 
-def rbd(cluster: DevCluster, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["rbd", "-c", cluster.env["CEPH_CONF"], *args], capture_output=True, timeout=120)
-
-
-def rbd_images(cluster: DevCluster, pool: str) -> set[str]:
-    return set(rbd(cluster, "ls", pool).stdout.decode().split())
-
-
-def rbd_bytes(cluster: DevCluster, pool: str, name: str) -> bytes:
-    out = rbd(cluster, "export", f"{pool}/{name}", "-")
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
 def image_data(size: int, zero_tail: int = 0, seed: int = 1) -> bytes:
     """Random-looking bytes (a hash chain: fast, repeatable), then zeros."""
     out = bytearray()
@@ -201,6 +187,7 @@ def downloaded_bytes(api: Api) -> float:
     return float(line.split()[-1])
 
 
+@pytest.mark.real_ceph
 def test_an_http_image_streams_into_rbd_with_its_checksums(api: Api, c1: DevCluster, pool: str,
                                                            storage: str, files: Files) -> None:
     data = image_data(9 * MiB + 12345, zero_tail=8 * MiB)
@@ -220,8 +207,8 @@ def test_an_http_image_streams_into_rbd_with_its_checksums(api: Api, c1: DevClus
     assert ref["backupStorageUuid"] == storage and ref["status"] == "Ready"
     assert ref["installPath"] == f"ceph://{pool}/{inv['uuid']}"
     assert ref.get("uploadUrl") is None
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
-    info = rbd(c1, "info", "--format", "json", f"{pool}/{inv['uuid']}").stdout.decode()
+    assert c1.image_bytes(pool, inv["uuid"]) == data
+    info = c1.rbd("info", "--format", "json", f"{pool}/{inv['uuid']}").stdout.decode()
     assert '"format": 2' in info or '"format":2' in info
     assert files.served["disk.raw"].gets == 1, "the source is read once"
     assert downloaded_bytes(api) - counted == len(data)
@@ -255,7 +242,7 @@ def test_progress_is_readable_while_the_download_runs(api: Api, c1: DevCluster, 
     done = api.get(f"/task-progresses/{job_uuid}", params={"all": "true"}).json()
     assert done["inventories"][0]["content"] == "100"
     assert done["schema"]["inventories[0]"] == "org.zstack.header.core.progress.TaskProgressInventory"
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
 
 
 def test_a_qcow2_is_converted_to_raw_and_one_with_a_backing_file_refused(
@@ -269,32 +256,33 @@ def test_a_qcow2_is_converted_to_raw_and_one_with_a_backing_file_refused(
     assert inv["format"] == "raw", "stored as raw, as ZStack's agent does"
     assert inv["size"] == 32 * MiB and inv["actualSize"] == len(source)
     assert inv.get("md5Sum") is None and inv.get("sha512Sum") is None
-    assert rbd_bytes(c1, pool, inv["uuid"]) == raw.read_bytes()
+    assert c1.image_bytes(pool, inv["uuid"]) == raw.read_bytes()
 
     child = tmp_path / "child.qcow2"
     subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", str(qcow2), "-F", "qcow2", str(child)],
                    check=True, capture_output=True)
-    before = rbd_images(c1, pool)
+    before = c1.images(pool)
     error = failed(api, add_image(api, files.add("child.qcow2", child.read_bytes()), [storage],
                                   format="qcow2", name="child"))
     assert error["code"] == "SYS.1002"
     assert error["cause"]["code"] == "SYS.1007" and "backing file" in error["cause"]["details"]
     assert images(api, "name=child") == [], "a failed download removes the image"
-    assert rbd_images(c1, pool) == before
+    assert c1.images(pool) == before
 
 
 def test_a_download_cut_halfway_leaves_nothing(api: Api, c1: DevCluster, pool: str, storage: str,
                                                files: Files) -> None:
     data = image_data(16 * MiB)
     url = files.add("cut.raw", data, cut_at=7 * MiB)
-    before = rbd_images(c1, pool)
+    before = c1.images(pool)
     error = failed(api, add_image(api, url, [storage], name="cut"))
     assert error["code"] == "SYS.1002"
     assert "Failed to download image[name:cut] on all backup storage" in error["details"]
     assert images(api, "name=cut") == []
-    assert rbd_images(c1, pool) == before
+    assert c1.images(pool) == before
 
 
+@pytest.mark.real_ceph
 def test_a_failed_download_whose_image_cannot_be_removed_leaves_it_in_the_trash(
         api: Api, c1: DevCluster, pool: str, storage: str, files: Files) -> None:
     """A snapshot someone took of the partial RBD image makes its removal fail: the
@@ -303,12 +291,12 @@ def test_a_failed_download_whose_image_cannot_be_removed_leaves_it_in_the_trash(
     cut = threading.Event()
     r = add_image(api, files.add("held.raw", image_data(16 * MiB), cut_at=6 * MiB, cut_when=cut), [storage],
                   name="held")
-    uuid = wait_for(lambda: next(iter(rbd_images(c1, pool)), None), 30)
-    wait_for(lambda: rbd(c1, "info", f"{pool}/{uuid}").returncode == 0, 10)  # listed before it opens
-    assert rbd(c1, "snap", "create", f"{pool}/{uuid}@kept").returncode == 0
+    uuid = wait_for(lambda: next(iter(c1.images(pool)), None), 30)
+    wait_for(lambda: c1.rbd("info", f"{pool}/{uuid}").returncode == 0, 10)  # listed before it opens
+    assert c1.rbd("snap", "create", f"{pool}/{uuid}@kept").returncode == 0
     cut.set()
     assert failed(api, r)["code"] == "SYS.1002"
-    assert images(api, "name=held") == [] and uuid in rbd_images(c1, pool)
+    assert images(api, "name=held") == [] and uuid in c1.images(pool)
 
     def trash() -> list[dict]:
         got = api.get("/backup-storage/trash", params={"uuid": storage})
@@ -325,9 +313,9 @@ def test_a_failed_download_whose_image_cannot_be_removed_leaves_it_in_the_trash(
     assert entry["resourceUuid"] == uuid and entry["resourceType"] == "ImageVO"
     assert entry["size"] == 16 * MiB, "the size of the RBD image left behind"
     assert clean_up() == [] and trash() == [entry]  # the snapshot still holds it
-    assert rbd(c1, "snap", "purge", f"{pool}/{uuid}").returncode == 0
+    assert c1.rbd("snap", "purge", f"{pool}/{uuid}").returncode == 0
     assert clean_up() == [uuid]
-    assert uuid not in rbd_images(c1, pool) and trash() == []
+    assert uuid not in c1.images(pool) and trash() == []
     again = api.put(f"/backup-storage/{storage}/trash/actions",
                     json={"cleanUpTrashOnBackupStorage": {"trashId": entry["trashId"]}})
     assert again.status_code == 200, "a trashId no longer there is nothing to clean up, as ZStack answers"
@@ -350,7 +338,7 @@ def test_a_source_without_head_still_gets_its_size_checked(api: Api, c1: DevClus
                                                            storage: str, files: Files) -> None:
     data = image_data(2 * MiB + 7)
     inv = added(api, add_image(api, files.add("nohead.raw", data, head=False), [storage]))
-    assert inv["size"] == len(data) and rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert inv["size"] == len(data) and c1.image_bytes(pool, inv["uuid"]) == data
 
 
 # ---------------------------------------------------------------- checks in ZStack's words
@@ -417,7 +405,7 @@ def test_delete_is_delayed_then_recover_then_expunge(api: Api, c1: DevCluster, p
     assert r.status_code == 200 and r.json() == {}
     [deleted] = images(api, f"uuid={uuid}")
     assert deleted["status"] == "Deleted" and deleted["backupStorageRefs"][0]["status"] == "Deleted"
-    assert uuid in rbd_images(c1, pool), "Delay keeps the bits"
+    assert uuid in c1.images(pool), "Delay keeps the bits"
     r = action(api, uuid, "recoverImage")
     assert r.status_code == 200, r.text
     assert r.json()["inventory"]["status"] == "Ready"
@@ -428,17 +416,18 @@ def test_delete_is_delayed_then_recover_then_expunge(api: Api, c1: DevCluster, p
     r = action(api, uuid, "expungeImage", backupStorageUuids=[storage])
     assert r.status_code == 200 and r.json() == {}
     assert images(api, f"uuid={uuid}") == []
-    assert uuid not in rbd_images(c1, pool)
+    assert uuid not in c1.images(pool)
     assert api.delete(f"/images/{uuid}").status_code == 200, "deleting an unknown image succeeds"
 
 
+@pytest.mark.real_ceph
 def test_expunging_an_image_with_clones_is_a_conflict_not_a_leak(api: Api, c1: DevCluster, pool: str,
                                                                  storage: str, files: Files) -> None:
     inv = added(api, add_image(api, files.add("c.raw", image_data(MiB)), [storage]))
     uuid = inv["uuid"]
     for args in (("snap", "create", f"{pool}/{uuid}@base"), ("snap", "protect", f"{pool}/{uuid}@base"),
                  ("clone", f"{pool}/{uuid}@base", f"{pool}/vm-disk")):
-        assert rbd(c1, *args).returncode == 0
+        assert c1.rbd(*args).returncode == 0
     assert api.delete(f"/images/{uuid}").status_code == 200
     r = action(api, uuid, "expungeImage")
     assert r.status_code == 409, r.text
@@ -448,9 +437,9 @@ def test_expunging_an_image_with_clones_is_a_conflict_not_a_leak(api: Api, c1: D
     assert still["status"] == "Deleted", "the image stays, its bits known"
     for args in (("rm", f"{pool}/vm-disk"), ("snap", "unprotect", f"{pool}/{uuid}@base"),
                  ("snap", "rm", f"{pool}/{uuid}@base")):
-        assert rbd(c1, *args).returncode == 0
+        assert c1.rbd(*args).returncode == 0
     assert action(api, uuid, "expungeImage").status_code == 200
-    assert uuid not in rbd_images(c1, pool)
+    assert uuid not in c1.images(pool)
 
 
 def test_state_update_and_size_sync(api: Api, c1: DevCluster, pool: str, storage: str, files: Files) -> None:
@@ -468,7 +457,7 @@ def test_state_update_and_size_sync(api: Api, c1: DevCluster, pool: str, storage
         ("renamed", "Windows", "Windows 11", False)
     r = action(api, uuid, "updateImage", architecture="sparc")
     assert r.status_code == 400
-    assert rbd(c1, "resize", "--size", "8M", f"{pool}/{uuid}").returncode == 0
+    c1.resize_image(pool, uuid, 8 * MiB)
     r = action(api, uuid, "syncImageSize")
     assert r.status_code == 200 and r.json()["inventory"]["size"] == 8 * MiB
     r = api.put(f"/images/{uuid}/actions", json={"frobnicateImage": {}})
@@ -491,7 +480,7 @@ def test_file_urls_are_read_only_inside_the_allow_list(fresh_server: Server, c1:
     api = fresh_server.start().login()
     storage = add_storage(api, c1, pool)
     inv = added(api, add_image(api, f"file://{allowed}/disk.raw", [storage]))
-    assert rbd_bytes(c1, pool, inv["uuid"]) == data
+    assert c1.image_bytes(pool, inv["uuid"]) == data
     inv = added(api, add_image(api, f"{allowed}/disk.raw", [storage], name="bare-path"))
     assert inv["url"] == f"file://{allowed}/disk.raw", "a bare path is a file:// url"
     for url in (f"file://{allowed}/../secret.raw", f"file://{allowed}/link.raw", f"file://{allowed}",
@@ -507,10 +496,10 @@ def test_direct_deletion_removes_the_bits_at_once(fresh_server: Server, c1: DevC
     api = fresh_server.start().login()
     storage = add_storage(api, c1, pool)
     inv = added(api, add_image(api, files.add("x.raw", image_data(MiB)), [storage]))
-    assert inv["uuid"] in rbd_images(c1, pool)
+    assert inv["uuid"] in c1.images(pool)
     assert api.delete(f"/images/{inv['uuid']}").status_code == 200
     assert images(api, f"uuid={inv['uuid']}") == []
-    assert inv["uuid"] not in rbd_images(c1, pool)
+    assert inv["uuid"] not in c1.images(pool)
 
 
 def test_deleted_images_are_expunged_after_the_period(fresh_server: Server, c1: DevCluster, pool: str,
@@ -521,7 +510,7 @@ def test_deleted_images_are_expunged_after_the_period(fresh_server: Server, c1: 
     inv = added(api, add_image(api, files.add("e.raw", image_data(MiB)), [storage]))
     assert api.delete(f"/images/{inv['uuid']}").status_code == 200
     wait_for(lambda: images(api, f"uuid={inv['uuid']}") == [], 15)
-    assert inv["uuid"] not in rbd_images(c1, pool)
+    assert inv["uuid"] not in c1.images(pool)
 
 
 def test_an_image_goes_to_several_storages_from_one_read(api: Api, c1: DevCluster, c2: DevCluster,
@@ -536,11 +525,11 @@ def test_an_image_goes_to_several_storages_from_one_read(api: Api, c1: DevCluste
         inv = added(api, add_image(api, files.add("two.raw", data), [one, two]))
         assert {r["backupStorageUuid"] for r in inv["backupStorageRefs"]} == {one, two}
         assert files.served["two.raw"].gets == 1
-        assert rbd_bytes(c1, pool, inv["uuid"]) == data
-        assert rbd_bytes(c2, pool2, inv["uuid"]) == data
+        assert c1.image_bytes(pool, inv["uuid"]) == data
+        assert c2.image_bytes(pool2, inv["uuid"]) == data
         assert api.delete(f"/images/{inv['uuid']}").status_code == 200
         assert action(api, inv["uuid"], "expungeImage").status_code == 200
-        assert inv["uuid"] not in rbd_images(c2, pool2)
+        assert inv["uuid"] not in c2.images(pool2)
     finally:
         forget_images(api)
         for s in api.storages():
@@ -555,8 +544,8 @@ def test_a_server_killed_during_a_download_leaves_nothing_after_its_restart(
     url = files.add("killed.raw", image_data(12 * MiB), pause=0.3)
     r = add_image(api, url, [storage], name="killed")
     assert r.status_code == 202
-    [image] = wait_for(lambda: [i for i in images(api, "name=killed") if i["uuid"] in rbd_images(c1, pool)], 30)
+    [image] = wait_for(lambda: [i for i in images(api, "name=killed") if i["uuid"] in c1.images(pool)], 30)
     fresh_server.stop(signal.SIGKILL)
     api = fresh_server.start().login()
     wait_for(lambda: images(api, "name=killed") == [], 120, every=1)  # the dead client's watch lasts ~30 s
-    assert image["uuid"] not in rbd_images(c1, pool)
+    assert image["uuid"] not in c1.images(pool)

@@ -7,7 +7,6 @@ written here with the admin ``rados`` and ``rbd`` CLIs.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,36 +24,26 @@ TAKE_ALL = "importImages::all"  # the system tag that adopts images the metadata
 ZSTACK_DATE = "Jun 7, 2017 9:20:17 PM"
 
 
-def rados(cluster: DevCluster, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["rados", "-c", cluster.env["CEPH_CONF"], *args], input=data,
-                          capture_output=True, timeout=60)
-
-
 def put_metadata(cluster: DevCluster, pool: str, lines: list[str]) -> None:
-    out = rados(cluster, "-p", pool, "put", METADATA, "-", data="".join(x + "\n" for x in lines).encode())
-    assert out.returncode == 0, out.stderr
+    cluster.put_object(pool, METADATA, "".join(x + "\n" for x in lines).encode())
 
 
 def metadata(cluster: DevCluster, pool: str) -> dict[str, dict]:
     """The inventories in the pool's bs_ceph_info.json, by uuid ({} when there is none)."""
-    out = rados(cluster, "-p", pool, "get", METADATA, "-")
-    if out.returncode != 0:
-        return {}
-    lines = [json.loads(x) for x in out.stdout.decode().splitlines() if x.strip()]
+    data = cluster.get_object(pool, METADATA)
+    lines = [json.loads(x) for x in (data or b"").decode().splitlines() if x.strip()]
     return {x["uuid"]: x for x in lines}
 
 
 def rbd_write(cluster: DevCluster, tmp_path: Path, pool: str, name: str, data: bytes) -> None:
     path = tmp_path / name
     path.write_bytes(data)
-    out = cluster.rbd("import", "--image-format", "2", str(path), f"{pool}/{name}")
-    assert out.returncode == 0, out.stderr
+    cluster.import_image(pool, name, path)
     path.unlink()
 
 
 def rbd_create(cluster: DevCluster, pool: str, name: str, size_mib: int) -> None:
-    out = cluster.rbd("create", "--size", f"{size_mib}M", f"{pool}/{name}")
-    assert out.returncode == 0, out.stderr
+    cluster.create_image(pool, name, size_mib * MiB)
 
 
 def zstack_line(image_uuid: str, pool: str, name: str, size: int, *, fmt: str = "raw",

@@ -20,7 +20,7 @@ from imgstore.services.images import migrate
 from imgstore.services.images.migrate import CopyCheck, OsdChecksums, ReadBack
 from tests.integration.ceph.test_rbd_io import c1, cluster, new_name, pool, write_image  # noqa: F401 (fixtures)
 
-pytestmark = [pytest.mark.ceph, pytest.mark.anyio]
+pytestmark = [pytest.mark.ceph, pytest.mark.real_ceph, pytest.mark.anyio]
 
 CHECKS = pytest.mark.parametrize("kind", [OsdChecksums, ReadBack], ids=["osd-checksums", "read-back"])
 KiB = 1 << 10

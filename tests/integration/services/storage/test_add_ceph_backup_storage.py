@@ -26,6 +26,7 @@ def osd_figures(cluster: DevCluster, pool: str) -> tuple[int, int, int]:
     return int(total), int(avail), size
 
 
+@pytest.mark.real_ceph
 def test_the_seeds_request_gives_a_connected_ceph_storage(api: Api, c1: DevCluster, pool: str) -> None:
     resource_uuid = uuid.uuid4().hex
     body = {"params": {"monUrls": [c1.mon_url], "poolName": pool, "url": "ignored", "name": "My Backup Storage",
@@ -73,6 +74,7 @@ def test_the_reply_carries_a_schema_when_asked(api: Api, c1: DevCluster, pool: s
     assert schema["inventory.mons[0]"].endswith("CephBackupStorageMonInventory")
 
 
+@pytest.mark.real_ceph
 def test_a_missing_pool_is_created_and_removed_by_nobody_but_its_owner(api: Api, c1: DevCluster) -> None:
     r = api.add_ceph("auto-pool", [c1.mon_url])
     assert r.status_code == 200, r.text
@@ -90,6 +92,7 @@ def test_a_missing_pool_is_created_and_removed_by_nobody_but_its_owner(api: Api,
     c1.delete_pool(inv["poolName"])
 
 
+@pytest.mark.real_ceph
 def test_the_key_is_least_privilege(api: Api, c1: DevCluster, pool: str) -> None:
     inv = api.add_ceph("caps", [c1.mon_url], poolName=pool).json()["inventory"]
     caps = c1.ceph_json("auth", "get", f"client.imgstore.{inv['uuid']}")[0]["caps"]

@@ -285,6 +285,7 @@ def test_concurrent_state_changes_each_answer_their_own_transition(api: Api, sto
     assert stored(api, bs)["state"] in ("Enabled", "Disabled")
 
 
+@pytest.mark.real_ceph
 def test_state_change_while_the_add_runs_is_refused(api: Api) -> None:
     """SYS.1005 while the storage may still vanish: its add has not finished. A mon that
     accepts TCP but never speaks SSH keeps the add running for the SSH timeout."""
@@ -428,6 +429,7 @@ def test_delete_removes_tags_and_zone_attachments(api: Api, storage: dict) -> No
 
 
 @pytest.mark.ceph
+@pytest.mark.real_ceph
 def test_permissive_keeps_a_storage_whose_key_cannot_be_removed_and_enforcing_deletes_it(
         api: Api, c1: DevCluster, storage: dict) -> None:
     bs = storage["uuid"]
