@@ -33,7 +33,7 @@ server_pid() {
   local pid
   pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'imgstore serve' || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -Eq 'imgstore( serve|\.server)' || return 1
   echo "$pid"
 }
 

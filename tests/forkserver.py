@@ -1,10 +1,10 @@
 """Test servers forked from a warm interpreter, instead of a fresh ``python -m
-imgstore.cli.commands serve`` each time.
+imgstore.server`` each time.
 
 Why: a fresh server process spends ~1.5 s of CPU importing FastAPI, pydantic, SQLAlchemy,
 asyncssh... before it runs a line of imgstore, and the suite starts a few hundred servers
 on a 2-core machine. One forkserver per pytest process imports all that once; every start
-is then a ``fork()`` that runs the very same ``serve`` command (``runpy``, as ``-m`` does)
+is then a ``fork()`` that runs the very same ``imgstore.server`` (``runpy``, as ``-m`` does)
 with the test's environment, working directory and log file.
 
 What stays as it was: the server is a real process of its own (restarts, kills, signals,
@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: settings read only when the program runs (not at its start, nor by an import the
 #: forkserver made): a request's environment may differ from the forkserver's in these only
 _RUN_TIME_KEYS = ("IMGSTORE_", "PYTEST_", "XDG_CONFIG_HOME", "COLUMNS", "LINES", "CEPH_CONF")
-#: what ``serve`` imports (at module level and inside the command), and the SQLite and
+#: what the server and the CLI import, and the SQLite and
 #: PostgreSQL drivers (its migrations run in a child process: Alembic is not among them)
 _WARM = (
-    "imgstore.cli.commands", "imgstore.app", "imgstore.logs", "imgstore.memory", "imgstore.config",
+    "imgstore.server", "imgstore.cli.commands", "imgstore.app", "imgstore.logs", "imgstore.memory", "imgstore.config",
     "imgstore.http_protocol",
     "aiosqlite", "sqlalchemy.dialects.sqlite.aiosqlite", "sqlalchemy.dialects.postgresql.psycopg",
     "uvicorn.lifespan.on", "uvicorn.loops.auto", "uvicorn.protocols.websockets.auto",
@@ -118,7 +118,7 @@ class Forkserver:
         self._lock = threading.Lock()
 
     def launch(self, args: list[str], env: dict[str, str], log: Path) -> ForkedProcess | None:
-        """``args`` (``python -m imgstore.cli.commands ...``) forked with ``env``, stdin
+        """``args`` (``python -m imgstore.server ...``) forked with ``env``, stdin
         /dev/null, output appended to ``log``; None when a fresh process is needed instead
         (see the module)."""
         return self._fork(args, env, None, log, log)
@@ -144,7 +144,8 @@ class Forkserver:
 
     def _fork(self, args: list[str], env: dict[str, str], stdin: Path | None, stdout: Path,
               stderr: Path) -> ForkedProcess | None:
-        if args[:3] != [sys.executable, "-m", "imgstore.cli.commands"] or not enabled():
+        if args[:2] != [sys.executable, "-m"] or args[2:3] not in (["imgstore.server"], ["imgstore.cli.commands"]) \
+                or not enabled():
             return None
         with self._lock:
             proc = self._running(env)
@@ -269,7 +270,7 @@ def _serve_requests() -> list[str]:
 
 if __name__ == "__main__":
     argv = _serve_requests()
-    # the child: what `python -m imgstore.cli.commands ...` runs, in this warm interpreter
+    # the child: what `python -m imgstore.server ...` (or `imgstore.cli.commands`) runs, in this warm interpreter
     import runpy
 
     # `-m` runs the module as __main__ only, never under its own name too (runpy warns)

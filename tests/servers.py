@@ -112,7 +112,7 @@ class Server:
         loaded 2-core machine the imports alone have taken 30 s)."""
         env = {**os.environ, "IMGSTORE_DATA_DIR": str(self.data_dir),
                "IMGSTORE_ADMIN_PASSWORD": self.password, **self.env}
-        cmd = [sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(self.port), *self.args]
+        cmd = [sys.executable, "-m", "imgstore.server", "--port", str(self.port), *self.args]
         if self.log_level:
             cmd += ["--log-level", self.log_level]
         self.data_dir.mkdir(parents=True, exist_ok=True)

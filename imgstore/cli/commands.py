@@ -8,6 +8,7 @@ Words become parameters in :mod:`imgstore.cli.words` (pure), requests are made b
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,6 @@ from typing import Any, NoReturn
 
 import typer
 import typer.main
-import uvicorn
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -209,42 +209,12 @@ def main() -> None:
     """imgstore commands."""
 
 
-@app.command()
-def serve(
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(8080, help="port to listen on"),
-    log_level: str = typer.Option("info", help="debug, info, warning or error"),
-    ssl_certfile: Path = typer.Option(None, help="serve https with this certificate (PEM, chain first)",
-                                      envvar="IMGSTORE_SSL_CERTFILE"),
-    ssl_keyfile: Path = typer.Option(None, help="the certificate's private key (PEM)",
-                                     envvar="IMGSTORE_SSL_KEYFILE"),
-) -> None:
-    """Run the API server (settings from IMGSTORE_* variables; migrations applied on start)."""
-    from imgstore import logs, memory
-    from imgstore.app import create_app
-    from imgstore.config import Settings
-    from imgstore.http_protocol import with_header_timeout
-
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together")
-    memory.limit_arenas()
-    memory.fix_mmap_threshold()
-    log_config = logs.configure(log_level)  # one masked JSON line per event, uvicorn's too
-    settings = Settings(listen_url=_listen_url("https" if ssl_certfile else "http", host, port))
-    # uvicorn writes its access line when a response starts, before a streamed body's
-    # duration is known: logs.RequestContext writes one per finished request instead
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, log_config=log_config,
-                access_log=False, proxy_headers=False, http=with_header_timeout(settings.header_timeout),
-                timeout_keep_alive=max(1, round(settings.idle_timeout)),
-                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-
-
-def _listen_url(scheme: str, host: str, port: int) -> str | None:
-    """The base of stored URLs when ``public_url`` is unset; None for a wildcard address,
-    where the address each connection reached stands in (api/deps.py's base_url)."""
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        return None
-    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    """Run the API server: becomes `python -m imgstore.server` with the same arguments
+    (`imgstore serve --help` lists them), a process without the command line's modules."""
+    os.execv(sys.executable, [sys.executable, "-m", "imgstore.server", *ctx.args])
 
 
 # ------------------------------------------------------------------ sessions

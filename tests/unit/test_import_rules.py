@@ -17,13 +17,6 @@ import imgstore
 
 PACKAGE = Path(imgstore.__file__).parent
 
-# (module path, function): why the import waits for the call. Never to break a cycle.
-LATE_IMPORTS_ALLOWED = {
-    ("cli/commands.py", "serve"): "`imgstore <command>` talks to a server over HTTP and must start "
-    "without loading one (fastapi, SQLAlchemy); only `imgstore serve` loads the app",
-}
-
-
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
@@ -64,8 +57,7 @@ def test_no_module_imports_imgstore_inside_a_function() -> None:
     for path in sorted(PACKAGE.rglob("*.py")):
         where = path.relative_to(PACKAGE).as_posix()
         for function, line, statement in late_imports(path.read_text()):
-            if (where, function) not in LATE_IMPORTS_ALLOWED:
-                offenders.append(f"imgstore/{where}:{line} in {function}(): {statement}")
+            offenders.append(f"imgstore/{where}:{line} in {function}(): {statement}")
     assert not offenders, "imports of imgstore inside functions (move them to the top; a cycle " \
         "they hid is broken by moving code, not by importing late):\n" + "\n".join(offenders)
 

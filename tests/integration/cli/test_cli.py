@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, run_command
+from tests.conftest import ADMIN_PASSWORD, Api, DevCluster, Server, run_command, wait_for
+from tests.servers import READY_PATH, free_port
 
 Cli = Callable[..., subprocess.CompletedProcess]
 
@@ -182,3 +183,41 @@ def test_upload_image_sends_the_file_and_the_image_becomes_ready(
     assert out.returncode == 0, out.stderr
     inv = json.loads(out.stdout)["inventory"]
     assert inv["status"] == "Ready" and inv["name"] == "tiny" and inv["format"] == "raw"
+
+
+# ---------------------------------------------------------------- serve
+
+
+def test_serve_lists_the_servers_options_and_refuses_half_a_tls_pair(cli: Cli) -> None:
+    done = cli("serve", "--help")
+    assert done.returncode == 0, done.stderr
+    for option in ("--host", "--port", "--log-level", "--ssl-certfile", "--ssl-keyfile"):
+        assert option in done.stdout
+    half = cli("serve", "--ssl-certfile", "/nonexistent.pem")
+    assert half.returncode == 2 and "--ssl-certfile and --ssl-keyfile go together" in half.stderr
+
+
+def test_serve_becomes_the_server_process_itself(tmp_path: Path) -> None:
+    """``imgstore serve`` execs ``python -m imgstore.server``: the process a supervisor
+    started (its pid) is the server, and it carries none of the command line's modules."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSTORE_")}
+    env.update(IMGSTORE_DATA_DIR=str(tmp_path), IMGSTORE_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "imgstore.cli.commands", "serve", "--port", str(port),
+                                 "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}{READY_PATH}") or proc.poll() is not None, 60)
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:5] == [b"-m", b"imgstore.server", b"--port", str(port).encode()], argv
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
