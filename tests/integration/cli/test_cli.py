@@ -188,15 +188,6 @@ def test_upload_image_sends_the_file_and_the_image_becomes_ready(
 # ---------------------------------------------------------------- serve
 
 
-def test_serve_lists_the_servers_options_and_refuses_half_a_tls_pair(cli: Cli) -> None:
-    done = cli("serve", "--help")
-    assert done.returncode == 0, done.stderr
-    for option in ("--host", "--port", "--log-level", "--ssl-certfile", "--ssl-keyfile"):
-        assert option in done.stdout
-    half = cli("serve", "--ssl-certfile", "/nonexistent.pem")
-    assert half.returncode == 2 and "--ssl-certfile and --ssl-keyfile go together" in half.stderr
-
-
 def test_serve_becomes_the_server_process_itself(tmp_path: Path) -> None:
     """``imgstore serve`` execs ``python -m imgstore.server``: the process a supervisor
     started (its pid) is the server, and it carries none of the command line's modules."""
