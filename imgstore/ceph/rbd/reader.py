@@ -16,7 +16,7 @@ import rbd
 
 from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_ioctx
 from imgstore.ceph.exceptions import CephCommandFailed
-from imgstore.ceph.rbd._common import CHUNK_SIZE, MiB, aio, submit_quietly, zero_block
+from imgstore.ceph.rbd._common import CHUNK_SIZE, MiB, aio, submit_quietly, trim_soon, zero_block
 
 __all__ = ["READ_AHEAD", "iter_image", "read_range"]
 
@@ -218,4 +218,5 @@ async def close_reader(cluster: RadosSource, pool: str, name: str, ioctx: Any, i
             ioctx.close()
 
     await call(cluster, close, f"close image {pool}/{name}", pool, name, timeout=None)
+    trim_soon(cluster)
 

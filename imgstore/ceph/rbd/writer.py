@@ -23,10 +23,9 @@ from typing import Any, NamedTuple
 
 import rbd
 
-from imgstore import memory
 from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_ioctx, translate
 from imgstore.ceph.exceptions import CephError, ImageBusy, ImageNotFound, ImageSizeMismatch
-from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, MiB, aio, submit_quietly, zero_block
+from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, MiB, aio, trim_soon, zero_block
 from imgstore.ceph.rbd.hashing import HashLane
 from imgstore.ceph.rbd.zeros import data_runs
 
@@ -472,8 +471,8 @@ class ImageWriter:
         self._created = False
 
     async def _close_ioctx(self) -> None:
-        """Close the pool's context, then hand the stream's freed buffers back to the OS."""
+        """Close the pool's context; the stream's freed buffers go back to the OS soon after."""
         ioctx, self._ioctx = self._ioctx, None
         if ioctx is not None:
             await call(self._cluster, ioctx.close, "close ioctx", self.pool, timeout=CALL_TIMEOUT)
-        submit_quietly(self._cluster, memory.trim_heap)
+        trim_soon(self._cluster)

@@ -1,0 +1,38 @@
+"""A stream's freed buffers go back to the kernel a moment after it ended: one trim of
+the heap per burst of streams, in the handle's pool (imgstore/ceph/rbd/_common.py)."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from imgstore import memory
+from imgstore.ceph.rbd import _common
+
+pytestmark = pytest.mark.anyio
+
+
+class Handle:
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(1)
+
+
+async def test_streams_ending_together_trim_the_heap_once_after_the_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[float] = []
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(loop.time()))
+    monkeypatch.setattr(_common, "TRIM_DELAY", 0.2)
+    monkeypatch.setattr(_common, "_trim", None)
+    handle = Handle()
+    ended = loop.time()
+    for _ in range(5):  # five Range requests of one export, say
+        _common.trim_soon(handle)
+    await asyncio.sleep(0.1)
+    assert trims == [], "not before the last buffers are dropped"
+    await asyncio.sleep(0.3)
+    assert len(trims) == 1 and trims[0] - ended >= 0.2
+    _common.trim_soon(handle)  # a later stream: a trim of its own
+    await asyncio.sleep(0.4)
+    assert len(trims) == 2
+    handle.executor.shutdown()
