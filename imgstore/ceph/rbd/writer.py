@@ -358,10 +358,15 @@ class ImageWriter:
             raise
         loop = asyncio.get_running_loop()
         aio_write = self._image.aio_write
-        pending = [aio(self._cluster, loop, aio_write,
-                        data if b - a == len(data) else data[a:b], offset + a)
-                   for a, b in runs]
+        pieces = [(data if b - a == len(data) else data[a:b], offset + a) for a, b in runs]
+        pending = [aio(self._cluster, loop, aio_write, piece, at) for piece, at in pieces]
         pending += [lane.feed(data) for lane in self._lanes]
+        if not self._lanes and all(piece is not data for piece, _ in pieces):
+            # librbd writes copies of the data runs (or nothing): the chunk's buffer is
+            # free now, not when its writes land. A sparse stream then holds its runs in
+            # flight, not 4 MiB buffers mostly of zeros (the upload's peak RSS)
+            self._give_back(recycle, release)
+            recycle = release = None
         self._unacked.add(offset)
         task = loop.create_task(self._retire(offset, pending, recycle, release))
         self._inflight.add(task)
@@ -394,9 +399,13 @@ class ImageWriter:
 
     def _free(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
         """A chunk's writes are over: its buffer is reused or given back, its slot freed."""
+        self._slots.release()
+        self._give_back(recycle, release)
+
+    def _give_back(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
+        """A chunk's buffer is no longer read: ours is reused, a lent one given back."""
         if recycle is not None and self._state == "open":
             self._spare.append(recycle)
-        self._slots.release()
         if release is not None:
             release()
 

@@ -306,6 +306,33 @@ async def test_lent_buffers_come_back_only_after_their_writes_even_when_a_wait_i
     await remove_image(cluster, pool, name)
 
 
+async def test_a_lent_chunk_with_holes_comes_back_at_once_a_dense_one_once_written(
+        cluster: Cluster, pool: str) -> None:
+    """A chunk with holes is written from copies of its data runs: its lent buffer comes
+    back as soon as write() returns (a sparse upload then holds its runs in flight, not
+    4 MiB buffers of mostly zeros), and scribbling over it at once changes nothing. A
+    dense chunk is written from the buffer itself and comes back only once written."""
+    chunk = 4 * MiB
+    sparse = bytes(MiB) + os.urandom(MiB) + bytes(MiB) + os.urandom(MiB)
+    dense = os.urandom(chunk)
+    released: list[str] = []
+    name = new_name()
+    async with ImageWriter(cluster, pool, name, 2 * chunk, checksums=False) as w:
+        for label, data in (("sparse", sparse), ("dense", dense)):
+            buf = bytearray(data)
+
+            def release(label: str = label, buf: bytearray = buf) -> None:
+                released.append(label)
+                buf[:] = b"\xff" * len(buf)  # reused at once, as the upload's receiver does
+            await w.write(buf, release)
+            if label == "sparse":
+                assert released == ["sparse"], "the sparse chunk's buffer is free once its runs are copied"
+        assert released == ["sparse"], "the dense chunk's buffer is librbd's until its write lands"
+    assert released == ["sparse", "dense"]
+    assert await read_all(cluster, pool, name) == sparse + dense
+    await remove_image(cluster, pool, name)
+
+
 async def test_two_uploads_at_once_on_one_handle(cluster: Cluster, pool: str) -> None:
     blobs = {new_name(): os.urandom(9 * MiB + i) for i in range(2)}
     results = await asyncio.gather(*(write_image(cluster, pool, n, d, len(d), piece=65536)
