@@ -36,7 +36,6 @@ import time
 import types
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,8 @@ from imgstore.ceph import (
     SshUnreachable,
     WriteResult,
 )
+from imgstore.ceph import Cluster as RealCluster
+from imgstore.ceph import ImageWriter as RealImageWriter
 from imgstore.ceph.rbd.zeros import data_runs  # the real writer's idea of a hole
 
 ENV = "IMGSTORE_TEST_FAKE_CEPH"
@@ -207,27 +208,16 @@ class MonShell:
 # ---------------------------------------------------------------- librados: the cluster handle
 
 
-class Cluster:
-    """A storage's handle on a fake cluster: its mon port and its client's key."""
+class Cluster(RealCluster):
+    """A storage's handle on a fake cluster: its mon port and its client's key. The real
+    handle's name, executor and close stand; what asks the cluster is faked."""
 
     def __init__(self, mon_host: str, client: str, key: str, timeout: float = 10.0) -> None:
-        self._mon_host, self._client, self._key = mon_host, client, key
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix=f"fake-rados-{client}")
+        super().__init__(mon_host, client, key, timeout)
         self._home: Path | None = None
 
-    def __repr__(self) -> str:
-        return f"Cluster(mon_host={self._mon_host!r}, client={self._client!r})"
-
     @property
-    def mon_host(self) -> str:
-        return self._mon_host
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self._executor
-
-    @property
-    def handle(self) -> Path:
+    def handle(self) -> Path:  # type: ignore[override]
         if self._home is None:
             raise ClusterUnreachable("the cluster handle is not connected", self._mon_host)
         return self._home
@@ -262,7 +252,7 @@ class Cluster:
 
     async def close(self) -> None:
         self._home = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await super().close()
 
     async def fsid(self) -> str:
         return str(json.loads((self.handle / "cluster.json").read_text())["fsid"])
@@ -417,40 +407,19 @@ async def read_range(cluster: Cluster, pool: str, name: str, offset: int, length
     return b"".join([p async for p in iter_image(cluster, pool, name, offset, offset + length)])
 
 
-class ImageWriter:
+class ImageWriter(RealImageWriter):
     """The real writer's contract (imgstore/ceph/rbd/writer.py) on a sparse file: all or
     nothing; whole chunks written as they fill (so :attr:`durable` is a chunk boundary,
     what a restarted upload continues from), the last piece at commit; zeros not written;
-    an exclusive flock while open (what ``remove_image`` sees as a watcher)."""
+    an exclusive flock while open (what ``remove_image`` sees as a watcher). The real
+    writer's checks of its arguments, its ``async with`` and its repr stand."""
 
     def __init__(self, cluster: Cluster, pool: str, name: str, size: int | None = None, *,
                  chunk_size: int = CHUNK_SIZE, window: int = WRITE_WINDOW, checksums: bool = True) -> None:
-        if size is not None and size < 0:
-            raise ValueError("size must be >= 0 or None")
-        self._cluster, self.pool, self.name, self.expected_size = cluster, pool, name, size
-        self._chunk = chunk_size
-        self.received = 0
-        self.result: WriteResult | None = None
+        super().__init__(cluster, pool, name, size, chunk_size=chunk_size, window=window, checksums=checksums)
         self._hashes = [hashlib.md5(), hashlib.sha512()] if checksums else []
-        self._state = "new"
         self._fd: int | None = None
-        self._fill = bytearray()
-        self._offset = 0  # where the chunk being filled starts: all below is written
-        self._created = False
-
-    def __repr__(self) -> str:
-        return f"ImageWriter({self.pool}/{self.name}, {self._state}, received={self.received})"
-
-    async def __aenter__(self) -> ImageWriter:
-        await self.open()
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            if self._state == "open":
-                await self.commit()
-            return
-        await self.abort()
+        self._fill_bytes = bytearray()  # the chunk being filled, from self._offset on
 
     def _open_fd(self, flags: int) -> int:
         path = _images(self._cluster, self.pool) / self.name
@@ -505,7 +474,7 @@ class ImageWriter:
 
     async def detach(self) -> int:
         self._close()
-        self._state, self._created, self._fill = "detached", False, bytearray()
+        self._state, self._created, self._fill_bytes = "detached", False, bytearray()
         return self._offset
 
     async def write(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None = None) -> None:
@@ -514,10 +483,10 @@ class ImageWriter:
             for h in self._hashes:
                 h.update(data)
             self.received += len(data)
-            self._fill += data
-            while len(self._fill) >= self._chunk:
-                self._put(fd, self._fill[: self._chunk])
-                del self._fill[: self._chunk]
+            self._fill_bytes += data
+            while len(self._fill_bytes) >= self._chunk:
+                self._put(fd, self._fill_bytes[: self._chunk])
+                del self._fill_bytes[: self._chunk]
         except BaseException:
             await self.abort()
             raise
@@ -538,7 +507,7 @@ class ImageWriter:
             await self.abort()
             raise ImageSizeMismatch(f"image {self.pool}/{self.name}: got {size} bytes, {self.expected_size} "
                                     "were announced", self._cluster.mon_host)
-        self._put(fd, self._fill)
+        self._put(fd, self._fill_bytes)
         os.ftruncate(fd, size)
         self._close()
         self._state = "committed"

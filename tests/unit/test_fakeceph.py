@@ -33,9 +33,13 @@ def _shape(fn: object) -> list[tuple[str, object, object]]:
 
 
 def _public_methods(cls: type) -> dict[str, object]:
-    """Methods by their parameters; properties and class methods by their kind."""
+    """Methods by their parameters; properties and class methods by their kind; a fake
+    that subclasses the real class counts what it inherits."""
+    attrs: dict[str, object] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        attrs.update(vars(klass))
     out: dict[str, object] = {}
-    for name, attr in vars(cls).items():
+    for name, attr in attrs.items():
         if name.startswith("_") and name not in ("__init__", "__aenter__", "__aexit__"):
             continue
         if isinstance(attr, (property, classmethod, staticmethod)):
