@@ -1,8 +1,8 @@
 """The server process: ``python -m imgstore.server [--host H] [--port N] ...``.
 
 ``imgstore serve`` becomes this process (``os.execv``), so a server never carries the
-command line's own modules: typer, click, rich and the client's API catalogue are ~5 MiB
-of a server that idles at ~130 (scripts/bench_images.py's idle row). Settings come from
+command line's own modules: typer, click, rich and the client's API catalogue (their
+share of the idle RSS is in the README's bench_images row). Settings come from
 ``IMGSTORE_*`` variables (:mod:`imgstore.config`); migrations are applied on start.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# httpx imports its command line (rich, pygments, click: ~3 MiB) whenever they are
+# httpx imports its command line (rich, pygments, click) whenever they are
 # installed, as they are here for imgstore's own; a None entry makes that import fail,
 # which httpx takes as "no CLI" (its __init__ catches the ImportError)
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

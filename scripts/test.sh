@@ -54,7 +54,7 @@ pg_pass=${IMGSTORE_TEST_PG_PASS:-auto}
 if [ "$pg_pass" = auto ]; then
   pg_pass=$([ $# = 0 ] && [ "$QUICK" = 0 ] && echo 1 || echo 0)
 fi
-# --quick: 5 (its tests mostly wait: 4 took 57 s, 5 53 s; 2026-12-04, fake Ceph)
+# --quick: 5 (its tests mostly wait on servers and sources: more workers than cores)
 workers=${IMGSTORE_TEST_WORKERS:-$([ $# != 0 ] && echo 1 || { [ "$QUICK" = 1 ] && echo 5 || echo 3; })}
 [ "$workers" -ge 1 ] 2>/dev/null || die "IMGSTORE_TEST_WORKERS must be a number >= 1"
 # The SQLite pass holds every test and the fuzzing, the PostgreSQL pass the integration

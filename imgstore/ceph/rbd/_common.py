@@ -46,10 +46,10 @@ def trim_soon(cluster: RadosSource) -> None:
 
     A stream's 4 MiB buffers (the writer's, the body's, librbd's reads) come from glibc's
     arenas, and an arena gives back only what is free at its top: each upload, export or
-    CalculateImageHash left 17-41 MiB resident for good (an idle server at 190 MiB after
-    one 1 GiB upload and its hash, 129 before). The last buffers are dropped by whoever
-    held them (the route, a hash lane) after the stream closed, hence the delay; one trim
-    pending per process at most, so a run of short streams (Range requests) costs one."""
+    CalculateImageHash left its buffers resident for good (the README's bench_images row
+    has the figures). The last buffers are dropped by whoever held them (the route, a hash
+    lane) after the stream closed, hence the delay; one trim pending per process at most,
+    so a run of short streams (Range requests) costs one."""
     global _trim
     loop = asyncio.get_running_loop()
     if _trim is None or _trim.when() <= loop.time():
