@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import struct
@@ -120,9 +121,9 @@ def _by_ssh(host: str, port: int) -> tuple[Path, dict[str, Any]] | None:
 
 
 def _by_mon_host(mon_host: str) -> tuple[Path, dict[str, Any]] | None:
-    return next(((h, c) for h, c in _clusters() if f"127.0.0.1:{c['mon_port']}" in mon_host), None)
-
-
+    """The cluster whose mon a librados ``mon_host`` names (``v1:127.0.0.1:PORT``)."""
+    ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", mon_host)}
+    return next(((h, c) for h, c in _clusters() if c["mon_port"] in ports), None)
 
 
 def _cephx_key() -> str:
@@ -178,6 +179,7 @@ class MonShell:
         return home
 
     async def facts(self) -> Any:
+        # late, as the facade has it (PEP 562): a pinger child, faked too, never loads asyncssh
         from imgstore.ceph.ssh import MonFacts
 
         self._login()
