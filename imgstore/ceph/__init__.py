@@ -41,6 +41,7 @@ from imgstore.ceph.exceptions import (
     SshUnreachable,
 )
 from imgstore.ceph.monurl import MonUrl, check_fingerprint
+from imgstore.ceph.names import check_pool_name, rbd_client_caps
 from imgstore.ceph.objects import append_object, object_lock, read_object, remove_object, write_object
 from imgstore.ceph.rados_checksum import ImageChecksums
 from imgstore.ceph.rados_checksum import available as osd_checksums_available
@@ -61,12 +62,12 @@ from imgstore.ceph.rbd import (
 )
 
 if TYPE_CHECKING:
-    from imgstore.ceph.ssh import MonFacts, MonShell, check_pool_name, offered_host_key, rbd_client_caps
+    from imgstore.ceph.ssh import MonFacts, MonShell, offered_host_key
 
 # The SSH side (onboarding, mons) loads asyncssh; a process that only asks Ceph over
 # librados (the pinger child, tests/unit/test_import_rules.py) never needs it, so these
 # names load ``imgstore.ceph.ssh`` on first use (PEP 562), not when the package loads.
-_SSH_NAMES = frozenset({"MonFacts", "MonShell", "check_pool_name", "offered_host_key", "rbd_client_caps"})
+_SSH_NAMES = frozenset({"MonFacts", "MonShell", "offered_host_key"})
 
 
 def __getattr__(name: str) -> object:

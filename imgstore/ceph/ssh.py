@@ -48,22 +48,15 @@ from imgstore.ceph.exceptions import (
     CephPermissionDenied,
     CephTimeout,
     CephToolsMissing,
-    InvalidName,
     PoolNotFound,
     SshAuthFailed,
     SshHostKeyMismatch,
     SshUnreachable,
 )
 from imgstore.ceph.monurl import MonUrl
+from imgstore.ceph.names import check_client_name, check_pool_name, rbd_client_caps
 
-__all__ = [
-    "MonFacts",
-    "MonShell",
-    "check_client_name",
-    "check_pool_name",
-    "offered_host_key",
-    "rbd_client_caps",
-]
+__all__ = ["MonFacts", "MonShell", "offered_host_key"]
 
 _MARK = "@@imgstore-out@@"
 _ADDR_MARK = "@@imgstore-addrs@@"
@@ -71,8 +64,6 @@ _MISSING_TOOL = "imgstore: command not found: "
 _STDERR_LIMIT = 600
 # A pool name is also written into cephx caps (pool="..."), rbd paths (pool/image) and
 # shell commands: refuse what could break out of any of them.
-_BAD_POOL_CHARS = re.compile(r"[\s\"'`,;=/@\\]|[\x00-\x1f\x7f]")
-_CLIENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
 
 
 @dataclass(frozen=True)
@@ -83,35 +74,6 @@ class MonFacts:
     fsid: str
     mon_addr: str  # this mon's IP as in `ceph mon dump` (ZStack monAddr)
     mon_host: str  # librados mon_host for this mon, e.g. "[v2:ip:3300,v1:ip:6789]"
-
-
-def check_pool_name(pool: str) -> str:
-    """Refuse pool names that are not safe in a shell, a cap or an rbd path."""
-    if not pool or len(pool) > 255 or pool.startswith("-") or _BAD_POOL_CHARS.search(pool):
-        raise InvalidName(f"invalid pool name[{pool!r}]")
-    return pool
-
-
-def check_client_name(client: str) -> str:
-    """A cephx client id (without ``client.``): letters, digits, ``_ . -``."""
-    if not _CLIENT_NAME.match(client or ""):
-        raise InvalidName(f"invalid ceph client name[{client!r}]")
-    return client
-
-
-def rbd_client_caps(pool: str) -> list[str]:
-    """The cephx caps of an imgstore key for ``pool``, as ``auth`` command arguments.
-
-    * ``mon 'profile rbd'``: read the maps (incl. the `df`, `osd dump`, `osd crush rule
-      dump`, `osd tree`, `quorum_status` capacity/health reads) and blocklist dead
-      clients' locks. `osd df` is a mgr command in Pacific; we send it through the mon,
-      which proxies mgr commands for clients whose *mon* caps allow them, so no extra
-      mgr cap is needed for it.
-    * ``osd 'profile rbd pool=P'``: read/write/remove objects and rbd images in P only.
-    * ``mgr 'profile rbd pool=P'``: the rbd_support module calls librbd may make, for P.
-    """
-    quoted = f'pool="{check_pool_name(pool)}"'
-    return ["mon", "profile rbd", "osd", f"profile rbd {quoted}", "mgr", f"profile rbd {quoted}"]
 
 
 class _PinnedHostKey(asyncssh.SSHClient):

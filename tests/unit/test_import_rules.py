@@ -91,6 +91,22 @@ def test_the_pinger_child_loads_neither_the_database_nor_ssh() -> None:
     assert not loaded & set(NOT_IN_THE_PINGER_CHILD), sorted(loaded & set(NOT_IN_THE_PINGER_CHILD))
 
 
+# What the server process loads only when it needs it: asyncssh with its first SSH
+# session to a mon host (an add, a mon's change), never at start; the command line never.
+NOT_IN_A_STARTED_SERVER = ("asyncssh", "typer", "rich", "pygments")  # click: uvicorn.main imports it
+
+
+def test_a_started_server_loads_neither_ssh_nor_the_command_line() -> None:
+    """A restarted server with its storages talks to them through librados only: asyncssh
+    (8 MiB) waits for an SSH session; typer, rich and httpx's own CLI for the CLI."""
+    probe = ("import json, sys\nimport imgstore.server, imgstore.lifecycle\n"
+             "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout
+    loaded = {name.split(".")[0] for name in json.loads(out)}
+    assert not loaded & set(NOT_IN_A_STARTED_SERVER), sorted(loaded & set(NOT_IN_A_STARTED_SERVER))
+
+
 MAX_MODULE_LINES = 500
 
 
