@@ -25,7 +25,8 @@ needs for the job with nothing else: a missed target says where the time went):
   ``rbd export`` into a file; both write the file sparse (a 4 MiB piece of zeros is
   skipped, as rbd export skips zero objects). Floor: the bytes through loopback;
 * 4 uploads of the random file at once vs 4 ``rbd import`` at once (aggregate);
-* the server's RSS: idle (started, the storage added) and the peak during the 4 GiB
+* the server's RSS: started (logged in; what a restarted server with its storages holds:
+  no SSH session yet), idle (the storage added) and the peak during the 4 GiB
   upload (VmRSS sampled every 50 ms, and VmHWM reset through clear_refs just before).
 
 The HTTP clients do C-speed work per byte, like the agents ZStack downloads and uploads
@@ -292,6 +293,9 @@ def measure(args: argparse.Namespace) -> int:
                  "sparse": sparse_file(work / "sparse.raw", int(args.sparse_gib * GiB))}
         md5 = {k: md5_floor(p)[1] for k, p in files.items()}
         api = server.start().login(timeout=600)
+        assert server.proc is not None
+        time.sleep(2)
+        started_kib = RssSampler(server.proc.pid).status("VmRSS")
         r = api.post("/backup-storage/ceph", json={"params": {"name": "bench", "monUrls": [env["MON_URL"]],
                                                               "poolName": pool}})
         r.raise_for_status()
@@ -305,7 +309,7 @@ def measure(args: argparse.Namespace) -> int:
                                                     "http": from_http, "export": exports, "parallel": parallel}
         for case in args.only.split(","):
             steps[case if case != "hash" else "upload"](run)
-        report(args, env, run, idle_kib)
+        report(args, env, run, idle_kib, started_kib)
         rss_ok = idle_kib <= 130 * 1024 and (run.rss is None or peak_kib(run.rss) <= 150 * 1024)
         return 0 if all(r.ok for r in run.rows) and rss_ok else 1
     finally:
@@ -342,7 +346,7 @@ def cpu_line(row: Row) -> str:
             f"({cli_m / cli_time / cores:.0%}), {cli_time / (ours_m / cores):.2f}x with them all busy")
 
 
-def report(args: argparse.Namespace, env: dict[str, str], run: Run, idle_kib: int) -> None:
+def report(args: argparse.Namespace, env: dict[str, str], run: Run, idle_kib: int, started_kib: int) -> None:
     load = os.getloadavg()
     print()
     print(f"cluster {args.cluster} (mon {env['CEPH_MON_HOST']}), {os.cpu_count()} CPUs, load "
@@ -356,6 +360,7 @@ def report(args: argparse.Namespace, env: dict[str, str], run: Run, idle_kib: in
               f"{'ok' if row.ok else 'MISSED':<7}{floor}")
         if row.cpu_ours and row.cpu_cli:
             print(cpu_line(row))
+    print(f"{'server RSS started (logged in, no add)':<40}{started_kib / 1024:>6.0f} MiB")
     idle_ok = "ok" if idle_kib <= 130 * 1024 else "MISSED"
     print(f"{'server RSS idle':<40}{idle_kib / 1024:>6.0f} MiB{'':>19}  <= 130 MiB {idle_ok}")
     if run.rss is not None:
