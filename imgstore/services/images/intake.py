@@ -231,6 +231,13 @@ class ImageIntake:
             raise ImageRefused(f"the image is refused: its source sent more than {self._limits.max_source_bytes} "
                                "bytes (image_max_source_bytes) without announcing its length")
         await self._expected.feed(data)
+        if self.detected is None and not self._head and len(data) >= imageformat.HEAD_SIZE:
+            # the whole head in the first piece (an upload's 4 MiB buffers): the format is
+            # read from it in place and the piece goes on lent, not copied twice first (two
+            # 4 MiB copies at the start set the heap's high-water mark for the whole stream)
+            await self._decide(data)
+            await self._pass(data, loan)
+            return
         if self.detected is None:
             self._head += data
             if len(self._head) < imageformat.HEAD_SIZE:
@@ -294,7 +301,7 @@ class ImageIntake:
 
     # ------------------------------------------------------------ deciding
 
-    async def _decide(self, head: bytes) -> None:
+    async def _decide(self, head: bytes | bytearray | memoryview) -> None:
         info = imageformat.inspect(head)
         reason = info.unsafe_reason()
         if reason:
