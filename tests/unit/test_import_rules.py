@@ -76,35 +76,35 @@ def test_the_checker_sees_late_imports_and_spares_type_checking_ones() -> None:
 
 
 
+def packages_loaded_by(*modules: str) -> set[str]:
+    """The top-level packages a fresh interpreter holds once it has imported ``modules``."""
+    probe = f"import json, sys\nimport {', '.join(modules)}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout
+    return {name.split(".")[0] for name in json.loads(out)}
+
+
 # What the pinger child must not load: it asks Ceph over librados only. The database
 # (SQLAlchemy, Alembic) and SSH (asyncssh) cost it start time and memory, in a process
 # started again whenever it dies, and give it code it has no use for.
-NOT_IN_THE_PINGER_CHILD = ("sqlalchemy", "alembic", "asyncssh", "fastapi", "starlette", "uvicorn")
+NOT_IN_THE_PINGER_CHILD = {"sqlalchemy", "alembic", "asyncssh", "fastapi", "starlette", "uvicorn"}
 
 
 def test_the_pinger_child_loads_neither_the_database_nor_ssh() -> None:
-    probe = ("import json, sys\nimport imgstore.services.health.pinger_child\n"
-             "print(json.dumps(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent).stdout
-    loaded = {name.split(".")[0] for name in json.loads(out)}
-    assert not loaded & set(NOT_IN_THE_PINGER_CHILD), sorted(loaded & set(NOT_IN_THE_PINGER_CHILD))
+    loaded = packages_loaded_by("imgstore.services.health.pinger_child")
+    assert not loaded & NOT_IN_THE_PINGER_CHILD, sorted(loaded & NOT_IN_THE_PINGER_CHILD)
 
 
 # What the server process loads only when it needs it: asyncssh with its first SSH
 # session to a mon host (an add, a mon's change), never at start; the command line never.
-NOT_IN_A_STARTED_SERVER = ("asyncssh", "typer", "rich", "pygments")  # click: uvicorn.main imports it
+NOT_IN_A_STARTED_SERVER = {"asyncssh", "typer", "rich", "pygments"}  # click: uvicorn.main imports it
 
 
 def test_a_started_server_loads_neither_ssh_nor_the_command_line() -> None:
     """A restarted server with its storages talks to them through librados only: asyncssh
-    (8 MiB) waits for an SSH session; typer, rich and httpx's own CLI for the CLI."""
-    probe = ("import json, sys\nimport imgstore.server, imgstore.lifecycle\n"
-             "print(json.dumps(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent).stdout
-    loaded = {name.split(".")[0] for name in json.loads(out)}
-    assert not loaded & set(NOT_IN_A_STARTED_SERVER), sorted(loaded & set(NOT_IN_A_STARTED_SERVER))
+    waits for an SSH session; typer, rich and httpx's own CLI for the CLI."""
+    loaded = packages_loaded_by("imgstore.server", "imgstore.lifecycle")
+    assert not loaded & NOT_IN_A_STARTED_SERVER, sorted(loaded & NOT_IN_A_STARTED_SERVER)
 
 
 MAX_MODULE_LINES = 500
