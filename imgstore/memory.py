@@ -39,7 +39,7 @@ def fix_mmap_threshold(mmap: int = MMAP_THRESHOLD, trim: int = TRIM_THRESHOLD) -
     export's server CPU went up with it). A fixed threshold leaves the trim threshold at
     glibc's 128 KiB, where the arenas gave a freed buffer back to the kernel and faulted it
     in again for the next one: ``trim`` is what glibc's own moving threshold had set it to.
-    trim_heap() still hands an upload's buffers back at its end."""
+    trim_heap() still hands a stream's buffers back after it ends (ceph/rbd's trim_soon)."""
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, mmap)

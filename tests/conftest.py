@@ -430,69 +430,71 @@ def _unavailable(name: str, reason: str) -> None:
 
 class FakeDevCluster(DevCluster):
     """A fake cluster (tests/fakeceph) where a dev cluster would be: the same ``mon_url``,
-    ``fsid`` and pools; no ``ceph`` CLI and no daemons to stop."""
+    ``fsid``, pools, images and objects; no CLI and no daemons to stop."""
 
     @classmethod
     def make(cls, name: str) -> FakeDevCluster:
-        mon_port = 16789 if name == "c1" else 10789 + 1000 * (int(name[1:]) - 2)
-        facts = fakeceph.create_cluster(name, mon_port - 767, mon_port, "fake-" + name)
+        facts = fakeceph.create_cluster(name, "fake-" + name)
         env = {"SSH_USER": facts["user"], "SSH_PASSWORD": facts["password"], "SSH_PORT": str(facts["ssh_port"]),
-               "CEPH_MON_PORT": str(mon_port), "CEPH_FSID": facts["fsid"]}
-        env["MON_URL"] = f"{env['SSH_USER']}:{env['SSH_PASSWORD']}@127.0.0.1:{env['SSH_PORT']}/?monPort={mon_port}"
+               "CEPH_MON_PORT": str(facts["mon_port"]), "CEPH_FSID": facts["fsid"]}
+        env["MON_URL"] = (f"{env['SSH_USER']}:{env['SSH_PASSWORD']}@127.0.0.1:{env['SSH_PORT']}"
+                          f"/?monPort={env['CEPH_MON_PORT']}")
         return cls(name, env)
 
     @property
-    def _home(self) -> Path:
-        return Path(FAKE_CEPH) / self.name
+    def _home(self) -> fakeceph.Home:
+        return fakeceph.home(self.name)
+
+    def _none(self, what: str) -> NotImplementedError:
+        return NotImplementedError(f"the fake cluster {self.name} has no {what}: mark the test real_ceph")
 
     def ceph(self, *args: str, timeout: float = 30) -> str:
-        raise NotImplementedError(f"the fake cluster {self.name} has no ceph CLI: mark the test ceph only")
+        raise self._none("ceph CLI")
+
+    def rbd(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        raise self._none("rbd CLI")
+
+    def rados(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        raise self._none("rados CLI")
+
+    def devcluster(self, *args: str) -> None:
+        raise self._none("daemons")
 
     def pools(self) -> set[str]:
-        return {p.name for p in (self._home / "pools").iterdir()}
+        return self._home.pools()
 
     def clients(self) -> set[str]:
-        return {f"client.{k.name}" for k in (self._home / "keys").iterdir()}
+        return {f"client.{c}" for c in self._home.clients()}
 
     def create_pool(self, name: str) -> str:
-        for part in ("images", "objects"):
-            (self._home / "pools" / name / part).mkdir(parents=True)
+        self._home.make_pool(name)
         return name
 
     def delete_pool(self, name: str) -> None:
-        shutil.rmtree(self._home / "pools" / name)
-
-    def rbd(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        raise NotImplementedError(f"the fake cluster {self.name} has no rbd CLI: mark the test ceph only")
+        shutil.rmtree(self._home.pool(name))
 
     def images(self, pool: str) -> set[str]:
-        return {p.name for p in (self._home / "pools" / pool / "images").iterdir()}
+        return {p.name for p in self._home.images(pool).iterdir()}
 
     def image_bytes(self, pool: str, name: str) -> bytes:
-        return (self._home / "pools" / pool / "images" / name).read_bytes()
+        return (self._home.images(pool) / name).read_bytes()
 
     def import_image(self, pool: str, name: str, path: Path) -> None:
-        shutil.copyfile(path, self._home / "pools" / pool / "images" / name)
+        shutil.copyfile(path, self._home.images(pool) / name)
 
     def create_image(self, pool: str, name: str, size: int) -> None:
-        with (self._home / "pools" / pool / "images" / name).open("xb") as f:
+        with (self._home.images(pool) / name).open("xb") as f:
             f.truncate(size)
 
     def resize_image(self, pool: str, name: str, size: int) -> None:
-        os.truncate(self._home / "pools" / pool / "images" / name, size)
-
-    def rados(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        raise NotImplementedError(f"the fake cluster {self.name} has no rados CLI: mark the test ceph only")
+        os.truncate(self._home.images(pool) / name, size)
 
     def get_object(self, pool: str, name: str) -> bytes | None:
-        path = self._home / "pools" / pool / "objects" / name
+        path = self._home.objects(pool) / name
         return path.read_bytes() if path.exists() else None
 
     def put_object(self, pool: str, name: str, data: bytes) -> None:
-        (self._home / "pools" / pool / "objects" / name).write_bytes(data)
-
-    def devcluster(self, *args: str) -> None:
-        raise NotImplementedError(f"the fake cluster {self.name} has no daemons: mark the test ceph only")
+        (self._home.objects(pool) / name).write_bytes(data)
 
 
 def _cluster(name: str) -> DevCluster:

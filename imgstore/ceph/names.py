@@ -13,6 +13,8 @@ from imgstore.ceph.exceptions import InvalidName
 
 __all__ = ["check_client_name", "check_pool_name", "rbd_client_caps"]
 
+# A pool name is also written into cephx caps (pool="..."), rbd paths (pool/image) and
+# shell commands: refuse what could break out of any of them.
 _BAD_POOL_CHARS = re.compile(r"[\s\"'`,;=/@\\]|[\x00-\x1f\x7f]")
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
 

@@ -62,8 +62,6 @@ _MARK = "@@imgstore-out@@"
 _ADDR_MARK = "@@imgstore-addrs@@"
 _MISSING_TOOL = "imgstore: command not found: "
 _STDERR_LIMIT = 600
-# A pool name is also written into cephx caps (pool="..."), rbd paths (pool/image) and
-# shell commands: refuse what could break out of any of them.
 
 
 @dataclass(frozen=True)

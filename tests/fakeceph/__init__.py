@@ -14,7 +14,7 @@ zeros never written, holes kept).
 
 What it is not: no faults, no daemons to stop, no quotas or full pools, no snapshots or
 watchers, no ``ceph`` CLI. A test that needs one of those stays on the real clusters
-(marked ``ceph`` without ``fake_ceph``).
+(marked ``real_ceph``).
 
 How it gets in: ``tests/fakeceph/site/sitecustomize.py`` (on ``PYTHONPATH`` when
 ``IMGSTORE_TEST_FAKE_CEPH`` is set, tests/conftest.py) calls :func:`install` as soon as
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -72,29 +73,65 @@ TOTAL = 100 * GiB  # every fake cluster's raw capacity
 # ---------------------------------------------------------------- the clusters on disk
 
 
-def root() -> Path:
-    return Path(os.environ[ENV])
+@dataclasses.dataclass(frozen=True)
+class Home:
+    """One fake cluster's directory: where its facts, keys, pools, objects and images are
+    (the one place that knows the layout: the fake's calls and the tests' side use it)."""
+
+    path: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.path / "cluster.json"
+
+    def key(self, client: str) -> Path:
+        return self.path / "keys" / client
+
+    def pool(self, pool: str) -> Path:
+        return self.path / "pools" / pool
+
+    def images(self, pool: str) -> Path:
+        return self.pool(pool) / "images"
+
+    def objects(self, pool: str) -> Path:
+        return self.pool(pool) / "objects"
+
+    def make_pool(self, pool: str) -> None:
+        self.images(pool).mkdir(parents=True, exist_ok=True)
+        self.objects(pool).mkdir(exist_ok=True)
+
+    def pools(self) -> set[str]:
+        return {p.name for p in (self.path / "pools").iterdir()}
+
+    def clients(self) -> set[str]:
+        return {k.name for k in (self.path / "keys").iterdir() if not k.name.startswith(".")}
 
 
-def create_cluster(name: str, ssh_port: int, mon_port: int, password: str) -> dict[str, Any]:
-    """Make (or find) the fake cluster ``name``; its ``cluster.json``."""
-    home = root() / name
-    conf = home / "cluster.json"
-    if conf.exists():
-        return json.loads(conf.read_text())  # type: ignore[no-any-return]
-    (home / "pools").mkdir(parents=True, exist_ok=True)
-    (home / "keys").mkdir(exist_ok=True)
+def home(name: str) -> Home:
+    return Home(Path(os.environ[ENV]) / name)
+
+
+def create_cluster(name: str, password: str) -> dict[str, Any]:
+    """Make (or find) the fake cluster ``name`` (``c<N>``); its ``cluster.json``. Its ports
+    only tell the fake clusters apart: nothing listens on them."""
+    where = home(name)
+    if where.conf.exists():
+        return json.loads(where.conf.read_text())  # type: ignore[no-any-return]
+    (where.path / "pools").mkdir(parents=True, exist_ok=True)
+    (where.path / "keys").mkdir(exist_ok=True)
+    n = int(name.lstrip("c"))
+    ssh_port, mon_port = 50000 + n, 51000 + n
     facts = {
         "name": name, "ssh_port": ssh_port, "mon_port": mon_port, "user": "root", "password": password,
         "fsid": str(uuid.uuid4()),
         "host_key": "SHA256:" + base64.b64encode(hashlib.sha256(name.encode()).digest()).decode().rstrip("="),
     }
-    tmp = home / f".cluster.json.{os.getpid()}"
+    tmp = where.path / f".cluster.json.{os.getpid()}"
     tmp.write_text(json.dumps(facts))
     try:
-        os.link(tmp, conf)  # the first process to make it wins; the others read its facts
+        os.link(tmp, where.conf)  # the first process to make it wins; the others read its facts
     except FileExistsError:
-        facts = json.loads(conf.read_text())
+        facts = json.loads(where.conf.read_text())
     finally:
         tmp.unlink()
     return facts
@@ -107,20 +144,18 @@ def _write_whole(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _clusters() -> list[tuple[Path, dict[str, Any]]]:
-    out = []
-    for conf in sorted(root().glob("*/cluster.json")):
-        out.append((conf.parent, json.loads(conf.read_text())))
-    return out
+def _clusters() -> list[tuple[Home, dict[str, Any]]]:
+    return [(Home(conf.parent), json.loads(conf.read_text()))
+            for conf in sorted(Path(os.environ[ENV]).glob("*/cluster.json"))]
 
 
-def _by_ssh(host: str, port: int) -> tuple[Path, dict[str, Any]] | None:
+def _by_ssh(host: str, port: int) -> tuple[Home, dict[str, Any]] | None:
     if host not in ("127.0.0.1", "localhost", "::1"):
         return None
     return next(((h, c) for h, c in _clusters() if c["ssh_port"] == port), None)
 
 
-def _by_mon_host(mon_host: str) -> tuple[Path, dict[str, Any]] | None:
+def _by_mon_host(mon_host: str) -> tuple[Home, dict[str, Any]] | None:
     """The cluster whose mon a librados ``mon_host`` names (``v1:127.0.0.1:PORT``)."""
     ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", mon_host)}
     return next(((h, c) for h, c in _clusters() if c["mon_port"] in ports), None)
@@ -147,7 +182,7 @@ class MonShell:
 
     def __init__(self, mon: MonUrl, timeout: float = 10.0, private_key: Path | None = None) -> None:
         self._mon, self._private_key = mon, private_key
-        self._home: Path | None = None
+        self._home: Home | None = None
         self._conf: dict[str, Any] = {}
         self.host_key_fingerprint: str | None = None
 
@@ -161,7 +196,7 @@ class MonShell:
     async def close(self) -> None:
         self._home = None
 
-    def _login(self) -> Path:
+    def _login(self) -> Home:
         if self._home is not None:
             return self._home
         mon = self._mon
@@ -187,24 +222,23 @@ class MonShell:
         return MonFacts(self._mon.hostname, self._conf["fsid"], "127.0.0.1", f"v1:127.0.0.1:{port}")
 
     async def pool_exists(self, pool: str) -> bool:
-        return (self._login() / "pools" / pool).is_dir()
+        return self._login().pool(pool).is_dir()
 
     async def create_pool(self, pool: str) -> None:
-        (self._login() / "pools" / pool / "images").mkdir(parents=True, exist_ok=True)
-        (self._login() / "pools" / pool / "objects").mkdir(exist_ok=True)
+        self._login().make_pool(pool)
 
     async def delete_pool(self, pool: str) -> None:
-        shutil.rmtree(self._login() / "pools" / pool, ignore_errors=True)
+        shutil.rmtree(self._login().pool(pool), ignore_errors=True)
 
     async def get_or_create_key(self, client: str, pool: str) -> str:
-        path = self._login() / "keys" / client
+        path = self._login().key(client)
         entry = json.loads(path.read_text()) if path.exists() else {"key": _cephx_key()}
         entry["pool"] = pool
         _write_whole(path, json.dumps(entry).encode())
         return str(entry["key"])
 
     async def delete_key(self, client: str) -> None:
-        (self._login() / "keys" / client).unlink(missing_ok=True)
+        self._login().key(client).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- librados: the cluster handle
@@ -216,19 +250,19 @@ class Cluster(RealCluster):
 
     def __init__(self, mon_host: str, client: str, key: str, timeout: float = 10.0) -> None:
         super().__init__(mon_host, client, key, timeout)
-        self._home: Path | None = None
+        self._home: Home | None = None
 
     @property
-    def handle(self) -> Path:  # type: ignore[override]
+    def handle(self) -> Home:  # type: ignore[override]
         if self._home is None:
             raise ClusterUnreachable("the cluster handle is not connected", self._mon_host)
         return self._home
 
-    def _login(self) -> Path:
+    def _login(self) -> Home:
         found = _by_mon_host(self._mon_host)
         if found is None:
             raise ClusterUnreachable(f"cannot reach any ceph monitor of [{self._mon_host}]", self._mon_host)
-        key = found[0] / "keys" / self._client
+        key = found[0].key(self._client)
         if not key.exists() or json.loads(key.read_text())["key"] != self._key:
             raise CephPermissionDenied(f"the cephx key of client.{self._client} was refused (revoked or "
                                        "deleted?)", self._mon_host)
@@ -241,10 +275,10 @@ class Cluster(RealCluster):
     def pool_path(self, pool: str) -> Path:
         """The pool's directory; PoolNotFound, or CephPermissionDenied outside the one
         pool the key's caps name (``osd 'profile rbd pool=P'``)."""
-        path = self.handle / "pools" / pool
+        path = self.handle.pool(pool)
         if not path.is_dir():
             raise PoolNotFound(f"pool {pool} does not exist", self._mon_host)
-        if json.loads((self.handle / "keys" / self._client).read_text())["pool"] != pool:
+        if json.loads(self.handle.key(self._client).read_text())["pool"] != pool:
             raise CephPermissionDenied(f"client.{self._client} may not use pool {pool}", self._mon_host)
         return path
 
@@ -257,10 +291,10 @@ class Cluster(RealCluster):
         await super().close()
 
     async def fsid(self) -> str:
-        return str(json.loads((self.handle / "cluster.json").read_text())["fsid"])
+        return str(json.loads(self.handle.conf.read_text())["fsid"])
 
     async def pool_exists(self, pool: str) -> bool:
-        return (self.handle / "pools" / pool).is_dir()
+        return self.handle.pool(pool).is_dir()
 
     async def capacity(self, pool: str) -> Capacity:
         used = sum(_allocated(d) for d in self.pool_path(pool).iterdir())
@@ -268,7 +302,7 @@ class Cluster(RealCluster):
 
     async def health(self, pool: str, object_name: str) -> Health:
         home = self._login()  # the mons answer, or this raises
-        mon_port = json.loads((home / "cluster.json").read_text())["mon_port"]
+        mon_port = json.loads(home.conf.read_text())["mon_port"]
         quorum = frozenset({f"127.0.0.1:{mon_port}"})
         try:
             return Health(quorum, await self.capacity(pool), None)
@@ -288,7 +322,8 @@ def _allocated(folder: Path) -> int:
 
 
 def _images(cluster: Cluster, pool: str) -> Path:
-    return cluster.pool_path(pool) / "images"
+    cluster.pool_path(pool)  # there, and the key's
+    return cluster.handle.images(pool)
 
 
 def _image(cluster: Cluster, pool: str, name: str) -> Path:
@@ -302,7 +337,8 @@ def _image(cluster: Cluster, pool: str, name: str) -> Path:
 
 
 def _object(cluster: Cluster, pool: str, name: str) -> Path:
-    return cluster.pool_path(pool) / "objects" / name
+    cluster.pool_path(pool)  # there, and the key's
+    return cluster.handle.objects(pool) / name
 
 
 async def read_object(cluster: Cluster, pool: str, name: str) -> bytes | None:
@@ -555,4 +591,4 @@ def install(facade: types.ModuleType) -> None:
     facade.FAKE = True  # type: ignore[attr-defined]
 
 
-__all__ = ["ENV", "FAKES", "create_cluster", "install"]
+__all__ = ["ENV", "FAKES", "Home", "create_cluster", "home", "install"]
