@@ -31,7 +31,7 @@ import rbd
 
 from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_ioctx
 from imgstore.ceph.exceptions import CephCommandFailed
-from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, submit_quietly, zero_block
+from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, InFlight, submit_quietly, zero_block
 
 __all__ = ["ImageChecksums", "available"]
 
@@ -103,7 +103,7 @@ class ImageChecksums:
         self._rados = rados
         self._ioctx = ioctx
         self._prefix = prefix
-        self._pending: asyncio.Future[bool] | None = None  # the op in a pool thread
+        self._inflight = InFlight()  # the op in a pool thread
 
     @classmethod
     async def open(cls, cluster: RadosSource, pool: str, name: str) -> ImageChecksums:
@@ -149,12 +149,11 @@ class ImageChecksums:
         4 MiB; the object may end early where the rest is zeros, or be absent if all is)?"""
         if self._rados is None:
             raise RuntimeError("ImageChecksums is closed")
-        # no wait_for: the op keeps its thread until librados' own timeout (the handle's
+        # unbounded: the op keeps its thread until librados' own timeout (the handle's
         # rados_osd_op_timeout) ends it, and close() must wait for that before shutting down
-        self._pending = asyncio.ensure_future(call(
-            self._cluster, functools.partial(self._matches, index, piece),
-            f"checksum object {index} of image {'/'.join(self._where)}", *self._where, timeout=None))
-        return await asyncio.shield(self._pending)
+        return bool(await self._inflight.call(self._cluster, functools.partial(self._matches, index, piece),
+                                              f"checksum object {index} of image {'/'.join(self._where)}",
+                                              *self._where))
 
     def _matches(self, index: int, piece: bytes) -> bool:
         found = self._stat_crc32c(f"{self._prefix}.{index:016x}")
@@ -199,8 +198,7 @@ class ImageChecksums:
     async def close(self) -> None:
         """Wait for the op in flight (a cancelled :meth:`matches` leaves it running), then
         shut the handle down. Safe to call twice."""
-        if self._pending is not None:
-            await asyncio.gather(self._pending, return_exceptions=True)
+        await self._inflight.drain()
         if self._rados is not None:
             await call(self._cluster, self._close_now, "shut down a librados handle", timeout=None)
 

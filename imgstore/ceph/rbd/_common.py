@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from imgstore import memory
-from imgstore.ceph._calls import RadosSource, host_of
+from imgstore.ceph._calls import RadosSource, call, host_of
 from imgstore.ceph.exceptions import ClusterUnreachable
 
-__all__ = ["CALL_TIMEOUT", "CHUNK_SIZE", "MiB", "aio", "resolve_threadsafe", "submit_quietly", "trim_soon",
+__all__ = ["CALL_TIMEOUT", "CHUNK_SIZE", "InFlight", "MiB", "aio", "resolve_threadsafe", "submit_quietly", "trim_soon",
            "zero_block"]
 
 MiB = 1 << 20
@@ -33,6 +33,37 @@ def submit_quietly(cluster: RadosSource, fn: Callable[[], Any]) -> None:
         cluster.executor.submit(fn)
     except RuntimeError:  # pool shut down: the handle is going away with everything on it
         pass
+
+
+class InFlight:
+    """What runs on one open image that its close must wait for: aio calls and blocking
+    calls in a pool thread.
+
+    A waiter cancelled inside ``await`` (a client that hangs up) does not stop librbd: the
+    call goes on in its thread, and an image closed under it is freed memory in use (a test
+    server died in a messenger thread so). The calls are tracked here and :meth:`drain`
+    waits for every one of them before the image may be closed."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def track(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """``task``, tracked until it is done."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def call(self, cluster: RadosSource, fn: Callable[[], Any], what: str, pool: str,
+                   name: str) -> Any:
+        """``fn`` in the cluster's pool (``_calls.call``, unbounded: librados' op timeouts
+        bound it), tracked; a cancelled waiter leaves it running to its end, not orphaned."""
+        task = self.track(asyncio.ensure_future(call(cluster, fn, what, pool, name, timeout=None)))
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait until nothing is in flight (what is started meanwhile included)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 TRIM_DELAY = 1.0

@@ -3,13 +3,14 @@ leaves a silent leak."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import rbd
 
 from imgstore.ceph._calls import RadosSource, call, host_of, open_ioctx
 from imgstore.ceph.exceptions import ImageBusy
-from imgstore.ceph.rbd._common import CALL_TIMEOUT
+from imgstore.ceph.rbd._common import CALL_TIMEOUT, InFlight
 from imgstore.ceph.rbd.reader import close_reader, open_read_only
 
 __all__ = ["image_size", "list_images", "remove_image"]
@@ -18,7 +19,7 @@ __all__ = ["image_size", "list_images", "remove_image"]
 async def image_size(cluster: RadosSource, pool: str, name: str) -> int:
     """The provisioned size of the image in bytes."""
     ioctx, image, size = await open_read_only(cluster, pool, name)
-    await close_reader(cluster, pool, name, ioctx, image, [])
+    await close_reader(cluster, pool, name, ioctx, image)
     return size
 
 
@@ -33,11 +34,12 @@ async def image_usage(cluster: RadosSource, pool: str, name: str) -> tuple[int, 
             used[0] += length
         return 0
 
+    inflight = InFlight()
     try:
-        await call(cluster, lambda: image.diff_iterate(0, size, None, count, include_parent=True),
-                   f"read the allocation of {pool}/{name}", pool, name, timeout=None)
+        await inflight.call(cluster, lambda: image.diff_iterate(0, size, None, count, include_parent=True),
+                            f"read the allocation of {pool}/{name}", pool, name)
     finally:
-        await close_reader(cluster, pool, name, ioctx, image, [])
+        await asyncio.shield(close_reader(cluster, pool, name, ioctx, image, inflight))
     return size, used[0]
 
 

@@ -16,7 +16,7 @@ import rbd
 
 from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_ioctx
 from imgstore.ceph.exceptions import CephCommandFailed
-from imgstore.ceph.rbd._common import CHUNK_SIZE, MiB, aio, submit_quietly, trim_soon, zero_block
+from imgstore.ceph.rbd._common import CHUNK_SIZE, InFlight, MiB, aio, submit_quietly, trim_soon, zero_block
 
 __all__ = ["READ_AHEAD", "iter_image", "read_range"]
 
@@ -47,12 +47,13 @@ async def iter_image(
         raise ValueError(f"bad range [{start}, {end}) or chunk {chunk}")
     loop = asyncio.get_running_loop()
     ioctx, image, size = await open_read_only(cluster, pool, name)
+    inflight = InFlight()  # the reads and the object map's calls: the image closes after them
     pending: deque[tuple[int, int, asyncio.Future[Any] | None]] = deque()
     try:
         if start > size:
             raise ValueError(f"range start {start} is beyond the image size {size}")
-        plan = _ReadPlan(cluster, pool, name, image, start, size if end is None else min(end, size),
-                         chunk)
+        plan = _ReadPlan(cluster, pool, name, image, inflight, start,
+                         size if end is None else min(end, size), chunk)
         reads = 0  # of the pending pieces, those read from the OSDs
 
         async def fill() -> None:  # keep the window full before handing data out
@@ -62,7 +63,7 @@ async def iter_image(
                 if piece is None:
                     return
                 off, length, has_data = piece
-                fut = aio(cluster, loop, image.aio_read, off, length) if has_data else None
+                fut = inflight.track(aio(cluster, loop, image.aio_read, off, length)) if has_data else None
                 reads += has_data
                 pending.append((off, length, fut))
 
@@ -87,9 +88,7 @@ async def iter_image(
             await fill()
             yield data
     finally:
-        await asyncio.shield(
-            close_reader(cluster, pool, name, ioctx, image,
-                          [f for _, _, f in pending if f is not None]))
+        await asyncio.shield(close_reader(cluster, pool, name, ioctx, image, inflight))
 
 
 class _ReadPlan:
@@ -100,9 +99,10 @@ class _ReadPlan:
     fast-diff map is read in full.
     """
 
-    def __init__(self, cluster: RadosSource, pool: str, name: str, image: Any, start: int, stop: int,
-                 chunk: int) -> None:
+    def __init__(self, cluster: RadosSource, pool: str, name: str, image: Any, inflight: InFlight,
+                 start: int, stop: int, chunk: int) -> None:
         self._cluster = cluster
+        self._inflight = inflight
         self._where = pool, name
         self._image = image
         self._pieces = _read_extents(start, stop, chunk)
@@ -119,9 +119,9 @@ class _ReadPlan:
         end = off + length
         if self._mapped and end > self._known_to:
             hi = min(self._stop, max(end, self._known_to + _MAP_SPAN))
-            found = await call(self._cluster, functools.partial(_allocated, self._image,
-                                                                 self._known_to, hi),
-                                "map the objects of an image", *self._where)
+            found = await self._inflight.call(self._cluster, functools.partial(_allocated, self._image,
+                                                                               self._known_to, hi),
+                                              "map the objects of an image", *self._where)
             if found is None:
                 self._mapped = False
             else:
@@ -207,9 +207,11 @@ def _close_abandoned(cluster: RadosSource, opening: asyncio.Future[tuple[Any, An
 
 
 async def close_reader(cluster: RadosSource, pool: str, name: str, ioctx: Any, image: Any,
-                        pending: list[asyncio.Future[Any]]) -> None:
-    if pending:  # aio cannot be cancelled: let it land before closing the image
-        await asyncio.gather(*pending, return_exceptions=True)
+                       inflight: InFlight | None = None) -> None:
+    """Close what :func:`open_read_only` opened, once the calls ``inflight`` on the image
+    are done (aio cannot be cancelled: it lands first)."""
+    if inflight is not None:
+        await inflight.drain()
 
     def close() -> None:
         try:

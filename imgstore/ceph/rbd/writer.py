@@ -25,7 +25,7 @@ import rbd
 
 from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_ioctx, translate
 from imgstore.ceph.exceptions import CephError, ImageBusy, ImageNotFound, ImageSizeMismatch
-from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, MiB, aio, trim_soon, zero_block
+from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, InFlight, MiB, aio, trim_soon, zero_block
 from imgstore.ceph.rbd.hashing import HashLane
 from imgstore.ceph.rbd.zeros import data_runs
 
@@ -116,7 +116,7 @@ class ImageWriter:
         self._fill_len = 0
         self._spare: list[bytearray] = []
         self._slots = asyncio.Semaphore(max(1, window))
-        self._inflight: set[asyncio.Task[None]] = set()  # chunks and image calls under way
+        self._inflight = InFlight()  # chunks and image calls under way
         self._unacked: set[int] = set()  # offsets of the chunks written but not acknowledged yet
         self._error: CephError | None = None
         self._cleanup: asyncio.Task[None] | None = None
@@ -211,7 +211,7 @@ class ImageWriter:
     async def settle(self) -> int:
         """Wait for the writes in flight (not for the chunk being filled): :attr:`durable`."""
         self._check_open()
-        await self._drain()
+        await self._inflight.drain()
         self._raise_pending_error()
         return self.durable
 
@@ -258,7 +258,7 @@ class ImageWriter:
                 last = memoryview(self._fill if self._fill is not None else zero_block(self._chunk))
                 await self._submit(bytes(last[: self._fill_len]), None)
                 self._fill, self._fill_len = None, 0
-            await self._drain()
+            await self._inflight.drain()
             self._raise_pending_error()
             size = self.received
             if self.expected_size is not None and size != self.expected_size:
@@ -368,9 +368,7 @@ class ImageWriter:
             self._give_back(recycle, release)
             recycle = release = None
         self._unacked.add(offset)
-        task = loop.create_task(self._retire(offset, pending, recycle, release))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._inflight.track(loop.create_task(self._retire(offset, pending, recycle, release)))
 
     async def _retire(self, offset: int, pending: list[asyncio.Future[Any]],
                       recycle: bytearray | None, release: Callable[[], None] | None = None) -> None:
@@ -417,20 +415,8 @@ class ImageWriter:
         self._image_size = new
 
     async def _image_op(self, fn: Callable[[], Any], what: str) -> Any:
-        """A blocking call on the image that cleanup waits for, even if we are cancelled.
-
-        (Closing an image while a pool thread is still inside a call on it is unsafe.)
-        librados' op timeouts bound it, so no wait_for here.
-        """
-        task = asyncio.get_running_loop().create_task(
-            call(self._cluster, fn, what, self.pool, self.name, timeout=None))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return await asyncio.shield(task)
-
-    async def _drain(self) -> None:
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        """A blocking call on the image that cleanup waits for, even if we are cancelled."""
+        return await self._inflight.call(self._cluster, fn, what, self.pool, self.name)
 
     def _raise_pending_error(self) -> None:
         if self._error is not None:
@@ -452,7 +438,7 @@ class ImageWriter:
 
     async def _remove_partial(self) -> None:
         """Wait for in-flight I/O (aio cannot be cancelled), close, remove the image."""
-        await self._drain()
+        await self._inflight.drain()
         self._fill, self._spare = None, []
         image, self._image = self._image, None
         try:

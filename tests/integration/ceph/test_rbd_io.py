@@ -380,51 +380,63 @@ async def test_a_reader_that_stops_early_closes_the_image(cluster: Cluster, pool
     assert name not in await list_images(cluster, pool)
 
 
-async def test_a_reader_cancelled_while_it_waits_closes_the_image_only_after_its_reads(
-    cluster: Cluster, pool: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("slow", ["aio_read", "diff_iterate"])
+async def test_a_reader_cancelled_while_it_waits_closes_the_image_only_after_its_calls(
+    cluster: Cluster, pool: str, monkeypatch: pytest.MonkeyPatch, slow: str
 ) -> None:
-    """An export whose client hangs up is cancelled inside ``await`` of a read. The read's
-    task was cancelled with it and the image closed under librbd's read still in flight: a
+    """An export whose client hangs up is cancelled inside ``await`` of a read, or of the
+    object map's ``diff_iterate`` (a download hung up right after its status line). The
+    call's task was cancelled with it and the image closed under librbd still in it: a
     test server died in a messenger thread (pthread_mutex_lock on freed memory)."""
     data = os.urandom(8 * CHUNK_SIZE)
     name = new_name()
     await write_image(cluster, pool, name, data, len(data), piece=CHUNK_SIZE)
-    in_flight: list[int] = []
+    in_flight: list[str] = []
     closed_with: list[int] = []
     real_open = reader.open_read_only
 
     async def open_watched(*args: Any) -> tuple[Any, Any, int]:
         ioctx, image, size = await real_open(*args)
-        real_read, real_close = image.aio_read, image.close
+        real_read, real_diff, real_close = image.aio_read, image.diff_iterate, image.close
 
         def aio_read(off: int, length: int, oncomplete: Any, *rest: Any) -> Any:
-            in_flight.append(off)
+            in_flight.append("aio_read")
 
             def landed(completion: Any, *data: Any) -> None:
-                time.sleep(0.5)  # librbd's thread, slow: the consumer gives up meanwhile
-                in_flight.remove(off)
+                if slow == "aio_read":
+                    time.sleep(0.5)  # librbd's thread, slow: the consumer gives up meanwhile
+                in_flight.remove("aio_read")
                 oncomplete(completion, *data)
             return real_read(off, length, landed, *rest)
+
+        def diff_iterate(*args: Any, **kwargs: Any) -> Any:
+            in_flight.append("diff_iterate")
+            try:
+                if slow == "diff_iterate":
+                    time.sleep(0.5)  # a pool thread inside librbd: the consumer gives up meanwhile
+                return real_diff(*args, **kwargs)
+            finally:
+                in_flight.remove("diff_iterate")
 
         def close() -> None:
             closed_with.append(len(in_flight))
             real_close()
 
-        proxy = types.SimpleNamespace(aio_read=aio_read, close=close)
+        proxy = types.SimpleNamespace(aio_read=aio_read, diff_iterate=diff_iterate, close=close)
         return ioctx, _Proxy(image, proxy), size
 
     monkeypatch.setattr(reader, "open_read_only", open_watched)
     stream = iter_image(cluster, pool, name, chunk=MiB, readahead=1)
     consumer = asyncio.ensure_future(stream.__anext__())
-    for _ in range(1000):  # until it is inside `await` of its first read (the open may be slow)
-        if in_flight:
+    for _ in range(1000):  # until it is inside `await` of the slow call (the open may be slow)
+        if slow in in_flight:
             break
         await asyncio.sleep(0.01)
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer
     await stream.aclose()
-    assert closed_with == [0], f"the image was closed with {closed_with} reads in flight"
+    assert closed_with == [0], f"the image was closed with {closed_with} calls in flight"
     await remove_image(cluster, pool, name)
 
 
