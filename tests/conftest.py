@@ -551,6 +551,7 @@ TEST_SERVER_ENV = {
     "IMGSTORE_CEPH_TIMEOUT": "5",
     "IMGSTORE_IMAGE_URL_ALLOW": "127.0.0.1,::1",  # tests serve images on loopback (point 5)
     "IMGSTORE_SSH_TIMEOUT": "5",
+    "PYTHONFAULTHANDLER": "1",  # a server that crashes says where, in its log
 }
 
 
@@ -611,6 +612,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("imgstore")).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _shared_server_outlives_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A shared server that died fails the test it died in, with the end of its log, and
+    is started again: one error that says why, not every later test of the worker refused
+    a connection (CI saw 23 such failures and no cause)."""
+    yield
+    if "server" not in request.fixturenames:
+        return
+    srv: Server = request.getfixturevalue("server")
+    code = srv.proc.poll() if srv.proc else None
+    if code is None:
+        return
+    log = srv.log()[-8000:]
+    srv.start()
+    pytest.fail(f"the shared server exited with {code} during this test; its log ends with:\n{log}",
+                pytrace=False)
 
 
 #: the admin session the ``api`` clients of a shared server use, by the server's url

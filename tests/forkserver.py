@@ -25,6 +25,7 @@ on stdout.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import select
@@ -39,8 +40,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 #: settings read only when the program runs (not at its start, nor by an import the
-#: forkserver made): a request's environment may differ from the forkserver's in these only
-_RUN_TIME_KEYS = ("IMGSTORE_", "PYTEST_", "XDG_CONFIG_HOME", "COLUMNS", "LINES", "CEPH_CONF")
+#: forkserver made; PYTHONFAULTHANDLER the fork applies itself): a request's environment
+#: may differ from the forkserver's in these only
+_RUN_TIME_KEYS = ("IMGSTORE_", "PYTEST_", "XDG_CONFIG_HOME", "COLUMNS", "LINES", "CEPH_CONF",
+                  "PYTHONFAULTHANDLER")
 #: what the server and the CLI import, and the SQLite and
 #: PostgreSQL drivers (its migrations run in a child process: Alembic is not among them)
 _WARM = (
@@ -261,6 +264,8 @@ def _serve_requests() -> list[str]:
             os.chdir(req["cwd"])
             os.environ.clear()
             os.environ.update(req["env"])
+            if os.environ.get("PYTHONFAULTHANDLER"):  # what a fresh interpreter does with it
+                faulthandler.enable()
             return list(req["argv"])
         for fd in set(opened):
             os.close(fd)
