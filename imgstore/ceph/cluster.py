@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import errno
 import json
 import re
@@ -176,14 +177,22 @@ class Cluster:
             ) from None
 
     async def close(self) -> None:
-        """Shut the handle down and stop the thread pool; safe to call twice."""
+        """Stop the thread pool, then shut the handle down; safe to call twice.
+
+        No call starts once this began (``call`` finds the pool shut down:
+        ClusterUnreachable). A call already inside librados in one of the pool's threads
+        (a Delete or a Reconnect replaces a handle under short calls) ends on librados'
+        own op timeouts, and is waited for: shutting the handle down under it would free
+        memory it still uses, and the process dies."""
         handle, self._rados = self._rados, None
-        if handle is not None:
-            try:
-                await self._call(handle.shutdown, "shutdown")
-            except CephError:
-                pass
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if handle is not None:
+            await asyncio.to_thread(self._shut_down_after_calls, handle)
+
+    def _shut_down_after_calls(self, handle: Any) -> None:
+        self._executor.shutdown(wait=True)
+        with contextlib.suppress(rados.Error):  # nothing is left to do with it either way
+            handle.shutdown()
 
     # ------------------------------------------------------------------ calls
 

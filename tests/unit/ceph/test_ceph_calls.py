@@ -5,6 +5,7 @@ RBD images), with fake librados handles: fast, no Ceph.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import errno
 import itertools
@@ -174,6 +175,35 @@ async def test_a_call_on_a_closed_handle_is_cluster_unreachable() -> None:
     src.executor.shutdown()
     with pytest.raises(ceph.ClusterUnreachable, match="closed"):
         await _calls.call(src, lambda: 1, "anything")
+
+
+async def test_a_closed_handle_shuts_down_only_after_the_calls_in_its_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Delete or a Reconnect closes a replaced handle while a short call (a capacity, an
+    image's size) may still be inside librados in one of its threads: rados_shutdown under
+    it is freed memory in use (the process dies). close() waits for those calls first, and
+    no call starts after it began."""
+    order: list[str] = []
+
+    class Watched(Handle):
+        def shutdown(self) -> None:
+            order.append("shutdown")
+
+    c = await _cluster(monkeypatch, Watched())
+    handle = c.handle
+
+    def inside_librados() -> None:
+        time.sleep(0.3)
+        handle.get_fsid()  # still the handle: not shut down under the call
+        order.append("call")
+
+    running = asyncio.ensure_future(_calls.call(c, inside_librados, "a short call", timeout=5))
+    await asyncio.sleep(0.05)  # the call is in its thread
+    await c.close()
+    await running
+    assert order == ["call", "shutdown"]
+    with pytest.raises(ceph.ClusterUnreachable):
+        await _calls.call(c, lambda: 1, "a call after close")
 
 
 async def test_unexpected_output_is_a_failed_command() -> None:
