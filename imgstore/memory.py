@@ -18,9 +18,13 @@ MMAP_THRESHOLD = 8 << 20
 TRIM_THRESHOLD = 32 << 20
 
 
-def limit_arenas(arenas: int = 2) -> None:
-    """glibc gives every thread that allocates its own arena; librados and the image
-    threads then hold on to hundreds of MiB they no longer use. Same as MALLOC_ARENA_MAX."""
+def limit_arenas(arenas: int = 1) -> None:
+    """One malloc arena for every thread (MALLOC_ARENA_MAX). glibc gives each thread that
+    allocates an arena of its own, and librados and the image threads then held on to
+    hundreds of MiB they no longer used. Not even two: the second one's free top is out of
+    trim_heap()'s reach (``malloc_trim`` shrinks the main arena's top only, free() another's
+    only beyond the trim threshold), and librbd's read buffers, made in the pool's threads,
+    landed there: each export or CalculateImageHash left ~15 MiB resident for good."""
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_ARENA_MAX, arenas)
