@@ -342,6 +342,39 @@ def at_once(jobs: list) -> float:  # type: ignore[type-arg]
     return time.perf_counter() - t0
 
 
+def curl_floor(path: Path, piece: int = 4 * MiB) -> float:
+    """Seconds for ``curl -T`` (the upload rows' client) to send the file to a loopback
+    sink that reads the body into a reused buffer and does nothing else: the floor of
+    any upload with that client on this machine, which ``rbd import`` does not pay."""
+    size = path.stat().st_size
+    sink = socket.create_server(("127.0.0.1", 0))
+
+    def receive() -> None:
+        conn, _ = sink.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            got, view = len(head.split(b"\r\n\r\n", 1)[1]), memoryview(bytearray(piece))
+            while got < size:
+                n = conn.recv_into(view)
+                if not n:
+                    break
+                got += n
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    os.sync()
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "-sS", "-T", str(path), "-H", "Expect:", "-o", "/dev/null",
+                    f"http://127.0.0.1:{sink.getsockname()[1]}/sink"], check=True, timeout=600)
+    took = time.perf_counter() - t0
+    receiver.join()
+    sink.close()
+    return took
+
+
 def loopback_floor(size: int, piece: int = 4 * MiB) -> float:
     """Seconds to move ``size`` bytes of zeros through a loopback TCP socket into a reused
     buffer, with nothing else: the floor of any HTTP export of an image of that logical

@@ -11,8 +11,9 @@ needs for the job with nothing else: a missed target says where the time went):
 * upload: AddImage(upload://) then ``curl -T file`` to the upload URL vs ``rbd import``
   of the file, for a 1 GiB random file and a 4 GiB file that is 90 % zeros (random data
   in 1 MiB runs at random 1 MiB-aligned places, the rest holes). Timed from the AddImage
-  call to the PUT's answer (the image Ready). Floor: the file's bytes through a loopback
-  TCP socket alone (curl sends every byte, zeros included);
+  call to the PUT's answer (the image Ready). Floors: the file's bytes through a loopback
+  TCP socket alone (curl sends every byte, zeros included), and ``curl -T`` of the file
+  into a sink that only receives (the client's own cost, which rbd import does not pay);
 * CalculateImageHash MD5 of each uploaded image vs ``rbd export - | md5sum`` of the
   CLI's copy; its md5Sum must equal ``md5sum`` of the file (the check that the upload
   stored the right bytes). Floor: hashlib md5 of the file from the page cache;
@@ -68,6 +69,7 @@ from _bench_images_lib import (  # noqa: E402
     at_once,
     calculate_md5,
     cpu_use,
+    curl_floor,
     download,
     forget_image,
     loopback_floor,
@@ -90,10 +92,10 @@ class Row:
     what: str
     size: int
     minimum: float  # the target: ours / cli at least this
-    floor: str = ""  # what the machine needs with nothing else, said beside the row
     ours: list[float] = field(default_factory=list)
     cli: list[float] = field(default_factory=list)
-    floors: list[float] = field(default_factory=list)
+    # what the machine needs with nothing else, said beside the row: seconds, by what
+    floors: dict[str, list[float]] = field(default_factory=dict)
     cpu_ours: list[CpuUse] = field(default_factory=list)  # where each run's CPU went (cpu_use)
     cpu_cli: list[CpuUse] = field(default_factory=list)
 
@@ -105,6 +107,9 @@ class Row:
     @property
     def ok(self) -> bool:
         return self.rates()[2] >= self.minimum
+
+    def floor(self, what: str, seconds: float) -> None:
+        self.floors.setdefault(what, []).append(seconds)
 
 
 @dataclass
@@ -121,8 +126,8 @@ class Run:
     images: dict[str, str] = field(default_factory=dict)  # kind -> an image of it, kept for export
     rss: RssSampler | None = None
 
-    def row(self, what: str, size: int, minimum: float, floor: str = "") -> Row:
-        self.rows.append(Row(what, size, minimum, floor))
+    def row(self, what: str, size: int, minimum: float) -> Row:
+        self.rows.append(Row(what, size, minimum))
         return self.rows[-1]
 
     def fresh(self, prefix: str) -> str:
@@ -152,10 +157,11 @@ def uploads_and_hashes(run: Run) -> None:
     conf = " ".join(run.cli.conf)
     for kind, path in run.files.items():
         size = path.stat().st_size
-        up = run.row(f"upload {LABELS[kind]}", size, 0.9 if kind == "random" else 0.8, "loopback")
-        hashed = run.row(f"CalculateImageHash MD5, {kind}", size, 0.9, "md5 alone")
-        hashed.floors.append(md5_floor(path)[0])
-        up.floors.append(loopback_floor(size))
+        up = run.row(f"upload {LABELS[kind]}", size, 0.9 if kind == "random" else 0.8)
+        hashed = run.row(f"CalculateImageHash MD5, {kind}", size, 0.9)
+        hashed.floor("md5 alone", md5_floor(path)[0])
+        up.floor("loopback", loopback_floor(size))
+        up.floor("curl -T alone", curl_floor(path))
         for rep in range(run.args.repeat):
             name = run.fresh(f"cli-{kind}")
             up.cli.append(run.timed(up.cpu_cli, functools.partial(run.rbd_import, path, name)))
@@ -229,8 +235,8 @@ def exports(run: Run) -> None:
     for kind, path in run.files.items():
         image = run.images.get(kind) or upload(run.api, run.bs, path, f"bench-{kind}")[1]
         run.images[kind] = image
-        row = run.row(f"export {LABELS[kind]}", path.stat().st_size, 0.9, "loopback")
-        row.floors.append(loopback_floor(path.stat().st_size))
+        row = run.row(f"export {LABELS[kind]}", path.stat().st_size, 0.9)
+        row.floor("loopback", loopback_floor(path.stat().st_size))
         r = run.api.put(f"/backup-storage/{run.bs}/actions",
                         json={"exportImageFromBackupStorage": {"imageUuid": image}})
         r.raise_for_status()
@@ -354,8 +360,8 @@ def report(args: argparse.Namespace, env: dict[str, str], run: Run, idle_kib: in
     print(f"{'':<40}{'imgstore':>11}{'rbd CLI':>11}{'ratio':>8}  {'target':<9}{'':<7}floor (the job alone)")
     for row in run.rows:
         ours, cli, ratio = row.rates()
-        floor = (f"{row.floor} {row.size / MiB / statistics.median(row.floors):.0f} MiB/s"
-                 if row.floors else "")
+        floor = ", ".join(f"{what} {row.size / MiB / statistics.median(took):.0f} MiB/s"
+                          for what, took in row.floors.items())
         print(f"{row.what:<40}{ours:>6.0f} MiB/s{cli:>6.0f} MiB/s{ratio:>7.2f}x  >= {row.minimum:.2f}x  "
               f"{'ok' if row.ok else 'MISSED':<7}{floor}")
         if row.cpu_ours and row.cpu_cli:
