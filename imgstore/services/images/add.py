@@ -200,15 +200,14 @@ async def remove_bits(rt: Runtime, image_uuid: str, storage_uuids: list[str]) ->
 
 async def discard(rt: Runtime, image_uuid: str, reporter: ProgressReporter | None, error: ApiError) -> None:
     """A download that failed everywhere: the image goes (ZStack removes it), and the
-    progress says why."""
-    storages: list[str] = []
+    progress says why. The storages are left as they were: their writers removed what they
+    had written (bits that could not be removed are trash, found by the next ping), and a
+    refused call rewrites no row (re-reading the capacity here did, whenever the cluster's
+    figures had moved)."""
     async with locked_row(rt, Image, image_uuid) as (db, image):
         if image is not None:
-            storages = [r.backup_storage_uuid for r in image.backup_storage_refs]
             await images.delete_rows_of_image(db, image_uuid)
             await db.commit()
-    for bs in storages:
-        await images.refresh_capacity(rt, bs)
     if reporter is not None:
         await reporter.update(reporter.percent, force=True, stage="Failed", error=error.details)
 

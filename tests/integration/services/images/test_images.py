@@ -282,6 +282,35 @@ def test_a_download_cut_halfway_leaves_nothing(api: Api, c1: DevCluster, pool: s
     assert c1.images(pool) == before
 
 
+def test_a_failed_add_leaves_its_storage_as_it_was(fresh_server: Server, c1: DevCluster, pool: str) -> None:
+    """A refused call changes nothing (the fuzzing holds every route to that): an add
+    whose source refuses the connection leaves its storage's inventory alone, even when
+    the cluster's figures moved meanwhile (other writers share it). Its failure re-read
+    the capacity and rewrote the row (figures and lastOpDate): a fuzzing failure in CI.
+    (No ping here either: the tracker's refresh of the figures is a change of its own.)"""
+    fresh_server.env["IMGSTORE_PING_INTERVAL"] = "3600"
+    api = fresh_server.start().login()
+    storage = add_storage(api, c1, pool)
+    before = api.get(f"/backup-storage/{storage}").json()["inventories"][0]
+    stored = _pool_stored(c1, pool)
+    c1.put_object(pool, "written-by-someone-else", os.urandom(16 * MiB))
+    if stored is not None:  # the cluster's figures moved
+        wait_for(lambda: _pool_stored(c1, pool) != stored, 30, every=0.5)
+    error = failed(api, add_image(api, "http://127.0.0.1:1/closed.raw", [storage], name="refused"))
+    assert error["code"] == "SYS.1002", error
+    assert api.get(f"/backup-storage/{storage}").json()["inventories"][0] == before
+
+
+def _pool_stored(cluster: DevCluster, pool: str) -> int | None:
+    """Bytes the cluster reports stored in ``pool`` (``ceph df``; its OSDs report every few
+    seconds); None where it has no CLI to ask (the fake Ceph: its figures are current)."""
+    try:
+        pools = cluster.ceph_json("df")["pools"]
+    except NotImplementedError:
+        return None
+    return next((int(p["stats"]["stored"]) for p in pools if p["name"] == pool), 0)  # not reported yet: 0
+
+
 @pytest.mark.real_ceph
 def test_a_failed_download_whose_image_cannot_be_removed_leaves_it_in_the_trash(
         api: Api, c1: DevCluster, pool: str, storage: str, files: Files) -> None:
