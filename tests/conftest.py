@@ -108,7 +108,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """The test process's garbage collector tuned as the server's (``imgstore.memory``):
     what collection loaded (modules, tests, fixtures' code) is frozen out of its passes and
     the young generation is collected every 50 000 allocations. With the defaults, its
-    passes over a pytest process's objects were ~9 % of the quick loop's CPU (perf)."""
+    passes over a pytest process's objects stood out in ``perf`` of the quick loop."""
     memory.tune_garbage_collector()
 
 

@@ -223,7 +223,7 @@ def _serve_requests() -> list[str]:
         importlib.import_module(name)
     from sqlalchemy.orm import configure_mappers
 
-    configure_mappers()  # the models' relationships, resolved once (each start did: ~30 ms)
+    configure_mappers()  # the models' relationships, resolved once here, not at each start
     requests = os.fdopen(os.dup(0), "rb")
     answers = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDWR)
