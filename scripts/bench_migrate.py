@@ -7,12 +7,24 @@ the CLI pipe ZStack's agent runs (``rbd export pool/img - | rbd import - pool/im
 verification), interleaved, median of N runs each. Two images: all data, and thin (a
 little data, the rest a hole). Target: imgstore >= 0.9x the pipe's throughput.
 
+Beside them, in the same rounds, the floors of imgstore's copy, run in this process on
+the same two clusters without the server (no job, database or progress): the copy
+alone (the service's ``migrate.stream``, no verification, what the pipe
+does) and the copy with the check the service runs behind its writer (the OSDs'
+checksums). The gap between the pipe and the first is the copy's; between the two,
+the verification's; between the second and imgstore, the service's. The CPU column is
+the whole machine's (``/proc/stat``: both clusters' OSDs, the server, the pipe), and
+that of the destination's OSD alone (where the check's cost lands: it reads the copy).
+
     .venv/bin/python scripts/bench_migrate.py [--runs 3] [--size-mib 256] [--src c1] [--dst c2]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import hashlib
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from _bench import Api, Server, ceph, cluster_env  # noqa: E402
+
+from imgstore import ceph as rados_ceph  # noqa: E402
+from imgstore.services.images.migrate import new_check, stream  # noqa: E402
 
 MiB = 1 << 20
 
@@ -98,12 +113,57 @@ def migrate_once(api: Api, image: str, src: str, dst: str) -> float:
     t0 = time.perf_counter()
     r = api.put(f"/backup-storage/images/{image}/actions", headers={"Prefer": "respond-async"},
                 json={"backupStorageMigrateImage": {"srcBackupStorageUuid": src, "dstBackupStorageUuid": dst}})
-    done = api.wait_job(r, timeout=1800)
+    done = api.wait_job(r, timeout=1800, poll=0.05)  # (overshoots the end by 25 ms on average)
     took = time.perf_counter() - t0
     assert done.status_code == 200, done.text
     d = api.delete(f"/images/{image}", params={"backupStorageUuids": dst})  # Direct: the copy goes
     assert d.status_code == 200, d.text
     return took
+
+
+def machine_cpu() -> float:
+    """CPU-seconds all processes have used (``/proc/stat``: user, nice, system, irq, softirq)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:8]
+    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def osd_cpu(env: dict[str, str]) -> float:
+    """CPU-seconds the dev cluster's OSD processes have used (``/proc/PID/stat``)."""
+    pids = subprocess.run(["pgrep", "-f", f"ceph-osd .*{env['CEPH_DIR']}/"], capture_output=True,
+                          text=True).stdout.split()
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def copy_once(src: rados_ceph.Cluster, src_pool: str, dst: rados_ceph.Cluster, dst_pool: str,
+                    name: str, *, verify: bool) -> float:
+    """The service's copy of ``src_pool/name`` (``migrate.stream``) without the server, with
+    or without the check it runs behind its writer; the copy is removed after."""
+    target = f"floor-{uuid.uuid4().hex[:8]}"
+    size = await rados_ceph.image_size(src, src_pool, name)
+    t0 = time.perf_counter()
+    check = new_check(dst, dst_pool, target) if verify else None
+    try:
+        await stream((src, src_pool, name), (dst, dst_pool, target), size, check)
+        if check is not None:
+            await check.finish(size)
+            assert check.mismatch is None, check.mismatch
+    finally:
+        if check is not None:
+            await check.close()
+    took = time.perf_counter() - t0
+    await rados_ceph.remove_image(dst, dst_pool, target)
+    return took
+
+
+def admin_cluster(env: dict[str, str]) -> rados_ceph.Cluster:
+    return rados_ceph.Cluster(env["CEPH_MON_HOST"], "admin", env["CEPH_ADMIN_KEY"])
 
 
 def add(api: Api, path: Path, bs: str) -> str:
@@ -129,25 +189,51 @@ def main() -> int:
 
 
 def measure(args: argparse.Namespace, files: Path, two: TwoStorages) -> int:
-    """The two images, each copied by the pipe and by imgstore, interleaved; the table."""
-    api, (src, dst), (src_env, dst_env), (src_pool, dst_pool) = two.api, two.uuids, two.envs, two.pools
-    print(f"runs: {args.runs}, {args.src} -> {args.dst}, interleaved; MiB/s of the image's size")
-    print(f"{'image':<26}{'pipe median':>14}{'imgstore median':>18}{'ratio':>8}")
-    for label, data, hole in (("data", args.size_mib, 0), ("thin (1/16 data)", args.size_mib // 16,
-                                                            args.size_mib - args.size_mib // 16)):
-        path = files / f"{label.split()[0]}.raw"
-        write_image(path, data, hole)
-        image = add(api, path, src)
-        migrate_once(api, image, src, dst)  # warm-up: handles, first reads
-        pipes, ours = [], []
-        for _ in range(args.runs):
-            pipes.append(pipe_once(src_env, src_pool, dst_env, dst_pool, image))
-            ours.append(migrate_once(api, image, src, dst))
-        size = data + hole
-        p, o = size / statistics.median(pipes), size / statistics.median(ours)
-        print(f"{label + f' {size} MiB':<26}{p:>10.0f} MiB/s{o:>14.0f} MiB/s{o / p:>7.2f}x")
-    return 0
+    """The two images, each copied by the pipe, by imgstore and by the two floors,
+    interleaved; the table."""
+    return asyncio.run(_measure(args, files, two))
 
+
+async def _measure(args: argparse.Namespace, files: Path, two: TwoStorages) -> int:
+    api, (src, dst), (src_env, dst_env), (src_pool, dst_pool) = two.api, two.uuids, two.envs, two.pools
+    clusters = admin_cluster(src_env), admin_cluster(dst_env)
+    for cluster in clusters:
+        await cluster.connect()
+    print(f"runs: {args.runs}, {args.src} -> {args.dst}, interleaved; MiB/s of the image's size (x the pipe), "
+          "CPU-s of the whole machine a copy (medians)")
+    ways = ("pipe", "imgstore", "floor: copy alone", "floor: copy + check")
+    try:
+        for label, data, hole in (("data", args.size_mib, 0), ("thin (1/16 data)", args.size_mib // 16,
+                                                                args.size_mib - args.size_mib // 16)):
+            path = files / f"{label.split()[0]}.raw"
+            write_image(path, data, hole)
+            image = await asyncio.to_thread(add, api, path, src)
+            await asyncio.to_thread(migrate_once, api, image, src, dst)  # warm-up: handles, first reads
+            runs: dict[str, list[tuple[float, float, float]]] = {way: [] for way in ways}
+            for _ in range(args.runs):
+                for way in ways:
+                    cpu, osd = machine_cpu(), osd_cpu(dst_env)
+                    if way == "pipe":
+                        took = await asyncio.to_thread(pipe_once, src_env, src_pool, dst_env, dst_pool, image)
+                    elif way == "imgstore":
+                        took = await asyncio.to_thread(migrate_once, api, image, src, dst)
+                    else:
+                        took = await copy_once(clusters[0], src_pool, clusters[1], dst_pool, image,
+                                               verify=way.endswith("check"))
+                    runs[way].append((took, machine_cpu() - cpu, osd_cpu(dst_env) - osd))
+            size = data + hole
+            pipe = size / statistics.median(t for t, _, _ in runs["pipe"])
+            print(f"{label} {size} MiB")
+            for way in ways:
+                rate = size / statistics.median(t for t, _, _ in runs[way])
+                cpu = statistics.median(c for _, c, _ in runs[way])
+                osd = statistics.median(o for _, _, o in runs[way])
+                print(f"  {way:<22}{rate:>8.0f} MiB/s {rate / pipe:>6.2f}x {cpu:>7.2f} CPU-s, "
+                      f"{osd:.2f} of them the destination's OSD")
+    finally:
+        for cluster in clusters:
+            await cluster.close()
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

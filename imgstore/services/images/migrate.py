@@ -106,14 +106,12 @@ async def _copy(src_cluster: ceph.Cluster, src: CephBackupStorage, dst_cluster: 
     src_pool, dst_pool = src.pool_name or "", dst.pool_name or ""
     size = await ceph.image_size(src_cluster, src_pool, name)
     check = new_check(dst_cluster, dst_pool, name)
+
+    async def progress(copied: int) -> None:
+        await reporter.update(_percent(copied, size, 95), copied=copied, total=size)
+
     try:
-        async with ceph.ImageWriter(dst_cluster, dst_pool, name, size=size, checksums=False) as writer, \
-                contextlib.aclosing(ceph.iter_image(src_cluster, src_pool, name)) as pieces:
-            async for piece in pieces:
-                check.expect(piece)
-                await writer.write(piece)
-                await check.advance(writer.durable, writer.settle)
-                await reporter.update(_percent(writer.received, size, 95), copied=writer.received, total=size)
+        await stream((src_cluster, src_pool, name), (dst_cluster, dst_pool, name), size, check, progress)
         await reporter.update(95, force=True, stage="Verifying")
         await check.finish(size)
     finally:
@@ -122,6 +120,28 @@ async def _copy(src_cluster: ceph.Cluster, src: CephBackupStorage, dst_cluster: 
         raise ApiError(OPERATION_ERROR, f"the copy of image[uuid:{name}] on backup storage[uuid:{dst.uuid}] does "
                                         f"not hold the bytes read from the source (they differ in the piece at "
                                         f"byte {check.mismatch})")
+
+
+ImageAt = tuple[ceph.RadosSource, str, str]
+"""An RBD image: the cluster, the pool, the image's name."""
+
+
+async def stream(src: ImageAt, dst: ImageAt, size: int, check: CopyCheck | None,
+                 progress: Callable[[int], Awaitable[None]] | None = None) -> None:
+    """Copy image ``src`` into a new image ``dst`` of ``size`` bytes: reads and writes in
+    flight, holes neither read nor written. Each piece goes to ``check`` too, advanced
+    behind the writer (None: nothing is checked; ``scripts/bench_migrate.py``'s floor);
+    ``progress`` hears the bytes copied after each piece. The caller finishes the check."""
+    async with ceph.ImageWriter(*dst, size=size, checksums=False) as writer, \
+            contextlib.aclosing(ceph.iter_image(*src)) as pieces:
+        async for piece in pieces:
+            if check is not None:
+                check.expect(piece)
+            await writer.write(piece)
+            if check is not None:
+                await check.advance(writer.durable, writer.settle)
+            if progress is not None:
+                await progress(writer.received)
 
 
 def new_check(cluster: ceph.RadosSource, pool: str, name: str) -> CopyCheck:
