@@ -34,11 +34,9 @@ __all__ = ["FEATURES", "WRITE_WINDOW", "ImageWriter", "WriteResult"]
 log = logging.getLogger(__name__)
 
 WRITE_WINDOW = 3
-"""Chunks' worth of bytes a writer holds at most (being written or hashed); librbd writes
-from them without a copy (cluster.py), so each one more costs a chunk of RSS. A chunk
-with holes holds only its data runs (copies; its buffer is free at once), so a thin
-image has more chunks in flight in the same bytes. The README's benchmark table has the
-uploads and peak RSS measured with it."""
+"""Chunks a writer holds at most (being written or hashed); librbd writes from them without
+a copy (cluster.py), so each one more costs a chunk of RSS. The README's benchmark table
+has the uploads and peak RSS measured with it."""
 GROW_MIN = 64 * MiB
 GROW_MAX_STEP = 8 * 1024 * MiB
 """Unknown size: the image doubles (from GROW_MIN, by at most GROW_MAX_STEP) as data comes."""
@@ -61,26 +59,6 @@ class WriteResult(NamedTuple):
     sha512: str | None
 
 
-class ByteWindow:
-    """Bytes in flight, at most ``limit``: :meth:`take` waits until the bytes fit, and
-    always lets them in when nothing is in flight (a chunk larger than the window)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._held = 0
-        self._given = asyncio.Event()
-
-    async def take(self, n: int) -> None:
-        while self._held and self._held + n > self._limit:
-            self._given.clear()
-            await self._given.wait()
-        self._held += n
-
-    def give(self, n: int) -> None:
-        self._held -= n
-        self._given.set()
-
-
 # ---------------------------------------------------------------------- writer
 
 
@@ -99,10 +77,9 @@ class ImageWriter:
     removed. ``size=None`` means unknown: the image grows by doubling and is trimmed to
     the bytes received at the end.
 
-    Memory: at most ``window`` chunks' worth of bytes are held (being written or
-    hashed) plus the chunk being filled; their buffers are allocated once and reused,
-    a chunk with holes holds only copies of its data runs, and a chunk of zeros nothing
-    (it is the shared zero block). One producer only.
+    Memory: at most ``window`` chunks are held (being written or hashed) plus the one
+    being filled; their buffers are allocated once and reused, and a chunk of zeros
+    needs none (it is the shared zero block). One producer only.
     """
 
     def __init__(
@@ -138,7 +115,7 @@ class ImageWriter:
         self._fill: bytearray | None = None
         self._fill_len = 0
         self._spare: list[bytearray] = []
-        self._window = ByteWindow(max(1, window) * chunk_size)
+        self._slots = asyncio.Semaphore(max(1, window))
         self._inflight = InFlight()  # chunks and image calls under way
         self._unacked: set[int] = set()  # offsets of the chunks written but not acknowledged yet
         self._error: CephError | None = None
@@ -368,35 +345,32 @@ class ImageWriter:
         """Start writing and hashing one chunk at the current offset (waits for a slot);
         ``release`` is called when the chunk's writes are done with ``data`` (not when
         this raises: the caller still holds it then)."""
-        runs = data_runs(data, self._chunk)
-        # librbd writes copies of the data runs of a chunk with holes (or nothing): its
-        # buffer is free at once, not when its writes land, and only the runs are held.
-        # A sparse stream then holds its runs in flight, not 4 MiB buffers mostly of
-        # zeros (the upload's peak RSS), and as many chunks as their runs fit the window
-        copied = not self._lanes and all(b - a < len(data) for a, b in runs)
-        held = sum(b - a for a, b in runs) if copied else len(data)
-        await self._window.take(held)
+        await self._slots.acquire()
         try:
             self._raise_pending_error()
             offset, end = self._offset, self._offset + len(data)
             self._offset = end
+            runs = data_runs(data, self._chunk)
             if runs and end > self._image_size:
                 await self._grow(end)
         except BaseException:
-            self._window.give(held)
+            self._slots.release()
             raise
         loop = asyncio.get_running_loop()
         aio_write = self._image.aio_write
         pieces = [(data if b - a == len(data) else data[a:b], offset + a) for a, b in runs]
         pending = [aio(self._cluster, loop, aio_write, piece, at) for piece, at in pieces]
         pending += [lane.feed(data) for lane in self._lanes]
-        if copied:
+        if not self._lanes and all(piece is not data for piece, _ in pieces):
+            # librbd writes copies of the data runs (or nothing): the chunk's buffer is
+            # free now, not when its writes land. A sparse stream then holds its runs in
+            # flight, not 4 MiB buffers mostly of zeros (the upload's peak RSS)
             self._give_back(recycle, release)
             recycle = release = None
         self._unacked.add(offset)
-        self._inflight.track(loop.create_task(self._retire(offset, pending, held, recycle, release)))
+        self._inflight.track(loop.create_task(self._retire(offset, pending, recycle, release)))
 
-    async def _retire(self, offset: int, pending: list[asyncio.Future[Any]], held: int,
+    async def _retire(self, offset: int, pending: list[asyncio.Future[Any]],
                       recycle: bytearray | None, release: Callable[[], None] | None = None) -> None:
         """When a chunk is written and hashed: note any error, reuse or give back its
         buffer, free its slot. librbd writes from the buffer itself (no copy, cluster.py):
@@ -406,7 +380,7 @@ class ImageWriter:
         try:
             results = await asyncio.shield(done)
         except BaseException:
-            done.add_done_callback(lambda _: self._free(held, recycle, release))
+            done.add_done_callback(lambda _: self._free(recycle, release))
             raise
         try:
             for r in results:
@@ -419,12 +393,11 @@ class ImageWriter:
             if self._error is None:
                 self._unacked.discard(offset)
         finally:
-            self._free(held, recycle, release)
+            self._free(recycle, release)
 
-    def _free(self, held: int, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
-        """A chunk's writes are over: its buffer is reused or given back, its bytes leave
-        the window."""
-        self._window.give(held)
+    def _free(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
+        """A chunk's writes are over: its buffer is reused or given back, its slot freed."""
+        self._slots.release()
         self._give_back(recycle, release)
 
     def _give_back(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:

@@ -333,43 +333,6 @@ async def test_a_lent_chunk_with_holes_comes_back_at_once_a_dense_one_once_writt
     await remove_image(cluster, pool, name)
 
 
-async def test_the_write_window_bounds_the_bytes_in_flight_not_the_chunks(
-        cluster: Cluster, pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A thin image's chunks carry little data each: the writer keeps as many of them in
-    flight as fit in the window's bytes (a sparse file:// add waits on the OSDs'
-    latency, not on a count of chunks), while dense chunks stay at the window's count."""
-    from imgstore.ceph.rbd import writer as rbd_writer
-
-    flying, most = [0], [0]
-    real_aio = rbd_writer.aio
-
-    def slow_aio(*args: Any) -> Any:  # every write takes 50 ms more to land
-        write = real_aio(*args)
-
-        async def landed() -> Any:
-            flying[0] += 1
-            most[0] = max(most[0], flying[0])
-            try:
-                await asyncio.sleep(0.05)
-                return await write
-            finally:
-                flying[0] -= 1
-        return asyncio.ensure_future(landed())
-
-    monkeypatch.setattr(rbd_writer, "aio", slow_aio)
-    chunk, window = 4 * MiB, rbd_writer.WRITE_WINDOW
-    for label, piece, chunks_at_most in (("thin", os.urandom(256 * 1024) + bytes(chunk - 256 * 1024), 16),
-                                         ("dense", os.urandom(chunk), window)):
-        most[0] = 0
-        name = new_name()
-        async with ImageWriter(cluster, pool, name, 16 * chunk, checksums=False) as w:
-            for _ in range(16):
-                await w.write(piece)
-        assert most[0] == chunks_at_most, f"{label}: {most[0]} chunks in flight at most"
-        assert await read_all(cluster, pool, name) == piece * 16
-        await remove_image(cluster, pool, name)
-
-
 async def test_two_uploads_at_once_on_one_handle(cluster: Cluster, pool: str) -> None:
     blobs = {new_name(): os.urandom(9 * MiB + i) for i in range(2)}
     results = await asyncio.gather(*(write_image(cluster, pool, n, d, len(d), piece=65536)
