@@ -30,10 +30,9 @@ import logging
 import os
 import ssl
 import stat
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -44,7 +43,6 @@ from imgstore.services.images.url_guard import Allowance, HostRefused, HostUnres
 from imgstore.wire.masking import masked
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 HTTP, HTTPS, FILE, UPLOAD = "http://", "https://", "file:///", "upload://"
 SUPPORTED = (HTTP, HTTPS, FILE, UPLOAD)
@@ -280,106 +278,63 @@ class HttpSource(Source):
 
 
 class FileSource(Source):
-    """A file on the server inside the allow-list, read in READ_SIZE pieces in threads,
-    :data:`READ_AHEAD` pieces ahead of the writer: the file's reads overlap RBD's writes.
-    A piece that lies in a hole of a sparse file (``SEEK_DATA`` says the next data is past
-    it) is not read: it is a shared piece of zeros, which the writer skips, handed over
-    without a thread once a read has said where the hole ends.
-
-    The length is the file's size when it was opened; a file that grows or shrinks under
-    the read fails it (``_check_length``). The file is closed only after the reads it has
-    in threads (:meth:`__aexit__`)."""
+    """A file on the server inside the allow-list, read in a thread, in READ_SIZE pieces.
+    A piece that lies in a hole of a sparse file (``SEEK_DATA`` says the next data is
+    past it) is not read: it is a shared piece of zeros, which the writer skips."""
 
     def __init__(self, url: str, allow_dirs: Sequence[Path]) -> None:
         self.url = url
         self._allow_dirs = list(allow_dirs)
         self._file: BinaryIO | None = None
-        self._reads: set[asyncio.Future[Any]] = set()  # in threads, on the open file
+        self._data_at = 0  # the next offset SEEK_DATA found data at (or the file's end)
 
     async def __aenter__(self) -> FileSource:
         self._file, self.length = await asyncio.to_thread(_open_allowed, self.url, self._allow_dirs)
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._reads:  # a read ahead the consumer stopped before: its descriptor stays open
-            await asyncio.shield(asyncio.gather(*self._reads, return_exceptions=True))
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
 
-    def _read(self, read: Callable[..., T], *args: int) -> asyncio.Future[T]:
-        """``read(fd, *args)`` in a thread, on the open file: tracked until it ends."""
+    def _next_piece(self) -> bytes:
+        """The next READ_SIZE bytes: read, or the shared zeros when they are all a hole."""
         assert self._file is not None
-        future = asyncio.ensure_future(asyncio.to_thread(read, self._file.fileno(), *args))
-        self._reads.add(future)
-        future.add_done_callback(self._reads.discard)
-        return future
+        fd, off = self._file.fileno(), self.received
+        if self._data_at <= off:
+            try:
+                self._data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no data after off; EINVAL: no SEEK_DATA here
+                    self._data_at = off
+                    return self._file.read(READ_SIZE)
+                self._data_at = os.fstat(fd).st_size
+        end = min(off + READ_SIZE, self.length if self.length is not None else off + READ_SIZE)
+        if self._data_at >= end and end > off:
+            self._file.seek(end)
+            return _ZEROS if end - off == READ_SIZE else _ZEROS[:end - off]
+        self._file.seek(off)
+        return self._file.read(READ_SIZE)
 
-    async def _result(self, read: asyncio.Future[T]) -> T:
-        try:
-            return await read
-        except OSError as e:
-            raise SourceFailed(f"reading [{masked(self.url)}] failed after {self.received} bytes: "
-                               f"{e.strerror}") from None
+    def _in_hole(self) -> bytes | None:
+        """The next piece without a thread, when the hole SEEK_DATA found covers it."""
+        off = self.received
+        if self._data_at >= off + READ_SIZE and (self.length is None or off + READ_SIZE <= self.length):
+            return _ZEROS
+        return None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        assert self._file is not None and self.length is not None
-        size = self.length
-        ahead: deque[asyncio.Future[tuple[bytes, int]]] = deque()
-        asked = data_at = 0  # the next piece's offset; no data before data_at from there
+        assert self._file is not None
         while True:
-            while len(ahead) < READ_AHEAD and asked < size:
-                if data_at >= asked + READ_SIZE and asked + READ_SIZE <= size:
-                    ahead.append(_done((_ZEROS, data_at)))  # a hole a read has seen the end of
-                else:
-                    ahead.append(self._read(_read_piece, asked, size))
-                asked += READ_SIZE
-            if not ahead:
+            try:
+                piece = self._in_hole() or await asyncio.to_thread(self._next_piece)
+            except OSError as e:
+                raise SourceFailed(f"reading [{masked(self.url)}] failed after {self.received} bytes: "
+                                   f"{e.strerror}") from None
+            if not piece:
                 break
-            piece, found = await self._result(ahead.popleft())
-            data_at = max(data_at, found)
             self.received += len(piece)
             yield piece
-            if len(piece) < READ_SIZE and self.received < size:
-                break  # the file shrank: _check_length says so
-        if self.received == size:  # the file grew: _check_length says so
-            self.received += len(await self._result(self._read(os.pread, 1, size)))
         self._check_length()
-
-
-READ_AHEAD = 3
-"""Pieces of a file read ahead of the writer, in threads (up to 12 MiB held)."""
-
-
-def _read_piece(fd: int, offset: int, size: int) -> tuple[bytes, int]:
-    """The file's piece at ``offset`` (READ_SIZE bytes, fewer at ``size``) and where its
-    next data is from the piece's end on (``size``: nowhere). A piece all in a hole is not
-    read: the shared zeros. Blocking: call it in a thread."""
-    end = min(offset + READ_SIZE, size)
-    if _data_from(fd, offset, size) >= end:
-        return (_ZEROS if end - offset == READ_SIZE else _ZEROS[:end - offset]), _data_from(fd, end, size)
-    piece = os.pread(fd, end - offset, offset)
-    return piece, _data_from(fd, end, size) if len(piece) == end - offset else end
-
-
-def _data_from(fd: int, offset: int, size: int) -> int:
-    """The offset of the file's first data at or after ``offset`` (``SEEK_DATA``), up to
-    ``size``; ``offset`` itself when the file system cannot tell. With no data left, the
-    hole ends at the file's end now: where a file shrank under the read, what is past
-    its end is read, comes back short, and fails the read, never taken for zeros."""
-    if offset >= size:
-        return size
-    try:
-        return min(os.lseek(fd, offset, os.SEEK_DATA), size)
-    except OSError as e:
-        if e.errno != errno.ENXIO:
-            return offset
-    return min(size, max(offset, os.fstat(fd).st_size))
-
-
-def _done(result: tuple[bytes, int]) -> asyncio.Future[tuple[bytes, int]]:
-    future: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
-    future.set_result(result)
-    return future
 
 
 def _open_allowed(url: str, allow_dirs: Sequence[Path]) -> tuple[BinaryIO, int]:
