@@ -264,6 +264,7 @@ def install(app: FastAPI) -> None:
             _document_sessions(doc)
         return doc
 
+    # FastAPI's documented way to extend the document is to replace the method
     app.openapi = document  # type: ignore[method-assign]
 
 

@@ -39,6 +39,8 @@ _KEY_HEADERS = (b"authorization", b"host", b"x-json-schema")
 def cacheable(endpoint: Endpoint) -> Endpoint:
     """Mark a GET route whose reply is a function of the database, the session and the
     request only: no clock, no process memory, no cluster."""
+    # a mark on the function object itself, which the route keeps; a Callable type
+    # cannot declare attributes
     endpoint.reply_cacheable = True  # type: ignore[attr-defined]
     return endpoint
 

@@ -268,7 +268,7 @@ def relation(owner_key: Any, link: Callable[[], Select[Any]],
 
 def related(clause: Relation) -> Queryable:
     """The resource a :func:`relation` leads to."""
-    target = clause.target  # type: ignore[attr-defined]
+    target = clause.target  # type: ignore[attr-defined]  # set by relation()
     return target if isinstance(target, Queryable) else target()
 
 

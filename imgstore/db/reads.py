@@ -180,7 +180,7 @@ class Reads:
                 try:
                     sql, values = reading.send(rows)  # type: ignore[arg-type]  # None starts it
                 except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
+                    return done.value  # type: ignore[no-any-return]  # StopIteration's value is Any
                 result = await conn.exec_driver_sql(sql.text, sql.args(values))
                 rows = sql.read(list(result.all()))
 
@@ -191,9 +191,9 @@ class Reads:
             rows: Rows | None = None
             while True:
                 try:
-                    sql, values = reading.send(rows)  # type: ignore[arg-type]
+                    sql, values = reading.send(rows)  # type: ignore[arg-type]  # None starts it
                 except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
+                    return done.value  # type: ignore[no-any-return]  # StopIteration's value is Any
                 rows = sql.read(conn.execute(sql.text, sql.args(values)).fetchall())
         finally:
             conn.execute("ROLLBACK")

@@ -1,5 +1,6 @@
 """Alembic environment: runs on the connection imgstore hands over (see db.engine.migrate)."""
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from imgstore.db.models import Base
 
@@ -22,7 +23,7 @@ def run() -> None:
     _migrate(connection)
 
 
-def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
+def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

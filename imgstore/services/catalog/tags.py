@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime
 
-from sqlalchemy import case, delete, select
+from sqlalchemy import Select, case, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgstore.crypto import new_uuid
@@ -81,7 +81,7 @@ async def delete_tags_of(db: AsyncSession, resource_uuid: str) -> None:
 # ---------------------------------------------------------------- the tag APIs
 
 
-def tag_rows(kind: str):  # type: ignore[no-untyped-def]
+def tag_rows(kind: str) -> Select[str, str]:
     """``(resource uuid, tag)`` rows of ``"systemTag"`` or ``"userTag"``: what
     ``q=__systemTag__=...`` / ``q=__userTag__=...`` match on any resource's query."""
     entity = SystemTag if kind == "systemTag" else UserTag

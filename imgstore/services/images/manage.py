@@ -130,16 +130,16 @@ async def usable_storages(rt: Runtime, uuids: list[str]) -> list[CephBackupStora
     for u in wanted:
         if u not in rows:
             raise not_found("BackupStorageVO", u, field="backupStorageUuids")
-    usable = [rows[u] for u in wanted
-              if isinstance(rows[u], CephBackupStorage) and rows[u].state == ENABLED
-              and rows[u].status == StorageStatus.CONNECTED and rows[u].available_capacity > 0]
+    ceph_rows = [row for u in wanted if isinstance(row := rows[u], CephBackupStorage)]
+    usable = [row for row in ceph_rows if row.state == ENABLED and row.status == StorageStatus.CONNECTED
+              and row.available_capacity > 0]
     if not usable:
         raise ApiError(
             OPERATION_ERROR,
             f"no backup storage specified in uuids{wanted} is available for adding this image; "
             "check that they are Enabled, Connected and have available capacity",
         )
-    return usable  # type: ignore[return-value]
+    return usable
 
 
 async def create(rt: Runtime, req: NewImage, storages: list[CephBackupStorage],

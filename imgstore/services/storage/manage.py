@@ -156,10 +156,11 @@ async def capacity(
     return int(total), int(available)
 
 
-async def _check_exist(db: AsyncSession, entity: type, resource: str, field: str, uuids: list[str]) -> None:
+async def _check_exist(db: AsyncSession, entity: type[BackupStorage] | type[Zone], resource: str, field: str,
+                       uuids: list[str]) -> None:
     if not uuids:
         return
-    found = set(await db.scalars(select(entity.uuid).where(entity.uuid.in_(uuids))))  # type: ignore[attr-defined]
+    found = set(await db.scalars(select(entity.uuid).where(entity.uuid.in_(uuids))))
     missing = [u for u in dict.fromkeys(uuids) if u not in found]
     if missing:
         raise not_found(resource, missing[0], field=field)

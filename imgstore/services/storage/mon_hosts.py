@@ -141,10 +141,11 @@ async def _probe(rt: Runtime, stack: AsyncExitStack, mon: MonProbe, key_for: Key
         facts, key = await asyncio.gather(
             mon.shell.facts(), mon.shell.get_or_create_key(client, pool), return_exceptions=True
         )
-        for outcome in (facts, key):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        mon.facts, mon.key = facts, key  # type: ignore[assignment]
+        if isinstance(facts, BaseException):
+            raise facts
+        if isinstance(key, BaseException):
+            raise key
+        mon.facts, mon.key = facts, key
     except ceph.CephError as e:
         mon.error = ceph_error(e, f"{mon.url.hostname}:{mon.url.ssh_port}")
         log.warning("mon %s of backup storage failed to connect: %s", mon.url.hostname, e)

@@ -6,7 +6,7 @@ storages, defined below them, is looked up when a query runs.
 """
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from imgstore.db import query as q
 from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Tag, Zone
@@ -15,7 +15,7 @@ from imgstore.services.catalog import tags
 _TAG_KINDS = {"systemTag": tags.SYSTEM, "userTag": tags.USER}
 
 
-def _tag_rows(kind: str):  # type: ignore[no-untyped-def]
+def _tag_rows(kind: str) -> Select[str, str]:
     return select(Tag.resource_uuid, Tag.tag).where(Tag.kind == _TAG_KINDS[kind])
 
 
@@ -31,7 +31,7 @@ MON_QUERY = q.Queryable(
     },
 )
 
-def _storage_links():  # type: ignore[no-untyped-def]
+def _storage_links() -> Select[str, str]:
     return select(BackupStorageZoneRef.zone_uuid, BackupStorageZoneRef.backup_storage_uuid)
 
 

@@ -105,5 +105,5 @@ def install_path_of(inventory: dict[str, Any], pool: str) -> str | None:
     """The installPath of the ref in this pool, else the first ref's (ZStack's choice)."""
     refs = inventory.get("backupStorageRefs")
     paths = [str(r.get("installPath") or "") for r in refs if isinstance(r, dict)] if isinstance(refs, list) else []
-    paths = [p for p in paths if split_install_path(p)]
-    return next((p for p in paths if split_install_path(p)[0] == pool), paths[0] if paths else None)  # type: ignore[index]
+    pools = {p: where[0] for p in paths if (where := split_install_path(p)) is not None}
+    return next((p for p, in_pool in pools.items() if in_pool == pool), next(iter(pools), None))
