@@ -104,7 +104,7 @@ async def import_images(rt: Runtime, bs_uuid: str) -> list[str]:
 async def _takes_all(rt: Runtime, bs_uuid: str) -> bool:
     """Was the storage added with the system tag ``IMPORT_ALL``?"""
     async with rt.db() as db:
-        return IMPORT_ALL in await tags.tags_of(db, bs_uuid, "system")
+        return IMPORT_ALL in await tags.tags_of(db, bs_uuid, tags.SYSTEM)
 
 
 async def _log_unnamed(cluster: ceph.Cluster, pool: str, named: set[str]) -> None:
