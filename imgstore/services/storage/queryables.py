@@ -9,15 +9,8 @@ from __future__ import annotations
 from sqlalchemy import Select, select
 
 from imgstore.db import query as q
-from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Tag, Zone
+from imgstore.db.models import BackupStorage, BackupStorageZoneRef, CephBackupStorage, CephMon, Zone
 from imgstore.services.catalog import tags
-
-_TAG_KINDS = {"systemTag": tags.SYSTEM, "userTag": tags.USER}
-
-
-def _tag_rows(kind: str) -> Select[str, str]:
-    return select(Tag.resource_uuid, Tag.tag).where(Tag.kind == _TAG_KINDS[kind])
-
 
 ZONE_LINKS = lambda: select(BackupStorageZoneRef.backup_storage_uuid, BackupStorageZoneRef.zone_uuid)  # noqa: E731
 
@@ -72,7 +65,7 @@ def _queryable(entity: type, name: str, fields: dict[str, q.Field | q.ListField]
         name=name,
         fields=fields,
         relations=relations,
-        tags=q.tag_filter(BackupStorage.uuid, _tag_rows),
+        tags=q.tag_filter(BackupStorage.uuid, tags.tag_rows),
         default_sort="createDate",
     )
 
