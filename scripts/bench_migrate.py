@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from _bench import Api, Server, ceph, cluster_env  # noqa: E402
+from _bench_images_lib import machine_cpu, process_cpu  # noqa: E402
 
 from imgstore import ceph as rados_ceph  # noqa: E402
 from imgstore.services.images.migrate import new_check, stream  # noqa: E402
@@ -121,23 +121,14 @@ def migrate_once(api: Api, image: str, src: str, dst: str) -> float:
     return took
 
 
-def machine_cpu() -> float:
-    """CPU-seconds all processes have used (``/proc/stat``: user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:8]
-    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
 def osd_cpu(env: dict[str, str]) -> float:
-    """CPU-seconds the dev cluster's OSD processes have used (``/proc/PID/stat``)."""
+    """CPU-seconds the dev cluster's OSD processes have used."""
     pids = subprocess.run(["pgrep", "-f", f"ceph-osd .*{env['CEPH_DIR']}/"], capture_output=True,
                           text=True).stdout.split()
     total = 0.0
     for pid in pids:
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(FileNotFoundError):
+            total += process_cpu(int(pid))
     return total
 
 
