@@ -35,10 +35,17 @@ CONNECTED, CONNECTING, DISCONNECTED = StorageStatus.CONNECTED, StorageStatus.CON
 
 
 def generation(rt: Runtime, uuid: str) -> int:
-    """How many Reconnects this node has run on the storage (``Node.reconnects``): a probe
-    that started before one must not record over it (nor use the row it loaded, whose key
-    the Reconnect may have renewed)."""
+    """How many times a Reconnect of the storage began or ended on this node
+    (``Node.reconnects``): a probe that started before one ended must not record over it
+    (nor use the row it loaded, whose key the Reconnect may have renewed)."""
     return rt.node.reconnects[uuid]
+
+
+def _next_generation(rt: Runtime, uuid: str) -> int:
+    """Make every probe begun so far stale. A Reconnect does it as it begins and again
+    as it ends: a ping begun meanwhile still holds the key the Reconnect renewed."""
+    rt.node.reconnects[uuid] += 1
+    return generation(rt, uuid)
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,7 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
     """ReconnectBackupStorage: a fresh librados handle, then a full check. The fsid must
     still be the storage's: mons that now answer for another cluster are refused."""
     async with local_lock(rt, "backup_storage", uuid):
-        rt.node.reconnects[uuid] += 1
-        gen = generation(rt, uuid)
+        gen = _next_generation(rt, uuid)
         row = await load(rt, uuid)
         await record(rt, [Outcome(uuid, CONNECTING, mons_too=False, generation=gen)])
         await rt.clusters.forget(uuid)
@@ -117,8 +123,9 @@ async def reconnect(rt: Runtime, uuid: str) -> CephBackupStorage:
             if trouble is not None:
                 raise trouble
         except ApiError as e:
-            await record(rt, [Outcome(uuid, DISCONNECTED, e.details, generation=gen)])
+            await record(rt, [Outcome(uuid, DISCONNECTED, e.details, generation=_next_generation(rt, uuid))])
             raise
+        gen = _next_generation(rt, uuid)
         await record(rt, [Outcome(uuid, CONNECTED, None, health.quorum, health.capacity, generation=gen)])
     await rt.events.tell_reconnected(uuid)  # bs_ceph_info.json rewritten, as ZStack's reconnect does
     return await load(rt, uuid)
