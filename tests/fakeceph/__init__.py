@@ -453,8 +453,10 @@ class ImageWriter(RealImageWriter):
     writer's checks of its arguments, its ``async with`` and its repr stand."""
 
     def __init__(self, cluster: Cluster, pool: str, name: str, size: int | None = None, *,
-                 chunk_size: int = CHUNK_SIZE, window: int = WRITE_WINDOW, checksums: bool = True) -> None:
-        super().__init__(cluster, pool, name, size, chunk_size=chunk_size, window=window, checksums=checksums)
+                 chunk_size: int = CHUNK_SIZE, window: int = WRITE_WINDOW, checksums: bool = True,
+                 read_back: bool = False) -> None:
+        super().__init__(cluster, pool, name, size, chunk_size=chunk_size, window=window, checksums=checksums,
+                         read_back=read_back)  # a file has no OSD cache to ask: nothing more
         self._hashes = [hashlib.md5(), hashlib.sha512()] if checksums else []
         self._fd: int | None = None
         self._fill_bytes = bytearray()  # the chunk being filled, from self._offset on

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import rados
 import rbd
 
 from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_ioctx, translate
@@ -92,7 +93,11 @@ class ImageWriter:
         chunk_size: int = CHUNK_SIZE,
         window: int = WRITE_WINDOW,
         checksums: bool = True,
+        read_back: bool = False,
     ) -> None:
+        """``read_back``: the data is read again right behind the writer (a migration's
+        check): each write asks its OSD to keep the data in its cache (FADVISE_WILLNEED),
+        so the read finds it there, not on the disk the writes go to."""
         if chunk_size < 4096 or chunk_size & (chunk_size - 1) or chunk_size > 32 * MiB:
             raise ValueError("chunk_size must be a power of two from 4 KiB to 32 MiB")
         if size is not None and size < 0:
@@ -105,6 +110,7 @@ class ImageWriter:
         self.result: WriteResult | None = None
         self._chunk = chunk_size
         self._checksums = checksums
+        self._fadvise = rados.LIBRADOS_OP_FLAG_FADVISE_WILLNEED if read_back else 0
         self._lanes: list[HashLane] = []
         self._state = "new"  # new -> open -> committed | aborted
         self._ioctx: Any = None
@@ -357,7 +363,7 @@ class ImageWriter:
             self._slots.release()
             raise
         loop = asyncio.get_running_loop()
-        aio_write = self._image.aio_write
+        aio_write = functools.partial(self._image.aio_write, fadvise_flags=self._fadvise)
         pieces = [(data if b - a == len(data) else data[a:b], offset + a) for a, b in runs]
         pending = [aio(self._cluster, loop, aio_write, piece, at) for piece, at in pieces]
         pending += [lane.feed(data) for lane in self._lanes]

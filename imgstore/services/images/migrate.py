@@ -132,7 +132,7 @@ async def stream(src: ImageAt, dst: ImageAt, size: int, check: CopyCheck | None,
     flight, holes neither read nor written. Each piece goes to ``check`` too, advanced
     behind the writer (None: nothing is checked; ``scripts/bench_migrate.py``'s floor);
     ``progress`` hears the bytes copied after each piece. The caller finishes the check."""
-    async with ceph.ImageWriter(*dst, size=size, checksums=False) as writer, \
+    async with ceph.ImageWriter(*dst, size=size, checksums=False, read_back=check is not None) as writer, \
             contextlib.aclosing(ceph.iter_image(*src)) as pieces:
         async for piece in pieces:
             if check is not None:
