@@ -32,6 +32,9 @@
 #   IMGSTORE_DEV_DIR          base dir                     (default /tmp/imgstore-dev)
 #   DEVCLUSTER_SSH_PASSWORD   password of imgstore-ceph    (default imgstore-dev)
 #   DEVCLUSTER_OSD_SIZE_GB    OSD size for new clusters    (default 10, sparse)
+#   DEVCLUSTER_OSD_MEMORY     the OSD's memory for new clusters: small (default: a fixed
+#                             128 MiB cache, so ten clusters fit the CI machine) or ceph
+#                             (Ceph's defaults: a cache autotuned within 4 GiB; the benches)
 #   DEVCLUSTER_START_TIMEOUT  seconds to wait for HEALTH_OK (default 120)
 #   DEVCLUSTER_EXTRA_PACKAGES more Debian packages for `install` (one apt-get update for all)
 set -euo pipefail
@@ -115,6 +118,7 @@ if [ -f "$PARAMS" ] && [ "$FRESH" = 1 ]; then
   MON_PORT=${OPT_MON_PORT:-$MON_PORT}
   SSH_PORT=${OPT_SSH_PORT:-$( [ -n "$OPT_MON_PORT" ] && echo $((MON_PORT - 767)) || echo "$SSH_PORT")}
   OSD_SIZE_GB=${DEVCLUSTER_OSD_SIZE_GB:-$OSD_SIZE_GB}
+  OSD_MEMORY=${DEVCLUSTER_OSD_MEMORY:-${OSD_MEMORY:-small}}
 elif [ -f "$PARAMS" ]; then
   # shellcheck disable=SC1090
   . "$PARAMS"
@@ -128,7 +132,10 @@ else
   MON_PORT=${OPT_MON_PORT:-16789}
   SSH_PORT=${OPT_SSH_PORT:-$((MON_PORT - 767))}
   OSD_SIZE_GB=${DEVCLUSTER_OSD_SIZE_GB:-10}
+  OSD_MEMORY=${DEVCLUSTER_OSD_MEMORY:-small}
 fi
+OSD_MEMORY=${OSD_MEMORY:-small}  # a cluster made before the setting
+case "$OSD_MEMORY" in small|ceph) ;; *) die "DEVCLUSTER_OSD_MEMORY must be small or ceph, not '$OSD_MEMORY'" ;; esac
 MON_V2_PORT=$((MON_PORT + 1))
 PORT_MIN=$((MON_PORT + 11))
 PORT_MAX=$((MON_PORT + 110))
@@ -199,7 +206,19 @@ write_params() {
 MON_PORT=$MON_PORT
 SSH_PORT=$SSH_PORT
 OSD_SIZE_GB=$OSD_SIZE_GB
+OSD_MEMORY=$OSD_MEMORY
 EOF
+}
+
+osd_memory_conf() {
+  if [ "$OSD_MEMORY" = ceph ]; then
+    echo "osd_memory_target = 4294967296"
+    echo "bluestore_cache_autotune = true"
+  else
+    echo "osd_memory_target = 939524096"
+    echo "bluestore_cache_autotune = false"
+    echo "bluestore_cache_size = 134217728"
+  fi
 }
 
 write_conf() {
@@ -268,14 +287,12 @@ keyring = $DIR/mgr/ceph-\$id/keyring
 [osd]
 osd_data = $DIR/osd/ceph-\$id
 keyring = $DIR/osd/ceph-\$id/keyring
-osd_memory_target = 939524096
+$(osd_memory_conf)
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 1
 osd_objectstore = bluestore
 bluestore_block_create = true
 bluestore_block_size = $((OSD_SIZE_GB * 1024 * 1024 * 1024))
-bluestore_cache_autotune = false
-bluestore_cache_size = 134217728
 bluestore_fsck_on_mount = false
 bluestore_fsck_on_mkfs = false
 EOF
