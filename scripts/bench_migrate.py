@@ -16,7 +16,11 @@ the verification's; between the second and imgstore, the service's. The CPU colu
 the whole machine's (``/proc/stat``: both clusters' OSDs, the server, the pipe), and
 that of the destination's OSD alone (where the check's cost lands: it reads the copy).
 
-    .venv/bin/python scripts/bench_migrate.py [--runs 3] [--size-mib 256] [--src c1] [--dst c2]
+The copy's writes ask the destination's OSD to keep their data cached, so the check
+reads it from memory: that needs a cache of Ceph's default size (clusters made with
+``DEVCLUSTER_OSD_MEMORY=ceph``); the CI's clusters have 128 MiB. The header says which.
+
+    .venv/bin/python scripts/bench_migrate.py [--runs 3] [--size-mib 256] [--src c1] [--dst c2] [--pg-num 8]
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import statistics
 import subprocess
 import sys
@@ -54,9 +59,9 @@ def write_image(path: Path, data_mib: int, hole_mib: int) -> None:
         f.truncate((data_mib + hole_mib) * MiB)
 
 
-def pool_on(env: dict[str, str]) -> str:
+def pool_on(env: dict[str, str], pg_num: int) -> str:
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    ceph(env, "osd", "pool", "create", name, "8")
+    ceph(env, "osd", "pool", "create", name, str(pg_num))
     ceph(env, "osd", "pool", "application", "enable", name, "rbd")
     return name
 
@@ -68,6 +73,7 @@ def arguments(doc: str, a: str, b: str) -> argparse.Namespace:
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument(f"--{a}", default="c1")
     ap.add_argument(f"--{b}", default="c2")
+    ap.add_argument("--pg-num", type=int, default=8, help="placement groups of each bench pool")
     return ap.parse_args()
 
 
@@ -82,11 +88,11 @@ class TwoStorages:
 
 
 @contextmanager
-def two_storages(server: Server, cluster_a: str, cluster_b: str) -> Iterator[TwoStorages]:
+def two_storages(server: Server, cluster_a: str, cluster_b: str, pg_num: int = 8) -> Iterator[TwoStorages]:
     """``server`` started with a storage "a" on ``cluster_a`` and "b" on ``cluster_b``, each
     on a new pool; at the end the server stops and the pools go."""
     envs = cluster_env(cluster_a), cluster_env(cluster_b)
-    pools = pool_on(envs[0]), pool_on(envs[1])
+    pools = pool_on(envs[0], pg_num), pool_on(envs[1], pg_num)
     try:
         api = server.start().login()
         urls = envs[0]["MON_URL"], envs[1]["MON_URL"].replace("@127.0.0.1:", "@localhost:")  # hostnames unique
@@ -119,6 +125,16 @@ def migrate_once(api: Api, image: str, src: str, dst: str) -> float:
     d = api.delete(f"/images/{image}", params={"backupStorageUuids": dst})  # Direct: the copy goes
     assert d.status_code == 200, d.text
     return took
+
+
+def osd_memory(env: dict[str, str]) -> str:
+    """How the cluster's OSD sizes its cache (the check reads the copy from it)."""
+    def get(option: str) -> str:
+        return str(json.loads(ceph(env, "tell", "osd.0", "config", "get", option))[option])
+    target = int(get("osd_memory_target"))
+    if get("bluestore_cache_autotune") == "true":
+        return f"cache autotuned within osd_memory_target {target / 2**30:.2f} GiB"
+    return f"cache fixed at {int(get('bluestore_cache_size')) >> 20} MiB"
 
 
 def osd_cpu(env: dict[str, str]) -> float:
@@ -173,7 +189,7 @@ def main() -> int:
     server = Server(work / "data", password="bench", log_level="warning",
                     env={"IMGSTORE_FILE_ALLOW_DIRS": str(files), "IMGSTORE_IMAGE_DELETION_POLICY": "Direct"})
     try:
-        with two_storages(server, args.src, args.dst) as two:
+        with two_storages(server, args.src, args.dst, args.pg_num) as two:
             return measure(args, files, two)
     finally:
         subprocess.run(["rm", "-rf", str(work)])
@@ -192,6 +208,8 @@ async def _measure(args: argparse.Namespace, files: Path, two: TwoStorages) -> i
         await cluster.connect()
     print(f"runs: {args.runs}, {args.src} -> {args.dst}, interleaved; MiB/s of the image's size (x the pipe), "
           "CPU-s of the whole machine a copy (medians)")
+    for name, env in ((args.src, src_env), (args.dst, dst_env)):
+        print(f"  {name}'s OSD: {osd_memory(env)}, pools of {args.pg_num} PGs")
     ways = ("pipe", "imgstore", "floor: copy alone", "floor: copy + check")
     try:
         for label, data, hole in (("data", args.size_mib, 0), ("thin (1/16 data)", args.size_mib // 16,
