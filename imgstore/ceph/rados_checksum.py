@@ -3,8 +3,9 @@
 A copy is verified without bringing its bytes back: the OSD reads each data object of
 the image and answers its CRC-32C (CEPH_OSD_OP_CHECKSUM, with a stat of the object in
 the same op), which is compared with the CRC-32C of the bytes meant to be there (the
-``crc32c`` package, SSE4.2): the OSD still reads each byte from its disk, but none
-crosses the network or the client's CPU twice (the figures: the README's benchmark table,
+``crc32c`` package, SSE4.2): the OSD still reads each byte (from its cache when the
+writes asked it to keep them: ``ImageWriter(read_back=True)``), but none crosses the
+network or the client's CPU twice (the figures: the README's benchmark table,
 BackupStorageMigrateImage).
 
 Debian's python3-rados 16.2 does not expose the op, and its ``Rados``/``Ioctx`` are Cython

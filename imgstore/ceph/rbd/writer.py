@@ -97,7 +97,9 @@ class ImageWriter:
     ) -> None:
         """``read_back``: the data is read again right behind the writer (a migration's
         check): each write asks its OSD to keep the data in its cache (FADVISE_WILLNEED),
-        so the read finds it there, not on the disk the writes go to."""
+        so the read finds it there, not on the disk the writes go to. BlueStore puts new
+        data in its two-queue cache's warm-in list, so a copy passing through does not
+        push out what the OSD's readers keep hot."""
         if chunk_size < 4096 or chunk_size & (chunk_size - 1) or chunk_size > 32 * MiB:
             raise ValueError("chunk_size must be a power of two from 4 KiB to 32 MiB")
         if size is not None and size < 0:
