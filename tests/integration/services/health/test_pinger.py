@@ -128,7 +128,9 @@ async def test_a_killed_pinger_loses_its_calls_and_the_next_call_starts_another(
         await anyio.sleep(0.5)
         started = time.monotonic()
         os.kill(first, signal.SIGKILL)
-    assert time.monotonic() - started < 1, "a lost call must not wait out its timeout"
+    # the dead call had 2.5 s of its timeout left; ended by the kill, it is over well before
+    # (1 s was too tight on a loaded CI machine: 1.15 s there)
+    assert time.monotonic() - started < TIMEOUT - 1, "a lost call must not wait out its timeout"
     assert [type(e) for e in lost] == [PingerLost]
     assert (await pinger.health(live)).pool_error is None
     assert pinger.pid not in (None, first)
