@@ -34,6 +34,7 @@ from imgstore.api.routes import (
     web,
     zones,
 )
+from imgstore.api.schemas import NUL_CHARACTER, NUL_MESSAGE
 from imgstore.config import Settings
 from imgstore.errors import INTERNAL, INVALID_ARGUMENT, UNKNOWN_MESSAGE, ApiError, ErrorKind
 
@@ -168,6 +169,8 @@ def _validation_error(e: RequestValidationError) -> ApiError:
             messages.append(f"field[{name}] is mandatory, can not be null")
         elif kind == "json_invalid":
             messages.append("the body is not valid JSON")
+        elif kind == NUL_CHARACTER:  # the model's own words, the field named from the body's top
+            messages.append(NUL_MESSAGE.format(field=".".join([*loc, err["ctx"]["field"]])))
         elif name == "body":
             messages.append("the body must be a JSON object")
         else:

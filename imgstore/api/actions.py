@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from imgstore.api.deps import ApiCall, api_call
 from imgstore.api.fields import TAG
 from imgstore.api.openapi import job_api
-from imgstore.api.schemas import Params
+from imgstore.api.schemas import NUL_MESSAGE, Params, holds_nul
 from imgstore.crypto import new_uuid
 from imgstore.errors import INVALID_ARGUMENT, ApiError
 from imgstore.services.catalog.tags import check_tags
@@ -166,6 +166,8 @@ def _check_tags(body: dict[str, Any], params: dict[str, Any]) -> None:
                 continue
             if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
                 raise ApiError(INVALID_ARGUMENT, f"field[{key}] must be a list of strings")
+            if holds_nul(tags):
+                raise ApiError(INVALID_ARGUMENT, NUL_MESSAGE.format(field=key))
             found[key] += tags
     check_tags(found["systemTags"], found["userTags"])
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,33 +31,11 @@ async def runtime(request: Request) -> Runtime:
 
 
 async def refuse_nul(request: Request) -> None:
-    """No API takes U+0000: PostgreSQL cannot store it in text (a 500 there, found by the
-    fuzz run), and no name, uuid or tag of ZStack's holds one. Checked in the path, the
-    query string and the JSON body of a route that takes one (FastAPI has read it already;
-    an upload's stream is never read here)."""
+    """No API takes U+0000 in its path or query string: PostgreSQL cannot store it in text
+    (a 500 there, found by the fuzz run), and no name, uuid or tag of ZStack's holds one.
+    A body's named fields are checked by their model (``schemas.RequestModel``)."""
     if "\x00" in request.scope["path"] or any("\x00" in k + v for k, v in request.query_params.multi_items()):
         raise ApiError(INVALID_ARGUMENT, "the URL contains the character U+0000, which no API accepts")
-    if getattr(request.scope.get("route"), "body_field", None) is None:
-        return
-    raw = await request.body()
-    if b"\\u0000" not in raw:
-        return
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return  # not JSON: the route's own validation says so
-    if _holds_nul(body):
-        raise ApiError(INVALID_ARGUMENT, "the body contains the character U+0000, which no API accepts")
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
 
 
 # auto_error=False: a missing header is sessions.authenticate's ID.1001, not FastAPI's 403

@@ -289,23 +289,13 @@ def _document_sessions(doc: dict[str, Any]) -> None:
 
 
 NO_NUL = "^[^\\x00]*$"
-_ANY_JSON = {"$ref": "#/components/schemas/JsonWithoutNul"}
-#: any JSON value, no string or key of it holding U+0000: what a key no model names may
-#: hold. One schema whose keywords each apply to the values of their type, recursing
-#: through objects only: schemathesis cannot make cases of a schema that recurses through
-#: arrays too, so an array's items there are left unsaid.
-JSON_WITHOUT_NUL = {
-    "title": "JsonWithoutNul",
-    "description": "any JSON value without U+0000 in a string or a key (deps.refuse_nul)",
-    "type": ["string", "number", "boolean", "null", "array", "object"],
-    "pattern": NO_NUL, "propertyNames": {"pattern": NO_NUL}, "additionalProperties": _ANY_JSON,
-}
 
 
 def _no_nul(doc: dict[str, Any]) -> None:
-    """No string and no key holds U+0000 (``deps.refuse_nul`` refuses it anywhere in a
-    body, even under a key no API reads): said on every string and object of the
-    document that says nothing stricter, and of what an object's other keys may hold."""
+    """No string a body names, nor any of the path or the query, holds U+0000 (the models
+    refuse it: ``schemas.RequestModel``; the query: ``deps.refuse_nul``): said on every
+    string of the document that says nothing stricter. A key no model names may hold
+    anything (``additionalProperties`` stays open): it is ignored."""
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -316,10 +306,6 @@ def _no_nul(doc: dict[str, Any]) -> None:
             return
         if node.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(node):
             node["pattern"] = NO_NUL
-        if node.get("type") == "object" and node.get("additionalProperties") is not False:
-            node.setdefault("propertyNames", {"pattern": NO_NUL})
-            if node.get("additionalProperties", True) is True:
-                node["additionalProperties"] = _ANY_JSON
         for key, value in node.items():
             if key not in ("properties", "example", "examples", "default"):
                 walk(value)
@@ -328,9 +314,7 @@ def _no_nul(doc: dict[str, Any]) -> None:
                     walk(prop)
 
     walk(doc.get("paths", {}))
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    walk(schemas)
-    schemas["JsonWithoutNul"] = JSON_WITHOUT_NUL
+    walk(doc.setdefault("components", {}).setdefault("schemas", {}))
 
 
 def _projected_inventories(doc: dict[str, Any]) -> None:

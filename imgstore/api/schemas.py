@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from imgstore.api.fields import (
     FINGERPRINT,
@@ -100,22 +101,55 @@ def backup_storage_inventory(row: Any) -> BackupStorageInventory:
 # ---------------------------------------------------------------- request bodies
 
 
-# ---------------------------------------------------------------- what the document adds to a field
-class Params(BaseModel):
+#: the error type :class:`RequestModel` raises, which ``app._validation_error`` words as it is
+NUL_CHARACTER = "nul_character"
+NUL_MESSAGE = "field[{field}] holds the character U+0000, which no API accepts"
+
+
+class RequestModel(BaseModel):
+    """A request body, or a part of one. A key no field names is ignored, whatever it
+    holds, as ZStack's JSON reading ignores it. A named field's value may not hold
+    U+0000: PostgreSQL cannot store it in text, and no name, uuid, URL or tag of ZStack's
+    holds one. An object under a named field is the nested model's to check (a
+    ``dict[str, Any]`` field, such as ``clientInfo``, is read and dropped)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if key in cls.model_fields and not isinstance(value, dict) and holds_nul(value):
+                    raise PydanticCustomError(NUL_CHARACTER, NUL_MESSAGE, {"field": key})
+        return data
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a string of ``value`` (a JSON value), or a key of it, holds U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(v) for v in value)
+    return False
+
+
+class Params(RequestModel):
     """Fields of a ZStack API message. Unknown keys (``requestIp``...) are ignored, as
     ZStack does; strings are trimmed as ZStack's param validator does. Booleans are
     :data:`ZBool`: true, false, "true" or "false"; 0 or "maybe" is refused."""
 
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(str_strip_whitespace=True)
     systemTags: list[str] | None = doc(**TAGS)
     userTags: list[str] | None = doc(**TAGS)
 
 
-class CreateBody(BaseModel):
+class CreateBody(RequestModel):
     """``{"params": {...}, "systemTags": [...], "userTags": [...]}``: tags may sit at the
     top level (ZStack's server reads them there) or inside ``params`` (the SDKs)."""
 
-    model_config = ConfigDict(extra="ignore")
     systemTags: list[str] | None = doc(**TAGS)
     userTags: list[str] | None = doc(**TAGS)
 
@@ -145,8 +179,7 @@ class AddCephBackupStorageBody(CreateBody):
     params: AddCephBackupStorageParams
 
 
-class LogInByAccountParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class LogInByAccountParams(RequestModel):
     accountName: str = Field(max_length=255)
     password: str = Field(max_length=255)
     accountType: str | None = None
@@ -155,8 +188,7 @@ class LogInByAccountParams(BaseModel):
     clientInfo: dict[str, Any] | None = None
 
 
-class LogInByAccountBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class LogInByAccountBody(RequestModel):
     logInByAccount: LogInByAccountParams
 
 
@@ -381,8 +413,7 @@ class RenewSessionParams(Params):
     duration: int | None = Field(default=None, ge=60, le=31536000)
 
 
-class RenewSessionBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class RenewSessionBody(RequestModel):
     renewSession: RenewSessionParams = Field(default_factory=RenewSessionParams)
 
 
