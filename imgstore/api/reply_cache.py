@@ -14,16 +14,21 @@ request with two), its expiry is checked on every hit, and a logout is a commit 
 any other. Only complete 200
 replies are kept; errors always go through the handler.
 
+A page never asked before may still be answered without its handler: from a list of
+``api/kept_pages.py``, under the same rules (the version, a proven session).
+
 It sits innermost, so the request id, the access log and the metrics (labelled by the
 route the cached reply came from) see a cached reply like any other.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from imgstore.api.kept_pages import KeptPages
 from imgstore.wire.dates import utcnow
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -63,6 +68,9 @@ class ReplyCache:
         self._version: Hashable | None = None
         self._replies: dict[tuple[Any, ...], _Reply] = {}
         self._bytes = 0
+        #: Authorization headers a handler proved under this version: when each one's session expires
+        self._sessions: dict[bytes, datetime] = {}
+        self.pages = KeptPages()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         key = self._key(scope)
@@ -78,13 +86,28 @@ class ReplyCache:
             self._forget_all(version)
         reply = self._replies.get(key)
         if reply is not None and reply.session_expires > utcnow():
-            scope["route"] = reply.route
-            rt.metrics.count_reply(kept=True)
-            await send({"type": "http.response.start", "status": 200, "headers": list(reply.headers)})
-            await send({"type": "http.response.body", "body": reply.body})
+            await self._send(scope, send, reply.route, list(reply.headers), reply.body)
             return
-        if await self._answer_and_keep(scope, receive, send, key, version):
+        expires = self._sessions.get(key[2])
+        page = self.pages.page(scope) if expires is not None and expires > utcnow() else None
+        if page is not None:
+            body, route = page
+            await self._send(scope, send, route, [(b"content-length", b"%d" % len(body)),
+                                                  (b"content-type", b"application/json")], body)
+            return
+        started = time.monotonic()
+        cacheable, kept = await self._answer_and_keep(scope, receive, send, key, version)
+        if cacheable:
             rt.metrics.count_reply(kept=False)
+        if kept:
+            await self.pages.missed(scope, rt, version, time.monotonic() - started)
+
+    async def _send(self, scope: Any, send: Any, route: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A kept reply, or a page of a kept list: 200, as its route would answer it."""
+        scope["route"] = route
+        scope["app"].state.runtime.metrics.count_reply(kept=True)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _key(self, scope: Any) -> tuple[Any, ...] | None:
         """The request's key, or ``None`` for a request that is never kept."""
@@ -101,8 +124,9 @@ class ReplyCache:
         return (scope["path"], scope["query_string"], *wanted)
 
     async def _answer_and_keep(self, scope: Any, receive: Any, send: Any, key: tuple[Any, ...],
-                               version: Hashable) -> bool:
-        """Let the handler answer; keep its reply if it may be. Whether the route is cacheable."""
+                               version: Hashable) -> tuple[bool, bool]:
+        """Let the handler answer; keep its reply if it may be. Whether the route is
+        cacheable, and whether the reply was kept."""
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
         complete = False
@@ -119,13 +143,16 @@ class ReplyCache:
         await self.app(scope, receive, watch)
         route = scope.get("route")
         if not getattr(getattr(route, "endpoint", None), "reply_cacheable", False):
-            return False
+            return False, False
         state = scope.get("state", {})
         session = state.get("session")
         proven = (state.get("session_header") or "").encode("latin-1") == key[2]  # the key's Authorization
-        if complete and start.get("status") == 200 and session is not None and proven and version == self._version:
-            self._keep(key, _Reply(list(start.get("headers", ())), b"".join(chunks), route, session.expired_date))
-        return True
+        if not (complete and start.get("status") == 200 and session is not None and proven
+                and version == self._version):
+            return True, False
+        self._keep(key, _Reply(list(start.get("headers", ())), b"".join(chunks), route, session.expired_date))
+        self._sessions[key[2]] = session.expired_date
+        return True, True
 
     def _keep(self, key: tuple[Any, ...], reply: _Reply) -> None:
         size = len(reply.body)
@@ -144,3 +171,5 @@ class ReplyCache:
         self._version = version
         self._replies = {}
         self._bytes = 0
+        self._sessions = {}
+        self.pages.forget_all(version)

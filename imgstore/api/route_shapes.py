@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from imgstore.api.deps import ApiCall, api_call, query_spec, runtime
 from imgstore.api.envelope import JsonReply, rows_reply
+from imgstore.api.kept_pages import pageable
 from imgstore.api.openapi import EmptyReply, job_api, query_api
 from imgstore.api.reply_cache import cacheable
 from imgstore.api.schemas import DeleteMode
@@ -67,6 +68,7 @@ class QueryRoutes:
         async def by_uuid(uuid: str, request: Request, rt: Runtime = Depends(runtime)) -> JsonReply:
             return await self.answer(request, rt, uuid)
 
+        pageable(query, self)
         router.get(self.path, summary=self.api, name=name, **document)(cacheable(query))
         router.get(f"{self.path}/{{uuid}}", summary=f"{self.api} by uuid", name=by_uuid_name,
                    **document)(cacheable(by_uuid))

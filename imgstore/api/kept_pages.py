@@ -1,0 +1,187 @@
+"""Lists kept until the database changes, so that any page of them is a slice.
+
+A query without conditions (``GET /backup-storage?start=5000&limit=20``, what consoles
+and SDK listings send) asks for a window of one list: every row of the resource in the
+query's order (its sort, then its key). While the database's version stays
+(db/changes.py), that list cannot change. So once such pages have cost this node, in
+their handlers, about what reading the whole list costs, the list is read once, each row
+written once as its inventory's JSON, and every later page of it under this version is
+a slice of it joined into the reply: no routing, no dependency, no database. That rule
+(build when the misses' time reaches what the last build took) keeps a node whose
+database changes often from building lists it never uses: it spends at most about twice
+what the better choice, in hindsight, would have.
+
+:class:`~imgstore.api.reply_cache.ReplyCache` holds it and applies its own rules: a page
+is served only to an Authorization header a handler proved under this version (its
+expiry checked), and a commit anywhere drops every list. A query whose rows are amended
+for the request (images: URLs made from its Host) is not kept, nor a list longer than
+:data:`MAX_ROWS`.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.datastructures import QueryParams
+
+from imgstore.api.envelope import row_dict
+from imgstore.wire.query import QueryError, QuerySpec, parse_query
+
+if TYPE_CHECKING:
+    from imgstore.api.route_shapes import QueryRoutes
+    from imgstore.services.node.runtime import Runtime
+
+#: the longest list kept: a longer one is paged by its handler
+MAX_ROWS = 20_000
+#: all lists together (their rows' JSON)
+MAX_BYTES = 48 << 20
+#: what a first build is assumed to cost, before one was measured
+FIRST_BUILD_SECONDS = 0.02
+
+
+def pageable(endpoint: Callable[..., Any], source: QueryRoutes) -> None:
+    """Mark ``endpoint`` as the list route of ``source``, whose pages may be kept."""
+    endpoint.kept_pages = source  # type: ignore[attr-defined]  # a mark the route keeps, as reply_cache's
+
+
+@dataclass(frozen=True)
+class _Row:
+    body: bytes  # the inventory's JSON
+    schema: tuple[bytes, ...]  # its ``schema`` entries, each ``<path below the row>":"<class>``
+
+
+@dataclass
+class _List:
+    rows: list[_Row]
+    size: int
+
+
+@dataclass(frozen=True)
+class _Source:
+    route: Any
+    queries: QueryRoutes
+
+
+class KeptPages:
+    """The lists of one node, for one database version at a time."""
+
+    def __init__(self, max_rows: int = MAX_ROWS, max_bytes: int = MAX_BYTES) -> None:
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._sources: dict[str, _Source] = {}  # by path: learnt from the routes that served them
+        self._version: Hashable | None = None
+        self._lists: dict[tuple[str, Any], _List | None] = {}  # None: too long under this version
+        self._spent: dict[tuple[str, Any], float] = {}
+        self._building: set[tuple[str, Any]] = set()
+        self._build_seconds: dict[str, float] = {}  # the last build's, per path: kept across versions
+        self._bytes = 0
+
+    def forget_all(self, version: Hashable) -> None:
+        """The database moved to ``version``: every list is stale."""
+        self._version = version
+        self._lists = {}
+        self._spent = {}
+        self._bytes = 0
+
+    def page(self, scope: Any) -> tuple[bytes, Any] | None:
+        """The reply body of the page ``scope`` asks for and its route, when a kept list
+        holds it; ``None`` sends the request to its handler."""
+        found = self._plain(scope)
+        if found is None:
+            return None
+        source, spec = found
+        kept = self._lists.get((scope["path"], spec.sort))
+        if kept is None:
+            return None
+        return _reply(kept.rows, spec), source.route
+
+    async def missed(self, scope: Any, rt: Runtime, version: Hashable, seconds: float) -> None:
+        """A handler answered ``scope`` with a page of a list not kept, in ``seconds``,
+        while the database was at ``version``: build the list when the misses have cost
+        what building it does."""
+        found = self._plain(scope)
+        if found is None or version != self._version:
+            return
+        source, spec = found
+        slot = (scope["path"], spec.sort)
+        if slot in self._lists or slot in self._building:
+            return
+        self._spent[slot] = spent = self._spent.get(slot, 0.0) + seconds
+        if spent < self._build_seconds.get(slot[0], FIRST_BUILD_SECONDS):
+            return
+        self._building.add(slot)
+        try:
+            started = time.monotonic()
+            kept = await self._build(rt, source.queries, spec)
+            self._build_seconds[slot[0]] = time.monotonic() - started
+            if version != self._version or await rt.changes.version() != version:
+                return  # read across a commit: it may be stale already
+            if kept is not None and self._bytes + kept.size > self.max_bytes:
+                kept = None
+            self._lists[slot] = kept
+            self._bytes += kept.size if kept else 0
+        finally:
+            self._building.discard(slot)
+
+    async def _build(self, rt: Runtime, queries: QueryRoutes, spec: QuerySpec) -> _List | None:
+        """Every row of the list as its inventory's JSON, or ``None`` when it is too long."""
+        every = dataclasses.replace(spec, start=0, limit=self.max_rows + 1, reply_with_count=False)
+        records, _ = await queries.rows(rt, every)
+        if len(records) > self.max_rows:
+            return None
+        return await asyncio.to_thread(_written, records, queries.inventory_class)
+
+    def _plain(self, scope: Any) -> tuple[_Source, QuerySpec] | None:
+        """The kept list's route and the query, for a query that only pages and sorts."""
+        source = self._sources.get(scope["path"])
+        if source is None:
+            source = self._learn(scope)
+            if source is None:
+                return None
+        try:
+            spec = parse_query(QueryParams(scope["query_string"]).multi_items())
+        except QueryError:
+            return None
+        if spec.conditions or spec.fields or spec.count or spec.limit is None:
+            return None
+        if spec.sort is not None and "\x00" in spec.sort[0]:
+            return None  # deps.refuse_nul's
+        return source, spec
+
+    def _learn(self, scope: Any) -> _Source | None:
+        """The list route a handler just served ``scope`` with, from then on known by its
+        path (a list's path has no parameter)."""
+        route = scope.get("route")
+        queries = getattr(getattr(route, "endpoint", None), "kept_pages", None)
+        if queries is None or queries.amend is not None:
+            return None
+        source = self._sources[scope["path"]] = _Source(route, queries)
+        return source
+
+
+def _written(records: Sequence[Any], inventory_class: Callable[[Any], Any]) -> _List:
+    rows = []
+    size = 0
+    for record in records:
+        schema: list[tuple[str, str]] = []
+        body = orjson.dumps(row_dict(inventory_class(record), record, "", schema))
+        entries = tuple(orjson.dumps(path)[1:-1] + b'":' + orjson.dumps(cls) for path, cls in schema)
+        rows.append(_Row(body, entries))
+        size += len(body) + sum(map(len, entries))
+    return _List(rows, size)
+
+
+def _reply(rows: list[_Row], spec: QuerySpec) -> bytes:
+    """What ``envelope.rows_reply`` writes for the page ``spec`` asks of ``rows``."""
+    page = rows[spec.start:spec.start + spec.limit]
+    parts = [b'{"inventories":[', b",".join(row.body for row in page), b"]"]
+    if spec.reply_with_count:
+        parts.append(b',"total":%d' % len(rows))
+    entries = [b'"inventories[%d]%s' % (i, entry) for i, row in enumerate(page) for entry in row.schema]
+    parts += [b',"schema":{', b",".join(entries), b"}}"]
+    return b"".join(parts)

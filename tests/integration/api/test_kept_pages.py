@@ -1,0 +1,145 @@
+"""Pages of a kept list (api/kept_pages.py): the same bytes as the handler's, never stale,
+only to a proven session.
+
+The handler's answer to compare with is the same query with a condition every row
+meets (``uuid!=<none>``): a query with a condition is never answered from a list.
+"""
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, insert
+
+from imgstore.db.models import BackupStorage, CephMon
+from tests.conftest import TEST_DB, Api, Server, create_pg_database, pg_unavailable
+from tests.integration.test_metrics import scrape, value
+
+STORAGES = 30
+SESSION_SECONDS = 6
+#: the suite's database, and PostgreSQL. On PostgreSQL the version lists are kept under
+#: moves with any write to any database of the server: run alone, as test_reply_cache is
+DATABASES = [pytest.param("suite", marks=[pytest.mark.serial] if TEST_DB == "postgresql" else []),
+             pytest.param("postgresql", marks=pytest.mark.serial)]
+MATCH_ALL = "uuid!=00000000000000000000000000000000"
+#: paged shapes: sorted by default, by a column some rows share, by a nullable one, descending
+SHAPES = ({}, {"sort": "-availableCapacity"}, {"sort": "+description"}, {"sort": "+name", "replyWithCount": "true"})
+
+
+@pytest.fixture(params=DATABASES)
+def listed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server (its tracker off: no pings, no commits of theirs) holding STORAGES storages
+    with one to three mons each, written straight into its database."""
+    yield from _listed(request, tmp_path, {})
+
+
+@pytest.fixture(params=DATABASES)
+def listed_briefly(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """The same, its sessions lasting SESSION_SECONDS."""
+    yield from _listed(request, tmp_path, {"IMGSTORE_SESSION_TIMEOUT": str(SESSION_SECONDS)})
+
+
+def _listed(request: pytest.FixtureRequest, tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
+    env = {"IMGSTORE_PING_INTERVAL": "0", **env}
+    if request.param == "postgresql":
+        reason = "the suite's database" if TEST_DB == "postgresql" else pg_unavailable()
+        if reason:
+            pytest.skip(reason)
+        env["IMGSTORE_DB_URL"] = create_pg_database()
+    srv = Server(data_dir=tmp_path, env=env).start()
+    _fill(srv)
+    yield srv
+    srv.stop()
+    srv.drop_database()
+
+
+def _engine_url(srv: Server) -> str:
+    url = srv.env.get("IMGSTORE_DB_URL")
+    return url.replace("postgresql://", "postgresql+psycopg://") if url else f"sqlite:///{srv.data_dir / 'imgstore.db'}"
+
+
+def _fill(srv: Server) -> None:
+    start = datetime(2026, 1, 2, 3, 4, 5)
+    engine = create_engine(_engine_url(srv))
+    with engine.begin() as conn:
+        for n in range(STORAGES):
+            u = uuidlib.uuid4().hex
+            date = start + timedelta(minutes=n // 3)  # three rows to a date: the key breaks the tie
+            conn.execute(insert(BackupStorage.__table__).values(
+                uuid=u, name=f"bs-{n:03d}", description=None if n % 4 else f"d{n % 7}", url="not used",
+                type="Ceph", state="Enabled", status="Disconnected", total_capacity=10 << 40,
+                available_capacity=(n % 5) << 30, status_reason=None, fsid=f"fsid-{u}", pool_name=f"pool-{n}",
+                pool_created=False, ceph_client=None, ceph_key=None, adding_node=None, create_date=date,
+                last_op_date=date))
+            conn.execute(insert(CephMon.__table__), [dict(
+                uuid=uuidlib.uuid4().hex, backup_storage_uuid=u, hostname=f"mon-{n}-{m}.invalid",
+                mon_addr="127.0.0.1", mon_port=6789, ssh_port=22, ssh_username="root", ssh_password="unused",
+                status="Connected", create_date=date, last_op_date=date) for m in range(1 + n % 3)])
+    engine.dispose()
+
+
+def _list_hits(srv: Server) -> float:
+    return value(scrape(srv), "imgstore_reply_cache_requests_total", result="hit") or 0.0
+
+
+def _pages_agree(srv: Server, api: Api, shape: dict[str, str], starts: range, limit: int = 7) -> float:
+    """Every page of ``starts`` (none asked before) is the handler's bytes; how many of
+    them a kept list answered."""
+    hits = 0.0
+    for start in starts:
+        params = {**shape, "start": str(start), "limit": str(limit)}
+        expected = api.get("/backup-storage", params={**params, "q": MATCH_ALL})
+        before = _list_hits(srv)
+        got = api.get("/backup-storage", params=params)
+        hits += _list_hits(srv) - before
+        assert got.status_code == expected.status_code == 200, got.text
+        assert got.content == expected.content, (params, got.text[:300], expected.text[:300])
+        assert got.headers["content-type"] == expected.headers["content-type"]
+        assert got.headers["content-length"] == str(len(got.content))
+    return hits
+
+
+def test_any_page_of_a_kept_list_is_what_the_handler_writes(listed: Server) -> None:
+    api = listed.login()
+    for shape in SHAPES:
+        # the lists are built once asking cost 20 ms in handlers: a few pages on
+        assert _pages_agree(listed, api, shape, range(0, STORAGES + 2)) > 0, shape
+    inventories = api.get("/backup-storage", params={"limit": "3"}).json()["inventories"]
+    assert sorted(len(inv["mons"]) for inv in inventories) == [1, 2, 3]  # nested, each in the schema map
+
+
+def test_a_kept_list_shows_a_change_made_behind_its_back_at_once(listed: Server) -> None:
+    api = listed.login()
+    shape = {"sort": "-name"}
+    assert _pages_agree(listed, api, shape, range(STORAGES)) > 0
+    engine = create_engine(_engine_url(listed))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE backup_storage SET name = 'zz-first' WHERE name = 'bs-010'")
+    engine.dispose()
+    first = api.get("/backup-storage", params={**shape, "limit": "1"}).json()["inventories"]
+    assert [bs["name"] for bs in first] == ["zz-first"]
+    assert _pages_agree(listed, api, shape, range(STORAGES)) > 0
+
+
+def test_a_kept_list_answers_no_session_it_did_not_see_proven(listed_briefly: Server) -> None:
+    api = listed_briefly.login()
+    logged_in = time.monotonic()
+    for start in range(STORAGES):  # until a page comes from the list
+        before = _list_hits(listed_briefly)
+        assert api.get("/backup-storage", params={"start": str(start), "limit": "2"}).status_code == 200
+        if _list_hits(listed_briefly) > before:
+            break
+    else:
+        raise AssertionError("no page came from a kept list")
+    stranger = httpx.get(f"{listed_briefly.url}/zstack/v1/backup-storage?start=1&limit=2",
+                         headers={"Authorization": f"OAuth {uuidlib.uuid4().hex}"})
+    assert stranger.status_code == 401 and stranger.json()["error"]["code"] == "ID.1001", stranger.text
+    assert time.monotonic() - logged_in < SESSION_SECONDS - 1, "too slow to see the session outlive the list"
+    time.sleep(SESSION_SECONDS + 0.5 - (time.monotonic() - logged_in))  # the list is still kept, the session not
+    expired = api.get("/backup-storage", params={"start": "2", "limit": "2"})
+    assert expired.status_code == 401 and expired.json()["error"]["code"] == "ID.1001", expired.text
