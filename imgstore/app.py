@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # metrics, which must see the scope dict the router writes its route into (JsonBodyByDefault copies it),
     # then kept replies, which the three outer ones see like any other
     if settings.reply_cache_entries > 0:
-        app.add_middleware(ReplyCache, max_entries=settings.reply_cache_entries, prefixes=PREFIXES)
+        app.add_middleware(ReplyCache, max_entries=settings.reply_cache_entries, prefixes=PREFIXES,
+                           kept_list_rows=settings.kept_list_rows)
     app.add_middleware(metrics.MetricsMiddleware, metrics=app_metrics, prefixes=PREFIXES)
     app.add_middleware(JsonBodyByDefault)
     # bodies are bounded before anything (the session check included) reads them

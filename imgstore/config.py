@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     reply_cache_entries: int = Field(
         default=2048, description="query replies kept until the database changes (api/reply_cache.py); 0: none"
     )
+    kept_list_rows: int = Field(
+        default=20_000, ge=0,
+        description="the longest list a query without conditions keeps until the database changes, to answer "
+                    "any page of it without its handler (api/kept_pages.py); 0: none",
+    )
 
     # logins (issue Trust, point 4: services/node/login_guard.py); tiers in the `limits` notation
     login_hash_workers: int = Field(

@@ -13,14 +13,15 @@ what the better choice, in hindsight, would have.
 
 :class:`~imgstore.api.reply_cache.ReplyCache` holds it and applies its own rules: a page
 is served only to an Authorization header a handler proved under this version (its
-expiry checked), and a commit anywhere drops every list. A query whose rows are amended
-for the request (images: URLs made from its Host) is not kept, nor a list longer than
-:data:`MAX_ROWS`.
+expiry checked), and a commit anywhere drops every list. A list longer than
+``IMGSTORE_KEPT_LIST_ROWS`` (:data:`MAX_ROWS`) is not kept, nor lists past
+:data:`MAX_BYTES` together: their pages are their handlers'.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -33,10 +34,12 @@ from imgstore.api.envelope import row_dict
 from imgstore.wire.query import QueryError, QuerySpec, parse_query
 
 if TYPE_CHECKING:
-    from imgstore.api.route_shapes import QueryRoutes
+    from imgstore.api.route_shapes import Amend, QueryRoutes
     from imgstore.services.node.runtime import Runtime
 
-#: the longest list kept: a longer one is paged by its handler
+log = logging.getLogger(__name__)
+
+#: the longest list kept by default (``IMGSTORE_KEPT_LIST_ROWS``): a longer one is paged by its handler
 MAX_ROWS = 20_000
 #: all lists together (their rows' JSON)
 MAX_BYTES = 48 << 20
@@ -104,7 +107,7 @@ class KeptPages:
         """A handler answered ``scope`` with a page of a list not kept, in ``seconds``,
         while the database was at ``version``: build the list when the misses have cost
         what building it does."""
-        found = self._plain(scope)
+        found = self._plain(scope) if self.max_rows else None
         if found is None or version != self._version:
             return
         source, spec = found
@@ -118,7 +121,9 @@ class KeptPages:
         try:
             started = time.monotonic()
             kept = await self._build(rt, source.queries, spec)
-            self._build_seconds[slot[0]] = time.monotonic() - started
+            self._build_seconds[slot[0]] = took = time.monotonic() - started
+            log.debug("list %s sorted by %s: %s rows, %d bytes, read and written in %.0f ms", slot[0],
+                      spec.sort, len(kept.rows) if kept else "too many", kept.size if kept else 0, took * 1000)
             if version != self._version or await rt.changes.version() != version:
                 return  # read across a commit: it may be stale already
             if kept is not None and self._bytes + kept.size > self.max_bytes:
@@ -134,7 +139,8 @@ class KeptPages:
         records, _ = await queries.rows(rt, every)
         if len(records) > self.max_rows:
             return None
-        return await asyncio.to_thread(_written, records, queries.inventory_class)
+        amend = await queries.amend(rt, records) if queries.amend else None
+        return await asyncio.to_thread(_written, records, queries.inventory_class, amend)
 
     def _plain(self, scope: Any) -> tuple[_Source, QuerySpec] | None:
         """The kept list's route and the query, for a query that only pages and sorts."""
@@ -158,18 +164,21 @@ class KeptPages:
         path (a list's path has no parameter)."""
         route = scope.get("route")
         queries = getattr(getattr(route, "endpoint", None), "kept_pages", None)
-        if queries is None or queries.amend is not None:
+        if queries is None:
             return None
         source = self._sources[scope["path"]] = _Source(route, queries)
         return source
 
 
-def _written(records: Sequence[Any], inventory_class: Callable[[Any], Any]) -> _List:
+def _written(records: Sequence[Any], inventory_class: Callable[[Any], Any], amend: Amend | None = None) -> _List:
     rows = []
     size = 0
     for record in records:
         schema: list[tuple[str, str]] = []
-        body = orjson.dumps(row_dict(inventory_class(record), record, "", schema))
+        item = row_dict(inventory_class(record), record, "", schema)
+        if amend is not None:
+            amend(record, item)
+        body = orjson.dumps(item)
         entries = tuple(orjson.dumps(path)[1:-1] + b'":' + orjson.dumps(cls) for path, cls in schema)
         rows.append(_Row(body, entries))
         size += len(body) + sum(map(len, entries))

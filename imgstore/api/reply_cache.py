@@ -61,7 +61,7 @@ class _Reply:
 class ReplyCache:
     """Pure ASGI middleware: see the module's doc."""
 
-    def __init__(self, app: Any, max_entries: int, prefixes: tuple[str, ...]) -> None:
+    def __init__(self, app: Any, max_entries: int, prefixes: tuple[str, ...], kept_list_rows: int = 0) -> None:
         self.app = app
         self.max_entries = max_entries
         self.prefixes = prefixes
@@ -70,7 +70,7 @@ class ReplyCache:
         self._bytes = 0
         #: Authorization headers a handler proved under this version: when each one's session expires
         self._sessions: dict[bytes, datetime] = {}
-        self.pages = KeptPages()
+        self.pages = KeptPages(kept_list_rows)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         key = self._key(scope)

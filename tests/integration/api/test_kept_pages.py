@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, insert
 
-from imgstore.db.models import BackupStorage, CephMon
+from imgstore.db.models import BackupStorage, CephMon, Image, ImageBackupStorageRef
 from tests.conftest import TEST_DB, Api, Server, create_pg_database, pg_unavailable
 from tests.integration.test_metrics import scrape, value
 
@@ -80,6 +80,14 @@ def _fill(srv: Server) -> None:
                 uuid=uuidlib.uuid4().hex, backup_storage_uuid=u, hostname=f"mon-{n}-{m}.invalid",
                 mon_addr="127.0.0.1", mon_port=6789, ssh_port=22, ssh_username="root", ssh_password="unused",
                 status="Connected", create_date=date, last_op_date=date) for m in range(1 + n % 3)])
+            conn.execute(insert(Image.__table__).values(
+                uuid=u, name=f"img-{n:03d}", state="Enabled", status="Ready", size=1 << 30, actual_size=n << 20,
+                url="upload://", media_type="RootVolumeTemplate", type="zstack", format="raw", system=False,
+                virtio=True, create_date=date, last_op_date=date))
+            if n % 2:  # every other image on its storage
+                conn.execute(insert(ImageBackupStorageRef.__table__).values(
+                    image_uuid=u, backup_storage_uuid=u, install_path=f"ceph://pool-{n}/{u}", status="Ready",
+                    create_date=date, last_op_date=date))
     engine.dispose()
 
 
@@ -87,15 +95,16 @@ def _list_hits(srv: Server) -> float:
     return value(scrape(srv), "imgstore_reply_cache_requests_total", result="hit") or 0.0
 
 
-def _pages_agree(srv: Server, api: Api, shape: dict[str, str], starts: range, limit: int = 7) -> float:
+def _pages_agree(srv: Server, api: Api, shape: dict[str, str], starts: range, limit: int = 7,
+                 path: str = "/backup-storage") -> float:
     """Every page of ``starts`` (none asked before) is the handler's bytes; how many of
     them a kept list answered."""
     hits = 0.0
     for start in starts:
         params = {**shape, "start": str(start), "limit": str(limit)}
-        expected = api.get("/backup-storage", params={**params, "q": MATCH_ALL})
+        expected = api.get(path, params={**params, "q": MATCH_ALL})
         before = _list_hits(srv)
-        got = api.get("/backup-storage", params=params)
+        got = api.get(path, params=params)
         hits += _list_hits(srv) - before
         assert got.status_code == expected.status_code == 200, got.text
         assert got.content == expected.content, (params, got.text[:300], expected.text[:300])
@@ -109,6 +118,8 @@ def test_any_page_of_a_kept_list_is_what_the_handler_writes(listed: Server) -> N
     for shape in SHAPES:
         # the lists are built once asking cost 20 ms in handlers: a few pages on
         assert _pages_agree(listed, api, shape, range(0, STORAGES + 2)) > 0, shape
+    # images: each ref's URLs are amended into its inventory
+    assert _pages_agree(listed, api, {"sort": "-actualSize"}, range(STORAGES + 2), path="/images") > 0
     inventories = api.get("/backup-storage", params={"limit": "3"}).json()["inventories"]
     assert sorted(len(inv["mons"]) for inv in inventories) == [1, 2, 3]  # nested, each in the schema map
 
