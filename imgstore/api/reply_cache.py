@@ -89,7 +89,7 @@ class ReplyCache:
             await self._send(scope, send, reply.route, list(reply.headers), reply.body)
             return
         expires = self._sessions.get(key[2])
-        page = self.pages.page(scope) if expires is not None and expires > utcnow() else None
+        page = await self.pages.page(scope, version) if expires is not None and expires > utcnow() else None
         if page is not None:
             body, route = page
             await self._send(scope, send, route, [(b"content-length", b"%d" % len(body)),

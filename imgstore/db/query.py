@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic.alias_generators import to_camel
-from sqlalchemy import DateTime, String, cast, func, inspect, literal, select
+from sqlalchemy import DateTime, String, bindparam, cast, func, inspect, literal, select
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ColumnElement, Select
@@ -127,8 +127,7 @@ def build_select(q: Queryable, spec: QuerySpec) -> tuple[Select[Any], Select[Any
     """The page of entities the query asks for, and the count select when it wants a total.
 
     The count ignores ``start``/``limit``; it is ``None`` unless ``count`` or
-    ``replyWithCount`` is set. ``fields`` is only validated: projection is the caller's.
-    """
+    ``replyWithCount`` is set. ``fields`` is only validated: projection is the caller's."""
     for name in spec.fields:
         _field(q, name)
     clauses = [where_clause(q, cond) for cond in spec.conditions]
@@ -146,6 +145,18 @@ def build_select(q: Queryable, spec: QuerySpec) -> tuple[Select[Any], Select[Any
     if not (spec.count or spec.reply_with_count):
         return page, None
     return page, select(func.count()).select_from(matching.subquery())
+
+
+def build_keys(q: Queryable, spec: QuerySpec, limit: int) -> Select[Any]:
+    """The primary key of each row ``spec``'s conditions match, in its order, at most ``limit``."""
+    clauses = [where_clause(q, cond) for cond in spec.conditions]
+    return select(*_primary_key(q)).where(*clauses).order_by(*_order_by(q, spec.sort)).limit(limit)
+
+
+def build_rows_of(q: Queryable, sort: tuple[str, bool] | None, keys: int) -> Select[Any]:
+    """The rows whose primary key is one of ``keys`` parameters (``key0``...), in ``sort``'s order."""
+    chosen = _primary_key(q)[0].in_([bindparam(f"key{i}") for i in range(keys)])
+    return select(q.entity).where(chosen).order_by(*_order_by(q, sort))
 
 
 def where_clause(q: Queryable, cond: Condition) -> Clause:

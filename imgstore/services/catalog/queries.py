@@ -54,6 +54,42 @@ async def run(rt: Runtime, queryable: q.Queryable, spec: QuerySpec) -> tuple[lis
     return await rt.reads.run(_reading(shape, None if spec.count else page, count, rt.reads.dialect))
 
 
+async def keys(rt: Runtime, queryable: q.Queryable, spec: QuerySpec, limit: int) -> list[Any]:
+    """The key of each row the query matches, in its order, at most ``limit`` of them:
+    what a kept list too long to keep whole holds (api/kept_pages.py)."""
+    try:
+        step = rt.reads.compiled(q.build_keys(queryable, spec, limit))
+    except q.QueryFieldError as e:
+        raise ApiError(INVALID_ARGUMENT, str(e)) from None
+    return await rt.reads.run(_first_column(step))
+
+
+async def rows_of(rt: Runtime, queryable: q.Queryable, keys: list[Any], sort: tuple[str, bool] | None) -> list[Any]:
+    """The records of ``keys``, in the query's order: a page of a kept list of keys. The
+    select is compiled once per resource, sort and size of key list (a power of two, the
+    last key repeated), as a plain page's is."""
+    if not keys:
+        return []
+    size = 1 << (len(keys) - 1).bit_length()
+    slot = ("keys", id(queryable), rt.reads.dialect, sort, size)
+    cached = _plain.get(slot)
+    if cached is None or cached[0] is not queryable:
+        rows = q.build_rows_of(queryable, sort, size).with_only_columns(*_shape(queryable.entity).columns)
+        cached = _plain[slot] = (queryable, compile_select(rows, rt.reads.dialect), None)
+        while len(_plain) > MAX_PLAIN_STATEMENTS:
+            _plain.popitem(last=False)
+    else:
+        _plain.move_to_end(slot)
+    values = {f"key{i}": keys[min(i, len(keys) - 1)] for i in range(size)}
+    records, _ = await rt.reads.run(_reading(_shape(queryable.entity), (cached[1], values), None, rt.reads.dialect))
+    return records
+
+
+def _first_column(step: _Step) -> Reading[list[Any]]:
+    rows = yield step
+    return [row[0] for row in rows]
+
+
 def _statements(queryable: q.Queryable, spec: QuerySpec, reads: Reads) -> tuple[_Step, _Step | None]:
     """The page select (the entity's columns only) and the count select, with their values."""
     columns = _shape(queryable.entity).columns
