@@ -188,14 +188,15 @@ class KeptPages:
             source = self._learn(scope)
             if source is None:
                 return None
+        items = QueryParams(scope["query_string"]).multi_items()
+        if any("\x00" in k + v for k, v in items):
+            return None  # deps.refuse_nul's to refuse
         try:
-            spec = parse_query(QueryParams(scope["query_string"]).multi_items())
+            spec = parse_query(items)
         except QueryError:
             return None
         if spec.conditions or spec.fields or spec.count or spec.limit is None:
             return None
-        if spec.sort is not None and "\x00" in spec.sort[0]:
-            return None  # deps.refuse_nul's
         return source, spec
 
     def _learn(self, scope: Any) -> _Source | None:

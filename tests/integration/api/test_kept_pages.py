@@ -170,6 +170,8 @@ def test_a_kept_list_answers_no_session_it_did_not_see_proven(listed_briefly: Se
             break
     else:
         raise AssertionError("no page came from a kept list")
+    nul = api.get("/backup-storage", params={"start": "1", "limit": "2", "other": "a\x00"})
+    assert nul.status_code == 400 and "U+0000" in nul.text, nul.text  # refused as its handler refuses it
     stranger = httpx.get(f"{listed_briefly.url}/zstack/v1/backup-storage?start=1&limit=2",
                          headers={"Authorization": f"OAuth {uuidlib.uuid4().hex}"})
     assert stranger.status_code == 401 and stranger.json()["error"]["code"] == "ID.1001", stranger.text
