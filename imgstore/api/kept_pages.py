@@ -206,7 +206,7 @@ class KeptPages:
             spec = parse_query(items)
         except QueryError:
             return None
-        if spec.conditions or spec.fields or spec.count or spec.limit is None:
+        if spec.conditions or spec.fields or spec.count:
             return None
         return source, spec
 
