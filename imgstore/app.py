@@ -1,8 +1,11 @@
 """The ASGI application: routers under ``/zstack/v1`` (and ``/v1``), ZStack error bodies."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if threading.current_thread() is threading.main_thread():  # signals reach it only
+            # kill -USR1: where a server that does not answer or does not stop is waiting
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, logs.dump_waits)
         app.state.runtime = await node.start(settings)
         app.state.runtime.metrics = app_metrics
         try:

@@ -12,10 +12,14 @@ reaches it, including those propagated from any logger, so nothing is printed un
 """
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import logging.config
 import re
+import sys
+import threading
 import time
 import traceback
 import uuid
@@ -265,3 +269,22 @@ def _log_access(scope: Any, status: int, seconds: float) -> None:
             "client": client[0] if client else None,
         },
     )
+
+
+# ------------------------------------------------------------------ what a stuck server waits on
+
+
+def dump_waits() -> None:
+    """Log where every task of the event loop and every thread is waiting: what
+    ``kill -USR1 <pid>`` asks of a server that does not answer or does not stop (a task
+    waits inside the loop, where a thread dump shows only the loop's poll)."""
+    log = logging.getLogger("imgstore.waits")
+    for task in asyncio.all_tasks():
+        frames = io.StringIO()
+        task.print_stack(file=frames)
+        log.warning("task %s waits:\n%s", task.get_name(), frames.getvalue())
+    threads = sys._current_frames()  # the one way to read other threads' stacks
+    for thread in threading.enumerate():
+        frame = threads.get(thread.ident or -1)
+        if frame is not None:
+            log.warning("thread %s waits:\n%s", thread.name, "".join(traceback.format_stack(frame)))

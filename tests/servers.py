@@ -143,9 +143,19 @@ class Server:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Signal the server and wait for it; one still there after ``timeout`` is asked
+        where it waits (``kill -USR1``: logs.dump_waits), killed, and reported with that."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=timeout)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1)
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"the server did not stop in {timeout} s; where it waited:\n"
+                                     + self.log()[-12000:]) from None
 
     def log(self) -> str:
         return (self.data_dir / "server.log").read_text(errors="replace")

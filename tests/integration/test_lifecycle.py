@@ -5,6 +5,9 @@ Test servers otherwise start on a copy of a database already at head (tests/conf
 so this is where the migrations a real start runs are seen to run."""
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -48,3 +51,17 @@ def test_a_server_migrates_the_database_it_is_given(fresh_server: Server, behind
     assert api.get("/zones").status_code == 200
     api.close()
     assert _revision(url) == head
+
+
+def test_a_server_asked_with_sigusr1_logs_where_it_waits(server: Server) -> None:
+    """``kill -USR1``: every task and thread's stack into the log, the server going on
+    (what tests/servers.py asks of a server that does not stop)."""
+    before = len(server.log())
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "thread MainThread waits" not in server.log()[before:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dumped = server.log()[before:]
+    assert "task " in dumped and "thread MainThread waits" in dumped, dumped[-2000:]
+    assert server.login().get("/zones").status_code == 200
