@@ -54,9 +54,10 @@ class Settings(BaseSettings):
         default=2048, description="query replies kept until the database changes (api/reply_cache.py); 0: none"
     )
     kept_list_rows: int = Field(
-        default=20_000, ge=0,
+        default=200_000, ge=0,
         description="the longest list a query without conditions keeps until the database changes, to answer "
-                    "any page of it without its handler (api/kept_pages.py); 0: none",
+                    "any page of it without its handler (api/kept_pages.py; a longer one keeps only its keys); "
+                    "0: none",
     )
 
     # logins (issue Trust, point 4: services/node/login_guard.py); tiers in the `limits` notation

@@ -11,29 +11,34 @@ a slice of it joined into the reply: no routing, no dependency, no database. Tha
 database changes often from building lists it never uses: it spends at most about twice
 what the better choice, in hindsight, would have. Pages asked while their list is being
 built wait for it (up to :data:`MAX_WAIT_SECONDS`) rather than run their handlers beside
-it: on 2 cores the handlers slowed the build down enough that a 6 s bench of PostgreSQL
-spent a third of its time building (21-48 % of the floor; waiting: 56-83 %).
+it: on 2 cores those handlers slow the build down more than they save.
 
 :class:`~imgstore.api.reply_cache.ReplyCache` holds it and applies its own rules: a page
 is served only to an Authorization header a handler proved under this version (its
 expiry checked), and a commit anywhere drops every list.
 
-A list longer than ``IMGSTORE_KEPT_LIST_ROWS`` (:data:`MAX_ROWS`: 100 000 images' JSON
-would be some 100 MB) keeps only its rows' keys, in order: a page is then the rows of
-its slice of keys, read by key (``catalog.queries.rows_of``) and written as its handler writes them, so
-no page walks an OFFSET (SQLite's walk of 50 000 index entries is ~3 ms, PostgreSQL's
-more). Its rows are read after the version was checked, so the version is read again
-after them: a commit in between sends the request to its handler. Lists past
-:data:`MAX_BYTES` together are not kept.
+A kept list holds its rows' JSON deflated, :data:`BLOCK_ROWS` rows to a block, every
+block against one dictionary made of the list's first rows: inventories repeat their
+keys and most of their values, so a list of images takes a tenth or less of its JSON,
+and a page inflates two or three small blocks. The list is read and written
+:data:`BUILD_ROWS` rows at a time, by their keys (read first), so a build holds no more
+records than that. (The figures are in the README's benchmark table: ``bench_app.py``.)
+
+A list longer than ``IMGSTORE_KEPT_LIST_ROWS`` (:data:`MAX_ROWS`), or whose JSON would
+not fit in what the other lists leave of :data:`MAX_BYTES`, keeps only its rows' keys,
+in order: a page is then the rows of its slice of keys, read by key
+(``catalog.queries.rows_of``) and written as its handler writes them, so no page walks
+an OFFSET. Its rows are read after the version was checked, so the version is read again
+after them: a commit in between sends the request to its handler.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +55,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the longest list kept by default (``IMGSTORE_KEPT_LIST_ROWS``): a longer one is paged by its handler
-MAX_ROWS = 20_000
-#: all lists together (their rows' JSON)
+#: the longest list kept by default (``IMGSTORE_KEPT_LIST_ROWS``): a longer one keeps its keys
+MAX_ROWS = 200_000
+#: all lists together (their rows' JSON, deflated)
 MAX_BYTES = 48 << 20
+#: rows to a deflated block: a page of 20 inflates 2 or 3 blocks
+BLOCK_ROWS = 16
+#: rows read and written at a time while a list is built
+BUILD_ROWS = 1024
+#: the first rows' JSON a list is deflated against (deflate uses at most 32 KiB)
+DICTIONARY_BYTES = 16 << 10
 #: the longest list whose keys are kept
 MAX_KEYS = 500_000
 #: how long a page waits for its list's build before its handler answers it instead
@@ -69,16 +80,71 @@ def pageable(endpoint: Callable[..., Any], source: QueryRoutes) -> None:
     endpoint.kept_pages = source  # type: ignore[attr-defined]  # a mark the route keeps, as reply_cache's
 
 
-@dataclass(frozen=True)
-class _Row:
-    body: bytes  # the inventory's JSON
-    schema: tuple[bytes, ...]  # its ``schema`` entries, each ``<path below the row>":"<class>``
-
-
-@dataclass
 class _List:
-    rows: list[_Row]
-    size: int
+    """Every row's JSON and ``schema`` entries (each ``<path below the row>":"<class>``),
+    the JSON deflated :data:`BLOCK_ROWS` rows to a block against ``dictionary``."""
+
+    def __init__(self, blocks: list[bytes], schemas: list[tuple[bytes, ...]], dictionary: bytes) -> None:
+        self.blocks = blocks
+        self.schemas = schemas
+        self.dictionary = dictionary
+        self.size = sum(map(len, blocks)) + len(dictionary) + 8 * len(schemas)
+
+    def __len__(self) -> int:
+        return len(self.schemas)
+
+    def bodies(self, start: int, stop: int) -> list[bytes]:
+        """The JSON of rows ``start`` to ``stop`` (``stop`` at most the list's length)."""
+        if start >= stop:
+            return []
+        first, last = start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS
+        rows: list[bytes] = []
+        for block in self.blocks[first:last + 1]:
+            rows += zlib.decompressobj(-zlib.MAX_WBITS, self.dictionary).decompress(block).split(b"\n")
+        skip = start - first * BLOCK_ROWS
+        return rows[skip:skip + stop - start]
+
+
+class _Packer:
+    """Writes a list's rows into a :class:`_List`, a batch at a time, and stops once it
+    would pass ``budget`` bytes. orjson writes no raw newline, so one separates rows."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.blocks: list[bytes] = []
+        self.schemas: list[tuple[bytes, ...]] = []
+        self.dictionary = b""
+        self.size = 0
+        self._pending: list[bytes] = []
+        self._shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}  # rows of one shape share their entries
+
+    def add(self, records: Sequence[Any], inventory_class: Callable[[Any], Any], amend: Amend | None) -> bool:
+        """Write ``records``; ``False`` when the list has passed its budget."""
+        for record in records:
+            schema: list[tuple[str, str]] = []
+            item = row_dict(inventory_class(record), record, "", schema)
+            if amend is not None:
+                amend(record, item)
+            entries = tuple(orjson.dumps(path)[1:-1] + b'":' + orjson.dumps(cls) for path, cls in schema)
+            self.schemas.append(self._shared.setdefault(entries, entries))
+            self._pending.append(orjson.dumps(item))
+        if not self.blocks:  # the first rows: what the others most resemble
+            self.dictionary = b"\n".join(self._pending)[:DICTIONARY_BYTES]
+        while len(self._pending) >= BLOCK_ROWS:
+            self._deflate(BLOCK_ROWS)
+        return self.size <= self.budget
+
+    def done(self) -> _List:
+        if self._pending:
+            self._deflate(len(self._pending))
+        return _List(self.blocks, self.schemas, self.dictionary)
+
+    def _deflate(self, rows: int) -> None:
+        packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=self.dictionary)
+        block = packer.compress(b"\n".join(self._pending[:rows])) + packer.flush()
+        del self._pending[:rows]
+        self.blocks.append(block)
+        self.size += len(block) + 8 * rows
 
 
 @dataclass
@@ -128,7 +194,7 @@ class KeptPages:
                 await asyncio.wait_for(building.wait(), MAX_WAIT_SECONDS)
         kept = self._lists.get(slot)
         if isinstance(kept, _List):
-            return _reply(kept.rows, spec), source.route
+            return _reply(kept, spec), source.route
         if isinstance(kept, _Keys):
             body = await self._page_by_keys(scope["app"].state.runtime, source.queries, kept, spec, version)
             return (body, source.route) if body is not None else None
@@ -166,7 +232,13 @@ class KeptPages:
         self._building[slot] = asyncio.Event()
         try:
             started = time.monotonic()
-            kept = await self._build(rt, source.queries, spec)
+            try:
+                kept = await self._build(rt, source.queries, spec)
+            except _Changed:
+                return  # a commit moved the version meanwhile
+            except Exception:  # the handlers go on answering its pages
+                log.warning("list %s sorted by %s could not be kept", slot[0], spec.sort, exc_info=True)
+                return
             self._build_seconds[slot[0]] = took = time.monotonic() - started
             log.debug("list %s sorted by %s: %s, %d bytes, read and written in %.0f ms", slot[0], spec.sort,
                       type(kept).__name__, kept.size if kept else 0, took * 1000)
@@ -181,16 +253,21 @@ class KeptPages:
 
     async def _build(self, rt: Runtime, queries: QueryRoutes, spec: QuerySpec) -> _List | _Keys | None:
         """Every row of the list as its inventory's JSON; only their keys when there are
-        more than ``max_rows``; ``None`` when there are even more keys than that."""
+        more than ``max_rows`` or their JSON would not fit in what the other lists leave of
+        ``max_bytes``; ``None`` when there are even more keys than :data:`MAX_KEYS`."""
         keys = await catalog.keys(rt, queries.queryable, spec, MAX_KEYS + 1)
         if len(keys) > MAX_KEYS:
             return None
-        if len(keys) > self.max_rows:
-            return _Keys(keys, KEY_BYTES * len(keys))
-        every = dataclasses.replace(spec, start=0, limit=self.max_rows, reply_with_count=False)
-        records, _ = await queries.rows(rt, every)
-        amend = await queries.amend(rt, records) if queries.amend else None
-        return await asyncio.to_thread(_written, records, queries.inventory_class, amend)
+        if len(keys) <= self.max_rows:
+
+            async def read(batch: list[Any]) -> tuple[Sequence[Any], Amend | None]:
+                records = await catalog.rows_of(rt, queries.queryable, batch, spec.sort)
+                return records, await queries.amend(rt, records) if queries.amend else None
+
+            kept = await _packed(keys, read, queries.inventory_class, self.max_bytes - self._bytes)
+            if kept is not None:
+                return kept
+        return _Keys(keys, KEY_BYTES * len(keys))
 
     def _plain(self, scope: Any) -> tuple[_Source, QuerySpec] | None:
         """The kept list's route and the query, for a query that only pages and sorts."""
@@ -221,27 +298,33 @@ class KeptPages:
         return source
 
 
-def _written(records: Sequence[Any], inventory_class: Callable[[Any], Any], amend: Amend | None = None) -> _List:
-    rows = []
-    size = 0
-    for record in records:
-        schema: list[tuple[str, str]] = []
-        item = row_dict(inventory_class(record), record, "", schema)
-        if amend is not None:
-            amend(record, item)
-        body = orjson.dumps(item)
-        entries = tuple(orjson.dumps(path)[1:-1] + b'":' + orjson.dumps(cls) for path, cls in schema)
-        rows.append(_Row(body, entries))
-        size += len(body) + sum(map(len, entries))
-    return _List(rows, size)
+class _Changed(Exception):
+    """The list's rows are no longer what its keys said: a commit came between."""
 
 
-def _reply(rows: list[_Row], spec: QuerySpec) -> bytes:
-    """What ``envelope.rows_reply`` writes for the page ``spec`` asks of ``rows``."""
-    page = rows[spec.start:spec.start + spec.limit]
-    parts = [b'{"inventories":[', b",".join(row.body for row in page), b"]"]
+async def _packed(keys: list[Any], read: Callable[[list[Any]], Awaitable[tuple[Sequence[Any], Amend | None]]],
+                  inventory_class: Callable[[Any], Any], budget: int, batch: int = BUILD_ROWS) -> _List | None:
+    """The rows of ``keys``, read ``batch`` at a time by ``read``, written into a list in
+    a thread (the loop answers other requests between batches); ``None`` when their JSON
+    passes ``budget`` bytes."""
+    packer = _Packer(budget)
+    for i in range(0, len(keys), batch):
+        wanted = keys[i:i + batch]
+        records, amend = await read(wanted)
+        if [record.uuid for record in records] != wanted:
+            raise _Changed
+        if not await asyncio.to_thread(packer.add, records, inventory_class, amend):
+            return None
+    return packer.done()
+
+
+def _reply(kept: _List, spec: QuerySpec) -> bytes:
+    """What ``envelope.rows_reply`` writes for the page ``spec`` asks of ``kept``."""
+    start, stop = spec.start, min(spec.start + spec.limit, len(kept))
+    parts = [b'{"inventories":[', b",".join(kept.bodies(start, stop)), b"]"]
     if spec.reply_with_count:
-        parts.append(b',"total":%d' % len(rows))
-    entries = [b'"inventories[%d]%s' % (i, entry) for i, row in enumerate(page) for entry in row.schema]
+        parts.append(b',"total":%d' % len(kept))
+    entries = [b'"inventories[%d]%s' % (i, entry) for i, schema in enumerate(kept.schemas[start:stop])
+               for entry in schema]
     parts += [b',"schema":{', b",".join(entries), b"}}"]
     return b"".join(parts)
