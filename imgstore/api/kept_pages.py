@@ -22,7 +22,9 @@ block against one dictionary made of the list's first rows: inventories repeat t
 keys and most of their values, so a list of images takes a tenth or less of its JSON,
 and a page inflates two or three small blocks. The list is read and written
 :data:`BUILD_ROWS` rows at a time, by their keys (read first), so a build holds no more
-records than that. (The figures are in the README's benchmark table: ``bench_app.py``.)
+records than that; a list of more batches than one keeps its keys meanwhile (below), so
+its pages neither wait for its build nor walk an OFFSET. (The figures are in the
+README's benchmark table: ``bench_app.py``.)
 
 A list longer than ``IMGSTORE_KEPT_LIST_ROWS`` (:data:`MAX_ROWS`), or whose JSON would
 not fit in what the other lists leave of :data:`MAX_BYTES`, keeps only its rows' keys,
@@ -189,7 +191,7 @@ class KeptPages:
         source, spec = found
         slot = (scope["path"], spec.sort)
         building = self._building.get(slot)
-        if building is not None:  # wait for it rather than slow it down with a handler's work
+        if building is not None and slot not in self._lists:  # rather than slow it down with a handler's work
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(building.wait(), MAX_WAIT_SECONDS)
         kept = self._lists.get(slot)
@@ -230,44 +232,57 @@ class KeptPages:
         if spent < self._build_seconds.get(slot[0], FIRST_BUILD_SECONDS):
             return
         self._building[slot] = asyncio.Event()
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            try:
-                kept = await self._build(rt, source.queries, spec)
-            except _Changed:
-                return  # a commit moved the version meanwhile
-            except Exception:  # the handlers go on answering its pages
-                log.warning("list %s sorted by %s could not be kept", slot[0], spec.sort, exc_info=True)
-                return
-            self._build_seconds[slot[0]] = took = time.monotonic() - started
-            log.debug("list %s sorted by %s: %s, %d bytes, read and written in %.0f ms", slot[0], spec.sort,
-                      type(kept).__name__, kept.size if kept else 0, took * 1000)
-            if version != self._version or await rt.changes.version() != version:
-                return  # read across a commit: it may be stale already
-            if kept is not None and self._bytes + kept.size > self.max_bytes:
-                kept = None
-            self._lists[slot] = kept
-            self._bytes += kept.size if kept else 0
+            await self._build(rt, source.queries, spec, slot, version)
+            self._build_seconds[slot[0]] = time.monotonic() - started
+        except _Changed:
+            pass  # a commit moved the version meanwhile: the list may be stale already
+        except Exception:  # the handlers go on answering its pages, and pay for the next try
+            log.warning("list %s sorted by %s could not be kept", slot[0], spec.sort, exc_info=True)
+            self._spent[slot] = 0.0
         finally:
             self._building.pop(slot).set()
 
-    async def _build(self, rt: Runtime, queries: QueryRoutes, spec: QuerySpec) -> _List | _Keys | None:
-        """Every row of the list as its inventory's JSON; only their keys when there are
-        more than ``max_rows`` or their JSON would not fit in what the other lists leave of
-        ``max_bytes``; ``None`` when there are even more keys than :data:`MAX_KEYS`."""
+    async def _build(self, rt: Runtime, queries: QueryRoutes, spec: QuerySpec, slot: tuple[str, Any],
+                     version: Hashable) -> None:
+        """Keep the list of ``slot``: every row as its inventory's JSON, or only their keys
+        when there are more than ``max_rows`` or their JSON would not fit in what the other
+        lists leave of ``max_bytes``; nothing when there are more than :data:`MAX_KEYS`.
+        A list of more than one batch keeps its keys as soon as they are read, so that
+        while its rows are written its pages are read by key: they neither wait for the
+        build nor walk an OFFSET in their handlers."""
         keys = await catalog.keys(rt, queries.queryable, spec, MAX_KEYS + 1)
         if len(keys) > MAX_KEYS:
-            return None
-        if len(keys) <= self.max_rows:
+            await self._keep(rt, slot, version, None)
+            return
+        budget = self.max_bytes - self._bytes
+        if len(keys) > min(BUILD_ROWS, self.max_rows):
+            await self._keep(rt, slot, version, _Keys(keys, KEY_BYTES * len(keys)))
+        if len(keys) > self.max_rows:
+            return
 
-            async def read(batch: list[Any]) -> tuple[Sequence[Any], Amend | None]:
-                records = await catalog.rows_of(rt, queries.queryable, batch, spec.sort)
-                return records, await queries.amend(rt, records) if queries.amend else None
+        async def read(batch: list[Any]) -> tuple[Sequence[Any], Amend | None]:
+            records = await catalog.rows_of(rt, queries.queryable, batch, spec.sort)
+            return records, await queries.amend(rt, records) if queries.amend else None
 
-            kept = await _packed(keys, read, queries.inventory_class, self.max_bytes - self._bytes)
-            if kept is not None:
-                return kept
-        return _Keys(keys, KEY_BYTES * len(keys))
+        kept = await _packed(keys, read, queries.inventory_class, budget)
+        log.debug("list %s sorted by %s: %d rows, %s bytes of JSON deflated", slot[0], spec.sort, len(keys),
+                  kept.size if kept else "too many")
+        if kept is not None:
+            await self._keep(rt, slot, version, kept)
+
+    async def _keep(self, rt: Runtime, slot: tuple[str, Any], version: Hashable, kept: _List | _Keys | None) -> None:
+        """Hold ``kept`` for ``slot`` in place of what it held (``None``: too long to keep),
+        if the database is still at ``version`` and the lists still fit in ``max_bytes``."""
+        if version != self._version or await rt.changes.version() != version:
+            raise _Changed
+        held = self._lists.get(slot)
+        size = (kept.size if kept else 0) - (held.size if held else 0)
+        if self._bytes + size > self.max_bytes:
+            return
+        self._lists[slot] = kept
+        self._bytes += size
 
     def _plain(self, scope: Any) -> tuple[_Source, QuerySpec] | None:
         """The kept list's route and the query, for a query that only pages and sorts."""

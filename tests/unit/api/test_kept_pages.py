@@ -5,13 +5,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from imgstore.api import kept_pages
 from imgstore.api.envelope import rows_reply
-from imgstore.api.kept_pages import BLOCK_ROWS, _Changed, _List, _packed, _Packer, _reply
+from imgstore.api.kept_pages import (
+    BLOCK_ROWS,
+    BUILD_ROWS,
+    KeptPages,
+    _Changed,
+    _List,
+    _packed,
+    _Packer,
+    _reply,
+    _Source,
+)
 from imgstore.api.schemas import backup_storage_inventory_class
 from imgstore.db.models import BackupStorage, Image
 from imgstore.wire.inventories import ImageInventory
@@ -118,3 +130,61 @@ def test_a_list_past_its_budget_is_not_kept() -> None:
     keys = [r.uuid for r in rows]
     assert asyncio.run(_packed(keys, _reader(rows), backup_storage_inventory_class, 100, batch=BLOCK_ROWS)) is None
     assert asyncio.run(_packed(keys, _reader(rows), backup_storage_inventory_class, 1 << 20)) is not None
+
+
+class _Changes:
+    async def version(self) -> int:
+        return 1
+
+
+class _Routes:
+    """What KeptPages asks of a list route (``route_shapes.QueryRoutes``)."""
+
+    queryable = object()
+    amend = None
+
+    @staticmethod
+    def inventory_class(row: Any) -> Any:
+        return backup_storage_inventory_class(row)
+
+
+def test_a_long_list_answers_its_pages_by_key_while_its_rows_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _storages(3 * BUILD_ROWS)
+    by_key = {row.uuid: row for row in rows}
+    first_batch, second_batch = asyncio.Event(), asyncio.Event()
+    reads: list[int] = []
+
+    async def keys(rt: Any, queryable: Any, spec: QuerySpec, limit: int) -> list[str]:
+        return [row.uuid for row in rows]
+
+    async def rows_of(rt: Any, queryable: Any, keys: list[str], sort: Any) -> list[Any]:
+        reads.append(len(keys))
+        if len(reads) == 2:
+            first_batch.set()
+            await second_batch.wait()  # the build is held up after its first batch
+        return [by_key[k] for k in keys]
+
+    monkeypatch.setattr(kept_pages.catalog, "keys", keys)
+    monkeypatch.setattr(kept_pages.catalog, "rows_of", rows_of)
+    rt: Any = SimpleNamespace(changes=_Changes())
+    scope: dict[str, Any] = {"path": "/zstack/v1/backup-storage", "query_string": b"start=5&limit=20&replyWithCount=true",
+             "app": SimpleNamespace(state=SimpleNamespace(runtime=rt))}
+    expected = orjson.dumps(rows_reply(rows[5:25], backup_storage_inventory_class, len(rows)))
+
+    async def scenario() -> None:
+        pages = KeptPages()
+        routes: Any = _Routes()
+        pages._sources[scope["path"]] = _Source("the route", routes)
+        pages.forget_all(1)
+        build = asyncio.create_task(pages.missed(scope, rt, 1, seconds=10.0))
+        await first_batch.wait()
+        page = await asyncio.wait_for(pages.page(scope, 1), 1.0)  # the build is held up: by key, not waiting
+        assert page == (expected, "the route")
+        assert reads[2:] == [20]  # the page's own read, by its keys
+        second_batch.set()
+        await build
+        reads.clear()
+        assert await pages.page(scope, 1) == (expected, "the route")
+        assert reads == []  # the rows' JSON now: no read
+
+    asyncio.run(scenario())
