@@ -131,7 +131,9 @@ class _Packer:
             self.schemas.append(self._shared.setdefault(entries, entries))
             self._pending.append(orjson.dumps(item))
         if not self.blocks:  # the first rows: what the others most resemble
+            self.size -= len(self.dictionary)
             self.dictionary = b"\n".join(self._pending)[:DICTIONARY_BYTES]
+            self.size += len(self.dictionary)
         while len(self._pending) >= BLOCK_ROWS:
             self._deflate(BLOCK_ROWS)
         return self.size <= self.budget
@@ -269,8 +271,7 @@ class KeptPages:
         kept = await _packed(keys, read, queries.inventory_class, budget)
         log.debug("list %s sorted by %s: %d rows, %s bytes of JSON deflated", slot[0], spec.sort, len(keys),
                   kept.size if kept else "too many")
-        if kept is not None:
-            await self._keep(rt, slot, version, kept)
+        await self._keep(rt, slot, version, kept if kept is not None else _Keys(keys, KEY_BYTES * len(keys)))
 
     async def _keep(self, rt: Runtime, slot: tuple[str, Any], version: Hashable, kept: _List | _Keys | None) -> None:
         """Hold ``kept`` for ``slot`` in place of what it held (``None``: too long to keep),

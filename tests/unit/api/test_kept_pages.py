@@ -148,43 +148,66 @@ class _Routes:
         return backup_storage_inventory_class(row)
 
 
-def test_a_long_list_answers_its_pages_by_key_while_its_rows_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = _storages(3 * BUILD_ROWS)
-    by_key = {row.uuid: row for row in rows}
-    first_batch, second_batch = asyncio.Event(), asyncio.Event()
-    reads: list[int] = []
+class _Database:
+    """``catalog.keys`` and ``catalog.rows_of`` over ``rows``, counting the rows each read
+    asks for; with ``hold``, the build's second read waits for it (``first_batch`` is set)."""
 
-    async def keys(rt: Any, queryable: Any, spec: QuerySpec, limit: int) -> list[str]:
-        return [row.uuid for row in rows]
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, rows: list[Any], hold: asyncio.Event | None = None) -> None:
+        self.rows, self.hold, self.reads = rows, hold, list[int]()
+        self.first_batch = asyncio.Event()
+        monkeypatch.setattr(kept_pages.catalog, "keys", self.keys)
+        monkeypatch.setattr(kept_pages.catalog, "rows_of", self.rows_of)
+        self.rt: Any = SimpleNamespace(changes=_Changes())
+        self.scope: dict[str, Any] = {"path": "/zstack/v1/backup-storage",
+                                      "query_string": b"start=5&limit=20&replyWithCount=true",
+                                      "app": SimpleNamespace(state=SimpleNamespace(runtime=self.rt))}
+        self.page = orjson.dumps(rows_reply(rows[5:25], backup_storage_inventory_class, len(rows)))
 
-    async def rows_of(rt: Any, queryable: Any, keys: list[str], sort: Any) -> list[Any]:
-        reads.append(len(keys))
-        if len(reads) == 2:
-            first_batch.set()
-            await second_batch.wait()  # the build is held up after its first batch
+    async def keys(self, rt: Any, queryable: Any, spec: QuerySpec, limit: int) -> list[str]:
+        return [row.uuid for row in self.rows]
+
+    async def rows_of(self, rt: Any, queryable: Any, keys: list[str], sort: Any) -> list[Any]:
+        self.reads.append(len(keys))
+        if len(self.reads) == 2 and self.hold is not None:
+            self.first_batch.set()
+            await self.hold.wait()
+        by_key = {row.uuid: row for row in self.rows}
         return [by_key[k] for k in keys]
 
-    monkeypatch.setattr(kept_pages.catalog, "keys", keys)
-    monkeypatch.setattr(kept_pages.catalog, "rows_of", rows_of)
-    rt: Any = SimpleNamespace(changes=_Changes())
-    scope: dict[str, Any] = {"path": "/zstack/v1/backup-storage", "query_string": b"start=5&limit=20&replyWithCount=true",
-             "app": SimpleNamespace(state=SimpleNamespace(runtime=rt))}
-    expected = orjson.dumps(rows_reply(rows[5:25], backup_storage_inventory_class, len(rows)))
-
-    async def scenario() -> None:
-        pages = KeptPages()
+    def pages(self, **limits: int) -> KeptPages:
+        pages = KeptPages(**limits)
         routes: Any = _Routes()
-        pages._sources[scope["path"]] = _Source("the route", routes)
+        pages._sources[self.scope["path"]] = _Source("the route", routes)
         pages.forget_all(1)
-        build = asyncio.create_task(pages.missed(scope, rt, 1, seconds=10.0))
-        await first_batch.wait()
-        page = await asyncio.wait_for(pages.page(scope, 1), 1.0)  # the build is held up: by key, not waiting
-        assert page == (expected, "the route")
-        assert reads[2:] == [20]  # the page's own read, by its keys
+        return pages
+
+
+def test_a_long_list_answers_its_pages_by_key_while_its_rows_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        second_batch = asyncio.Event()
+        db = _Database(monkeypatch, _storages(3 * BUILD_ROWS), hold=second_batch)
+        pages = db.pages()
+        build = asyncio.create_task(pages.missed(db.scope, db.rt, 1, seconds=10.0))
+        await db.first_batch.wait()
+        page = await asyncio.wait_for(pages.page(db.scope, 1), 1.0)  # the build is held up: by key, not waiting
+        assert page == (db.page, "the route")
+        assert db.reads[2:] == [20]  # the page's own read, by its keys
         second_batch.set()
         await build
-        reads.clear()
-        assert await pages.page(scope, 1) == (expected, "the route")
-        assert reads == []  # the rows' JSON now: no read
+        db.reads.clear()
+        assert await pages.page(db.scope, 1) == (db.page, "the route")
+        assert db.reads == []  # the rows' JSON now: no read
+
+    asyncio.run(scenario())
+
+
+def test_a_list_past_what_the_lists_may_hold_keeps_its_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        db = _Database(monkeypatch, _storages(100))
+        pages = db.pages(max_bytes=100 * kept_pages.KEY_BYTES + 1000)  # its keys, not its JSON
+        await pages.missed(db.scope, db.rt, 1, seconds=10.0)
+        db.reads.clear()
+        assert await pages.page(db.scope, 1) == (db.page, "the route")
+        assert db.reads == [20]  # by its keys
 
     asyncio.run(scenario())
