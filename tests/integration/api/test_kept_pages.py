@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, delete, insert, select
 
+from imgstore.api.kept_pages import BUILD_ROWS
 from imgstore.db.models import BackupStorage, CephMon, Image, ImageBackupStorageRef
 from tests.conftest import TEST_DB, Api, Server, create_pg_database, pg_unavailable
 from tests.integration.test_metrics import scrape, value
@@ -101,7 +102,7 @@ def _list_hits(srv: Server) -> float:
     return value(scrape(srv), "imgstore_reply_cache_requests_total", result="hit") or 0.0
 
 
-def _pages_agree(srv: Server, api: Api, shape: dict[str, str], starts: range, limit: int = 7,
+def _pages_agree(srv: Server, api: Api, shape: dict[str, str], starts: Iterable[int], limit: int = 7,
                  path: str = "/backup-storage") -> float:
     """Every page of ``starts`` (none asked before) is the handler's bytes; how many of
     them a kept list answered."""
@@ -128,6 +129,27 @@ def test_any_page_of_a_kept_list_is_what_the_handler_writes(listed: Server) -> N
     assert _pages_agree(listed, api, {"sort": "-actualSize"}, range(STORAGES + 2), path="/images") > 0
     inventories = api.get("/backup-storage", params={"limit": "3"}).json()["inventories"]
     assert sorted(len(inv["mons"]) for inv in inventories) == [1, 2, 3]  # nested, each in the schema map
+
+
+def test_a_list_built_in_several_batches_is_what_the_handler_writes(listed: Server) -> None:
+    """A list of more rows than a build reads at once (its keys kept while they are
+    written): pages across the batches' and blocks' edges."""
+    count = 2 * BUILD_ROWS + 100
+    start = datetime(2026, 2, 3, 4, 5, 6)
+    engine = create_engine(_engine_url(listed))
+    with engine.begin() as conn:
+        rows = [(uuidlib.uuid4().hex, n) for n in range(count)]
+        conn.execute(insert(Image.__table__), [dict(
+            uuid=u, name=f"many-{n:05d}", state="Enabled", status="Ready", size=1 << 30, actual_size=n,
+            url="upload://", media_type="RootVolumeTemplate", type="zstack", format="raw", system=False,
+            virtio=True, create_date=start + timedelta(seconds=n // 2), last_op_date=start) for u, n in rows])
+    engine.dispose()
+    total = count + STORAGES
+    edges = [*range(0, 12), *range(BUILD_ROWS - 8, BUILD_ROWS + 3), *range(2 * BUILD_ROWS - 4, 2 * BUILD_ROWS + 3),
+             *range(total - 9, total + 2)]
+    api = listed.login()
+    for shape in ({"replyWithCount": "true"}, {"sort": "-actualSize"}):
+        assert _pages_agree(listed, api, shape, edges, path="/images") > 0, shape
 
 
 def test_a_list_too_long_to_keep_whole_pages_by_its_kept_keys(listed_long: Server) -> None:
