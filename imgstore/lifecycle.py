@@ -7,9 +7,12 @@ node's membership learns here how to finish each kind of work a dead node leaves
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable
 from functools import partial
 
-from imgstore import memory
+from imgstore import logs, memory
 from imgstore.config import Settings
 from imgstore.services.health.tracker import Tracker
 from imgstore.services.images import metadata as image_metadata
@@ -20,6 +23,11 @@ from imgstore.services.node.membership import Leftover, Membership
 from imgstore.services.node.runtime import Runtime
 from imgstore.services.storage import trash
 from imgstore.services.storage import undo as storage_undo
+
+log = logging.getLogger(__name__)
+
+#: how long one step of a stop may take before the node logs where it waits and goes on
+STEP_SECONDS = 10.0
 
 
 async def start(settings: Settings) -> Runtime:
@@ -66,16 +74,31 @@ def leftovers(rt: Runtime) -> tuple[Leftover, ...]:
 
 async def stop(rt: Runtime) -> None:
     """Stop pinging, hand the leases over, let the jobs finish, then leave: the node's
-    row goes last, so no survivor takes over jobs this node is still finishing."""
+    row goes last, so no survivor takes over jobs this node is still finishing. A step
+    that does not end does not keep the node from leaving (see :func:`_step`)."""
     node = rt.node
     if node.tracker:
-        await node.tracker.stop()
+        await _step(node.tracker.stop(), "tracker")
     if node.expunger is not None:
-        await node.expunger.stop()
-    await image_upload.stop_all(rt)
+        await _step(node.expunger.stop(), "expunger")
+    await _step(image_upload.stop_all(rt), "uploads")
     if node.membership:
-        await node.membership.hand_over()
-    await rt.jobs.drain()
+        await _step(node.membership.hand_over(), "hand over")
+    await rt.jobs.drain()  # bounded by its own timeouts
     if node.membership:
-        await node.membership.leave()
+        await _step(node.membership.leave(), "leave")
     await rt.close()
+
+
+async def _step(work: Awaitable[None], what: str) -> None:
+    """One step of a stop, given :data:`STEP_SECONDS`. One still running then (waiting
+    on a cluster that does not answer, or stuck where a cancel does not reach) is logged
+    with where every task and thread waits, and left running: the node goes on to hand
+    its leases over and leave, where waiting on would keep it until it is killed."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=STEP_SECONDS)
+    if task in done:
+        task.result()
+        return
+    log.error("stopping: %s did not end within %s s; the node stops without it", what, STEP_SECONDS)
+    logs.dump_waits()
