@@ -80,11 +80,19 @@ def trim_soon(cluster: RadosSource) -> None:
     CalculateImageHash left its buffers resident for good (the README's bench_images row
     has the figures). The last buffers are dropped by whoever held them (the route, a hash
     lane) after the stream closed, hence the delay; one trim pending per process at most,
-    so a run of short streams (Range requests) costs one."""
+    so a run of short streams (Range requests) costs one. The collector's full pass goes
+    first, so that the trim finds what the stream's cyclic garbage held free."""
     global _trim
     loop = asyncio.get_running_loop()
     if _trim is None or _trim.when() <= loop.time():
-        _trim = loop.call_later(TRIM_DELAY, submit_quietly, cluster, memory.trim_heap)
+        _trim = loop.call_later(TRIM_DELAY, _collect_and_trim, cluster)
+
+
+def _collect_and_trim(cluster: RadosSource) -> None:
+    """The stream's cyclic garbage first (``memory.collect_old_garbage``, in the loop's
+    thread, where its objects' finalizers expect to run), then the heap they held."""
+    memory.collect_old_garbage()
+    submit_quietly(cluster, memory.trim_heap)
 
 
 def _completion(loop: asyncio.AbstractEventLoop,
