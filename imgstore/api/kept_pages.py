@@ -86,11 +86,11 @@ class _List:
     """Every row's JSON and ``schema`` entries (each ``<path below the row>":"<class>``),
     the JSON deflated :data:`BLOCK_ROWS` rows to a block against ``dictionary``."""
 
-    def __init__(self, blocks: list[bytes], schemas: list[tuple[bytes, ...]], dictionary: bytes) -> None:
+    def __init__(self, blocks: list[bytes], schemas: list[tuple[bytes, ...]], dictionary: bytes, size: int) -> None:
         self.blocks = blocks
         self.schemas = schemas
         self.dictionary = dictionary
-        self.size = sum(map(len, blocks)) + len(dictionary) + 8 * len(schemas)
+        self.size = size  # what :class:`_Packer` counted
 
     def __len__(self) -> int:
         return len(self.schemas)
@@ -116,7 +116,7 @@ class _Packer:
         self.blocks: list[bytes] = []
         self.schemas: list[tuple[bytes, ...]] = []
         self.dictionary = b""
-        self.size = 0
+        self._deflated = 0  # the blocks' bytes
         self._pending: list[bytes] = []
         self._shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}  # rows of one shape share their entries
 
@@ -131,24 +131,27 @@ class _Packer:
             self.schemas.append(self._shared.setdefault(entries, entries))
             self._pending.append(orjson.dumps(item))
         if not self.blocks:  # the first rows: what the others most resemble
-            self.size -= len(self.dictionary)
             self.dictionary = b"\n".join(self._pending)[:DICTIONARY_BYTES]
-            self.size += len(self.dictionary)
         while len(self._pending) >= BLOCK_ROWS:
             self._deflate(BLOCK_ROWS)
         return self.size <= self.budget
 
+    @property
+    def size(self) -> int:
+        """What the list holds: its blocks, its dictionary and a slot a row."""
+        return self._deflated + len(self.dictionary) + 8 * len(self.schemas)
+
     def done(self) -> _List:
         if self._pending:
             self._deflate(len(self._pending))
-        return _List(self.blocks, self.schemas, self.dictionary)
+        return _List(self.blocks, self.schemas, self.dictionary, self.size)
 
     def _deflate(self, rows: int) -> None:
         packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=self.dictionary)
         block = packer.compress(b"\n".join(self._pending[:rows])) + packer.flush()
         del self._pending[:rows]
         self.blocks.append(block)
-        self.size += len(block) + 8 * rows
+        self._deflated += len(block)
 
 
 @dataclass
