@@ -157,7 +157,11 @@ class _Packer:
 @dataclass
 class _Keys:
     keys: list[str]
-    size: int
+
+    @property
+    def size(self) -> int:
+        """What the keys cost to keep, counted as the lists' budget counts it."""
+        return KEY_BYTES * len(self.keys)
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,7 @@ class KeptPages:
             return
         budget = self.max_bytes - self._bytes
         if len(keys) > min(BUILD_ROWS, self.max_rows):
-            await self._keep(rt, slot, version, _Keys(keys, KEY_BYTES * len(keys)))
+            await self._keep(rt, slot, version, _Keys(keys))
         if len(keys) > self.max_rows:
             return
 
@@ -274,7 +278,7 @@ class KeptPages:
         kept = await _packed(keys, read, queries.inventory_class, budget)
         log.debug("list %s sorted by %s: %d rows, %s bytes of JSON deflated", slot[0], spec.sort, len(keys),
                   kept.size if kept else "too many")
-        await self._keep(rt, slot, version, kept if kept is not None else _Keys(keys, KEY_BYTES * len(keys)))
+        await self._keep(rt, slot, version, kept if kept is not None else _Keys(keys))
 
     async def _keep(self, rt: Runtime, slot: tuple[str, Any], version: Hashable, kept: _List | _Keys | None) -> None:
         """Hold ``kept`` for ``slot`` in place of what it held (``None``: too long to keep),
