@@ -39,7 +39,8 @@ DEVCLUSTER = ROOT / "scripts" / "devcluster.sh"
 FAKE_CEPH = os.environ.get("IMGSTORE_TEST_FAKE_CEPH", "")
 if FAKE_CEPH:
     _site = str(ROOT / "tests" / "fakeceph" / "site")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_site, os.environ.get("PYTHONPATH")) if p)
+    if _site not in os.environ.get("PYTHONPATH", "").split(os.pathsep):  # xdist's workers inherit it
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_site, os.environ.get("PYTHONPATH")) if p)
 
 
 def _share_the_default_ssl_context() -> None:
@@ -573,18 +574,17 @@ def _at_head() -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """A run that may start servers starts the forkserver at once (tests/forkserver.py);
-    pytest-xdist's controller runs no test."""
-    if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
-        return
+    """A run that may start servers starts its forkserver at once (tests/forkserver.py): a
+    lone pytest process for itself, pytest-xdist's controller for all its workers, before it
+    starts them (xdist starts them in its own, last, ``pytest_sessionstart``)."""
+    if hasattr(session.config, "workerinput"):
+        return  # a worker: it connects to its controller's
     paths = [str(a) for a in session.config.args]
     if not paths or any(not p.startswith(("tests/unit", str(ROOT / "tests" / "unit"))) for p in paths):
         _FORKSERVER.prestart()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _close_forkserver() -> Iterator[None]:
-    yield
+def pytest_unconfigure(config: pytest.Config) -> None:
     _FORKSERVER.close()
 
 

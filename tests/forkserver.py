@@ -3,9 +3,12 @@ imgstore.server`` each time.
 
 Why: a fresh server process spends ~1.5 s of CPU importing FastAPI, pydantic, SQLAlchemy,
 asyncssh... before it runs a line of imgstore, and the suite starts a few hundred servers
-on a 2-core machine. One forkserver per pytest process imports all that once; every start
-is then a ``fork()`` that runs the very same ``imgstore.server`` (``runpy``, as ``-m`` does)
-with the test's environment, working directory and log file.
+on a 2-core machine. One forkserver per pytest run imports all that once; every start is
+then a ``fork()`` that runs the very same ``imgstore.server`` (``runpy``, as ``-m`` does)
+with the test's environment, working directory and log file. Under pytest-xdist the
+controller starts it and every worker connects to it (``SOCKET_VARIABLE``): one warm
+interpreter for all the workers, not one each (each took ~1.5 s of CPU to start, while
+the workers collected).
 
 What stays as it was: the server is a real process of its own (restarts, kills, signals,
 its pinger child, its log are real); :class:`ForkedProcess` answers ``pid``, ``poll``,
@@ -20,8 +23,9 @@ differs from the forkserver's in more than the settings read at run time
 (``_RUN_TIME_KEYS``: an interpreter, libc or an import reads the rest when it starts), or
 ``IMGSTORE_TEST_FORKSERVER=0``.
 
-Run as ``python -m tests.forkserver``: requests are JSON lines on stdin, answers JSON lines
-on stdout.
+Run as ``python -m tests.forkserver SOCKET``: it says ``ready`` on stdout once warm and
+listening on the Unix socket SOCKET, takes JSON-line requests on each connection and answers
+on it, and leaves when its stdin ends (its owner closed it or died).
 """
 from __future__ import annotations
 
@@ -29,7 +33,10 @@ import faulthandler
 import json
 import os
 import select
+import selectors
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: where a pytest run's forkserver listens: set by the process that started it (xdist's
+#: controller, or a lone pytest process) for its workers, which inherit the environment
+SOCKET_VARIABLE = "IMGSTORE_TEST_FORKSERVER_SOCKET"
 #: settings read only when the program runs (not at its start, nor by an import the
 #: forkserver made; PYTHONFAULTHANDLER the fork applies itself): a request's environment
 #: may differ from the forkserver's in these only
@@ -112,12 +122,14 @@ def _pidfd(pid: int) -> int | None:
 
 
 class Forkserver:
-    """The client side: one warm interpreter per pytest process, started on first use."""
+    """The client side: the run's warm interpreter, started by :meth:`prestart` in the
+    process that owns it, connected to on first use by every process that forks from it."""
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._env: dict[str, str] = {}
-        self._ready = False
+        self._owned: subprocess.Popen[bytes] | None = None  # the forkserver this process started
+        self._conn: socket.socket | None = None
+        self._replies: Any = None  # the connection's reading side, by lines
+        self._ready = False  # the owned one said it is warm and listening
         self._lock = threading.Lock()
 
     def launch(self, args: list[str], env: dict[str, str], log: Path) -> ForkedProcess | None:
@@ -150,71 +162,88 @@ class Forkserver:
         if args[:2] != [sys.executable, "-m"] or args[2:3] not in (["imgstore.server"], ["imgstore.cli.commands"]) \
                 or not enabled():
             return None
-        with self._lock:
-            proc = self._running(env)
-            if _start_env(env) != _start_env(self._env):
-                return None
-            reply = self._call(proc, {"op": "fork", "argv": args[2:], "env": env, "cwd": str(ROOT),
-                                      "stdin": str(stdin) if stdin else os.devnull,
-                                      "stdout": str(stdout), "stderr": str(stderr)})
-        return ForkedProcess(self, int(reply["pid"]), args)
+        reply = self._call({"op": "fork", "argv": args[2:], "env": env, "cwd": str(ROOT),
+                            "stdin": str(stdin) if stdin else os.devnull,
+                            "stdout": str(stdout), "stderr": str(stderr)})
+        return None if reply.get("fresh") else ForkedProcess(self, int(reply["pid"]), args)
 
     def status(self, pid: int) -> int | None:
-        with self._lock:
-            assert self._proc is not None
-            return self._call(self._proc, {"op": "poll", "pid": pid})["returncode"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._proc and self._proc.poll() is None:
-                assert self._proc.stdin is not None
-                self._proc.stdin.close()  # it leaves at end of input
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-            self._proc = None
+        return self._call({"op": "poll", "pid": pid})["returncode"]  # type: ignore[no-any-return]
 
     def prestart(self) -> None:
-        """Start the forkserver now, without waiting for it: its imports (a few seconds on
-        a busy machine) then overlap the test collection instead of the first test."""
+        """Start the run's forkserver now, without waiting for it, unless one was started
+        for this process already: its imports then overlap the test collection. Processes
+        started from here on (xdist's workers) find it through ``SOCKET_VARIABLE``."""
         if enabled():
             with self._lock:
-                self._spawn(dict(os.environ))
+                self._start()
 
-    def _spawn(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
-            self._env, self._ready = dict(env), False
-            self._proc = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], cwd=ROOT, env=env,
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        return self._proc
+    def _start(self) -> None:
+        if os.environ.get(SOCKET_VARIABLE):
+            return
+        path = os.path.join(tempfile.mkdtemp(prefix="imgstore-fs-"), "socket")
+        self._owned = subprocess.Popen([sys.executable, "-m", "tests.forkserver", path], cwd=ROOT,
+                                       env=dict(os.environ), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        os.environ[SOCKET_VARIABLE] = path
+        self._ready = False
 
-    def _running(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = self._spawn(env)
-        if not self._ready:
-            self._call(proc, None)  # its "ready" line
-            self._ready = True
-        return proc
+    def close(self) -> None:
+        """Drop this process's connection; the owner also stops the forkserver."""
+        with self._lock:
+            if self._conn is not None:
+                self._replies.close()
+                self._conn.close()
+                self._conn = None
+            if self._owned is not None:
+                assert self._owned.stdin is not None
+                self._owned.stdin.close()  # it leaves at end of input
+                try:
+                    self._owned.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._owned.kill()
+                shutil.rmtree(Path(os.environ.pop(SOCKET_VARIABLE)).parent, ignore_errors=True)
+                self._owned = None
 
-    @staticmethod
-    def _call(proc: subprocess.Popen[bytes], request: dict[str, Any] | None) -> dict[str, Any]:
-        assert proc.stdin is not None and proc.stdout is not None
-        if request is not None:
-            proc.stdin.write(json.dumps(request).encode() + b"\n")
-            proc.stdin.flush()
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the test forkserver exited (code {proc.wait()})")
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            conn = self._connected()
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            line = self._replies.readline()
+            if not line:
+                raise RuntimeError("the test forkserver closed the connection")
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
             raise RuntimeError(f"the test forkserver: {reply['error']}")
         return reply
 
+    def _connected(self) -> socket.socket:
+        if self._conn is not None:
+            return self._conn
+        self._start()  # when nothing started one for this process yet
+        if self._owned is not None and not self._ready:
+            assert self._owned.stdout is not None
+            if not self._owned.stdout.readline():  # its "ready": warm and listening
+                raise RuntimeError(f"the test forkserver exited (code {self._owned.wait()})")
+            self._ready = True
+        deadline = time.monotonic() + 120  # the owner's forkserver may still be warming up
+        while True:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(os.environ[SOCKET_VARIABLE])
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                conn.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the test forkserver did not come up in 120 s") from None
+                time.sleep(0.05)
+        self._conn, self._replies = conn, conn.makefile("rb")
+        return conn
+
 
 # ---------------------------------------------------------------- the forkserver itself
 
 
-def _serve_requests() -> list[str]:
+def _serve_requests(path: str) -> list[str]:
     """The forkserver's loop; returns (in a forked child only) the argv to run."""
     import gc
     import importlib
@@ -224,60 +253,97 @@ def _serve_requests() -> list[str]:
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()  # the models' relationships, resolved once here, not at each start
-    requests = os.fdopen(os.dup(0), "rb")
-    answers = os.fdopen(os.dup(1), "wb")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)  # nothing of the forkserver's own goes to the answers
-    os.close(devnull)
-
-    def answer(reply: dict[str, Any]) -> None:
-        answers.write(json.dumps(reply).encode() + b"\n")
-        answers.flush()
+    started = _start_env(dict(os.environ))
+    owner = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # nothing of the forkserver's own goes to its owner
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    sel.register(0, selectors.EVENT_READ)  # its end: the owner closed our stdin, or died
+    pending: dict[socket.socket, bytes] = {}
 
     # what was imported stays out of every collection, in here and in each child: a child's
     # first collections would otherwise walk (and copy, page by page) all of it
     gc.freeze()
-    answer({"ready": True})
-    for line in requests:
-        req = json.loads(line)
-        if req["op"] == "poll":
-            try:
-                pid, status = os.waitpid(req["pid"], os.WNOHANG)
-            except ChildProcessError:
-                answer({"error": f"pid {req['pid']} is no child of the forkserver"})
+    owner.write(b"ready\n")
+    owner.flush()
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is listener:
+                conn, _ = listener.accept()
+                sel.register(conn, selectors.EVENT_READ)
+                pending[conn] = b""
                 continue
-            answer({"returncode": None if pid == 0 else os.waitstatus_to_exitcode(status)})
-            continue
-        opened = [os.open(req["stdin"], os.O_RDONLY)]
-        for name in ("stdout", "stderr"):
-            if req[name] == req["stdout"] and len(opened) == 2:
-                opened.append(opened[1])  # 2>&1: one file position, as subprocess.STDOUT
-            else:
-                opened.append(os.open(req[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            requests.close()
-            answers.close()
-            for target, fd in enumerate(opened):
-                os.dup2(fd, target)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            os.chdir(req["cwd"])
-            os.environ.clear()
-            os.environ.update(req["env"])
-            if os.environ.get("PYTHONFAULTHANDLER"):  # what a fresh interpreter does with it
-                faulthandler.enable()
-            return list(req["argv"])
-        for fd in set(opened):
-            os.close(fd)
-        answer({"pid": pid})
-    sys.exit(0)
+            if key.fileobj == 0:
+                if not os.read(0, 4096):
+                    sys.exit(0)
+                continue
+            conn = key.fileobj  # type: ignore[assignment]
+            data = conn.recv(65536)
+            if not data:
+                sel.unregister(conn)
+                conn.close()
+                del pending[conn]
+                continue
+            pending[conn] += data
+            while b"\n" in pending[conn]:
+                line, pending[conn] = pending[conn].split(b"\n", 1)
+                argv = _serve(json.loads(line), started, conn)
+                if argv is not None:  # the child: none of the forkserver's files are its
+                    for c in pending:
+                        c.close()
+                    sel.close()
+                    listener.close()
+                    owner.close()
+                    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+                    return argv
+
+
+def _serve(req: dict[str, Any], started: dict[str, str], conn: socket.socket) -> list[str] | None:
+    """Answer one request on ``conn``; in a forked child, return the argv it is to run."""
+
+    def answer(reply: dict[str, Any]) -> None:
+        conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    if req["op"] == "poll":
+        try:
+            pid, status = os.waitpid(req["pid"], os.WNOHANG)
+        except ChildProcessError:
+            answer({"error": f"pid {req['pid']} is no child of the forkserver"})
+            return None
+        answer({"returncode": None if pid == 0 else os.waitstatus_to_exitcode(status)})
+        return None
+    if _start_env(req["env"]) != started:
+        answer({"fresh": True})  # read when a process starts: only a fresh one honours it
+        return None
+    opened = [os.open(req["stdin"], os.O_RDONLY)]
+    for name in ("stdout", "stderr"):
+        if req[name] == req["stdout"] and len(opened) == 2:
+            opened.append(opened[1])  # 2>&1: one file position, as subprocess.STDOUT
+        else:
+            opened.append(os.open(req[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for target, fd in enumerate(opened):
+            os.dup2(fd, target)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        if os.environ.get("PYTHONFAULTHANDLER"):  # what a fresh interpreter does with it
+            faulthandler.enable()
+        return list(req["argv"])
+    for fd in set(opened):
+        os.close(fd)
+    answer({"pid": pid})
+    return None
 
 
 if __name__ == "__main__":
-    argv = _serve_requests()
+    argv = _serve_requests(sys.argv[1])
     # the child: what `python -m imgstore.server ...` (or `imgstore.cli.commands`) runs, in this warm interpreter
     import runpy
 
