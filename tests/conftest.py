@@ -605,6 +605,12 @@ class Server(servers.Server):
         super().start(timeout, retried)
         return self
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The server's SQLite database file (imgstore.config's default), None when it
+        was given a database URL (PostgreSQL)."""
+        return None if {**os.environ, **self.env}.get("IMGSTORE_DB_URL") else self.data_dir / "imgstore.db"
+
     def spawn(self, cmd: list[str], env: dict[str, str], log: BinaryIO) -> servers.Process:
         log.flush()
         return _FORKSERVER.launch(cmd, env, Path(log.name)) or super().spawn(cmd, env, log)

@@ -201,9 +201,8 @@ class World:
 
     def __post_init__(self) -> None:
         self.http.trust_env = False  # never through a proxy: the server is on loopback
-        if "IMGSTORE_DB_URL" not in self.server.env:
-            path = self.server.data_dir / "imgstore.db"
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        if self.server.sqlite_path is not None:
+            self.db = sqlite3.connect(f"file:{self.server.sqlite_path}?mode=ro", uri=True, isolation_level=None)
 
     def data_version(self) -> int | None:
         """SQLite's count of the commits other connections made (``PRAGMA data_version``)."""

@@ -66,8 +66,9 @@ def _listed(request: pytest.FixtureRequest, tmp_path: Path, env: dict[str, str])
 
 
 def _engine_url(srv: Server) -> str:
-    url = srv.env.get("IMGSTORE_DB_URL")
-    return url.replace("postgresql://", "postgresql+psycopg://") if url else f"sqlite:///{srv.data_dir / 'imgstore.db'}"
+    if srv.sqlite_path is not None:
+        return f"sqlite:///{srv.sqlite_path}"
+    return srv.env["IMGSTORE_DB_URL"].replace("postgresql://", "postgresql+psycopg://")
 
 
 def _fill(srv: Server) -> None:
