@@ -56,6 +56,7 @@ from imgstore.ceph import (
     ImageSizeMismatch,
     MonUrl,
     PoolNotFound,
+    SparsePiece,
     SshAuthFailed,
     SshHostKeyMismatch,
     SshUnreachable,
@@ -517,7 +518,10 @@ class ImageWriter(RealImageWriter):
         self._state, self._created, self._fill_bytes = "detached", False, bytearray()
         return self._offset
 
-    async def write(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None = None) -> None:
+    async def write(self, data: bytes | bytearray | memoryview | SparsePiece,
+                    release: Callable[[], None] | None = None) -> None:
+        if isinstance(data, SparsePiece):
+            data = bytes(data)  # its runs land as the real writer's do: the zeros stay holes
         try:
             fd = self._opened()
             for h in self._hashes:

@@ -9,7 +9,9 @@ else (no HTTP, no database):
   holes (per the object map) without a read;
 * :mod:`.manage` — :func:`image_size`, :func:`image_usage`, :func:`list_images`, :func:`remove_image`;
 * :func:`zero_block` — the shared block of zeros: a source that hands it over for a hole
-  costs the writer no compare (it is the block the writer compares with).
+  costs the writer no compare (it is the block the writer compares with);
+  :class:`SparsePiece` — a piece known by its data runs (a sparse file's extents): the
+  writer writes them without comparing or copying its zeros.
 
 Every call takes the storage's handle (:class:`imgstore.ceph.Cluster`, or anything with
 the same ``handle`` and ``executor``, see :class:`RadosSource`). Blocking librbd calls run
@@ -22,14 +24,18 @@ from imgstore.ceph.rbd._common import CHUNK_SIZE, zero_block
 from imgstore.ceph.rbd.manage import image_size, image_usage, list_images, remove_image
 from imgstore.ceph.rbd.reader import READ_AHEAD, iter_image, read_range
 from imgstore.ceph.rbd.writer import WRITE_WINDOW, ImageWriter, WriteResult
+from imgstore.ceph.rbd.zeros import ZERO_GRAIN, SparsePiece, data_runs
 
 __all__ = [
     "CHUNK_SIZE",
     "READ_AHEAD",
     "WRITE_WINDOW",
+    "ZERO_GRAIN",
     "ImageWriter",
     "RadosSource",
+    "SparsePiece",
     "WriteResult",
+    "data_runs",
     "image_size",
     "image_usage",
     "iter_image",

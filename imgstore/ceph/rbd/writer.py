@@ -28,7 +28,7 @@ from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_io
 from imgstore.ceph.exceptions import CephError, ImageBusy, ImageNotFound, ImageSizeMismatch
 from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, InFlight, MiB, aio, trim_soon, zero_block
 from imgstore.ceph.rbd.hashing import HashLane
-from imgstore.ceph.rbd.zeros import data_runs
+from imgstore.ceph.rbd.zeros import SparsePiece, runs_to_write
 
 __all__ = ["FEATURES", "WRITE_WINDOW", "ImageWriter", "WriteResult"]
 
@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 WRITE_WINDOW = 3
 """Chunks a writer holds at most (being written or hashed); librbd writes from them without
 a copy (cluster.py), so each one more costs a chunk of RSS. The README's benchmark table
-has the uploads and peak RSS measured with it."""
+has the uploads and peak RSS measured with it. A :class:`SparsePiece` holds only its runs:
+it takes their share of a chunk, in quarters, so up to four times as many fly."""
+_QUARTERS = 4  # the window's unit: a quarter of a chunk
 GROW_MIN = 64 * MiB
 GROW_MAX_STEP = 8 * 1024 * MiB
 """Unknown size: the image doubles (from GROW_MIN, by at most GROW_MAX_STEP) as data comes."""
@@ -123,7 +125,7 @@ class ImageWriter:
         self._fill: bytearray | None = None
         self._fill_len = 0
         self._spare: list[bytearray] = []
-        self._slots = asyncio.Semaphore(max(1, window))
+        self._slots = asyncio.Semaphore(max(1, window) * _QUARTERS)  # quarters of a chunk
         self._inflight = InFlight()  # chunks and image calls under way
         self._unacked: set[int] = set()  # offsets of the chunks written but not acknowledged yet
         self._error: CephError | None = None
@@ -237,8 +239,12 @@ class ImageWriter:
             await self._close_ioctx()
         return durable
 
-    async def write(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None = None) -> None:
+    async def write(self, data: bytes | bytearray | memoryview | SparsePiece,
+                    release: Callable[[], None] | None = None) -> None:
         """Accept the next piece of the stream, of any size; waits while the window is full.
+
+        A :class:`SparsePiece` that is a whole chunk at a chunk boundary is written by its
+        runs, its zeros neither compared nor copied; any other is taken as its bytes.
 
         With ``release``, ``data`` is lent: a whole chunk at a chunk boundary is written
         straight from it (librbd too writes from it, without a copy: cluster.py) and
@@ -302,9 +308,12 @@ class ImageWriter:
 
     # ------------------------------------------------------------ write pipeline
 
-    async def _accept(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None) -> bool:
+    async def _accept(self, data: bytes | bytearray | memoryview | SparsePiece,
+                      release: Callable[[], None] | None) -> bool:
         """Take the piece; True when a write in flight holds it (lent: ``release`` is its)."""
-        if ((release is not None and not isinstance(data, memoryview)) or isinstance(data, bytes)) \
+        if isinstance(data, SparsePiece) and (len(data) != self._chunk or self._fill_len):
+            data = bytes(data)
+        if ((release is not None and not isinstance(data, memoryview)) or isinstance(data, (bytes, SparsePiece))) \
                 and len(data) == self._chunk and not self._fill_len:
             self._count(len(data))
             await self._submit(data, None, release)  # aligned, and immutable or lent: no copy
@@ -348,27 +357,28 @@ class ImageWriter:
                 else:
                     await self._submit(buf, buf)
 
-    async def _submit(self, data: bytes | bytearray, recycle: bytearray | None,
+    async def _submit(self, data: bytes | bytearray | SparsePiece, recycle: bytearray | None,
                       release: Callable[[], None] | None = None) -> None:
         """Start writing and hashing one chunk at the current offset (waits for a slot);
         ``release`` is called when the chunk's writes are done with ``data`` (not when
         this raises: the caller still holds it then)."""
-        await self._slots.acquire()
+        share = self._share(data)
+        await self._take(share)
         try:
             self._raise_pending_error()
             offset, end = self._offset, self._offset + len(data)
             self._offset = end
-            runs = data_runs(data, self._chunk)
+            runs = runs_to_write(data, self._chunk)
             if runs and end > self._image_size:
                 await self._grow(end)
         except BaseException:
-            self._slots.release()
+            self._give(share)
             raise
         loop = asyncio.get_running_loop()
         aio_write = functools.partial(self._image.aio_write, fadvise_flags=self._fadvise)
-        pieces = [(data if b - a == len(data) else data[a:b], offset + a) for a, b in runs]
+        pieces = [(piece, offset + a) for a, piece in runs]
         pending = [aio(self._cluster, loop, aio_write, piece, at) for piece, at in pieces]
-        pending += [lane.feed(data) for lane in self._lanes]
+        pending += [lane.feed(bytes(data) if isinstance(data, SparsePiece) else data) for lane in self._lanes]
         if not self._lanes and all(piece is not data for piece, _ in pieces):
             # librbd writes copies of the data runs (or nothing): the chunk's buffer is
             # free now, not when its writes land. A sparse stream then holds its runs in
@@ -376,9 +386,32 @@ class ImageWriter:
             self._give_back(recycle, release)
             recycle = release = None
         self._unacked.add(offset)
-        self._inflight.track(loop.create_task(self._retire(offset, pending, recycle, release)))
+        self._inflight.track(loop.create_task(self._retire(offset, share, pending, recycle, release)))
 
-    async def _retire(self, offset: int, pending: list[asyncio.Future[Any]],
+    def _share(self, data: bytes | bytearray | SparsePiece) -> int:
+        """Quarters of a chunk that ``data`` holds while its writes fly: all four for a
+        buffer, what its runs take (at least one) for a :class:`SparsePiece`."""
+        if not isinstance(data, SparsePiece):
+            return _QUARTERS
+        held = sum(len(run) for _, run in data.runs)
+        return min(_QUARTERS, max(1, -(-held * _QUARTERS // self._chunk)))
+
+    async def _take(self, share: int) -> None:
+        """Wait until ``share`` quarters of the window are free (one producer: no deadlock)."""
+        taken = 0
+        try:
+            while taken < share:
+                await self._slots.acquire()
+                taken += 1
+        except BaseException:
+            self._give(taken)
+            raise
+
+    def _give(self, share: int) -> None:
+        for _ in range(share):
+            self._slots.release()
+
+    async def _retire(self, offset: int, share: int, pending: list[asyncio.Future[Any]],
                       recycle: bytearray | None, release: Callable[[], None] | None = None) -> None:
         """When a chunk is written and hashed: note any error, reuse or give back its
         buffer, free its slot. librbd writes from the buffer itself (no copy, cluster.py):
@@ -388,7 +421,7 @@ class ImageWriter:
         try:
             results = await asyncio.shield(done)
         except BaseException:
-            done.add_done_callback(lambda _: self._free(recycle, release))
+            done.add_done_callback(lambda _: self._free(share, recycle, release))
             raise
         try:
             for r in results:
@@ -401,11 +434,11 @@ class ImageWriter:
             if self._error is None:
                 self._unacked.discard(offset)
         finally:
-            self._free(recycle, release)
+            self._free(share, recycle, release)
 
-    def _free(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
-        """A chunk's writes are over: its buffer is reused or given back, its slot freed."""
-        self._slots.release()
+    def _free(self, share: int, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
+        """A chunk's writes are over: its buffer is reused or given back, its share freed."""
+        self._give(share)
         self._give_back(recycle, release)
 
     def _give_back(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:

@@ -1,11 +1,12 @@
 """What of a chunk is worth writing: all of it but its aligned runs of zeros, found
-without a copy (a thin image's holes are never written, so they stay holes)."""
+without a copy (a thin image's holes are never written, so they stay holes), or known
+beforehand (:class:`SparsePiece`: a sparse file's extents)."""
 
 from __future__ import annotations
 
 from imgstore.ceph.rbd._common import zero_block
 
-__all__ = ["ZERO_GRAIN", "data_runs"]
+__all__ = ["ZERO_GRAIN", "SparsePiece", "data_runs", "runs_to_write"]
 
 ZERO_GRAIN = 64 * 1024
 """Zero runs shorter than this inside a chunk are written, longer ones skipped."""
@@ -20,7 +21,7 @@ def data_runs(data: bytes | bytearray, chunk: int) -> list[tuple[int, int]]:
     """
     n = len(data)
     zero = zero_block(chunk)
-    if data == (zero if n == chunk else zero[:n]):
+    if data is zero or (n <= chunk and data.startswith(memoryview(zero)[:n])):  # memcmp, no copy
         return []
     if n <= ZERO_GRAIN:
         return [(0, n)]
@@ -41,3 +42,41 @@ def data_runs(data: bytes | bytearray, chunk: int) -> list[tuple[int, int]]:
         runs.append((start, n))
     return runs
 
+
+class SparsePiece:
+    """A piece of a stream known by its data: ``runs`` of ``(start, bytes)`` inside
+    ``size`` bytes, zeros everywhere else.
+
+    A sparse file's reader makes one from the extents SEEK_DATA and SEEK_HOLE find, so
+    the holes inside a piece are neither read nor compared: :class:`ImageWriter` writes
+    the runs as they are. Whoever needs the bytes themselves (a format's head, a staged
+    file, a digest) asks ``bytes(piece)``.
+    """
+
+    __slots__ = ("runs", "size")
+
+    def __init__(self, size: int, runs: list[tuple[int, bytes]]) -> None:
+        if any(start < 0 or start + len(run) > size for start, run in runs):
+            raise ValueError("a run lies outside the piece")
+        self.size = size
+        self.runs = runs
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        buf = bytearray(self.size)
+        for start, run in self.runs:
+            buf[start:start + len(run)] = run
+        return bytes(buf)
+
+    def __repr__(self) -> str:
+        return f"SparsePiece({self.size}, {len(self.runs)} runs of {sum(len(r) for _, r in self.runs)} bytes)"
+
+
+def runs_to_write(data: bytes | bytearray | SparsePiece, chunk: int) -> list[tuple[int, bytes | bytearray]]:
+    """``(start, bytes)`` of ``data`` worth writing: a sparse piece's runs as they are,
+    otherwise :func:`data_runs` (the whole of ``data`` itself when it is one run)."""
+    if isinstance(data, SparsePiece):
+        return list(data.runs)
+    return [(a, data if b - a == len(data) else data[a:b]) for a, b in data_runs(data, chunk)]

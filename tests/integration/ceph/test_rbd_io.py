@@ -31,13 +31,14 @@ from imgstore.ceph import (
     ImageSizeMismatch,
     ImageWriter,
     PoolNotFound,
+    SparsePiece,
     image_size,
     iter_image,
     list_images,
     read_range,
     remove_image,
 )
-from imgstore.ceph.rbd import reader
+from imgstore.ceph.rbd import reader, writer
 from tests.conftest import DevCluster
 
 pytestmark = [pytest.mark.ceph, pytest.mark.real_ceph, pytest.mark.anyio]
@@ -146,6 +147,31 @@ async def test_sparse_image_skips_zeros_and_reads_back_identical(cluster: Cluste
     du = cli(c1, "rbd", "du", f"{pool}/{name}", "--format", "json")["images"][0]
     assert du["provisioned_size"] == size
     assert du["used_size"] <= 3 * CHUNK_SIZE  # three objects touched out of 64
+    await remove_image(cluster, pool, name)
+
+
+async def test_a_sparse_piece_is_written_by_its_runs_alone(cluster: Cluster, pool: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece known by its runs (a sparse file's extents) is written as those runs: no
+    zeros written, none compared; one that is not a whole chunk is taken as its bytes."""
+    runs = [(MiB, os.urandom(100_000)), (3 * MiB, os.urandom(4096))]
+    whole = SparsePiece(CHUNK_SIZE, runs)
+    tail = SparsePiece(MiB, [(MiB - 10, os.urandom(10))])
+    writes: list[tuple[int, int]] = []
+    aio = writer.aio
+
+    def recorded(cluster: Any, loop: Any, method: Any, data: Any, at: int) -> Any:
+        writes.append((at, len(data)))
+        return aio(cluster, loop, method, data, at)
+
+    monkeypatch.setattr(writer, "aio", recorded)
+    name = new_name()
+    async with ImageWriter(cluster, pool, name, CHUNK_SIZE + MiB, checksums=False) as w:
+        await w.write(whole)
+        await w.write(tail)
+    assert writes[:2] == [(MiB, 100_000), (3 * MiB, 4096)], "the runs, exactly"
+    assert writes[2][0] >= CHUNK_SIZE and sum(n for _, n in writes[2:]) <= 64 * 1024
+    assert await read_all(cluster, pool, name) == bytes(whole) + bytes(tail)
     await remove_image(cluster, pool, name)
 
 
