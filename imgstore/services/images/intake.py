@@ -43,7 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgstore.ceph import CephError, ImageSizeMismatch, ImageWriter, RadosSource, iter_image, remove_image
+from imgstore.ceph import (
+    CephError,
+    ImageSizeMismatch,
+    ImageWriter,
+    RadosSource,
+    SparsePiece,
+    iter_image,
+    remove_image,
+)
 from imgstore.services.images.formats import inspect as imageformat
 from imgstore.services.images.formats import qemu
 from imgstore.services.images.hashing import DigestMismatch, Expected
@@ -208,12 +216,15 @@ class ImageIntake:
 
     # ------------------------------------------------------------ the stream
 
-    async def write(self, data: bytes | bytearray | memoryview, release: Callable[[], None] | None = None) -> None:
+    async def write(self, data: bytes | bytearray | memoryview | SparsePiece,
+                    release: Callable[[], None] | None = None) -> None:
         """The next piece of the image, of any size.
 
         With ``release``, ``data`` is lent: each writer may write straight from it, and
         ``release`` is called once the last of them is done with it (see
         :meth:`ImageWriter.write`); a buffer never released is only never reused.
+        A :class:`SparsePiece` goes to raw writers as it is, and is taken as its bytes
+        wherever they are read (the head, a staged image, an expected digest).
         """
         loan = _Loan(release)
         try:
@@ -221,7 +232,7 @@ class ImageIntake:
         finally:
             loan.let_go()
 
-    async def _write(self, data: bytes | bytearray | memoryview, loan: _Loan) -> None:
+    async def _write(self, data: bytes | bytearray | memoryview | SparsePiece, loan: _Loan) -> None:
         if self._closed:
             raise RuntimeError("the intake is finished or aborted")
         self.received += len(data)
@@ -230,6 +241,11 @@ class ImageIntake:
         if self.total is None and self.received > self._limits.max_source_bytes:
             raise ImageRefused(f"the image is refused: its source sent more than {self._limits.max_source_bytes} "
                                "bytes (image_max_source_bytes) without announcing its length")
+        if isinstance(data, SparsePiece):
+            if not self._expected and self.detected in DIRECT:
+                await self._pass(data, loan)  # raw writers take it by its runs
+                return
+            data = bytes(data)
         await self._expected.feed(data)
         if self.detected is None and not self._head and len(data) >= imageformat.HEAD_SIZE:
             # the whole head in the first piece (an upload's 4 MiB buffers): the format is
@@ -360,9 +376,9 @@ class ImageIntake:
 
     # ------------------------------------------------------------ passing bytes on
 
-    async def _pass(self, data: bytes | bytearray | memoryview, loan: _Loan | None = None) -> None:
+    async def _pass(self, data: bytes | bytearray | memoryview | SparsePiece, loan: _Loan | None = None) -> None:
         if self._staged is not None:
-            await asyncio.to_thread(self._stage, bytes(data) if isinstance(data, memoryview) else data)
+            await asyncio.to_thread(self._stage, bytes(data) if isinstance(data, (memoryview, SparsePiece)) else data)
             if self._progress:
                 await self._progress(DOWNLOADING, self.received, self.total)
             return

@@ -50,6 +50,9 @@ ZSTACK_ONLY = ("zstore://", "ftp://", "sftp://")
 READ_SIZE = 4 << 20  # the RBD object size: pieces ImageWriter takes without copying
 _ZEROS = ceph.zero_block(READ_SIZE)  # a sparse file's hole, never read: the writer's own zero block,
 # which it knows for zeros without comparing a byte
+MAX_EXTENTS = 16
+"""A piece of a sparse file with more data extents than this (holes shorter than
+``ceph.ZERO_GRAIN`` between them do not count) is read whole: fewer, larger reads."""
 MAX_REDIRECTS = 5
 
 
@@ -165,7 +168,7 @@ class Source:
     async def __aexit__(self, *_: object) -> None:
         return None
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes | ceph.SparsePiece]:
         raise NotImplementedError
 
     def _check_length(self) -> None:
@@ -263,7 +266,7 @@ class HttpSource(Source):
         log.info("cannot download from %s: %s", masked(self.url), _describe(e))
         return SourceFailed(f"cannot download from url[{masked(self.url)}]")
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes | ceph.SparsePiece]:
         if self._response is None:
             await self.open()
         assert self._response is not None
@@ -279,8 +282,12 @@ class HttpSource(Source):
 
 class FileSource(Source):
     """A file on the server inside the allow-list, read in a thread, in READ_SIZE pieces.
-    A piece that lies in a hole of a sparse file (``SEEK_DATA`` says the next data is
-    past it) is not read: it is a shared piece of zeros, which the writer skips."""
+
+    A sparse file's holes are never read. A piece that lies in a hole (``SEEK_DATA`` says
+    the next data is past it) is the writer's shared block of zeros; a piece that holds
+    both is read by its data extents (``SEEK_HOLE`` says where each ends) and handed over
+    as a :class:`ceph.SparsePiece`, so its holes are neither read nor compared.
+    """
 
     def __init__(self, url: str, allow_dirs: Sequence[Path]) -> None:
         self.url = url
@@ -296,8 +303,9 @@ class FileSource(Source):
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
 
-    def _next_piece(self) -> bytes:
-        """The next READ_SIZE bytes: read, or the shared zeros when they are all a hole."""
+    def _next_piece(self) -> bytes | ceph.SparsePiece:
+        """The next READ_SIZE bytes: the shared zeros when they are all a hole, their
+        data extents when they hold holes too, else read whole."""
         assert self._file is not None
         fd, off = self._file.fileno(), self.received
         if self._data_at <= off:
@@ -306,14 +314,59 @@ class FileSource(Source):
             except OSError as e:
                 if e.errno != errno.ENXIO:  # ENXIO: no data after off; EINVAL: no SEEK_DATA here
                     self._data_at = off
-                    return self._file.read(READ_SIZE)
+                    return self._read_whole(off)
                 self._data_at = os.fstat(fd).st_size
         end = min(off + READ_SIZE, self.length if self.length is not None else off + READ_SIZE)
-        if self._data_at >= end and end > off:
-            self._file.seek(end)
+        if end <= off:  # at or past the length announced: what is there, for the length check
+            return self._read_whole(off)
+        if self._data_at >= end:
             return _ZEROS if end - off == READ_SIZE else _ZEROS[:end - off]
+        return self._read_extents(fd, off, end) or self._read_whole(off)
+
+    def _read_whole(self, off: int) -> bytes:
+        assert self._file is not None
         self._file.seek(off)
         return self._file.read(READ_SIZE)
+
+    def _read_extents(self, fd: int, off: int, end: int) -> ceph.SparsePiece | None:
+        """``[off, end)`` read by its data extents (from ``_data_at``, which SEEK_DATA
+        found inside it); None when it is one extent, has too many, or the file changed."""
+        try:
+            spans = self._extents(fd, end)
+        except OSError:
+            return None  # the file moved under us: the whole read and the length check say so
+        if spans is None or spans == [(off, end)]:
+            return None
+        runs: list[tuple[int, bytes]] = []
+        for start, stop in spans:
+            data = os.pread(fd, stop - start, start)
+            if len(data) != stop - start:
+                return None
+            runs += [(start - off + a, data if b - a == len(data) else data[a:b])
+                     for a, b in ceph.data_runs(data, READ_SIZE)]
+        return ceph.SparsePiece(end - off, runs)
+
+    def _extents(self, fd: int, end: int) -> list[tuple[int, int]] | None:
+        """The data of ``[_data_at, end)`` as ``[start, stop)`` spans, holes shorter than a
+        zero grain inside spans; None past MAX_EXTENTS. Leaves ``_data_at`` at the next data."""
+        spans: list[tuple[int, int]] = []
+        at = self._data_at
+        while at < end:
+            hole = min(os.lseek(fd, at, os.SEEK_HOLE), end)
+            if spans and at - spans[-1][1] < ceph.ZERO_GRAIN:
+                spans[-1] = (spans[-1][0], hole)
+            elif len(spans) == MAX_EXTENTS:
+                return None
+            else:
+                spans.append((at, hole))
+            try:
+                at = os.lseek(fd, hole, os.SEEK_DATA) if hole < end else end
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                at = os.fstat(fd).st_size
+        self._data_at = at
+        return spans
 
     def _in_hole(self) -> bytes | None:
         """The next piece without a thread, when the hole SEEK_DATA found covers it."""
@@ -322,11 +375,13 @@ class FileSource(Source):
             return _ZEROS
         return None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes | ceph.SparsePiece]:
         assert self._file is not None
         while True:
             try:
-                piece = self._in_hole() or await asyncio.to_thread(self._next_piece)
+                piece: bytes | ceph.SparsePiece | None = self._in_hole()
+                if piece is None:
+                    piece = await asyncio.to_thread(self._next_piece)
             except OSError as e:
                 raise SourceFailed(f"reading [{masked(self.url)}] failed after {self.received} bytes: "
                                    f"{e.strerror}") from None

@@ -512,6 +512,17 @@ def test_file_urls_are_read_only_inside_the_allow_list(fresh_server: Server, c1:
     assert c1.image_bytes(pool, inv["uuid"]) == data
     inv = added(api, add_image(api, f"{allowed}/disk.raw", [storage], name="bare-path"))
     assert inv["url"] == f"file://{allowed}/disk.raw", "a bare path is a file:// url"
+    sparse = allowed / "sparse.raw"  # pieces of holes, of data and holes, of data
+    with sparse.open("wb") as f:
+        f.truncate(13 * MiB + 5)
+        for at, n in ((MiB, 100_000), (6 * MiB, 2 * MiB), (8 * MiB, 4 * MiB), (13 * MiB, 5)):
+            os.pwrite(f.fileno(), image_data(n), at)
+    want = sparse.read_bytes()
+    inv = added(api, add_image(api, f"file://{sparse}", [storage], name="sparse"))
+    assert c1.image_bytes(pool, inv["uuid"]) == want
+    tag = f"checksum::SHA256::{hashlib.sha256(want).hexdigest()}"  # read as its bytes
+    inv = added(api, add_image(api, f"file://{sparse}", [storage], name="sparse-checked", systemTags=[tag]))
+    assert c1.image_bytes(pool, inv["uuid"]) == want
     for url in (f"file://{allowed}/../secret.raw", f"file://{allowed}/link.raw", f"file://{allowed}",
                 f"file://{allowed}/missing.raw"):
         error = failed(api, add_image(api, url, [storage], name="refused"))

@@ -38,7 +38,7 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 async def read_all(source) -> bytes:  # type: ignore[no-untyped-def]
     async with source:
-        return b"".join([piece async for piece in source.chunks()])
+        return b"".join([bytes(piece) async for piece in source.chunks()])
 
 
 # ---------------------------------------------------------------- urls
@@ -150,6 +150,53 @@ def test_a_sparse_file_source_never_reads_its_holes(tmp_path: Path) -> None:
     read = bytes_read() - before
     assert got == path.read_bytes()
     assert read <= 3 * 4 * MiB, "only the 4 MiB pieces holding data are read (SEEK_DATA)"
+
+
+def test_the_holes_inside_a_piece_with_data_are_not_read_either(tmp_path: Path) -> None:
+    """A piece holding data and holes is read by its data extents (SEEK_HOLE): a sparse
+    image with a little data in most pieces costs reads of its data, not of its pieces."""
+    path = tmp_path / "scattered.raw"
+    runs = [(4 * MiB + 512 * 1024, 256 * 1024), (6 * MiB, 4096), (9 * MiB, MiB), (15 * MiB, MiB - 3)]
+    with open(path, "wb") as f:
+        f.truncate(16 * MiB - 3)
+        for at, n in runs:
+            os.pwrite(f.fileno(), os.urandom(n), at)
+    source = FileSource(f"file://{path}", [tmp_path])
+    before = bytes_read()
+    got = run(read_all(source))
+    read = bytes_read() - before
+    assert got == path.read_bytes()
+    assert read <= sum(n for _, n in runs) + 64 * 1024, f"{read} bytes read for {sum(n for _, n in runs)} of data"
+
+
+def test_zeros_written_inside_a_data_extent_are_still_left_out(tmp_path: Path) -> None:
+    """A data extent that holds written zeros (a file made with dd, then punched) is
+    handed over without them: the image stays as thin as its bytes allow."""
+    path = tmp_path / "zeros.raw"
+    data = os.urandom(128 * 1024) + bytes(512 * 1024) + os.urandom(64 * 1024)
+    with open(path, "wb") as f:
+        f.truncate(8 * MiB)
+        os.pwrite(f.fileno(), data, MiB)
+
+    async def pieces() -> list[ceph.SparsePiece | bytes]:
+        async with FileSource(f"file://{path}", [tmp_path]) as source:
+            return [p async for p in source.chunks()]
+
+    got = run(pieces())
+    assert b"".join(bytes(p) for p in got) == path.read_bytes()
+    first = got[0]
+    assert isinstance(first, ceph.SparsePiece)
+    assert [(at, len(run)) for at, run in first.runs] == [(MiB, 128 * 1024), (MiB + 640 * 1024, 64 * 1024)]
+
+
+def test_a_piece_of_many_small_extents_is_read_whole(tmp_path: Path) -> None:
+    """A fragmented piece (more extents than MAX_EXTENTS) reads as the same bytes."""
+    path = tmp_path / "fragmented.raw"
+    with open(path, "wb") as f:
+        f.truncate(8 * MiB)
+        for i in range(40):
+            os.pwrite(f.fileno(), os.urandom(4096), 4 * MiB + i * 96 * 1024)
+    assert run(read_all(FileSource(f"file://{path}", [tmp_path]))) == path.read_bytes()
 
 
 def test_a_hole_is_the_writers_own_zero_block(tmp_path: Path) -> None:
