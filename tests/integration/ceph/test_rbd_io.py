@@ -24,6 +24,7 @@ import pytest
 
 from imgstore.ceph import (
     CHUNK_SIZE,
+    WRITE_WINDOW,
     Cluster,
     ImageBusy,
     ImageExists,
@@ -173,6 +174,41 @@ async def test_a_sparse_piece_is_written_by_its_runs_alone(cluster: Cluster, poo
     assert writes[2][0] >= CHUNK_SIZE and sum(n for _, n in writes[2:]) <= 64 * 1024
     assert await read_all(cluster, pool, name) == bytes(whole) + bytes(tail)
     await remove_image(cluster, pool, name)
+
+
+async def test_sparse_pieces_fly_by_their_share_of_the_window(cluster: Cluster, pool: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk's buffer holds a slot of the write window until its write lands; a sparse
+    piece holds only its runs, so four times as many of them fly (a sparse file's add)."""
+    held: list[asyncio.Future[int]] = []
+
+    def held_back(cluster: Any, loop: asyncio.AbstractEventLoop, method: Any, data: Any, at: int) -> Any:
+        held.append(loop.create_future())
+        if landing:
+            held[-1].set_result(0)
+        return held[-1]
+
+    monkeypatch.setattr(writer, "aio", held_back)
+    for make, flying in ((lambda: os.urandom(CHUNK_SIZE), WRITE_WINDOW),
+                         (lambda: SparsePiece(CHUNK_SIZE, [(MiB, os.urandom(4096))]), 4 * WRITE_WINDOW)):
+        held.clear()
+        landing = False
+        name = new_name()
+        async with ImageWriter(cluster, pool, name, (flying + 1) * CHUNK_SIZE, checksums=False) as w:
+            try:
+                for i in range(flying + 1):
+                    write = asyncio.ensure_future(w.write(make()))
+                    done, _ = await asyncio.wait({write}, timeout=0.5)
+                    assert (write in done) == (i < flying), f"write {i + 1} of {flying} in flight"
+                assert len(held) == flying
+                held[0].set_result(0)
+                await asyncio.wait_for(write, 10)
+            finally:  # the writes land, whatever happened (an abort waits for them)
+                landing = True
+                for f in held:
+                    if not f.done():
+                        f.set_result(0)
+        await remove_image(cluster, pool, name)
 
 
 async def test_holes_are_zeros_without_reading_objects_that_do_not_exist(
