@@ -28,6 +28,7 @@ from imgstore.ceph._calls import RadosSource, call, from_errno, host_of, open_io
 from imgstore.ceph.exceptions import CephError, ImageBusy, ImageNotFound, ImageSizeMismatch
 from imgstore.ceph.rbd._common import CALL_TIMEOUT, CHUNK_SIZE, InFlight, MiB, aio, trim_soon, zero_block
 from imgstore.ceph.rbd.hashing import HashLane
+from imgstore.ceph.rbd.window import WriteWindow
 from imgstore.ceph.rbd.zeros import SparsePiece, runs_to_write
 
 __all__ = ["FEATURES", "WRITE_WINDOW", "ImageWriter", "WriteResult"]
@@ -38,8 +39,7 @@ WRITE_WINDOW = 3
 """Chunks a writer holds at most (being written or hashed); librbd writes from them without
 a copy (cluster.py), so each one more costs a chunk of RSS. The README's benchmark table
 has the uploads and peak RSS measured with it. A :class:`SparsePiece` holds only its runs:
-it takes their share of a chunk, in quarters, so up to four times as many fly."""
-_QUARTERS = 4  # the window's unit: a quarter of a chunk
+it takes their share of a chunk (:class:`.window.WriteWindow`)."""
 GROW_MIN = 64 * MiB
 GROW_MAX_STEP = 8 * 1024 * MiB
 """Unknown size: the image doubles (from GROW_MIN, by at most GROW_MAX_STEP) as data comes."""
@@ -125,7 +125,7 @@ class ImageWriter:
         self._fill: bytearray | None = None
         self._fill_len = 0
         self._spare: list[bytearray] = []
-        self._slots = asyncio.Semaphore(max(1, window) * _QUARTERS)  # quarters of a chunk
+        self._window = WriteWindow(window, chunk_size)
         self._inflight = InFlight()  # chunks and image calls under way
         self._unacked: set[int] = set()  # offsets of the chunks written but not acknowledged yet
         self._error: CephError | None = None
@@ -362,8 +362,8 @@ class ImageWriter:
         """Start writing and hashing one chunk at the current offset (waits for a slot);
         ``release`` is called when the chunk's writes are done with ``data`` (not when
         this raises: the caller still holds it then)."""
-        share = self._share(data)
-        await self._take(share)
+        share = self._window.share(data.held if isinstance(data, SparsePiece) else len(data))
+        await self._window.take(share)
         try:
             self._raise_pending_error()
             offset, end = self._offset, self._offset + len(data)
@@ -372,7 +372,7 @@ class ImageWriter:
             if runs and end > self._image_size:
                 await self._grow(end)
         except BaseException:
-            self._give(share)
+            self._window.give(share)
             raise
         loop = asyncio.get_running_loop()
         aio_write = functools.partial(self._image.aio_write, fadvise_flags=self._fadvise)
@@ -387,29 +387,6 @@ class ImageWriter:
             recycle = release = None
         self._unacked.add(offset)
         self._inflight.track(loop.create_task(self._retire(offset, share, pending, recycle, release)))
-
-    def _share(self, data: bytes | bytearray | SparsePiece) -> int:
-        """Quarters of a chunk that ``data`` holds while its writes fly: all four for a
-        buffer, what its runs take (at least one) for a :class:`SparsePiece`."""
-        if not isinstance(data, SparsePiece):
-            return _QUARTERS
-        held = sum(len(run) for _, run in data.runs)
-        return min(_QUARTERS, max(1, -(-held * _QUARTERS // self._chunk)))
-
-    async def _take(self, share: int) -> None:
-        """Wait until ``share`` quarters of the window are free (one producer: no deadlock)."""
-        taken = 0
-        try:
-            while taken < share:
-                await self._slots.acquire()
-                taken += 1
-        except BaseException:
-            self._give(taken)
-            raise
-
-    def _give(self, share: int) -> None:
-        for _ in range(share):
-            self._slots.release()
 
     async def _retire(self, offset: int, share: int, pending: list[asyncio.Future[Any]],
                       recycle: bytearray | None, release: Callable[[], None] | None = None) -> None:
@@ -438,7 +415,7 @@ class ImageWriter:
 
     def _free(self, share: int, recycle: bytearray | None, release: Callable[[], None] | None) -> None:
         """A chunk's writes are over: its buffer is reused or given back, its share freed."""
-        self._give(share)
+        self._window.give(share)
         self._give_back(recycle, release)
 
     def _give_back(self, recycle: bytearray | None, release: Callable[[], None] | None) -> None:

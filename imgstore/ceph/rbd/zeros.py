@@ -64,6 +64,11 @@ class SparsePiece:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def held(self) -> int:
+        """Bytes of its runs: what it holds in memory."""
+        return sum(len(run) for _, run in self.runs)
+
     def __bytes__(self) -> bytes:
         buf = bytearray(self.size)
         for start, run in self.runs:
@@ -71,7 +76,7 @@ class SparsePiece:
         return bytes(buf)
 
     def __repr__(self) -> str:
-        return f"SparsePiece({self.size}, {len(self.runs)} runs of {sum(len(r) for _, r in self.runs)} bytes)"
+        return f"SparsePiece({self.size}, {len(self.runs)} runs of {self.held} bytes)"
 
 
 def runs_to_write(data: bytes | bytearray | SparsePiece, chunk: int) -> list[tuple[int, bytes | bytearray]]:

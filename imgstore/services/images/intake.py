@@ -55,6 +55,7 @@ from imgstore.ceph import (
 from imgstore.services.images.formats import inspect as imageformat
 from imgstore.services.images.formats import qemu
 from imgstore.services.images.hashing import DigestMismatch, Expected
+from imgstore.services.images.loan import Loan
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +227,13 @@ class ImageIntake:
         A :class:`SparsePiece` goes to raw writers as it is, and is taken as its bytes
         wherever they are read (the head, a staged image, an expected digest).
         """
-        loan = _Loan(release)
+        loan = Loan(release)
         try:
             await self._write(data, loan)
         finally:
             loan.let_go()
 
-    async def _write(self, data: bytes | bytearray | memoryview | SparsePiece, loan: _Loan) -> None:
+    async def _write(self, data: bytes | bytearray | memoryview | SparsePiece, loan: Loan) -> None:
         if self._closed:
             raise RuntimeError("the intake is finished or aborted")
         self.received += len(data)
@@ -376,7 +377,7 @@ class ImageIntake:
 
     # ------------------------------------------------------------ passing bytes on
 
-    async def _pass(self, data: bytes | bytearray | memoryview | SparsePiece, loan: _Loan | None = None) -> None:
+    async def _pass(self, data: bytes | bytearray | memoryview | SparsePiece, loan: Loan | None = None) -> None:
         if self._staged is not None:
             await asyncio.to_thread(self._stage, bytes(data) if isinstance(data, (memoryview, SparsePiece)) else data)
             if self._progress:
@@ -496,21 +497,3 @@ class ImageIntake:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(path.unlink)
 
-
-class _Loan:
-    """A lent buffer passed to several writers: its owner's ``release`` runs once the
-    intake and every writer that held it have let it go."""
-
-    def __init__(self, release: Callable[[], None] | None) -> None:
-        self._release = release
-        self._holders = 1  # the intake's own hold, let go when its write() returns
-
-    def hold(self) -> Callable[[], None]:
-        """Another holder (a writer, which calls what this answers exactly once)."""
-        self._holders += 1
-        return self.let_go
-
-    def let_go(self) -> None:
-        self._holders -= 1
-        if not self._holders and self._release is not None:
-            self._release()
