@@ -359,9 +359,9 @@ class ImageWriter:
 
     async def _submit(self, data: bytes | bytearray | SparsePiece, recycle: bytearray | None,
                       release: Callable[[], None] | None = None) -> None:
-        """Start writing and hashing one chunk at the current offset (waits for a slot);
-        ``release`` is called when the chunk's writes are done with ``data`` (not when
-        this raises: the caller still holds it then)."""
+        """Start writing and hashing one chunk at the current offset (waits for its share
+        of the window); ``release`` is called when the chunk's writes are done with
+        ``data`` (not when this raises: the caller still holds it then)."""
         share = self._window.share(data.held if isinstance(data, SparsePiece) else len(data))
         await self._window.take(share)
         try:
@@ -391,7 +391,7 @@ class ImageWriter:
     async def _retire(self, offset: int, share: int, pending: list[asyncio.Future[Any]],
                       recycle: bytearray | None, release: Callable[[], None] | None = None) -> None:
         """When a chunk is written and hashed: note any error, reuse or give back its
-        buffer, free its slot. librbd writes from the buffer itself (no copy, cluster.py):
+        buffer, free its share of the window. librbd writes from the buffer itself (no copy, cluster.py):
         cancelled before its writes complete, this gives the buffer back only once they
         have, so nobody fills it while librbd still sends it."""
         done = asyncio.gather(*pending, return_exceptions=True)
