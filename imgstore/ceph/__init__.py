@@ -54,13 +54,13 @@ from imgstore.ceph.rbd import (
     RadosSource,
     SparsePiece,
     WriteResult,
-    data_runs,
     image_size,
     image_usage,
     iter_image,
     list_images,
     read_range,
     remove_image,
+    runs_to_write,
     zero_block,
 )
 
@@ -115,7 +115,6 @@ __all__ = [
     "append_object",
     "check_fingerprint",
     "check_pool_name",
-    "data_runs",
     "image_size",
     "image_usage",
     "iter_image",
@@ -128,6 +127,7 @@ __all__ = [
     "read_range",
     "remove_image",
     "remove_object",
+    "runs_to_write",
     "write_object",
     "zero_block",
 ]

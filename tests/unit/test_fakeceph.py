@@ -15,7 +15,7 @@ from tests import fakeceph
 PURE = {
     "CHUNK_SIZE", "READ_AHEAD", "WRITE_WINDOW", "Capacity", "Health", "MonFacts", "MonUrl", "RadosSource",
     "WriteResult", "check_fingerprint", "check_pool_name", "rbd_client_caps", "zero_block",
-    "ZERO_GRAIN", "SparsePiece", "data_runs",
+    "ZERO_GRAIN", "SparsePiece", "runs_to_write",
     "CephCommandFailed", "CephError", "CephPermissionDenied", "CephTimeout", "CephToolsMissing",
     "ClusterUnreachable", "ImageBusy", "ImageExists", "ImageNoSpace", "ImageNotFound", "ImageSizeMismatch",
     "InvalidName", "MonUrlError", "PoolNotFound", "SshAuthFailed", "SshHostKeyMismatch", "SshUnreachable",

@@ -24,7 +24,7 @@ from imgstore.ceph.rbd._common import CHUNK_SIZE, zero_block
 from imgstore.ceph.rbd.manage import image_size, image_usage, list_images, remove_image
 from imgstore.ceph.rbd.reader import READ_AHEAD, iter_image, read_range
 from imgstore.ceph.rbd.writer import WRITE_WINDOW, ImageWriter, WriteResult
-from imgstore.ceph.rbd.zeros import ZERO_GRAIN, SparsePiece, data_runs
+from imgstore.ceph.rbd.zeros import ZERO_GRAIN, SparsePiece, runs_to_write
 
 __all__ = [
     "CHUNK_SIZE",
@@ -35,12 +35,12 @@ __all__ = [
     "RadosSource",
     "SparsePiece",
     "WriteResult",
-    "data_runs",
     "image_size",
     "image_usage",
     "iter_image",
     "list_images",
     "read_range",
     "remove_image",
+    "runs_to_write",
     "zero_block",
 ]

@@ -55,7 +55,7 @@ class SparsePiece:
 
     __slots__ = ("runs", "size")
 
-    def __init__(self, size: int, runs: list[tuple[int, bytes]]) -> None:
+    def __init__(self, size: int, runs: list[tuple[int, bytes | bytearray]]) -> None:
         if any(start < 0 or start + len(run) > size for start, run in runs):
             raise ValueError("a run lies outside the piece")
         self.size = size

@@ -266,7 +266,7 @@ class HttpSource(Source):
         log.info("cannot download from %s: %s", masked(self.url), _describe(e))
         return SourceFailed(f"cannot download from url[{masked(self.url)}]")
 
-    async def chunks(self) -> AsyncIterator[bytes | ceph.SparsePiece]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         if self._response is None:
             await self.open()
         assert self._response is not None
@@ -337,13 +337,12 @@ class FileSource(Source):
             return None  # the file moved under us: the whole read and the length check say so
         if spans is None or spans == [(off, end)]:
             return None
-        runs: list[tuple[int, bytes]] = []
+        runs: list[tuple[int, bytes | bytearray]] = []
         for start, stop in spans:
             data = os.pread(fd, stop - start, start)
             if len(data) != stop - start:
                 return None
-            runs += [(start - off + a, data if b - a == len(data) else data[a:b])
-                     for a, b in ceph.data_runs(data, READ_SIZE)]
+            runs += [(start - off + a, run) for a, run in ceph.runs_to_write(data, READ_SIZE)]
         return ceph.SparsePiece(end - off, runs)
 
     def _extents(self, fd: int, end: int) -> list[tuple[int, int]] | None:
